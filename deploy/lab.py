@@ -1,0 +1,466 @@
+"""A lab of simulated NixOS-shaped hosts on 127.0.0.1.
+
+Each host is an sshd inside its own mount namespace with a private /nix,
+/run, /boot, /etc/nix and boot id (see lab_host.py). The lab records every
+process it starts by pid, and stops them by pid only after checking that the
+pid still belongs to this lab.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.errors import LabError
+
+LAB_FILES = Path(__file__).parent / "lab_files"
+FIXTURE_FLAKE = LAB_FILES / "fixture-flake"
+FAKE_COMMANDS = ("systemctl", "systemd-run", "journalctl", "reboot", "shutdown", "poweroff", "halt", "lab-sshd")
+SUPERVISOR = Path(__file__).parent / "lab_host.py"
+SUDO_USER = "deploy"
+SUDO_UID = 4242
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+DEFAULT_LAB_DIR = ".lab"
+
+
+def default_lab_dir() -> Path:
+    return Path(os.environ.get("NIXFAB_LAB", DEFAULT_LAB_DIR)).absolute()
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    port: int
+    directory: Path
+    supervisor_pid: int
+    supervisor_started: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    number: int
+    path: str
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What a host's disks and memory say, read from inside its namespace."""
+
+    name: str
+    running: bool
+    boot_id: str
+    current_system: str | None
+    booted_system: str | None
+    generations: tuple[Generation, ...]
+    current_generation: int | None
+    boot_default: str | None
+
+    @property
+    def boot_default_path(self) -> str | None:
+        return next((g.path for g in self.generations if f"nixos-generation-{g.number}.conf" == self.boot_default), None)
+
+
+def lab_prerequisites() -> list[str]:
+    """Why the lab cannot run here; empty when it can."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("the lab needs root (mount namespaces, sshd)")
+    for tool in ("nix", "nix-store", "nix-daemon", "unshare", "nsenter", "ssh", "ssh-keygen", "sudo", "openssl"):
+        if not shutil.which(tool):
+            problems.append(f"{tool} is not installed")
+    if not Path("/usr/sbin/sshd").exists():
+        problems.append("/usr/sbin/sshd is not installed (openssh-server)")
+    return problems
+
+
+def nix_system() -> str:
+    machine = platform.machine()
+    return {"x86_64": "x86_64-linux", "aarch64": "aarch64-linux", "arm64": "aarch64-linux"}.get(machine, f"{machine}-linux")
+
+
+def write_fixture_flake(
+    destination: Path,
+    hosts: Iterable[str],
+    *,
+    revision: str = "1",
+    revisions: dict[str, str] | None = None,
+    payload_kib: int = 0,
+) -> Path:
+    """Copy the fixture flake to `destination`; a new revision makes a new generation."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    shutil.copytree(FIXTURE_FLAKE, destination)
+    settings = {
+        "system": nix_system(),
+        "hosts": sorted(set(hosts)),
+        "revision": revision,
+        "revisions": revisions or {},
+        "payloadKiB": payload_kib,
+    }
+    (destination / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return destination
+
+
+def set_fixture_revision(flake: Path, revision: str, host: str | None = None) -> None:
+    settings = json.loads((flake / "lab.json").read_text())
+    if host is None:
+        settings["revision"] = revision
+    else:
+        settings["revisions"][host] = revision
+    (flake / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of a live (non-zombie) pid; with the pid, a unique identity."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+class Lab:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_lab_dir()).absolute()
+        self.ssh_config = self.root / "ssh_config"
+        self.known_hosts = self.root / "known_hosts"
+        self.identity = self.root / "id_ed25519"
+        self.state_file = self.root / "lab.json"
+        self.fakes_dir = self.root / "fakes"
+
+    # --- state ---------------------------------------------------------------
+
+    def hosts(self) -> list[LabHost]:
+        if not self.state_file.exists():
+            return []
+        state = json.loads(self.state_file.read_text())
+        return [
+            LabHost(h["name"], h["port"], Path(h["directory"]), h["supervisor_pid"], h["supervisor_started"])
+            for h in state["hosts"]
+        ]
+
+    def host(self, name: str) -> LabHost:
+        for host in self.hosts():
+            if host.name == name:
+                return host
+        raise LabError(f"no lab host named {name!r} in {self.root}")
+
+    @property
+    def sudo_password(self) -> str:
+        return (self.root / "sudo_password").read_text().strip()
+
+    def is_running(self, host: LabHost) -> bool:
+        return process_start_time(host.supervisor_pid) == host.supervisor_started
+
+    # --- up and down ---------------------------------------------------------
+
+    def up(self, names: Sequence[str], *, reboot_delay: float = 1.0, timeout: float = 30.0) -> list[LabHost]:
+        problems = lab_prerequisites()
+        if problems:
+            raise LabError("cannot start the lab: " + "; ".join(problems))
+        if not names:
+            raise LabError("name at least one lab host")
+        for name in names:
+            if not name.replace("-", "").isalnum():
+                raise LabError(f"lab host name {name!r} must be letters, digits and dashes")
+        self.down()
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        self.root.chmod(0o755)
+        self._install_fakes()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "nixfab-lab", "-f", str(self.identity)], check=True)
+        (self.root / "sudo_password").write_text(secrets.token_urlsafe(12) + "\n")
+        (self.root / "sudo_password").chmod(0o600)
+
+        hosts: list[LabHost] = []
+        try:
+            for name in dict.fromkeys(names):
+                hosts.append(self._start_host(name, reboot_delay))
+                self._save(hosts)
+            self._write_client_config(hosts)
+            for host in hosts:
+                self.wait_for_ssh(host.name, timeout=timeout)
+        except BaseException:
+            self.down()
+            raise
+        return hosts
+
+    def _install_fakes(self) -> None:
+        self.fakes_dir.mkdir()
+        program = self.fakes_dir / "lab-fake"
+        source = (LAB_FILES / "fakes" / "lab-fake").read_text()
+        # The fakes run inside the host, where only this interpreter is known to exist.
+        program.write_text(source.replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
+        program.chmod(0o755)
+        for command in FAKE_COMMANDS:
+            (self.fakes_dir / command).symlink_to("lab-fake")
+
+    def _start_host(self, name: str, reboot_delay: float) -> LabHost:
+        directory = self.root / "hosts" / name
+        for sub in ("nix", "boot", "etc", "etc-nix", f"home/{SUDO_USER}/.ssh"):
+            (directory / sub).mkdir(parents=True)
+        (directory / "boot_id").write_text(str(uuid.uuid4()) + "\n")
+        port = free_port()
+        host_key = directory / "ssh_host_ed25519_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(host_key)], check=True)
+        authorized = directory / "authorized_keys"
+        shutil.copy(self.identity.with_suffix(".pub"), authorized)
+        authorized.chmod(0o644)
+        (directory / "sshd_config").write_text(
+            "\n".join(
+                [
+                    f"Port {port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {host_key}",
+                    "PidFile none",
+                    # The supervisor copies it there at boot: the lab directory
+                    # may not be readable by the host's non-root user.
+                    "AuthorizedKeysFile /run/nixfab-lab/authorized_keys",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "LogLevel VERBOSE",
+                    "MaxStartups 200",
+                    "MaxSessions 100",
+                    "Subsystem sftp internal-sftp",
+                    "",
+                ]
+            )
+        )
+        self._write_host_etc(directory)
+        spec = {
+            "name": name,
+            "port": port,
+            "reboot_delay": reboot_delay,
+            "fakes_dir": str(self.fakes_dir),
+            "deployer_namespace": os.readlink("/proc/self/ns/mnt"),
+        }
+        (directory / "host.json").write_text(json.dumps(spec, indent=2))
+        log = open(directory / "supervisor.out", "ab")
+        process = subprocess.Popen(
+            [
+                "unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
+                "--kill-child=SIGTERM", "--", sys.executable, str(SUPERVISOR), str(directory),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        started = process_start_time(process.pid)
+        assert started is not None, "unshare exited at once"
+        return LabHost(name, port, directory, process.pid, started)
+
+    def _write_host_etc(self, directory: Path) -> None:
+        etc = directory / "etc"
+        password_hash = subprocess.run(
+            ["openssl", "passwd", "-6", "-stdin"], input=self.sudo_password, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        home = f"/home/{SUDO_USER}"
+        (etc / "passwd").write_text(Path("/etc/passwd").read_text() + f"{SUDO_USER}:x:{SUDO_UID}:{SUDO_UID}::{home}:/bin/sh\n")
+        (etc / "group").write_text(Path("/etc/group").read_text() + f"{SUDO_USER}:x:{SUDO_UID}:\n")
+        (etc / "shadow").write_text(Path("/etc/shadow").read_text() + f"{SUDO_USER}:{password_hash}:19000:0:99999:7:::\n")
+        (etc / "shadow").chmod(0o640)
+        sudoers = etc / "sudoers"
+        sudoers.write_text(
+            'Defaults env_reset\nDefaults secure_path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"\n'
+            f"root ALL=(ALL:ALL) ALL\n{SUDO_USER} ALL=(ALL:ALL) ALL\n"
+        )
+        sudoers.chmod(0o440)
+        os.chown(directory / "home" / SUDO_USER, SUDO_UID, SUDO_UID)
+        os.chown(directory / "home" / SUDO_USER / ".ssh", SUDO_UID, SUDO_UID)
+        deployer_conf = Path("/etc/nix/nix.conf")
+        (directory / "etc-nix" / "nix.conf").write_text(
+            (deployer_conf.read_text() if deployer_conf.exists() else "")
+            + "\n# simulated host\nexperimental-features = nix-command flakes\nbuild-users-group =\n"
+            + f"substituters =\nsandbox = false\ntrusted-users = root {SUDO_USER}\n"
+        )
+
+    def _write_client_config(self, hosts: Sequence[LabHost]) -> None:
+        blocks = []
+        known = []
+        for host in hosts:
+            blocks.append(
+                "\n".join(
+                    [
+                        f"Host {host.name}",
+                        "  HostName 127.0.0.1",
+                        f"  Port {host.port}",
+                        "  User root",
+                        f'  IdentityFile "{self.identity}"',
+                        "  IdentitiesOnly yes",
+                        f'  UserKnownHostsFile "{self.known_hosts}"',
+                        "  GlobalKnownHostsFile /dev/null",
+                        "  StrictHostKeyChecking yes",
+                        "  BatchMode yes",
+                        "  ConnectTimeout 5",
+                        "  LogLevel ERROR",
+                    ]
+                )
+            )
+            public_key = (host.directory / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+            known.append(f"[127.0.0.1]:{host.port} {' '.join(public_key)}")
+        self.ssh_config.write_text("# Written by nixfab's lab; one alias per simulated host.\n" + "\n\n".join(blocks) + "\n")
+        self.known_hosts.write_text("\n".join(known) + "\n")
+
+    def _save(self, hosts: Sequence[LabHost]) -> None:
+        state = {
+            "hosts": [
+                {
+                    "name": h.name,
+                    "port": h.port,
+                    "directory": str(h.directory),
+                    "supervisor_pid": h.supervisor_pid,
+                    "supervisor_started": h.supervisor_started,
+                }
+                for h in hosts
+            ]
+        }
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def down(self) -> list[str]:
+        """Stop every host by its recorded pid; return the names stopped."""
+        stopped = []
+        for host in self.hosts():
+            if self.is_running(host):
+                # unshare --fork ignores SIGTERM while it waits: ask its child,
+                # the host's PID 1, which stops every process of the host.
+                for child in children_of(host.supervisor_pid):
+                    os.kill(child, signal.SIGTERM)
+                stopped.append(host.name)
+        deadline = time.monotonic() + 10
+        for host in self.hosts():
+            while self.is_running(host) and time.monotonic() < deadline:
+                self._reap(host.supervisor_pid)
+                time.sleep(0.02)
+            if self.is_running(host):
+                # Killing PID 1 of the host's PID namespace kills all of the host.
+                for child in children_of(host.supervisor_pid):
+                    os.kill(child, signal.SIGKILL)
+                os.kill(host.supervisor_pid, signal.SIGKILL)
+            self._reap(host.supervisor_pid)
+        if self.state_file.exists():
+            self.state_file.unlink()
+        return stopped
+
+    @staticmethod
+    def _reap(pid: int) -> None:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+    # --- talking to hosts ----------------------------------------------------
+
+    def ssh_argv(self, name: str, argv: Sequence[str], *, user: str | None = None) -> list[str]:
+        destination = f"{user}@{name}" if user else name
+        return ["ssh", "-F", str(self.ssh_config), destination, "--", shlex.join(argv)]
+
+    def ssh(
+        self, name: str, argv: Sequence[str], *, user: str | None = None, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.ssh_argv(name, argv, user=user),
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    def wait_for_ssh(self, name: str, *, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        host = self.host(name)
+        while time.monotonic() < deadline:
+            if not self.is_running(host):
+                raise LabError(f"lab host {name} died while starting; see {host.directory}/supervisor.out")
+            if self.ssh(name, ["true"], check=False, timeout=10).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise LabError(f"lab host {name} did not answer SSH within {timeout:.0f}s")
+
+    def inside(self, name: str, argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run argv in the host's mount namespace without SSH, for inspection."""
+        host = self.host(name)
+        if not self.is_running(host):
+            raise LabError(f"lab host {name} is not running")
+        return subprocess.run(
+            ["nsenter", "--target", str(host.supervisor_pid), "--mount", "--", *argv],
+            capture_output=True, text=True, check=check,
+        )
+
+    def state(self, name: str) -> HostState:
+        host = self.host(name)
+        running = self.is_running(host)
+        nix_var = host.directory / "nix" / "var" / "nix" / "profiles"
+        generations = []
+        for link in sorted(nix_var.glob("system-*-link")):
+            number = int(link.name.split("-")[1])
+            generations.append(Generation(number, os.readlink(link)))
+        generations.sort(key=lambda g: g.number)
+        profile = nix_var / "system"
+        current = int(os.readlink(profile).split("-")[1]) if profile.is_symlink() else None
+        loader = host.directory / "boot" / "loader" / "loader.conf"
+        boot_default = None
+        if loader.exists():
+            for line in loader.read_text().splitlines():
+                if line.startswith("default "):
+                    boot_default = line.split()[1]
+
+        def run_link(link: str) -> str | None:
+            if not running:
+                return None
+            result = self.inside(name, ["readlink", link], check=False)
+            return result.stdout.strip() or None
+
+        return HostState(
+            name=name,
+            running=running,
+            boot_id=(host.directory / "boot_id").read_text().strip(),
+            current_system=run_link("/run/current-system"),
+            booted_system=run_link("/run/booted-system"),
+            generations=tuple(generations),
+            current_generation=current,
+            boot_default=boot_default,
+        )
+
+    def store_has(self, name: str, store_path: str) -> bool:
+        return (self.host(name).directory / store_path.lstrip("/")).exists()
+
+    def activations(self, name: str) -> list[str]:
+        log = self.host(name).directory / "nix/var/nix/lab/activations.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def accepted_ssh_logins(self, name: str) -> int:
+        log = self.host(name).directory / "sshd.log"
+        return log.read_text(errors="replace").count("Accepted publickey") if log.exists() else 0

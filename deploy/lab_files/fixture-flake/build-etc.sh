@@ -1,0 +1,3 @@
+mkdir -p "$out"
+printf '%s\n' "$hostName" > "$out/hostname"
+printf '%s\n' "$revision" > "$out/lab-revision"

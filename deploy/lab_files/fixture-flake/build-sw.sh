@@ -1,0 +1,3 @@
+mkdir -p "$out/bin"
+printf '#!/bin/sh\necho "hello from the nixfab lab"\n' > "$out/bin/lab-hello"
+chmod +x "$out/bin/lab-hello"

@@ -1,0 +1,13 @@
+# Lays out a store path with the parts of a NixOS toplevel that deploy tools touch.
+mkdir -p "$out/bin"
+printf '%s\n' "$nixosVersion" > "$out/nixos-version"
+ln -s "$etc" "$out/etc"
+ln -s "$sw" "$out/sw"
+printf '#!/bin/sh\necho "lab init for %s"\n' "$hostName" > "$out/init"
+chmod +x "$out/init"
+if [ "$payloadKiB" -gt 0 ]; then
+  head -c "$((payloadKiB * 1024))" /dev/urandom > "$out/payload"
+fi
+sed -e "s|@out@|$out|g" -e "s|@variant@|$variant|g" -e "s|@hostName@|$hostName|g" \
+  "$switchToConfiguration" > "$out/bin/switch-to-configuration"
+chmod +x "$out/bin/switch-to-configuration"

@@ -1,0 +1,64 @@
+{
+  description = "nixfab lab fixture: NixOS-shaped systems that build with plain Nix and no nixpkgs";
+
+  outputs = { self }:
+    let
+      # Written by deploy.lab.write_fixture_flake; flakes cannot read the
+      # environment, so every knob a test turns lives in this file.
+      settings = builtins.fromJSON (builtins.readFile ./lab.json);
+      inherit (settings) system;
+
+      shell = derivation {
+        inherit system;
+        name = "lab-sw";
+        builder = "/bin/sh";
+        args = [ ./build-sw.sh ];
+        PATH = "/usr/bin:/bin";
+      };
+
+      mkSystem = name: variant:
+        let
+          revision = settings.revisions.${name} or settings.revision;
+          etc = derivation {
+            inherit system revision;
+            name = "etc-${name}";
+            builder = "/bin/sh";
+            args = [ ./build-etc.sh ];
+            PATH = "/usr/bin:/bin";
+            hostName = name;
+          };
+          toplevel = derivation {
+            inherit system revision variant etc;
+            name = "nixos-system-${name}-lab.${revision}";
+            builder = "/bin/sh";
+            args = [ ./build-toplevel.sh ];
+            PATH = "/usr/bin:/bin";
+            sw = shell;
+            hostName = name;
+            nixosVersion = "24.11.lab.${revision}";
+            switchToConfiguration = ./switch-to-configuration.sh;
+            payloadKiB = toString (settings.payloadKiB or 0);
+          };
+        in {
+          config = {
+            networking.hostName = name;
+            nixpkgs.hostPlatform = system;
+            system.build.toplevel = toplevel;
+            system.nixos.version = "24.11.lab.${revision}";
+          };
+        };
+
+      variants = {
+        "" = "ok";
+        "-broken" = "broken";
+        "-cutoff" = "cutoff";
+      };
+      forHost = name:
+        builtins.listToAttrs (map (suffix: {
+          name = name + suffix;
+          value = mkSystem name variants.${suffix};
+        }) (builtins.attrNames variants));
+    in {
+      nixosConfigurations = builtins.foldl' (acc: name: acc // forHost name) { } settings.hosts;
+    };
+}

@@ -1,0 +1,216 @@
+"""The "machine" behind one simulated lab host.
+
+`deploy.lab` starts this file as PID 1 of fresh mount and PID namespaces
+(`unshare --mount --pid --fork --mount-proc ...`). It lays
+private mounts over /nix, /run, /boot, /etc/nix, the boot id and the system
+commands, then plays the role of firmware, bootloader and init: it boots the
+generation the boot entry names, runs nix-daemon and sshd, and on a request
+from the fake `reboot` kills every process of the host and boots again.
+
+Standard library only: it runs before any virtualenv can be trusted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+RUN_DIR = Path("/run/nixfab-lab")
+
+
+class SimulatedHost:
+    def __init__(self, hostdir: Path) -> None:
+        self.hostdir = hostdir
+        self.spec = json.loads((hostdir / "host.json").read_text())
+        self.namespace = os.readlink("/proc/self/ns/mnt")
+        self.sshd: subprocess.Popen[bytes] | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+
+    # --- mounts --------------------------------------------------------------
+
+    def bind(self, source: Path | str, target: str) -> None:
+        subprocess.run(["mount", "--bind", str(source), target], check=True)
+
+    def mount_private_filesystems(self) -> None:
+        if self.namespace == self.spec["deployer_namespace"] or os.getpid() != 1:
+            sys.exit("lab_host: refusing to run outside a fresh mount and PID namespace")
+        self.bind(self.hostdir / "nix", "/nix")
+        self.bind(self.hostdir / "boot", "/boot")
+        self.bind(self.hostdir / "boot_id", "/proc/sys/kernel/random/boot_id")
+        self.bind(self.hostdir / "etc-nix", "/etc/nix")
+        for target in ("/usr/local/sbin", "/usr/local/bin"):
+            self.bind(self.spec["fakes_dir"], target)
+        for name in ("passwd", "shadow", "group", "sudoers"):
+            self.bind(self.hostdir / "etc" / name, f"/etc/{name}")
+        self.bind(self.hostdir / "home", "/home")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"], check=True)
+
+    def fresh_run(self) -> None:
+        # A real boot starts with an empty /run; so does ours.
+        subprocess.run(["umount", "--lazy", "/run"], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"], check=True)
+
+    # --- boot ----------------------------------------------------------------
+
+    def default_generation_path(self) -> str | None:
+        loader = Path("/boot/loader/loader.conf")
+        if not loader.exists():
+            return None
+        match = re.search(r"^default\s+(\S+)", loader.read_text(), re.MULTILINE)
+        if not match:
+            return None
+        entry = Path("/boot/loader/entries") / match.group(1)
+        if not entry.exists():
+            return None
+        init = re.search(r"\binit=(\S+)/init\b", entry.read_text())
+        return init.group(1) if init else None
+
+    def boot(self) -> None:
+        RUN_DIR.mkdir(parents=True)
+        (RUN_DIR / "units").mkdir()
+        (RUN_DIR / "supervisor.pid").write_text(str(os.getpid()))
+        authorized = RUN_DIR / "authorized_keys"
+        authorized.write_bytes((self.hostdir / "authorized_keys").read_bytes())
+        authorized.chmod(0o644)
+        Path("/run/sshd").mkdir(mode=0o755)
+        Path("/run/systemd/system").mkdir(parents=True)
+        toplevel = self.default_generation_path()
+        if toplevel:
+            for link in ("/run/current-system", "/run/booted-system"):
+                os.symlink(toplevel, link)
+            gcroots = Path("/nix/var/nix/gcroots")
+            gcroots.mkdir(parents=True, exist_ok=True)
+            for name in ("current-system", "booted-system"):
+                (gcroots / name).unlink(missing_ok=True)
+                (gcroots / name).symlink_to(f"/run/{name}")
+        self.daemon = subprocess.Popen(
+            ["nix-daemon"],
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.hostdir / "nix-daemon.log", "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        self.start_sshd()
+        self.log(f"booted {toplevel or '(no system yet)'} boot_id={self.boot_id()}")
+
+    def start_sshd(self) -> None:
+        if self.sshd and self.sshd.poll() is None:
+            return
+        self.sshd = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-f", str(self.hostdir / "sshd_config"),
+             "-E", str(self.hostdir / "sshd.log")],
+            stdin=subprocess.DEVNULL,
+        )
+
+    def boot_id(self) -> str:
+        return (self.hostdir / "boot_id").read_text().strip()
+
+    # --- power ---------------------------------------------------------------
+
+    def processes_of_host(self) -> list[int]:
+        # We are PID 1 of the host's PID namespace and /proc is the host's own:
+        # everything listed there but us belongs to the host, even processes
+        # that (like nix-daemon) moved into mount namespaces of their own.
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if Path(entry, "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                        pids.append(int(entry.name))
+                except (OSError, IndexError):
+                    continue
+        return pids
+
+    def kill_everything(self) -> None:
+        for sig, grace in ((signal.SIGTERM, 0.5), (signal.SIGKILL, 5.0)):
+            for pid in self.processes_of_host():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                self.reap()
+                if not self.processes_of_host():
+                    return
+                time.sleep(0.02)
+        self.reap()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    def reboot(self) -> None:
+        # Let the `reboot` command return to its caller, as a real one usually does.
+        time.sleep(0.2)
+        self.log("rebooting")
+        self.kill_everything()
+        (self.hostdir / "boot_id").write_text(str(uuid.uuid4()) + "\n")
+        self.fresh_run()
+        time.sleep(float(self.spec["reboot_delay"]))
+        self.boot()
+
+    def cut_off_ssh(self) -> None:
+        """Stop sshd and drop every session, as a bad firewall rule would."""
+        self.log("ssh cut off")
+        if self.sshd:
+            self.sshd.terminate()
+            self.sshd.wait()
+        for pid in self.processes_of_host():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def log(self, message: str) -> None:
+        with open(self.hostdir / "supervisor.log", "a") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+
+    # --- main loop -----------------------------------------------------------
+
+    def serve(self) -> None:
+        handled = {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+        for signum in handled:
+            # PID 1 never receives a signal it has no handler for, even a blocked one.
+            signal.signal(signum, lambda *_: None)
+        signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+        self.mount_private_filesystems()
+        self.boot()
+        powered = True
+        while True:
+            info = signal.sigtimedwait(handled, 1.0)
+            self.reap()
+            if info is None or info.si_signo == signal.SIGCHLD:
+                continue
+            if info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                self.log("stopping")
+                self.kill_everything()
+                return
+            request_file = RUN_DIR / "request"
+            request = request_file.read_text().strip() if request_file.exists() else ""
+            request_file.unlink(missing_ok=True)
+            if request == "reboot" and powered:
+                self.reboot()
+            elif request == "poweroff":
+                self.log("powered off")
+                powered = False
+                self.kill_everything()
+            elif request == "sshd-cut-off":
+                self.cut_off_ssh()
+            elif request == "sshd-start" and powered:
+                self.start_sshd()
+
+
+if __name__ == "__main__":
+    SimulatedHost(Path(sys.argv[1])).serve()

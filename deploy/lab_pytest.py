@@ -1,0 +1,45 @@
+"""pytest fixtures for the lab; tests/conftest.py loads this as a plugin.
+
+With NIXFAB_REQUIRE_LAB=1 (CI sets it) a lab test that cannot run fails
+instead of being skipped, and any skip at all fails the session.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.lab import Lab, lab_prerequisites
+
+
+def lab_required() -> bool:
+    return os.environ.get("NIXFAB_REQUIRE_LAB") == "1"
+
+
+@pytest.fixture
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """An empty lab; call lab.up([...]). Every host is stopped by pid afterwards."""
+    problems = lab_prerequisites()
+    if problems:
+        reason = "lab unavailable: " + "; ".join(problems)
+        if lab_required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    lab = Lab(Path(tmp_path_factory.mktemp("lab", numbered=True)))
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not lab_required():
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped:
+        if reporter:
+            reporter.write_line(f"NIXFAB_REQUIRE_LAB=1: {skipped} test(s) skipped; a skip is a failure here", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
