@@ -30,6 +30,10 @@ class HostKeyRejected(NixfabError):
     exit_code = 5
 
 
+class LoginRefused(NixfabError):
+    exit_code = 11
+
+
 class ActivationFailed(NixfabError):
     exit_code = 6
 
@@ -44,6 +48,12 @@ class SudoFailed(NixfabError):
 
 class RemoteCommandFailed(NixfabError):
     exit_code = 9
+
+
+class NotInStore(NixfabError):
+    """A deploy asked for a path the target does not have or is not a NixOS system."""
+
+    exit_code = 12
 
 
 class LabError(NixfabError):

@@ -1,0 +1,180 @@
+"""Pure functions that build the argv of every nix, ssh and activation command.
+
+Nothing here runs anything; tests assert on these lists, and the process and
+remote layers are the only places where argv meets a process or a shell.
+Forms are chosen to work on Nix 2.8 and on current Nix (2.18+): `nix build
+--json` and `--out-link` rather than `--print-out-paths`, `nix-store
+--realise` for a derivation rather than the `^*` installable syntax.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+ACTIONS = ("switch", "boot", "test", "dry-activate")
+# Flakes may be off in the user's nix.conf; nixos-rebuild enables them per call too.
+NIX = ["nix", "--extra-experimental-features", "nix-command flakes"]
+SWITCH_UNIT = "nixfab-switch-to-configuration"
+
+
+def toplevel_attribute(attr: str) -> str:
+    return f'nixosConfigurations."{attr}".config.system.build.toplevel'
+
+
+def toplevel_installable(flake: str, attr: str) -> str:
+    return f"{flake}#{toplevel_attribute(attr)}"
+
+
+def nix_build(installables: Sequence[str], *, out_link: Path | None, extra: Sequence[str] = ()) -> list[str]:
+    link = ["--out-link", str(out_link)] if out_link else ["--no-link"]
+    return [*NIX, "build", "--json", *link, *installables, *extra]
+
+
+def nix_eval_derivation(installable: str, extra: Sequence[str] = ()) -> list[str]:
+    # An attrset with an `outPath` would be printed as that path; hence drv/out.
+    return [*NIX, "eval", "--json", installable, "--apply", "d: { drv = d.drvPath; out = d.outPath; }", *extra]
+
+
+def nix_flake_check(flake: str, extra: Sequence[str] = ()) -> list[str]:
+    return [*NIX, "flake", "check", flake, *extra]
+
+
+def ssh_store_uri(destination: str) -> str:
+    return f"ssh://{destination}"
+
+
+def nix_copy(
+    paths: Sequence[str],
+    *,
+    to: str | None = None,
+    source: str | None = None,
+    derivation: bool = False,
+    substitute_on_destination: bool = False,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    argv = [*NIX, "copy"]
+    if source:
+        argv += ["--from", source]
+    if to:
+        argv += ["--to", to]
+    if derivation:
+        argv.append("--derivation")
+    if substitute_on_destination:
+        argv.append("--substitute-on-destination")
+    return [*argv, *paths, *extra]
+
+
+def nix_sshopts(ssh_config: Path | None, port: int | None) -> str:
+    """NIX_SSHOPTS, so that nix's ssh and Fabric read the same ssh_config.
+
+    Nix 2.8 splits NIX_SSHOPTS on whitespace, so no element may contain any;
+    the inventory refuses such paths up front.
+    """
+    options = []
+    if ssh_config:
+        options += ["-F", str(ssh_config)]
+    if port:
+        options += ["-p", str(port)]
+    return " ".join(options)
+
+
+def nix_store_realise(derivation: str, gc_root: str, extra: Sequence[str] = ()) -> list[str]:
+    return ["nix-store", "--realise", derivation, "--add-root", gc_root, *extra]
+
+
+def check_store_path_valid(path: str) -> list[str]:
+    return ["nix-store", "--check-validity", path]
+
+
+def make_temp_dir() -> list[str]:
+    return ["mktemp", "-d", "-t", "nixfab.XXXXXXXX"]
+
+
+def remove_tree(path: str) -> list[str]:
+    return ["rm", "-rf", "--", path]
+
+
+def read_link(path: str) -> list[str]:
+    return ["readlink", path]
+
+
+def read_boot_id() -> list[str]:
+    return ["cat", BOOT_ID_FILE]
+
+
+def test_file(path: str) -> list[str]:
+    return ["test", "-e", path]
+
+
+def set_system_profile(path: str) -> list[str]:
+    return ["nix-env", "-p", SYSTEM_PROFILE, "--set", path]
+
+
+def switch_system_generation(generation: int) -> list[str]:
+    return ["nix-env", "-p", SYSTEM_PROFILE, "--switch-generation", str(generation)]
+
+
+def delete_system_generation(generation: int) -> list[str]:
+    return ["nix-env", "-p", SYSTEM_PROFILE, "--delete-generations", str(generation)]
+
+
+def remove_system_profile(generation: int) -> list[str]:
+    return ["rm", "-f", "--", SYSTEM_PROFILE, f"{SYSTEM_PROFILE}-{generation}-link"]
+
+
+def switch_to_configuration(path: str, action: str) -> list[str]:
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    return [f"{path}/bin/switch-to-configuration", action]
+
+
+def systemd_run(argv: Sequence[str], *, unit: str, install_bootloader: bool) -> list[str]:
+    """Run argv as a transient unit, so that a dropped SSH session cannot kill it halfway."""
+    return [
+        "systemd-run",
+        "-E", "LOCALE_ARCHIVE",
+        "-E", f"NIXOS_INSTALL_BOOTLOADER={'1' if install_bootloader else ''}",
+        "--collect",
+        "--no-ask-password",
+        "--pipe",
+        "--quiet",
+        "--service-type=exec",
+        f"--unit={unit}",
+        "--wait",
+        *argv,
+    ]
+
+
+def plain_environment(argv: Sequence[str], *, install_bootloader: bool) -> list[str]:
+    """What nixos-rebuild falls back to where systemd-run does not work."""
+    return ["env", "-i", f"NIXOS_INSTALL_BOOTLOADER={'1' if install_bootloader else ''}", *argv]
+
+
+def journal_tail(unit: str, lines: int = 30) -> list[str]:
+    return ["journalctl", "--no-pager", "-n", str(lines), "-u", unit]
+
+
+def delayed_reboot(delay_seconds: int = 1) -> list[str]:
+    """Reboot from a timer, so the command returns before the connection drops."""
+    return ["systemd-run", f"--on-active={delay_seconds}", "--collect", "--quiet", "--unit=nixfab-reboot", "systemctl", "reboot"]
+
+
+def plain_reboot() -> list[str]:
+    return ["reboot"]
+
+
+def collect_garbage(delete_older_than: str | None) -> list[str]:
+    """`all` deletes every old generation; Nix 2.8 refuses `0d`."""
+    if delete_older_than == "all":
+        return ["nix-collect-garbage", "--delete-old"]
+    argv = ["nix-collect-garbage"]
+    if delete_older_than:
+        argv += ["--delete-older-than", delete_older_than]
+    return argv
+
+
+def sudo_prefix() -> list[str]:
+    """For commands on this machine; remote sudo goes through Fabric's responder."""
+    return ["sudo", "--"]

@@ -1,0 +1,91 @@
+"""What `inv lab.*` and `inv demo` show a person."""
+from __future__ import annotations
+
+
+from deploy.lab import Lab, default_lab_dir, write_fixture_flake
+
+DEMO_HOSTS = ("alpha", "beta", "gamma")
+
+
+def short(path: str | None) -> str:
+    # /nix/store/<hash>-nixos-system-alpha-lab.1 reads better as its name.
+    return path.rsplit("/", 1)[-1].split("-", 1)[-1] if path else "-"
+
+
+def status_table(lab: Lab):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    table = Table(title=f"nixfab lab at {lab.root}")
+    for column in ("host", "ssh", "supervisor pid", "boot id", "generations", "current generation", "boot default", "/run/current-system"):
+        table.add_column(column)
+    for host in lab.hosts():
+        state = lab.state(host.name)
+        table.add_row(
+            host.name,
+            f"127.0.0.1:{host.port}",
+            f"{host.supervisor_pid}" + ("" if state.running else " (stopped)"),
+            state.boot_id[:8],
+            ", ".join(str(g.number) for g in state.generations) or "-",
+            str(state.current_generation or "-"),
+            short(state.boot_default_path),
+            short(state.current_system),
+        )
+    return table
+
+
+def up(names: list[str], *, reboot_delay: float = 1.0) -> Lab:
+    from rich.console import Console
+
+    lab = Lab(default_lab_dir())
+    lab.up(names, reboot_delay=reboot_delay)
+    write_fixture_flake(lab.root / "flake", names)
+    (lab.root / "hosts.yaml").write_text(
+        "# The lab's inventory: every host is an alias in ./ssh_config.\nssh_config: ./ssh_config\nhosts:\n"
+        + "".join(f"  {name}: {{ tags: [lab] }}\n" for name in names)
+    )
+    console = Console()
+    console.print(status_table(lab))
+    console.print(f"ssh -F {lab.ssh_config} {names[0]}   # log in to a host")
+    console.print(f"inv switch-push {names[0]} --flake {lab.root / 'flake'} --inventory {lab.root / 'hosts.yaml'}")
+    return lab
+
+
+def status() -> None:
+    from rich.console import Console
+
+    lab = Lab(default_lab_dir())
+    if not lab.hosts():
+        Console().print(f"no lab is running at {lab.root}; start one with `inv lab.up`")
+        return
+    Console().print(status_table(lab))
+
+
+def down() -> None:
+    lab = Lab(default_lab_dir())
+    stopped = lab.down()
+    print(f"stopped {', '.join(stopped)}" if stopped else f"no lab host was running at {lab.root}")
+
+
+def demo() -> None:
+    from rich.console import Console
+
+    from deploy.inventory import load_inventory
+    from deploy.pipeline import DeployRequest, Session, deploy
+
+    console = Console()
+    console.rule("1. three simulated NixOS hosts, each with an empty /nix")
+    lab = up(list(DEMO_HOSTS), reboot_delay=0.5)
+    console.rule("2. inv switch-push, to each host")
+    session = Session(load_inventory(lab.root / "hosts.yaml", required=True))
+    try:
+        for name in DEMO_HOSTS:
+            deploy(session, DeployRequest(machine=name, flake=str(lab.root / "flake"), action="switch"))
+    finally:
+        session.close()
+    console.rule("3. what the hosts say now")
+    console.print(status_table(lab))
+    console.print(
+        "Each host has generation 1 in its own /nix, booted from nothing: /run/current-system and the boot "
+        "default both point at it.\nThe lab keeps running: try `.venv/bin/inv lab.status`, then stop it with "
+        "`.venv/bin/inv lab.down`."
+    )

@@ -1,0 +1,240 @@
+"""Every task, end to end against simulated hosts; assertions are on the hosts' state."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def tool(program: str, *args: str, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / program), "--search-root", str(REPO), *args],
+        cwd=cwd or REPO, capture_output=True, text=True, input=input,
+        stdin=None if input is not None else subprocess.DEVNULL, timeout=300,
+    )
+
+
+def inv(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return tool("inv", *args, **kwargs)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def write_inventory(lab: Lab, path: Path, hosts: str) -> Path:
+    path.write_text(f"ssh_config: {lab.ssh_config}\nhosts:\n{hosts}")
+    return path
+
+
+@pytest.fixture
+def fleet(lab: Lab, tmp_path: Path):  # type: ignore[no-untyped-def]
+    lab.up(["alpha", "beta"], reboot_delay=0.3)
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta"])
+    inventory = write_inventory(lab, tmp_path / "hosts.yaml", "  alpha: {}\n  beta: {}\n")
+    return lab, flake, inventory
+
+
+def toplevel_of(flake: Path, attr: str) -> str:
+    out = subprocess.run(
+        ["nix", "eval", "--raw", f'{flake}#nixosConfigurations."{attr}".config.system.build.toplevel.outPath'],
+        capture_output=True, text=True, check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_switch_push_makes_generations_current_and_default(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    first = toplevel_of(flake, "alpha")
+    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory)))
+    state = lab.state("alpha")
+    assert [g.number for g in state.generations] == [1] and state.current_generation == 1
+    assert state.current_system == first and state.boot_default_path == first
+    set_fixture_revision(flake, "2")
+    second = toplevel_of(flake, "alpha")
+    result = ok(inv("switch-push", "--host", "alpha", "--flake", str(flake), "--inventory", str(inventory)))
+    assert "+ [alpha] nix-env -p /nix/var/nix/profiles/system --set " + second in result.stderr
+    state = lab.state("alpha")
+    assert [g.path for g in state.generations] == [first, second]
+    assert state.current_system == second and state.boot_default == "nixos-generation-2.conf"
+    assert lab.state("beta").generations == ()
+
+
+def test_build_leaves_result_and_touches_no_host(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    logins = lab.accepted_ssh_logins("alpha")
+    result = ok(inv("build", "alpha", "--flake", str(flake), "--inventory", str(inventory), cwd=tmp_path))
+    path = toplevel_of(flake, "alpha")
+    assert result.stdout.strip().endswith(path)
+    assert os.readlink(tmp_path / "result") == path
+    assert lab.accepted_ssh_logins("alpha") == logins and not lab.store_has("alpha", path)
+
+
+def test_extra_nix_options_reach_nix(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    result = ok(inv("build", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--", "--show-trace", cwd=tmp_path))
+    assert "--show-trace" in result.stderr.split("\n", 1)[1]
+    bad = inv("build", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--", "--no-such-option", cwd=tmp_path)
+    assert bad.returncode == 3
+    assert "nixfab: error: building alpha failed" in bad.stderr and "--show-trace" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_build_there_builds_in_the_targets_store(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    ok(inv("build-there", "alpha", "--flake", str(flake), "--inventory", str(inventory)))
+    path = toplevel_of(flake, "alpha")
+    assert lab.store_has("alpha", path)
+    assert lab.state("alpha").generations == ()
+    # The temporary GC root on the builder is gone once the deploy ends.
+    assert lab.ssh("alpha", ["sh", "-c", "ls -d /tmp/nixfab.* 2>/dev/null | wc -l"]).stdout.strip() == "0"
+
+
+def test_switch_pull_builds_and_activates_on_the_target(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    result = ok(inv("switch-pull", "beta", "--flake", str(flake), "--inventory", str(inventory)))
+    assert "nix-store --realise" in result.stderr and "copy --to ssh://beta /nix/store" not in result.stderr
+    state = lab.state("beta")
+    assert state.current_system == toplevel_of(flake, "beta") and state.current_generation == 1
+
+
+def test_build_on_one_host_deploy_to_another(lab: Lab, tmp_path: Path) -> None:
+    lab.up(["alpha", "beta"])
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta"])
+    inventory = write_inventory(lab, tmp_path / "hosts.yaml", "  alpha: { build_on: beta }\n  beta: {}\n")
+    result = ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory)))
+    path = toplevel_of(flake, "alpha")
+    assert "copy --from ssh://beta --to ssh://alpha " + path in result.stderr
+    assert lab.store_has("beta", path) and lab.state("alpha").current_system == path
+    assert lab.state("beta").generations == ()
+
+
+def test_failing_activation_leaves_previous_generation_current(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory)))
+    good = lab.state("alpha")
+    broken_inventory = write_inventory(lab, inventory.parent / "broken.yaml", "  alpha: { attr: alpha-broken }\n")
+    result = inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(broken_inventory))
+    assert result.returncode == 6, result.stderr
+    assert "broken-lab.service" in result.stderr and "rolled back" in result.stderr
+    assert "Traceback" not in result.stderr
+    after = lab.state("alpha")
+    assert after.current_generation == 1 and [g.number for g in after.generations] == [1]
+    assert after.boot_default == good.boot_default and after.current_system == good.current_system
+
+
+def test_sudo_path_with_a_non_root_user(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    sudo_inventory = write_inventory(lab, inventory.parent / "sudo.yaml", "  alpha: { ssh: deploy@alpha }\n")
+    wrong = inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(sudo_inventory), input="wrong-password\n")
+    assert wrong.returncode == 8 and "sudo refused the password" in wrong.stderr
+    assert lab.state("alpha").generations == ()
+    right = ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(sudo_inventory), input=lab.sudo_password + "\n"))
+    assert lab.sudo_password not in right.stdout + right.stderr
+    state = lab.state("alpha")
+    assert state.current_generation == 1 and state.current_system == toplevel_of(flake, "alpha")
+    assert "+ [alpha] sudo nix-env" in right.stderr
+
+
+def test_dry_run_changes_nothing_and_connects_nowhere(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    logins = lab.accepted_ssh_logins("alpha")
+    result = ok(inv("switch-push-reset", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--dry-run"))
+    for expected in ("nix --extra-experimental-features 'nix-command flakes' build", "copy --to ssh://alpha",
+                     "[alpha] nix-env -p /nix/var/nix/profiles/system --set", "/bin/switch-to-configuration' boot",
+                     "systemctl reboot", "[alpha] nix-collect-garbage"):
+        assert expected in result.stderr
+    assert lab.accepted_ssh_logins("alpha") == logins
+    state = lab.state("alpha")
+    assert state.generations == () and state.current_system is None
+
+
+def test_switch_push_reset_reboots_and_collects_garbage(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory)))
+    old = lab.state("alpha")
+    set_fixture_revision(flake, "2")
+    new_path = toplevel_of(flake, "alpha")
+    ok(inv("switch-push-reset", "alpha", "--flake", str(flake), "--inventory", str(inventory),
+           "--delete-older-than", "all", "--reboot-timeout", "60"))
+    state = lab.state("alpha")
+    assert state.boot_id != old.boot_id
+    assert state.current_system == new_path == state.booted_system
+    assert [g.number for g in state.generations] == [2]
+    assert not lab.store_has("alpha", old.current_system or "")
+
+
+def test_switch_pull_reset_boots_the_new_generation(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    before = lab.state("beta").boot_id
+    ok(inv("switch-pull-reset", "beta", "--flake", str(flake), "--inventory", str(inventory), "--reboot-timeout", "60"))
+    state = lab.state("beta")
+    assert state.boot_id != before and state.booted_system == toplevel_of(flake, "beta")
+
+
+def test_switch_activates_the_machine_it_runs_on(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    # Run inside the simulated host, so "this machine" is alpha and never the real one.
+    command = [str(BIN / "inv"), "--search-root", str(REPO), "switch", "alpha", "--flake", str(flake), "--inventory", str(inventory)]
+    result = lab.ssh("alpha", command, check=False, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "[alpha]" not in result.stderr and "copy --to" not in result.stderr
+    state = lab.state("alpha")
+    assert state.current_generation == 1 and state.current_system == toplevel_of(flake, "alpha")
+
+
+def test_ssh_wait_runs_the_command_once_the_host_answers(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    result = ok(inv("ssh-wait", "alpha", "uname -s", "--inventory", str(inventory)))
+    assert result.stdout.strip() == "Linux"
+    ghost = tmp_path / "ghost.yaml"
+    ghost.write_text(f"ssh_config: {lab.ssh_config}\nhosts:\n  ghost: {{ ssh: 'root@127.0.0.1:1' }}\n")
+    late = inv("ssh-wait", "ghost", "true", "--inventory", str(ghost), "--timeout", "2", "--interval", "0.5")
+    assert late.returncode == 7 and "gave up after 2s" in late.stderr and "Traceback" not in late.stderr
+
+
+def test_unknown_host_key_stops_the_deploy(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    lab.known_hosts.write_text("")
+    result = inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory))
+    assert result.returncode == 5 and "unknown SSH host key" in result.stderr
+    assert lab.state("alpha").generations == ()
+
+
+def test_accept_new_records_the_key(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    lab.known_hosts.write_text("")
+    config = tmp_path / "accept_new_ssh_config"
+    config.write_text(lab.ssh_config.read_text().replace("StrictHostKeyChecking yes", "StrictHostKeyChecking accept-new"))
+    accept = tmp_path / "accept.yaml"
+    accept.write_text(f"ssh_config: {config}\nhosts:\n  alpha: {{}}\n")
+    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(accept)))
+    assert f"[127.0.0.1]:{lab.host('alpha').port} ssh-ed25519" in lab.known_hosts.read_text()
+
+
+def test_fab_with_host_flag(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    ok(tool("fab", "-H", "root@alpha", "switch-push", "--flake", str(flake), "--inventory", str(inventory)))
+    assert lab.state("alpha").current_system == toplevel_of(flake, "alpha")
+    before = lab.state("alpha").boot_id
+    ok(tool("fab", "-H", "alpha", "reset", "--inventory", str(inventory), "--reboot-timeout", "60"))
+    assert lab.state("alpha").boot_id != before
+    assert lab.state("alpha").current_system == toplevel_of(flake, "alpha")
+
+
+def test_bad_input_is_one_line_and_exit_2(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, flake, inventory = fleet
+    for args in (["switch-push", "a;touch /tmp/pwned"], ["switch-push", "alpha", "--action", "explode"]):
+        result = inv(*args, "--flake", str(flake), "--inventory", str(inventory))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("nixfab: error:")
+    assert not Path("/tmp/pwned").exists()
