@@ -85,6 +85,8 @@ def open_session(inventory: str, *, dry_run: bool, ssh_config: Path | None = Non
 
     loaded = load_inventory(Path(inventory), required=inventory != "hosts.yaml")
     if ssh_config and loaded.ssh_config is None:
+        if any(character.isspace() for character in str(ssh_config)):
+            raise UsageError(f"ssh_config path {str(ssh_config)!r} contains whitespace, which Nix's NIX_SSHOPTS cannot carry")
         loaded = replace(loaded, ssh_config=ssh_config)
     return Session(loaded, dry_run=dry_run)
 

@@ -83,11 +83,16 @@ class Session:
     def target(self, spec: HostSpec) -> RemoteHost:
         return self.remote(spec.name, spec.ssh, use_sudo=spec.sudo)
 
+    def ssh_of(self, name: str) -> SshTarget:
+        """A host's or a builder's SSH target, by name."""
+        if name in self.inventory.hosts:
+            return self.inventory.hosts[name].ssh
+        return self.inventory.builder_target(name)
+
     def builder(self, name: str) -> RemoteHost:
         if name in self.inventory.hosts:
             return self.target(self.inventory.hosts[name])
-        ssh = self.inventory.builder_target(name)
-        return self.remote(name, ssh, use_sudo=False)
+        return self.remote(name, self.ssh_of(name), use_sudo=False)
 
     def nix_env(self, *targets: SshTarget) -> dict[str, str]:
         ports = {t.port for t in targets if t.port}
@@ -132,7 +137,7 @@ def deploy(session: Session, request: DeployRequest) -> DeployOutcome:
                 builder: RemoteHost = session.target(spec) if build_on == "target" else session.builder(build_on)
                 echo.note(f"==> {spec.name}: building {spec.attr} on {builder.label}")
                 evaluation = evaluate(runner, request.flake, spec.attr, extra)
-                builder_ssh = spec.ssh if build_on == "target" else _ssh_of(session, build_on)
+                builder_ssh = spec.ssh if build_on == "target" else session.ssh_of(build_on)
                 built = build_remotely(
                     runner,
                     builder,
@@ -153,7 +158,7 @@ def deploy(session: Session, request: DeployRequest) -> DeployOutcome:
             copied = False
             if not request.local and not (build_on == "target"):
                 echo.note(f"==> {spec.name}: copying the closure")
-                sources = [spec.ssh] + ([_ssh_of(session, build_on)] if source_store else [])
+                sources = [spec.ssh] + ([session.ssh_of(build_on)] if source_store else [])
                 copied = copy_closure(
                     runner,
                     path,
@@ -185,9 +190,3 @@ def deploy(session: Session, request: DeployRequest) -> DeployOutcome:
                     builder_host.run(commands.remove_tree(root_dir))
                 except Exception:  # noqa: BLE001 - a host that went away keeps a stale temp root; harmless
                     pass
-
-
-def _ssh_of(session: Session, name: str) -> SshTarget:
-    if name in session.inventory.hosts:
-        return session.inventory.hosts[name].ssh
-    return session.inventory.builder_target(name)
