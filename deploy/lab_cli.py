@@ -9,20 +9,21 @@ DEMO_HOSTS = ("alpha", "beta", "gamma")
 
 def short(path: str | None) -> str:
     # /nix/store/<hash>-nixos-system-alpha-lab.1 reads better as its name.
-    return path.rsplit("/", 1)[-1].split("-", 1)[-1] if path else "-"
+    name = path.rsplit("/", 1)[-1].split("-", 1)[-1] if path else "-"
+    return name.removeprefix("nixos-system-")
 
 
 def status_table(lab: Lab):  # type: ignore[no-untyped-def]
     from rich.table import Table
 
     table = Table(title=f"nixfab lab at {lab.root}")
-    for column in ("host", "ssh", "supervisor pid", "boot id", "generations", "current generation", "boot default", "/run/current-system"):
-        table.add_column(column)
+    for column in ("host", "port", "pid", "boot id", "generations", "current", "boot default", "running system"):
+        table.add_column(column, no_wrap=True)
     for host in lab.hosts():
         state = lab.state(host.name)
         table.add_row(
             host.name,
-            f"127.0.0.1:{host.port}",
+            str(host.port),
             f"{host.supervisor_pid}" + ("" if state.running else " (stopped)"),
             state.boot_id[:8],
             ", ".join(str(g.number) for g in state.generations) or "-",
@@ -33,9 +34,22 @@ def status_table(lab: Lab):  # type: ignore[no-untyped-def]
     return table
 
 
-def up(names: list[str], *, reboot_delay: float = 1.0) -> Lab:
+def make_console():  # type: ignore[no-untyped-def]
+    import sys
+
     from rich.console import Console
 
+    # Piped output (CI logs, `| less`) would otherwise be cut at 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+def lab_flake(lab: Lab) -> str:
+    # `path:` because .lab/ may sit, gitignored, inside a git checkout, where
+    # a plain path would make Nix look for the flake among the tracked files.
+    return f"path:{lab.root / 'flake'}"
+
+
+def up(names: list[str], *, reboot_delay: float = 1.0) -> Lab:
     lab = Lab(default_lab_dir())
     lab.up(names, reboot_delay=reboot_delay)
     write_fixture_flake(lab.root / "flake", names)
@@ -43,21 +57,19 @@ def up(names: list[str], *, reboot_delay: float = 1.0) -> Lab:
         "# The lab's inventory: every host is an alias in ./ssh_config.\nssh_config: ./ssh_config\nhosts:\n"
         + "".join(f"  {name}: {{ tags: [lab] }}\n" for name in names)
     )
-    console = Console()
+    console = make_console()
     console.print(status_table(lab))
-    console.print(f"ssh -F {lab.ssh_config} {names[0]}   # log in to a host")
-    console.print(f"inv switch-push {names[0]} --flake {lab.root / 'flake'} --inventory {lab.root / 'hosts.yaml'}")
+    console.print(f"ssh -F {lab.ssh_config} {names[0]}   # log in to a host", soft_wrap=True)
+    console.print(f"inv switch-push {names[0]} --flake {lab_flake(lab)} --inventory {lab.root / 'hosts.yaml'}", soft_wrap=True)
     return lab
 
 
 def status() -> None:
-    from rich.console import Console
-
     lab = Lab(default_lab_dir())
     if not lab.hosts():
-        Console().print(f"no lab is running at {lab.root}; start one with `inv lab.up`")
+        make_console().print(f"no lab is running at {lab.root}; start one with `inv lab.up`")
         return
-    Console().print(status_table(lab))
+    make_console().print(status_table(lab))
 
 
 def down() -> None:
@@ -67,19 +79,17 @@ def down() -> None:
 
 
 def demo() -> None:
-    from rich.console import Console
-
     from deploy.inventory import load_inventory
     from deploy.pipeline import DeployRequest, Session, deploy
 
-    console = Console()
+    console = make_console()
     console.rule("1. three simulated NixOS hosts, each with an empty /nix")
     lab = up(list(DEMO_HOSTS), reboot_delay=0.5)
     console.rule("2. inv switch-push, to each host")
     session = Session(load_inventory(lab.root / "hosts.yaml", required=True))
     try:
         for name in DEMO_HOSTS:
-            deploy(session, DeployRequest(machine=name, flake=str(lab.root / "flake"), action="switch"))
+            deploy(session, DeployRequest(machine=name, flake=lab_flake(lab), action="switch"))
     finally:
         session.close()
     console.rule("3. what the hosts say now")
