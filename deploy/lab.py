@@ -19,7 +19,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,9 @@ class LabHost:
     directory: Path
     supervisor_pid: int
     supervisor_started: int
+    http_port: int = 0
+    nix_size_mib: int | None = None  # /nix is a tmpfs of this size instead of directory/nix
+    boot_size_mib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,15 @@ def write_fixture_flake(
     revision: str = "1",
     revisions: dict[str, str] | None = None,
     payload_kib: int = 0,
+    slow_seconds: int = 6,
+    home_users: Sequence[str] = (SUDO_USER,),
 ) -> Path:
-    """Copy the fixture flake to `destination`; a new revision makes a new generation."""
+    """Copy the fixture flake to `destination`; a new revision makes a new generation.
+
+    Per host it has nixosConfigurations <host>, <host>-broken, -cutoff, -slow
+    (activation waits slow_seconds) and -sick (its lab-health says sick), and
+    homeConfigurations "<user>@<host>" and "<user>" for each of home_users.
+    """
     if destination.exists():
         shutil.rmtree(destination)
     shutil.copytree(FIXTURE_FLAKE, destination)
@@ -108,6 +120,8 @@ def write_fixture_flake(
         "revision": revision,
         "revisions": revisions or {},
         "payloadKiB": payload_kib,
+        "slowSeconds": slow_seconds,
+        "homeUsers": list(dict.fromkeys(home_users)),
     }
     (destination / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
     return destination
@@ -160,7 +174,10 @@ class Lab:
             return []
         state = json.loads(self.state_file.read_text())
         return [
-            LabHost(h["name"], h["port"], Path(h["directory"]), h["supervisor_pid"], h["supervisor_started"])
+            LabHost(
+                h["name"], h["port"], Path(h["directory"]), h["supervisor_pid"], h["supervisor_started"],
+                h.get("http_port", 0), h.get("nix_size_mib"), h.get("boot_size_mib"),
+            )
             for h in state["hosts"]
         ]
 
@@ -179,7 +196,16 @@ class Lab:
 
     # --- up and down ---------------------------------------------------------
 
-    def up(self, names: Sequence[str], *, reboot_delay: float = 1.0, timeout: float = 30.0) -> list[LabHost]:
+    def up(
+        self,
+        names: Sequence[str],
+        *,
+        reboot_delay: float = 1.0,
+        timeout: float = 30.0,
+        nix_size_mib: Mapping[str, int] | None = None,
+        boot_size_mib: Mapping[str, int] | None = None,
+    ) -> list[LabHost]:
+        """Start the hosts; nix_size_mib/boot_size_mib give some of them a small /nix or /boot that can fill up."""
         problems = lab_prerequisites()
         if problems:
             raise LabError("cannot start the lab: " + "; ".join(problems))
@@ -188,6 +214,13 @@ class Lab:
         for name in names:
             if not name.replace("-", "").isalnum():
                 raise LabError(f"lab host name {name!r} must be letters, digits and dashes")
+        sizes = {"nix_size_mib": dict(nix_size_mib or {}), "boot_size_mib": dict(boot_size_mib or {})}
+        for option, by_host in sizes.items():
+            for name, size in by_host.items():
+                if name not in names:
+                    raise LabError(f"{option} names {name!r}, which is not one of the lab hosts")
+                if not isinstance(size, int) or size <= 0:
+                    raise LabError(f"{option}[{name!r}] must be a positive number of MiB, not {size!r}")
         self.down()
         if self.root.exists():
             shutil.rmtree(self.root)
@@ -201,11 +234,19 @@ class Lab:
         hosts: list[LabHost] = []
         try:
             for name in dict.fromkeys(names):
-                hosts.append(self._start_host(name, reboot_delay))
+                hosts.append(
+                    self._start_host(
+                        name,
+                        reboot_delay,
+                        nix_size_mib=sizes["nix_size_mib"].get(name),
+                        boot_size_mib=sizes["boot_size_mib"].get(name),
+                    )
+                )
                 self._save(hosts)
             self._write_client_config(hosts)
             for host in hosts:
                 self.wait_for_ssh(host.name, timeout=timeout)
+                self.wait_for_http(host.name, timeout=timeout)
         except BaseException:
             self.down()
             raise
@@ -221,12 +262,17 @@ class Lab:
         for command in FAKE_COMMANDS:
             (self.fakes_dir / command).symlink_to("lab-fake")
 
-    def _start_host(self, name: str, reboot_delay: float) -> LabHost:
+    def _start_host(
+        self, name: str, reboot_delay: float, *, nix_size_mib: int | None = None, boot_size_mib: int | None = None
+    ) -> LabHost:
         directory = self.root / "hosts" / name
         for sub in ("nix", "boot", "etc", "etc-nix", f"home/{SUDO_USER}/.ssh"):
             (directory / sub).mkdir(parents=True)
         (directory / "boot_id").write_text(str(uuid.uuid4()) + "\n")
         port = free_port()
+        http_port = free_port()
+        while http_port == port:
+            http_port = free_port()
         host_key = directory / "ssh_host_ed25519_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(host_key)], check=True)
         authorized = directory / "authorized_keys"
@@ -259,15 +305,20 @@ class Lab:
         spec = {
             "name": name,
             "port": port,
+            "http_port": http_port,
+            "nix_size_mib": nix_size_mib,
+            "boot_size_mib": boot_size_mib,
             "reboot_delay": reboot_delay,
             "fakes_dir": str(self.fakes_dir),
             "deployer_namespace": os.readlink("/proc/self/ns/mnt"),
+            "deployer_uts_namespace": os.readlink("/proc/self/ns/uts"),
         }
         (directory / "host.json").write_text(json.dumps(spec, indent=2))
         log = open(directory / "supervisor.out", "ab")
         process = subprocess.Popen(
             [
-                "unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
+                # --uts: each host has its own hostname, so "this machine" inside it is the host's name.
+                "unshare", "--mount", "--pid", "--uts", "--fork", "--mount-proc", "--propagation", "private",
                 "--kill-child=SIGTERM", "--", sys.executable, str(SUPERVISOR), str(directory),
             ],
             stdin=subprocess.DEVNULL,
@@ -278,7 +329,7 @@ class Lab:
         log.close()
         started = process_start_time(process.pid)
         assert started is not None, "unshare exited at once"
-        return LabHost(name, port, directory, process.pid, started)
+        return LabHost(name, port, directory, process.pid, started, http_port, nix_size_mib, boot_size_mib)
 
     def _write_host_etc(self, directory: Path) -> None:
         etc = directory / "etc"
@@ -341,6 +392,9 @@ class Lab:
                     "directory": str(h.directory),
                     "supervisor_pid": h.supervisor_pid,
                     "supervisor_started": h.supervisor_started,
+                    "http_port": h.http_port,
+                    "nix_size_mib": h.nix_size_mib,
+                    "boot_size_mib": h.boot_size_mib,
                 }
                 for h in hosts
             ]
@@ -409,20 +463,64 @@ class Lab:
             time.sleep(0.1)
         raise LabError(f"lab host {name} did not answer SSH within {timeout:.0f}s")
 
-    def inside(self, name: str, argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run argv in the host's mount namespace without SSH, for inspection."""
+    def http_url(self, name: str) -> str:
+        """The host's health endpoint: 200 "ok" when its running system is healthy, else 503."""
         host = self.host(name)
-        if not self.is_running(host):
-            raise LabError(f"lab host {name} is not running")
+        if not host.http_port:
+            raise LabError(f"lab host {name} was started without an HTTP health endpoint")
+        return f"http://127.0.0.1:{host.http_port}/health"
+
+    def http_status(self, name: str, *, timeout: float = 5.0) -> tuple[int, str]:
+        """(status, body) of the health endpoint; (0, reason) when nothing answers."""
+        try:
+            with urllib.request.urlopen(self.http_url(name), timeout=timeout) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.read().decode()
+        except (urllib.error.URLError, OSError) as error:
+            return 0, str(error)
+
+    def wait_for_http(self, name: str, *, timeout: float = 30.0) -> None:
+        if not self.host(name).http_port:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.http_status(name)[0]:
+                return
+            time.sleep(0.05)
+        raise LabError(f"lab host {name}'s health endpoint did not answer within {timeout:.0f}s")
+
+    def init_pid(self, host: LabHost) -> int:
+        """PID 1 of the host, as this machine numbers it (the child of `unshare --fork`)."""
+        children = children_of(host.supervisor_pid) if self.is_running(host) else []
+        if not children:
+            raise LabError(f"lab host {host.name} is not running")
+        return children[0]
+
+    def inside(self, name: str, argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run argv in the host's mount and PID namespaces without SSH, for inspection.
+
+        The PID namespace matters: the fakes (lab-sshd, reboot) signal the
+        host's PID 1, which must never be this machine's init.
+        """
+        host = self.host(name)
         return subprocess.run(
-            ["nsenter", "--target", str(host.supervisor_pid), "--mount", "--", *argv],
+            ["nsenter", "--target", str(self.init_pid(host)), "--mount", "--pid", "--", *argv],
             capture_output=True, text=True, check=check,
         )
+
+    def disk_path(self, name: str, mount_point: str) -> Path:
+        """Where this machine can read the host's /nix or /boot (a tmpfs one only while it runs)."""
+        host = self.host(name)
+        size = {"/nix": host.nix_size_mib, "/boot": host.boot_size_mib}[mount_point]
+        if size and self.is_running(host):
+            return Path(f"/proc/{self.init_pid(host)}/root") / mount_point.lstrip("/")
+        return host.directory / mount_point.lstrip("/")
 
     def state(self, name: str) -> HostState:
         host = self.host(name)
         running = self.is_running(host)
-        nix_var = host.directory / "nix" / "var" / "nix" / "profiles"
+        nix_var = self.disk_path(name, "/nix") / "var" / "nix" / "profiles"
         generations = []
         for link in sorted(nix_var.glob("system-*-link")):
             number = int(link.name.split("-")[1])
@@ -430,7 +528,7 @@ class Lab:
         generations.sort(key=lambda g: g.number)
         profile = nix_var / "system"
         current = int(os.readlink(profile).split("-")[1]) if profile.is_symlink() else None
-        loader = host.directory / "boot" / "loader" / "loader.conf"
+        loader = self.disk_path(name, "/boot") / "loader" / "loader.conf"
         boot_default = None
         if loader.exists():
             for line in loader.read_text().splitlines():
@@ -455,10 +553,10 @@ class Lab:
         )
 
     def store_has(self, name: str, store_path: str) -> bool:
-        return (self.host(name).directory / store_path.lstrip("/")).exists()
+        return (self.disk_path(name, "/nix") / store_path.removeprefix("/nix/")).exists()
 
     def activations(self, name: str) -> list[str]:
-        log = self.host(name).directory / "nix/var/nix/lab/activations.log"
+        log = self.disk_path(name, "/nix") / "var/nix/lab/activations.log"
         return log.read_text().splitlines() if log.exists() else []
 
     def accepted_ssh_logins(self, name: str) -> int:

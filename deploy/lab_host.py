@@ -4,8 +4,11 @@
 (`unshare --mount --pid --fork --mount-proc ...`). It lays
 private mounts over /nix, /run, /boot, /etc/nix, the boot id and the system
 commands, then plays the role of firmware, bootloader and init: it boots the
-generation the boot entry names, runs nix-daemon and sshd, and on a request
-from the fake `reboot` kills every process of the host and boots again.
+generation the boot entry names, runs nix-daemon, sshd and an HTTP health
+endpoint (`--health-server PORT`: 200 "ok" when the running system's
+lab-health says ok, else 503), and on a request from the fake `reboot` kills
+every process of the host and boots again. /nix and /boot may be small
+tmpfs disks instead of the host's directories, to fill them up on purpose.
 
 Standard library only: it runs before any virtualenv can be trusted.
 """
@@ -14,14 +17,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 RUN_DIR = Path("/run/nixfab-lab")
+HEALTH_FILE = Path("/run/current-system/lab-health")
 
 
 class SimulatedHost:
@@ -31,17 +37,27 @@ class SimulatedHost:
         self.namespace = os.readlink("/proc/self/ns/mnt")
         self.sshd: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
+        self.health_server: subprocess.Popen[bytes] | None = None
 
     # --- mounts --------------------------------------------------------------
 
     def bind(self, source: Path | str, target: str) -> None:
         subprocess.run(["mount", "--bind", str(source), target], check=True)
 
+    def disk(self, target: str, size_mib: int | None) -> None:
+        """The host's own directory for target, or a disk of size_mib that can fill up."""
+        if size_mib:
+            # A tmpfs dies with the namespace, so nothing is left mounted
+            # outside; the lab reads it through /proc/<pid 1>/root.
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "tmpfs", target], check=True)
+        else:
+            self.bind(self.hostdir / target.lstrip("/"), target)
+
     def mount_private_filesystems(self) -> None:
         if self.namespace == self.spec["deployer_namespace"] or os.getpid() != 1:
             sys.exit("lab_host: refusing to run outside a fresh mount and PID namespace")
-        self.bind(self.hostdir / "nix", "/nix")
-        self.bind(self.hostdir / "boot", "/boot")
+        self.disk("/nix", self.spec.get("nix_size_mib"))
+        self.disk("/boot", self.spec.get("boot_size_mib"))
         self.bind(self.hostdir / "boot_id", "/proc/sys/kernel/random/boot_id")
         self.bind(self.hostdir / "etc-nix", "/etc/nix")
         for target in ("/usr/local/sbin", "/usr/local/bin"):
@@ -72,6 +88,9 @@ class SimulatedHost:
         return init.group(1) if init else None
 
     def boot(self) -> None:
+        # Only in a UTS namespace of our own: never rename the machine the lab runs on.
+        if os.readlink("/proc/self/ns/uts") != self.spec.get("deployer_uts_namespace", os.readlink("/proc/self/ns/uts")):
+            socket.sethostname(self.spec["name"])
         RUN_DIR.mkdir(parents=True)
         (RUN_DIR / "units").mkdir()
         (RUN_DIR / "supervisor.pid").write_text(str(os.getpid()))
@@ -80,6 +99,9 @@ class SimulatedHost:
         authorized.chmod(0o644)
         Path("/run/sshd").mkdir(mode=0o755)
         Path("/run/systemd/system").mkdir(parents=True)
+        lock = Path("/run/lock")
+        lock.mkdir()
+        lock.chmod(0o1777)  # mkdir's mode is cut by the umask
         toplevel = self.default_generation_path()
         if toplevel:
             for link in ("/run/current-system", "/run/booted-system"):
@@ -95,6 +117,7 @@ class SimulatedHost:
             stdout=open(self.hostdir / "nix-daemon.log", "ab"),
             stderr=subprocess.STDOUT,
         )
+        self.start_health_server()
         self.start_sshd()
         self.log(f"booted {toplevel or '(no system yet)'} boot_id={self.boot_id()}")
 
@@ -105,6 +128,17 @@ class SimulatedHost:
             ["/usr/sbin/sshd", "-D", "-f", str(self.hostdir / "sshd_config"),
              "-E", str(self.hostdir / "sshd.log")],
             stdin=subprocess.DEVNULL,
+        )
+
+    def start_health_server(self) -> None:
+        port = self.spec.get("http_port")
+        if not port:
+            return
+        self.health_server = subprocess.Popen(
+            [sys.executable, __file__, "--health-server", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.hostdir / "health-http.log", "ab"),
+            stderr=subprocess.STDOUT,
         )
 
     def boot_id(self) -> str:
@@ -212,5 +246,38 @@ class SimulatedHost:
                 self.start_sshd()
 
 
+def health() -> tuple[int, str]:
+    """What the running system says about itself: 200 when lab-health says ok."""
+    try:
+        verdict = HEALTH_FILE.read_text().strip()
+    except OSError:
+        return 503, "no current system"
+    return (200, "ok") if verdict == "ok" else (503, verdict or "unknown")
+
+
+class HealthHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server looks up
+        status, body = health()
+        payload = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_HEAD = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+        pass
+
+
+def serve_health(port: int) -> None:
+    HTTPServer(("127.0.0.1", port), HealthHandler).serve_forever()
+
+
 if __name__ == "__main__":
-    SimulatedHost(Path(sys.argv[1])).serve()
+    if sys.argv[1:2] == ["--health-server"]:
+        serve_health(int(sys.argv[2]))
+    else:
+        SimulatedHost(Path(sys.argv[1])).serve()

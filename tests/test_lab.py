@@ -8,9 +8,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import json
+
 import pytest
 
-from deploy.lab import Lab
+from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
 
 
 def alive(pid: int) -> bool:
@@ -103,7 +105,7 @@ def test_reboot_drops_sessions_and_changes_boot_id(lab: Lab) -> None:
     assert after != before and after == lab.state("alpha").boot_id
     # A fresh boot has a fresh /run.
     assert lab.ssh("alpha", ["test", "-e", "/tmp/never"], check=False).returncode != 0
-    assert sorted(lab.ssh("alpha", ["ls", "/run"]).stdout.split()) == ["nixfab-lab", "sshd", "systemd"]
+    assert sorted(lab.ssh("alpha", ["ls", "/run"]).stdout.split()) == ["lock", "nixfab-lab", "sshd", "systemd"]
 
 
 def test_reboot_boots_the_default_boot_entry(lab: Lab, tmp_path: Path) -> None:
@@ -162,3 +164,155 @@ def test_teardown_stops_hosts_when_a_test_fails_midway(tmp_path: Path) -> None:
     *pids, root = pid_file.read_text().split()
     assert pids and not any(alive(int(pid)) for pid in pids)
     assert subprocess.run(["pgrep", "-f", root], capture_output=True, text=True).stdout == ""
+
+
+# --- fixture variants, the health endpoint, small disks ---------------------
+
+
+def build(flake: Path, *attrs: str) -> list[str]:
+    # One build per attr: Nix 2.8's `build --json` does not list results in the order of the installables.
+    paths = []
+    for attr in attrs:
+        installable = f'path:{flake}#nixosConfigurations."{attr}".config.system.build.toplevel'
+        result = subprocess.run(["nix", "build", "--no-link", "--json", installable], capture_output=True, text=True, check=True)
+        paths.append(json.loads(result.stdout)[0]["outputs"]["out"])
+    return paths
+
+
+def copy_to(lab: Lab, name: str, *paths: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["nix", "copy", "--to", f"ssh://{name}", *paths],
+        env=dict(os.environ, NIX_SSHOPTS=f"-F {lab.ssh_config}"), capture_output=True, text=True, check=check,
+    )
+
+
+def ssh_answers(lab: Lab, name: str) -> bool:
+    return lab.ssh(name, ["true"], check=False, timeout=10).returncode == 0
+
+
+def test_every_toplevel_says_whether_it_is_healthy(tmp_path: Path) -> None:
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    variants = ["alpha", "alpha-broken", "alpha-cutoff", "alpha-slow", "alpha-sick"]
+    health = {attr: Path(path, "lab-health").read_text() for attr, path in zip(variants, build(flake, *variants))}
+    assert health == {"alpha": "ok\n", "alpha-broken": "ok\n", "alpha-cutoff": "ok\n", "alpha-slow": "ok\n", "alpha-sick": "sick\n"}
+
+
+def test_health_endpoint_follows_the_running_system(lab: Lab, tmp_path: Path) -> None:
+    lab.up(["alpha"], reboot_delay=0.2)
+    assert lab.http_url("alpha").startswith("http://127.0.0.1:")
+    assert lab.http_status("alpha") == (503, "no current system")
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    good, sick = build(flake, "alpha", "alpha-sick")
+    copy_to(lab, "alpha", good, sick)
+    lab.ssh("alpha", [f"{good}/bin/switch-to-configuration", "test"])
+    assert lab.http_status("alpha") == (200, "ok")
+    lab.ssh("alpha", [f"{sick}/bin/switch-to-configuration", "test"])
+    assert lab.state("alpha").current_system == sick
+    assert lab.http_status("alpha") == (503, "sick")
+    # The endpoint is part of the host: a reboot restarts it, on the booted system.
+    lab.ssh("alpha", ["nix-env", "-p", "/nix/var/nix/profiles/system", "--set", good])
+    lab.ssh("alpha", [f"{good}/bin/switch-to-configuration", "boot"])
+    before = lab.state("alpha").boot_id
+    lab.ssh("alpha", ["reboot"], check=False)
+    assert wait_until(lambda: lab.state("alpha").boot_id != before and ssh_answers(lab, "alpha"))
+    lab.wait_for_http("alpha")
+    assert lab.state("alpha").current_system == good
+    assert lab.http_status("alpha") == (200, "ok")
+
+
+def test_detached_processes_survive_an_ssh_cut_off(lab: Lab) -> None:
+    lab.up(["alpha"])
+    # Both wait for a gate opened only once SSH is observed dead, so they
+    # provably outlive the cut-off, however slow this machine is.
+    gated = "while ! test -e /run/gate; do sleep 0.05; done; touch {}"
+    lab.ssh("alpha", ["systemd-run", "--unit", "x", "--", "sh", "-c", gated.format("/run/x")])
+    lab.ssh("alpha", ["sh", "-c", f"setsid sh -c '{gated.format('/run/y')}' </dev/null >/dev/null 2>&1 &"])
+    lab.ssh("alpha", ["lab-sshd", "cut-off"], check=False)
+    assert wait_until(lambda: not ssh_answers(lab, "alpha"))
+    assert lab.inside("alpha", ["systemctl", "is-active", "x"], check=False).stdout.strip() == "active"
+    lab.inside("alpha", ["touch", "/run/gate"])
+    assert wait_until(lambda: lab.inside("alpha", ["test", "-e", "/run/x"], check=False).returncode == 0)
+    assert wait_until(lambda: lab.inside("alpha", ["test", "-e", "/run/y"], check=False).returncode == 0)
+    assert not ssh_answers(lab, "alpha")
+    lab.inside("alpha", ["lab-sshd", "start"])
+    lab.wait_for_ssh("alpha", timeout=20)
+
+
+def test_fakes_refuse_to_signal_from_outside_the_hosts_pid_namespace(lab: Lab) -> None:
+    lab.up(["alpha"])
+    host = lab.host("alpha")
+    outside_pid_namespace = subprocess.run(
+        ["nsenter", "--target", str(lab.init_pid(host)), "--mount", "--", "lab-sshd", "cut-off"], capture_output=True, text=True
+    )
+    assert outside_pid_namespace.returncode != 0 and "refusing" in outside_pid_namespace.stderr
+    assert ssh_answers(lab, "alpha")
+
+
+def test_magic_rollback_from_a_detached_watchdog_reopens_ssh(lab: Lab, tmp_path: Path) -> None:
+    lab.up(["alpha"])
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    good, cutoff = build(flake, "alpha", "alpha-cutoff")
+    copy_to(lab, "alpha", good, cutoff)
+    lab.ssh("alpha", [f"{good}/bin/switch-to-configuration", "test"])
+    watchdog = f"while ! test -e /run/gate; do sleep 0.05; done; exec {good}/bin/switch-to-configuration test"
+    lab.ssh("alpha", ["systemd-run", "--unit", "rollback", "--", "sh", "-c", watchdog])
+    lab.ssh("alpha", [f"{cutoff}/bin/switch-to-configuration", "test"], check=False)
+    assert wait_until(lambda: not ssh_answers(lab, "alpha"))
+    assert lab.state("alpha").current_system == cutoff
+    lab.inside("alpha", ["touch", "/run/gate"])
+    assert wait_until(lambda: ssh_answers(lab, "alpha"))
+    assert lab.state("alpha").current_system == good
+    assert lab.inside("alpha", ["cat", "/run/nixfab-lab/units/rollback.status"]).stdout.strip() == "0"
+
+
+def test_slow_variant_is_still_activating_while_it_waits(lab: Lab, tmp_path: Path) -> None:
+    lab.up(["alpha"])
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"], slow_seconds=600)
+    good, slow = build(flake, "alpha", "alpha-slow")
+    assert build(write_fixture_flake(tmp_path / "other", ["alpha"], slow_seconds=5), "alpha") == [good]
+    copy_to(lab, "alpha", good, slow)
+    lab.ssh("alpha", [f"{good}/bin/switch-to-configuration", "test"])
+    lab.ssh("alpha", ["systemd-run", "--unit", "slow", "--", f"{slow}/bin/switch-to-configuration", "test"])
+    assert wait_until(lambda: "waiting 600s" in lab.inside("alpha", ["journalctl", "-u", "slow"]).stdout)
+    assert lab.inside("alpha", ["systemctl", "is-active", "slow"], check=False).stdout.strip() == "active"
+    assert lab.state("alpha").current_system == good
+    lab.inside("alpha", ["systemctl", "stop", "slow"])
+    assert wait_until(lambda: lab.inside("alpha", ["systemctl", "is-active", "slow"], check=False).returncode != 0)
+    assert lab.state("alpha").current_system == good
+
+
+def test_small_nix_and_boot_fill_up(lab: Lab, tmp_path: Path) -> None:
+    lab.up(["alpha", "beta"], nix_size_mib={"alpha": 32}, boot_size_mib={"alpha": 4})
+
+    def total_kib(name: str, mount_point: str) -> int:
+        return int(lab.ssh(name, ["df", "-Pk", mount_point]).stdout.splitlines()[1].split()[1])
+
+    assert total_kib("alpha", "/nix") <= 32 * 1024
+    assert total_kib("alpha", "/boot") <= 4 * 1024
+    assert total_kib("beta", "/nix") > 32 * 1024
+    for name in ("alpha", "beta"):
+        assert lab.ssh(name, ["stat", "-c", "%a", "/run/lock"]).stdout.strip() == "1777"
+    # A small system still fits, and the lab reads the tmpfs disks' state.
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    (small,) = build(flake, "alpha")
+    copy_to(lab, "alpha", small)
+    lab.ssh("alpha", ["nix-env", "-p", "/nix/var/nix/profiles/system", "--set", small])
+    lab.ssh("alpha", [f"{small}/bin/switch-to-configuration", "switch"])
+    state = lab.state("alpha")
+    assert state.current_generation == 1 and state.current_system == small and state.boot_default_path == small
+    assert lab.store_has("alpha", small) and len(lab.activations("alpha")) == 1
+    big_flake = write_fixture_flake(tmp_path / "big", ["alpha"], payload_kib=64 * 1024)
+    (big,) = build(big_flake, "alpha")
+    failed = copy_to(lab, "alpha", big, check=False)
+    assert failed.returncode != 0 and "No space left on device" in failed.stderr, failed.stderr
+    # Nix may leave the partial path on disk, but never registers it as valid.
+    assert lab.ssh("alpha", ["nix-store", "--check-validity", big], check=False).returncode != 0
+
+
+def test_size_options_must_name_lab_hosts(lab: Lab) -> None:
+    from deploy.errors import LabError
+
+    with pytest.raises(LabError, match="not one of the lab hosts"):
+        lab.up(["alpha"], nix_size_mib={"beta": 32})
+    with pytest.raises(LabError, match="positive number of MiB"):
+        lab.up(["alpha"], boot_size_mib={"alpha": 0})

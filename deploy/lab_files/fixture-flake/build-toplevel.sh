@@ -1,6 +1,8 @@
 # Lays out a store path with the parts of a NixOS toplevel that deploy tools touch.
 mkdir -p "$out/bin"
 printf '%s\n' "$nixosVersion" > "$out/nixos-version"
+# What a hosts.yaml health command (grep -qx ok /run/current-system/lab-health) reads.
+printf '%s\n' "$health" > "$out/lab-health"
 ln -s "$etc" "$out/etc"
 ln -s "$sw" "$out/sw"
 printf '#!/bin/sh\necho "lab init for %s"\n' "$hostName" > "$out/init"
@@ -8,6 +10,6 @@ chmod +x "$out/init"
 if [ "$payloadKiB" -gt 0 ]; then
   head -c "$((payloadKiB * 1024))" /dev/urandom > "$out/payload"
 fi
-sed -e "s|@out@|$out|g" -e "s|@variant@|$variant|g" -e "s|@hostName@|$hostName|g" \
+sed -e "s|@out@|$out|g" -e "s|@variant@|$variant|g" -e "s|@slowSeconds@|$slowSeconds|g" -e "s|@hostName@|$hostName|g" \
   "$switchToConfiguration" > "$out/bin/switch-to-configuration"
 chmod +x "$out/bin/switch-to-configuration"

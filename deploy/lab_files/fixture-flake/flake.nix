@@ -38,6 +38,10 @@
             nixosVersion = "24.11.lab.${revision}";
             switchToConfiguration = ./switch-to-configuration.sh;
             payloadKiB = toString (settings.payloadKiB or 0);
+            # Only the -slow variant carries the delay, so changing it leaves
+            # every other variant's store path alone.
+            slowSeconds = if variant == "slow" then toString (settings.slowSeconds or 6) else "0";
+            health = if variant == "sick" then "sick" else "ok";
           };
         in {
           config = {
@@ -52,13 +56,41 @@
         "" = "ok";
         "-broken" = "broken";
         "-cutoff" = "cutoff";
+        "-slow" = "slow";
+        "-sick" = "sick";
       };
       forHost = name:
         builtins.listToAttrs (map (suffix: {
           name = name + suffix;
           value = mkSystem name variants.${suffix};
         }) (builtins.attrNames variants));
+
+      homeUsers = settings.homeUsers or [ "deploy" ];
+      homeDirectory = user:
+        (settings.homeDirectories or { }).${user} or (if user == "root" then "/root" else "/home/${user}");
+
+      # Home Manager's activationPackage, reduced to its contract: an
+      # executable `activate` that must run as the user it was built for.
+      mkHome = user: host: revision: {
+        activationPackage = derivation {
+          inherit system user revision;
+          name = "home-manager-generation";
+          builder = "/bin/sh";
+          args = [ ./build-home.sh ];
+          PATH = "/usr/bin:/bin";
+          hostName = host;
+          home = homeDirectory user;
+          activateScript = ./home-activate.sh;
+        };
+      };
+      homesOf = host:
+        map (user: {
+          name = "${user}@${host}";
+          value = mkHome user host (settings.revisions.${host} or settings.revision);
+        }) homeUsers;
+      plainHomes = map (user: { name = user; value = mkHome user "" settings.revision; }) homeUsers;
     in {
       nixosConfigurations = builtins.foldl' (acc: name: acc // forHost name) { } settings.hosts;
+      homeConfigurations = builtins.listToAttrs (plainHomes ++ builtins.concatMap homesOf settings.hosts);
     };
 }

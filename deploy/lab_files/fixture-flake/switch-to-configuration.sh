@@ -4,6 +4,7 @@
 set -eu
 toplevel=@out@
 variant=@variant@
+slow_seconds=@slowSeconds@
 profile=/nix/var/nix/profiles/system
 action=${1:-}
 
@@ -68,6 +69,11 @@ if [ "$action" = switch ] || [ "$action" = boot ]; then
   install_bootloader
 fi
 if [ "$action" = switch ] || [ "$action" = test ]; then
+  if [ "$variant" = slow ]; then
+    # Long enough for a second deploy to find this one still activating.
+    echo "activating slowly: waiting ${slow_seconds}s..." >&2
+    sleep "$slow_seconds"
+  fi
   echo "activating the configuration..." >&2
   activate
   record
