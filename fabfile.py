@@ -1,1 +1,4 @@
-from tasks import deploy_namespace; ns = deploy_namespace(machine_positional=False)  # noqa: E702 - fab finds `ns`
+"""`fab -H user@host TASK`: the same tasks as tasks.py, with the machine taken from -H."""
+from tasks import namespace
+
+ns = namespace()

@@ -1,20 +1,27 @@
-"""nixfab's Invoke tasks: argument parsing only; the work happens in deploy/.
+"""nixfab's Invoke tasks: names, options and help only; the work happens in deploy/.
 
-Task names mirror flakem's commands. `inv TASK MACHINE` or `inv TASK --host
-MACHINE`; extra Nix options go after `--`. fabfile.py serves the same task
-functions to `fab -H user@host TASK`, with the machine taken from -H.
+Task names mirror flakem's commands: `inv TASK [MACHINE]`, or select with
+`--host a,b` (repeatable, globs), `--tag web`, `--all`; with none of them a
+task works on this machine. Extra Nix options go after `--`. fabfile.py
+serves the same tasks to `fab -H user@host TASK`.
 """
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from invoke import Collection, Task, task
 
 from deploy import cli
 
-COMMON_HELP = {
-    "host": "the machine: nixosConfigurations attribute and SSH destination ([user@]name)",
+cli.allow_optional_machine()
+
+HELP = {
+    "machine": "the machine (nixosConfigurations attribute and SSH destination, [user@]name); default: this machine",
+    "host": "the host(s): a,b or a glob ('web-*'); repeatable where a task takes several",
+    "tag": "every host with this tag (hosts.yaml tags, meta.nix tags); repeatable",
+    "all": "every host in hosts.yaml and systems/",
     "flake": "the flake (default: the current directory)",
     "inventory": "hosts.yaml to read (optional; default ./hosts.yaml)",
     "dry-run": "print every command, local and remote, and run none",
@@ -26,102 +33,136 @@ COMMON_HELP = {
     "timeout": "seconds to keep trying",
     "interval": "seconds between attempts",
     "command": "the shell command to run once the machine answers",
+    "parallel": "hosts deployed at the same time (default 10)",
+    "fail-fast": "stop starting new hosts after the first failure",
+    "canary": "deploy one host first; go on only if it comes out healthy",
+    "batch": "deploy in waves of N hosts; stop after a wave with a failure",
+    "json": "print the result as JSON on stdout",
+    "log-dir": "where each host's full log goes (default .nixfab/logs/<run>/)",
+    "force": "activate even when the host already runs this system",
+    "magic-rollback": "roll back unless a new SSH connection confirms the host after activation (default on)",
+    "confirm-timeout": "seconds a host waits for that confirmation before rolling back (default 30)",
+    "health-checks": "run hosts.yaml health checks after activation (default on)",
+    "skip-checks": "do not run `nix flake check` first",
+    "diff": "show what changes (nvd or nix store diff-closures, on the target) before activating",
+    "ask": "show the diff and ask before activating each host",
+    "generation": "the generation number to switch to (see `inv generations`)",
+    "input": "update only this flake input",
+    "user": "the Home Manager user (default: the login user)",
 }
 
-
-def _deploy(c: Any, host: str | None, **options: Any) -> None:
-    options.setdefault("extra_nix", cli.extra_nix_options() if not hasattr(c, "original_host") else ())
-    inventory, dry_run = options.pop("inventory"), options.pop("dry_run")
-    cli.run_deploy(c, host, inventory=inventory, dry_run=dry_run, **options)
-
-
-def build(c, host=None, flake=".", inventory="hosts.yaml", dry_run=False):  # type: ignore[no-untyped-def]
-    """Build a machine's system on this machine, leaving ./result (nothing is activated)."""
-    from pathlib import Path
-
-    _deploy(c, host, flake=flake, inventory=inventory, dry_run=dry_run, action=None, build_on="local", out_link=Path("result"))
+SELECTION: dict[str, Any] = {"machine": None, "host": [], "tag": [], "all": False, "flake": ".", "inventory": "hosts.yaml", "dry_run": False}
+FLEET: dict[str, Any] = {"parallel": "10", "fail_fast": False, "canary": False, "batch": "", "json": False, "log_dir": "", "skip_checks": False}
+ACTIVATING: dict[str, Any] = {
+    "force": False, "magic_rollback": True, "confirm_timeout": "30", "health_checks": True, "diff": False, "ask": False,
+}
+RESET: dict[str, Any] = {"delete_older_than": "15d", "reboot_timeout": "300"}
 
 
-def build_there(c, host=None, flake=".", inventory="hosts.yaml", dry_run=False):  # type: ignore[no-untyped-def]
-    """Build a machine's system on the machine itself (nothing is activated)."""
-    _deploy(c, host, flake=flake, inventory=inventory, dry_run=dry_run, action=None, build_on="target")
+def make_task(
+    name: str, doc: str, handler: Callable[..., None], parameters: dict[str, Any], fixed: dict[str, Any] | None = None,
+    positional: tuple[str, ...] = ("machine",),
+) -> Task:
+    """A Task whose options are `parameters` (name → default); `fixed` is passed to the handler as is."""
 
+    def body(c: Any, **options: Any) -> None:
+        handler(c, {**options, **(fixed or {})})
 
-def switch(c, host=None, flake=".", inventory="hosts.yaml", action="switch", dry_run=False):  # type: ignore[no-untyped-def]
-    """Build a system here and activate it on this machine (sudo nixos-rebuild switch)."""
-    _deploy(c, host, flake=flake, inventory=inventory, dry_run=dry_run, action=action, local=True)
-
-
-def switch_pull(c, host=None, flake=".", inventory="hosts.yaml", action="switch", dry_run=False):  # type: ignore[no-untyped-def]
-    """Build on the target and activate there."""
-    _deploy(c, host, flake=flake, inventory=inventory, dry_run=dry_run, action=action, build_on="target")
-
-
-def switch_push(  # type: ignore[no-untyped-def]
-    c, host=None, flake=".", inventory="hosts.yaml", action="switch", build_on=None, substitute_on_destination=False, dry_run=False
-):
-    """Build here (or where hosts.yaml says), copy the closure, activate on the target."""
-    _deploy(
-        c, host, flake=flake, inventory=inventory, dry_run=dry_run, action=action,
-        build_on=build_on, substitute_on_destination=substitute_on_destination,
+    body.__name__ = name.replace("-", "_")
+    body.__doc__ = doc
+    body.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(key, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value) for key, value in parameters.items()]
     )
+    iterable = [key for key, value in parameters.items() if isinstance(value, list)]
+    positional_names = [name for name in positional if name in parameters]
+    help_text = {key: HELP[key] for key in (k.replace("_", "-") for k in parameters) if key in HELP}
+    # Invoke would invent a short flag for every option, down to `--` itself once letters run out.
+    return Task(body, name=name, positional=positional_names, iterable=iterable, help=help_text, auto_shortflags=False)
 
 
-def switch_pull_reset(  # type: ignore[no-untyped-def]
-    c, host=None, flake=".", inventory="hosts.yaml", delete_older_than="15d", reboot_timeout="300", dry_run=False
-):
-    """switch-pull with the boot action, then reboot, wait for it, and collect garbage."""
-    _deploy(
-        c, host, flake=flake, inventory=inventory, dry_run=dry_run, action="boot", build_on="target",
-        reboot=True, collect_garbage=True, delete_older_than=delete_older_than, reboot_timeout=reboot_timeout,
-    )
+def deploy_task(name: str, doc: str, *, options: dict[str, Any] | None = None, fixed: dict[str, Any]) -> Task:
+    activating = fixed.get("action", "switch") is not None
+    parameters = {**SELECTION, **FLEET, **(ACTIVATING if activating else {}), **(options or {})}
+    return make_task(name, doc, cli.run_deploy, parameters, fixed)
 
 
-def switch_push_reset(  # type: ignore[no-untyped-def]
-    c, host=None, flake=".", inventory="hosts.yaml", delete_older_than="15d", reboot_timeout="300", build_on=None, dry_run=False
-):
-    """switch-push with the boot action, then reboot, wait for it, and collect garbage."""
-    _deploy(
-        c, host, flake=flake, inventory=inventory, dry_run=dry_run, action="boot", build_on=build_on,
-        reboot=True, collect_garbage=True, delete_older_than=delete_older_than, reboot_timeout=reboot_timeout,
-    )
+def local_step(name: str, doc: str, step: str, parameters: dict[str, Any], positional: tuple[str, ...] = ("machine",)) -> Task:
+    """A task that works on one host's connection (or this machine): the step is a function in deploy.day2."""
+
+    def handler(c: Any, options: dict[str, Any]) -> None:
+        from deploy import day2
+
+        getattr(day2, step)(c, options)
+
+    return make_task(name, doc, handler, parameters, positional=positional)
 
 
-def reset(c, host=None, inventory="hosts.yaml", delete_older_than="15d", reboot_timeout="300", dry_run=False):  # type: ignore[no-untyped-def]
-    """Reboot the machine, wait until it is back, then collect garbage."""
-    from deploy.gc import collect_garbage
-    from deploy.reboot import reboot_and_wait
+ONE_HOST = {"machine": None, "host": None, "inventory": "hosts.yaml", "dry_run": False}
 
-    def reboot_then_collect(target: Any) -> None:
-        reboot_and_wait(target, expected_system=None, timeout=cli.seconds("--reboot-timeout", reboot_timeout))
-        collect_garbage(target, delete_older_than)
+DEPLOY_TASKS = [
+    deploy_task("build", "Build a machine's system on this machine, leaving ./result (nothing is activated).",
+                fixed={"action": None, "build_on": "local", "out_link": "result"}),
+    deploy_task("build-there", "Build a machine's system on the machine itself (nothing is activated).",
+                fixed={"action": None, "build_on": "target"}),
+    deploy_task("switch", "Build a system here and activate it on this machine (sudo nixos-rebuild switch).",
+                options={"action": "switch"}, fixed={"local": True}),
+    deploy_task("switch-pull", "Build on the target and activate there.", options={"action": "switch"}, fixed={"build_on": "target"}),
+    deploy_task("switch-push", "Build here (or where hosts.yaml says), copy the closure, activate on the target(s).",
+                options={"action": "switch", "build_on": None, "substitute_on_destination": False}, fixed={}),
+    deploy_task("boot", "Like switch-push, but only make it the boot default (nixos-rebuild boot).",
+                options={"build_on": None}, fixed={"action": "boot"}),
+    deploy_task("test", "Like switch-push, but activate without making it the boot default (nixos-rebuild test).",
+                options={"build_on": None}, fixed={"action": "test"}),
+    deploy_task("dry-activate", "Build, copy, and show what activation would do (nixos-rebuild dry-activate).",
+                options={"build_on": None}, fixed={"action": "dry-activate"}),
+    deploy_task("diff", "Build, copy, and show what would change against the target's running system; activates nothing.",
+                options={"build_on": None}, fixed={"action": "switch", "diff_only": True}),
+    deploy_task("switch-pull-reset", "switch-pull with the boot action, then reboot, wait for it, and collect garbage.",
+                options=RESET, fixed={"action": "boot", "build_on": "target", "reboot": True, "collect_garbage": True}),
+    deploy_task("switch-push-reset", "switch-push with the boot action, then reboot, wait for it, and collect garbage.",
+                options={**RESET, "build_on": None}, fixed={"action": "boot", "reboot": True, "collect_garbage": True}),
+]
 
-    cli.run_on_target(c, host, inventory=inventory, dry_run=dry_run, step=reboot_then_collect)
+DAY2_TASKS = [
+    local_step("reset", "Reboot the machine, wait until it is back, then collect garbage.", "reset", {**ONE_HOST, **RESET}),
+    local_step("ssh-wait", "Wait until the machine answers SSH, then run COMMAND there (flakem's ssh-wait).", "ssh_wait",
+               {"machine": None, "command": None, "host": None, "inventory": "hosts.yaml", "timeout": "300", "interval": "2"},
+               positional=("machine", "command")),
+    local_step("generations", "List the system generations of the target (or this machine).", "generations", {**ONE_HOST, "json": False}),
+    local_step("switch-generation", "Make generation N current on the target and activate it.", "switch_generation",
+               {**ONE_HOST, "generation": None}, positional=("machine", "generation")),
+    local_step("rollback", "Go back to the previous generation and activate it (nixos-rebuild --rollback switch).", "rollback", ONE_HOST),
+    local_step("check", "Run `nix flake check` on the flake.", "check", {"flake": ".", "dry_run": False}),
+    local_step("update", "Update the flake's lock file: every input, or only --input NAME.", "update",
+               {"flake": ".", "input": [], "dry_run": False}),
+    local_step("status", "One row per host: reachable, generation, drift from the flake, reboot pending, uptime.", "status",
+               {"machine": None, "host": [], "tag": [], "all": False, "flake": ".", "inventory": "hosts.yaml", "json": False}),
+    local_step("history", "The local journal of deploys and rollbacks.", "history", {"machine": None, "host": [], "json": False, "flake": "."}),
+    local_step("hosts", "Every host nixfab knows: from systems/, hosts.yaml or both, with mismatches flagged.", "hosts",
+               {"flake": ".", "inventory": "hosts.yaml", "json": False}),
+]
+
+HOME_TASKS = [
+    local_step("build", "Build a Home Manager configuration here (homeConfigurations.\"user@host\").", "hm_build",
+               {**ONE_HOST, "user": "", "flake": "."}),
+    local_step("switch", "Build and activate a Home Manager configuration on this machine.", "hm_switch", {"user": "", "flake": ".", "dry_run": False}),
+    local_step("push", "Build here, copy, and activate a Home Manager configuration on the target.", "hm_push",
+               {**ONE_HOST, "user": "", "flake": "."}),
+    local_step("pull", "Build and activate a Home Manager configuration on the target itself.", "hm_pull",
+               {**ONE_HOST, "user": "", "flake": "."}),
+]
 
 
-def ssh_wait(c, host=None, command=None, inventory="hosts.yaml", timeout="300", interval="2"):  # type: ignore[no-untyped-def]
-    """Wait until the machine answers SSH, then run COMMAND there (flakem's ssh-wait)."""
-    from deploy.reboot import ssh_wait as wait
-
-    def wait_then_run(target: Any) -> None:
-        result = wait(target, command or None, timeout=cli.seconds("--timeout", timeout), interval=cli.seconds("--interval", interval))
-        print(result.stdout, end="")
-
-    cli.run_on_target(c, host, inventory=inventory, dry_run=False, step=wait_then_run)
-
-
-DEPLOY_TASKS = (build, build_there, switch, switch_pull, switch_push, switch_pull_reset, switch_push_reset, reset, ssh_wait)
-
-
-def deploy_namespace(*, machine_positional: bool) -> Collection:
-    """inv takes the machine by position or flag; fab takes it from -H, so only by flag."""
-    namespace = Collection()
-    for body in DEPLOY_TASKS:
-        positional = ["host", "command"] if body is ssh_wait else ["host"]
-        parameters = {name.replace("_", "-") for name in inspect.signature(body).parameters}
-        help_for_body = {name: text for name, text in COMMON_HELP.items() if name in parameters}
-        namespace.add_task(Task(body, positional=positional if machine_positional else [], help=help_for_body))
-    return namespace
+def namespace() -> Collection:
+    root = Collection()
+    for each in [*DEPLOY_TASKS, *DAY2_TASKS]:
+        root.add_task(each)
+    home = Collection("hm")
+    for each in HOME_TASKS:
+        home.add_task(each)
+    root.add_collection(home)
+    return root
 
 
 @task(help={"hosts": "comma-separated names", "reboot-delay": "seconds a simulated reboot takes"})
@@ -153,7 +194,7 @@ def lab_down(c):  # type: ignore[no-untyped-def]
 
 @task
 def demo(c):  # type: ignore[no-untyped-def]
-    """Start three simulated hosts, switch-push to each, and show what happened."""
+    """Start three simulated hosts, deploy to them as a fleet, and show what happened."""
     from deploy import lab_cli
 
     with cli.errors_as_exit_codes():
@@ -165,6 +206,6 @@ lab.add_task(lab_up, "up")
 lab.add_task(lab_status, "status")
 lab.add_task(lab_down, "down")
 
-ns = deploy_namespace(machine_positional=True)
+ns = namespace()
 ns.add_collection(lab)
 ns.add_task(demo)

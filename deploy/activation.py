@@ -1,11 +1,13 @@
 """Make a system current on its host: profile, switch-to-configuration, and undo on failure."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from deploy import commands
 from deploy.errors import ActivationFailed, NotInStore, RemoteCommandFailed
 from deploy.hosts import Host
+from deploy.process import tab_fields
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class Activation:
     action: str
     generation: int | None
     previous: SystemState
+    # False when an existing generation was made current (switch-generation,
+    # rollback): undo must then not delete it.
+    created_generation: bool = True
 
 
 def parse_generation(link_target: str) -> int | None:
@@ -38,11 +43,21 @@ def read_link(host: Host, path: str) -> str | None:
     return result.stdout.strip() or None
 
 
+# One round trip for what used to take three: every command over SSH costs a channel.
+SYSTEM_STATE_SCRIPT = r"""
+profile=$1
+link=$(readlink "$profile" 2>/dev/null)
+printf 'profile\t%s\n' "$link"
+[ -n "$link" ] && printf 'generation\t%s\n' "$(readlink "${profile%/*}/${link##*/}" 2>/dev/null)"
+printf 'running\t%s\n' "$(readlink /run/current-system 2>/dev/null)"
+"""
+
+
 def system_state(host: Host) -> SystemState:
-    profile_link = read_link(host, commands.SYSTEM_PROFILE)
-    generation = parse_generation(profile_link) if profile_link else None
-    generation_path = read_link(host, f"{commands.SYSTEM_PROFILE}-{generation}-link") if generation is not None else None
-    return SystemState(generation, generation_path, read_link(host, "/run/current-system"))
+    result = host.run(["sh", "-c", SYSTEM_STATE_SCRIPT, "sh", commands.SYSTEM_PROFILE], dry_stdout="running\t<running system>\n")
+    facts = tab_fields(result.stdout) if result.ok else {}
+    generation = parse_generation(facts["profile"]) if facts.get("profile") else None
+    return SystemState(generation, facts.get("generation") or None, facts.get("running") or None)
 
 
 def systemd_run_works(host: Host) -> bool:
@@ -60,17 +75,40 @@ def wrap_for_host(host: Host, argv: list[str], action: str) -> list[str]:
     return commands.plain_environment(argv, install_bootloader=install_bootloader)
 
 
-def run_switch_to_configuration(host: Host, path: str, action: str) -> None:
-    result = host.run(wrap_for_host(host, commands.switch_to_configuration(path, action), action), sudo=True, stream=True)
+def run_switch_to_configuration(host: Host, path: str, action: str, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+    argv = commands.switch_to_configuration(path, action)
+    result = host.run(wrap_for_host(host, wrap(argv) if wrap else argv, action), sudo=True, stream=True)
     if not result.ok:
+        show_journal(host)
         raise ActivationFailed(f"{host.label}: switch-to-configuration {action} failed (exit {result.returncode}): {result.tail(1)}")
 
 
-def activate(host: Host, path: str, action: str) -> Activation:
+def show_journal(host: Host) -> None:
+    """The unit's journal says more than the exit code, as `nixos-rebuild` users expect to see."""
+    if not host.facts.get("systemd-run"):
+        return
+    journal = host.run(commands.journal_tail(commands.SWITCH_UNIT))
+    echo = getattr(host, "echo", None) or getattr(getattr(host, "runner", None), "echo", None)
+    if journal.ok and journal.stdout.strip() and echo is not None:
+        echo.note(f"journalctl -u {commands.SWITCH_UNIT} (last lines):")
+        for line in journal.stdout.rstrip().splitlines():
+            echo.note(f"  {line}")
+
+
+def activate(
+    host: Host,
+    path: str,
+    action: str,
+    *,
+    before_switch: Callable[[Activation], None] | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+) -> Activation:
     """Set the profile (for switch and boot) and run switch-to-configuration.
 
     On failure the host goes back to its previous generation, boot default
     and running system, and ActivationFailed says what went wrong.
+    `before_switch` sees the prepared activation (magic rollback arms its
+    watchdog there); `wrap` wraps the switch-to-configuration argv.
     """
     if not host.run(commands.test_file(f"{path}/nixos-version")).ok:
         raise NotInStore(f"{host.label}: {path} is not a NixOS system on this host (no nixos-version); refusing to activate it")
@@ -82,8 +120,10 @@ def activate(host: Host, path: str, action: str) -> Activation:
             raise RemoteCommandFailed(f"{host.label}: nix-env --set failed: {result.tail(1)}")
         generation = parse_generation(read_link(host, commands.SYSTEM_PROFILE) or "")
     activation = Activation(path, action, generation, previous)
+    if before_switch is not None:
+        before_switch(activation)
     try:
-        run_switch_to_configuration(host, path, action)
+        run_switch_to_configuration(host, path, action, wrap)
     except ActivationFailed as failure:
         error_output = failure
         undone = undo(host, activation)
@@ -91,23 +131,54 @@ def activate(host: Host, path: str, action: str) -> Activation:
     return activation
 
 
-def undo(host: Host, activation: Activation) -> str:
-    """Put back what activate() changed; says what it did, for the error message."""
+@dataclass(frozen=True)
+class RollbackStep:
+    """One step of putting a host back: a profile command as root, or reactivating an earlier system."""
+
+    says: str | None  # for the error message; None for steps not worth mentioning
+    profile_argv: tuple[str, ...] = ()
+    reactivate: tuple[str, str] | None = None  # (system path, switch-to-configuration action)
+
+    def argv(self) -> list[str]:
+        return commands.switch_to_configuration(*self.reactivate) if self.reactivate else list(self.profile_argv)
+
+
+def rollback_steps(activation: Activation) -> list[RollbackStep]:
+    """What puts back what activate() changed, in order.
+
+    undo() runs these over the deploy's connection; the magic-rollback
+    watchdog runs the same steps on the host when no confirmation comes.
+    """
     previous = activation.previous
-    steps = []
+    steps: list[RollbackStep] = []
     if activation.action in ("switch", "boot") and activation.generation != previous.generation:
         if previous.generation is not None and previous.generation_path:
-            host.run(commands.switch_system_generation(previous.generation), sudo=True)
-            steps.append(f"profile and boot default back to generation {previous.generation}" + restore(host, previous.generation_path, "boot"))
-        if activation.generation is not None:
+            steps.append(RollbackStep(None, tuple(commands.switch_system_generation(previous.generation))))
+            steps.append(
+                RollbackStep(f"profile and boot default back to generation {previous.generation}", reactivate=(previous.generation_path, "boot"))
+            )
+        if activation.generation is not None and activation.created_generation:
             if previous.generation is None:
-                host.run(commands.remove_system_profile(activation.generation), sudo=True)
-                steps.append("removed the new profile (the host had none)")
+                steps.append(RollbackStep("removed the new profile (the host had none)", tuple(commands.remove_system_profile(activation.generation))))
             else:
-                host.run(commands.delete_system_generation(activation.generation), sudo=True)
+                steps.append(RollbackStep(None, tuple(commands.delete_system_generation(activation.generation))))
     if activation.action in ("switch", "test") and previous.running and previous.running != activation.path:
-        steps.append(f"running system back to {previous.running}" + restore(host, previous.running, "test"))
-    return "rolled back: " + "; ".join(steps) if steps else "nothing to roll back"
+        steps.append(RollbackStep(f"running system back to {previous.running}", reactivate=(previous.running, "test")))
+    return steps
+
+
+def undo(host: Host, activation: Activation) -> str:
+    """Put back what activate() changed; says what it did, for the error message."""
+    said = []
+    for step in rollback_steps(activation):
+        if step.reactivate:
+            problem = restore(host, *step.reactivate)
+            said.append(f"{step.says}{problem}")
+        else:
+            host.run(step.profile_argv, sudo=True)
+            if step.says:
+                said.append(step.says)
+    return "rolled back: " + "; ".join(said) if said else "nothing to roll back"
 
 
 def restore(host: Host, path: str, action: str) -> str:

@@ -42,8 +42,30 @@ def build_locally(
     result = runner.run(commands.nix_build(installables, out_link=out_link, extra=extra), dry_stdout=dry)
     if not result.ok:
         raise BuildError(f"building {', '.join(attrs)} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
-    outputs = json.loads(result.stdout)
-    return {attr: item["outputs"]["out"] for attr, item in zip(attrs, outputs, strict=True)}
+    outputs = [item["outputs"]["out"] for item in json.loads(result.stdout)]
+    if len(attrs) == 1 or runner.dry_run:
+        return dict(zip(attrs, outputs, strict=True))
+    # Nix 2.8 does not keep the installables' order in its JSON, so pair them by out path.
+    expected = evaluate_out_paths(runner, flake, attrs, extra)
+    built = set(outputs)
+    missing = [attr for attr in attrs if expected.get(attr) not in built]
+    if missing:
+        raise BuildError(f"nix build did not report a result for {', '.join(missing)}")
+    return {attr: str(expected[attr]) for attr in attrs}
+
+
+def evaluate_out_paths(runner: LocalRunner, flake: str, attrs: Sequence[str], extra: Sequence[str] = ()) -> dict[str, str | None]:
+    """The toplevel out path of each attr in one `nix eval` (None where the flake has no such system); builds nothing."""
+    # The attribute names were checked against ATTR_PATTERN, so as JSON strings they are also Nix strings.
+    names = " ".join(json.dumps(attr) for attr in attrs)
+    apply = (
+        f"cs: builtins.listToAttrs (map (n: {{ name = n; value = if cs ? ${{n}} "
+        f"then cs.${{n}}.config.system.build.toplevel.outPath else null; }}) [ {names} ])"
+    )
+    result = runner.run([*commands.NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", apply, *extra], show_stderr=False)
+    if not result.ok:
+        raise BuildError(f"evaluating {flake} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+    return dict(json.loads(result.stdout))
 
 
 def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = ()) -> Evaluation:

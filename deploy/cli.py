@@ -1,8 +1,8 @@
 """The CLI edge: the only place where errors become messages and exit codes.
 
-tasks.py parses arguments and calls these functions. Everything heavy
-(Fabric, paramiko, rich) is imported inside them, so that Invoke's tab
-completion, which imports tasks.py on every TAB, stays fast.
+tasks.py declares tasks and options and calls these functions. Everything
+heavy (Fabric, paramiko, rich, yaml) is imported inside them, so that
+Invoke's tab completion, which imports tasks.py on every TAB, stays fast.
 """
 from __future__ import annotations
 
@@ -10,12 +10,44 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from deploy.errors import NixfabError, UsageError
 
+if TYPE_CHECKING:
+    from deploy.fleet import HostResult
+    from deploy.hosts import Host
+    from deploy.inventory import HostSpec
+    from deploy.pipeline import HostRun, Session
+
 T = TypeVar("T")
 ACTIVATING_ACTIONS = ("switch", "boot", "test", "dry-activate")
+# Positionals our handlers check themselves, so each can be left out or given by flag.
+OPTIONAL_POSITIONALS = frozenset({"machine", "generation", "command"})
+
+
+def allow_optional_machine() -> None:
+    """Let `inv TASK` run without a machine (then it means this machine).
+
+    Invoke requires every positional argument. Its parser consumes a
+    positional only while it is unset, and complains at the end if one still
+    is; we keep the first and, for `machine` only, drop the second.
+    """
+    from invoke.parser.parser import ParseMachine
+
+    if getattr(ParseMachine.complete_context, "_nixfab", False):
+        return
+    original = ParseMachine.complete_context
+
+    def complete_context(self: Any) -> None:
+        if self.context is not None:
+            for argument in self.context.positional_args:
+                if argument.name in OPTIONAL_POSITIONALS and argument.value is None:
+                    argument.value = ""
+        original(self)
+
+    complete_context._nixfab = True  # type: ignore[attr-defined]
+    ParseMachine.complete_context = complete_context  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -36,16 +68,14 @@ def extra_nix_options(argv: Sequence[str] | None = None) -> tuple[str, ...]:
     return tuple(argv[argv.index("--") + 1 :]) if "--" in argv else ()
 
 
-def machine_of(context: Any, machine: str | None) -> str:
-    """The machine from the argument, or from the Connection that `fab -H` passes."""
-    if machine:
-        return machine
+def fab_machine(context: Any) -> str | None:
+    """The machine from the Connection that `fab -H` passes, if any."""
     original = getattr(context, "original_host", None)
-    if original:
-        user = getattr(context, "user", None)
-        explicit_user = user and user != context.config.get("user")
-        return f"{user}@{original}" if explicit_user else str(original)
-    raise UsageError("name the machine: `inv TASK MACHINE` or `--host MACHINE`")
+    if not original:
+        return None
+    user = getattr(context, "user", None)
+    explicit_user = user and user != context.config.get("user")
+    return f"{user}@{original}" if explicit_user else str(original)
 
 
 def fab_ssh_config(context: Any) -> Path | None:
@@ -60,6 +90,11 @@ def flake_reference(flake: str) -> str:
     return flake
 
 
+def flake_directory(flake: str) -> Path | None:
+    path = Path(flake.removeprefix("path:").split("#", 1)[0].split("?", 1)[0])
+    return path if (":" not in flake.removeprefix("path:").split("#", 1)[0]) and path.is_dir() else None
+
+
 def seconds(option: str, value: str | float) -> float:
     """Invoke would turn a bad number into a traceback; this says which option was wrong."""
     try:
@@ -71,19 +106,35 @@ def seconds(option: str, value: str | float) -> float:
     return parsed
 
 
+def count(option: str, value: str | int) -> int:
+    try:
+        parsed = int(str(value))
+    except ValueError:
+        raise UsageError(f"{option} takes a whole number, not {value!r}") from None
+    if parsed < 1:
+        raise UsageError(f"{option} must be at least 1, not {value!r}")
+    return parsed
+
+
 def check_action(action: str) -> str:
     if action not in ACTIVATING_ACTIONS:
         raise UsageError(f"--action must be one of {', '.join(ACTIVATING_ACTIONS)}, not {action!r}")
     return action
 
 
-def open_session(inventory: str, *, dry_run: bool, ssh_config: Path | None = None):  # type: ignore[no-untyped-def]
+def open_session(inventory: str, *, dry_run: bool, ssh_config: Path | None = None, flake: str | None = None) -> Session:
+    """The run's shared state; hosts that only systems/ knows join the inventory with their meta.nix."""
     from dataclasses import replace
 
     from deploy.inventory import load_inventory
     from deploy.pipeline import Session
 
     loaded = load_inventory(Path(inventory), required=inventory != "hosts.yaml")
+    flake_dir = flake_directory(flake) if flake else None
+    if flake_dir is not None and (flake_dir / "systems").is_dir():
+        from deploy.discovery import discover_systems, inventory_with_systems
+
+        loaded = inventory_with_systems(loaded, discover_systems(flake_dir))
     if ssh_config and loaded.ssh_config is None:
         if any(character.isspace() for character in str(ssh_config)):
             raise UsageError(f"ssh_config path {str(ssh_config)!r} contains whitespace, which Nix's NIX_SSHOPTS cannot carry")
@@ -91,30 +142,158 @@ def open_session(inventory: str, *, dry_run: bool, ssh_config: Path | None = Non
     return Session(loaded, dry_run=dry_run)
 
 
-def run_deploy(context: Any, machine: str | None, *, inventory: str, dry_run: bool, **request: Any) -> None:
-    with errors_as_exit_codes():
-        from deploy.pipeline import DeployRequest, deploy
+def systems_of(flake: str) -> dict[str, tuple[str, ...]]:
+    """systems/<name>/ of a local flake, with their meta.nix tags (no Nix evaluation)."""
+    directory = flake_directory(flake)
+    if directory is None or not (directory / "systems").is_dir():
+        return {}
+    from deploy.discovery import discover_systems
 
-        session = open_session(inventory, dry_run=dry_run, ssh_config=fab_ssh_config(context))
+    return {name: tuple(info.tags or ()) for name, info in discover_systems(directory).items()}
+
+
+def selected_machines(context: Any, session: Session, flake: str, options: dict[str, Any]) -> tuple[list[str], bool]:
+    """(machines, local): what --host/--tag/--all/the positional name; nothing means this machine."""
+    from deploy.selection import select_hosts, this_machine
+
+    names = [name for name in [options.pop("machine", None) or fab_machine(context), *options.pop("host", [])] if name]
+    tags, everything = options.pop("tag", []), options.pop("all", False)
+    if not names and not tags and not everything:
+        return [this_machine()], True
+    machines = select_hosts(session.inventory, systems_of(flake), names=names, tags=tags, everything=everything)
+    here = this_machine()
+    is_here = len(machines) == 1 and machines[0] == here and session.inventory.host(here).ssh.address == here
+    return machines, is_here
+
+
+def deploy_request(options: dict[str, Any], flake: str, *, local: bool) -> Any:
+    from deploy.history import flake_revision
+    from deploy.pipeline import DeployRequest
+
+    if options.get("action"):
+        check_action(options["action"])
+    for option in ("reboot_timeout", "confirm_timeout"):
+        if option in options:
+            options[option] = seconds("--" + option.replace("_", "-"), options[option])
+    if options.get("out_link"):
+        options["out_link"] = Path(options["out_link"])
+    revision, dirty = flake_revision(flake)
+    show_diff = options.pop("diff", False)
+    local = options.pop("local", False) or local
+    return DeployRequest(flake=flake, local=local, show_diff=show_diff, revision=revision, dirty=dirty, **options)
+
+
+FLEET_OPTIONS = ("parallel", "fail_fast", "canary", "batch", "json", "log_dir", "skip_checks")
+
+
+def run_deploy(context: Any, options: dict[str, Any]) -> None:
+    """Every deploy task: select hosts, check the flake, then build and deploy them as a fleet."""
+    with errors_as_exit_codes():
+        fleet_options = {key: options.pop(key) for key in FLEET_OPTIONS if key in options}
+        inventory, dry_run = options.pop("inventory"), options.pop("dry_run")
+        options.setdefault("extra_nix", extra_nix_options() if not hasattr(context, "original_host") else ())
+        flake = flake_reference(options.pop("flake"))
+        session = open_session(inventory, dry_run=dry_run, ssh_config=fab_ssh_config(context), flake=flake)
         try:
-            if request.get("action"):
-                check_action(request["action"])
-            if "reboot_timeout" in request:
-                request["reboot_timeout"] = seconds("--reboot-timeout", request["reboot_timeout"])
-            request["flake"] = flake_reference(request["flake"])
-            outcome = deploy(session, DeployRequest(machine=machine_of(context, machine), **request))
+            machines, local = selected_machines(context, session, flake, options)
+            request = deploy_request(options, flake, local=local)
+            run_fleet(session, request, machines, fleet_options)
         finally:
             session.close()
-        if request.get("action") is None:
-            print(outcome.path)
 
 
-def run_on_target(context: Any, machine: str | None, *, inventory: str, dry_run: bool, step: Callable[[Any], T]) -> T:
-    """Run one step (reset, ssh-wait, …) against a host's connection."""
+def run_fleet(session: Session, request: Any, machines: list[str], raw: dict[str, Any]) -> None:
+    from deploy.fleet import Fleet, FleetOptions, exit_code, print_summary, results_json
+    from deploy.flake_ops import flake_check
+    from deploy.history import Journal, journal_path, state_directory
+
+    as_json = bool(raw.get("json"))
+    batch = count("--batch", raw["batch"]) if raw.get("batch") else None
+    flake_dir = flake_directory(request.flake)
+    log_dir = Path(raw["log_dir"]) if raw.get("log_dir") else state_directory(flake_dir) / "logs" / run_stamp()
+    options = FleetOptions(
+        parallel=count("--parallel", raw.get("parallel", 10)),
+        fail_fast=bool(raw.get("fail_fast")),
+        canary=bool(raw.get("canary")),
+        batch=batch,
+        log_dir=log_dir,
+        live=sys.stderr.isatty() and not request.ask and not session.dry_run,
+    )
+    if request.action is not None and not raw.get("skip_checks"):
+        session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
+        flake_check(session.runner, request.flake, request.extra_nix)
+    journal = Journal(journal_path(flake_dir)) if not session.dry_run else None
+
+    def record(result: HostResult, run: HostRun) -> None:
+        if journal is not None and result.result not in ("not started",):
+            journal_record(journal, request, run.spec, result)
+
+    fleet = Fleet(session, request, machines, options, on_result=record)
+    results = fleet.run()
+    print_summary(results, rich=sys.stderr.isatty(), stream=sys.stderr)
+    if as_json:
+        print(results_json(results, interrupted=fleet.interrupted))
+    elif request.action is None:
+        for result in results:
+            if result.path:
+                print(result.path)
+    code = exit_code(results, interrupted=fleet.interrupted)
+    if code:
+        raise fleet_error(results, code, interrupted=fleet.interrupted)
+
+
+def fleet_error(results: Sequence[HostResult], code: int, *, interrupted: bool) -> NixfabError:
+    failed = [result for result in results if not result.healthy]
+    if interrupted:
+        message = f"interrupted; {len(failed)} host(s) not deployed: {', '.join(r.host for r in failed)}"
+    elif len(results) == 1 and failed and failed[0].error:
+        message = failed[0].error
+    else:
+        message = f"{len(failed)} of {len(results)} hosts failed or rolled back: " + ", ".join(f"{r.host} ({r.result})" for r in failed)
+    error = NixfabError(message)
+    error.exit_code = code
+    return error
+
+
+def journal_record(journal: Any, request: Any, spec: HostSpec, result: HostResult) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from deploy.history import DeployRecord, local_user
+
+    started = datetime.now(timezone.utc) - timedelta(seconds=result.duration_seconds)
+    journal.record(
+        DeployRecord(
+            started_at=started.isoformat(timespec="seconds"), local_user=local_user(), host=spec.name,
+            action=request.action or "build", flake=request.flake, revision=request.revision, dirty=request.dirty,
+            store_path=result.path, generation=result.generation, result=result.result,
+            duration_seconds=result.duration_seconds, error=result.error,
+        )
+    )
+
+
+def run_stamp() -> str:
+    import os
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+
+
+def run_on_target(context: Any, machine: str | None, *, inventory: str, dry_run: bool, step: Callable[[Host], T]) -> T:
+    """Run one step (reset, ssh-wait, generations, …) against one host, or this machine without one."""
     with errors_as_exit_codes():
         session = open_session(inventory, dry_run=dry_run, ssh_config=fab_ssh_config(context))
         try:
-            spec = session.inventory.host(machine_of(context, machine))
-            return step(session.target(spec))
+            return step(single_target(context, session, machine))
         finally:
             session.close()
+
+
+def single_target(context: Any, session: Session, machine: str | None) -> Host:
+    from deploy.hosts import LocalHost
+    from deploy.selection import this_machine
+
+    name = machine or fab_machine(context)
+    if not name or name == this_machine():
+        return LocalHost(session.runner, label=name or this_machine())
+    spec = session.inventory.host(name)
+    return session.target(spec)

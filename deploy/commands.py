@@ -84,6 +84,23 @@ def nix_store_realise(derivation: str, gc_root: str, extra: Sequence[str] = ()) 
     return ["nix-store", "--realise", derivation, "--add-root", gc_root, *extra]
 
 
+def nix_store_requisites(path: str) -> list[str]:
+    # Dependencies come first, which is the order nix-store --import needs.
+    return ["nix-store", "--query", "--requisites", path]
+
+
+def nix_store_print_invalid(paths: Sequence[str]) -> list[str]:
+    return ["nix-store", "--check-validity", "--print-invalid", *paths]
+
+
+def nix_store_export(paths: Sequence[str]) -> list[str]:
+    return ["nix-store", "--export", *paths]
+
+
+def nix_store_import() -> list[str]:
+    return ["nix-store", "--import"]
+
+
 def check_store_path_valid(path: str) -> list[str]:
     return ["nix-store", "--check-validity", path]
 
@@ -178,3 +195,103 @@ def collect_garbage(delete_older_than: str | None) -> list[str]:
 def sudo_prefix() -> list[str]:
     """For commands on this machine; remote sudo goes through Fabric's responder."""
     return ["sudo", "--"]
+
+
+# day-2 operations
+#
+# Scripts below are constants; everything that varies reaches them as
+# positional arguments ("$1", "$@"), so no value is ever parsed by a shell.
+
+NIXFAB_GENERATIONS_DIR = "/nix/var/nix/nixfab/generations"  # <N>.json: the flake revision of generation N
+
+# One line per generation: "generation N MTIME TARGET =VERSION =REVISION_JSON"
+# (tab-separated; a field without "=" means the file is missing), then the
+# profile's own link and the running and booted systems. Tabs and newlines in
+# file contents become spaces, which keeps JSON valid and lines whole.
+_LIST_GENERATIONS_SCRIPT = r"""
+profile=$1 revisions=$2
+for link in "$profile"-*-link; do
+  [ -L "$link" ] || continue
+  number=${link#"$profile"-}
+  number=${number%-link}
+  case $number in ''|*[!0-9]*) continue ;; esac
+  target=$(readlink "$link")
+  mtime=$(stat -c %Y "$link")
+  version=
+  if [ -e "$target/nixos-version" ]; then version="=$(tr '\t\n' '  ' < "$target/nixos-version")"; fi
+  revision=
+  if [ -e "$revisions/$number.json" ]; then revision="=$(tr '\t\n' '  ' < "$revisions/$number.json")"; fi
+  printf 'generation\t%s\t%s\t%s\t%s\t%s\n' "$number" "$mtime" "$target" "$version" "$revision"
+done
+printf 'profile\t%s\n' "$(readlink "$profile")"
+printf 'running\t%s\n' "$(readlink /run/current-system)"
+printf 'booted\t%s\n' "$(readlink /run/booted-system)"
+"""
+
+
+def rollback_system_profile() -> list[str]:
+    return ["nix-env", "-p", SYSTEM_PROFILE, "--rollback"]
+
+
+def list_generations(revisions_dir: str = NIXFAB_GENERATIONS_DIR) -> list[str]:
+    return ["sh", "-c", _LIST_GENERATIONS_SCRIPT, "sh", SYSTEM_PROFILE, revisions_dir]
+
+
+_RUNNING_SYSTEM_AND_NVD_SCRIPT = r"""
+printf 'running\t%s\n' "$(readlink /run/current-system)"
+printf 'nvd\t%s\n' "$(command -v nvd)"
+"""
+
+
+def running_system_and_nvd() -> list[str]:
+    return ["sh", "-c", _RUNNING_SYSTEM_AND_NVD_SCRIPT]
+
+
+def nvd_diff(old: str, new: str) -> list[str]:
+    return ["nvd", "diff", old, new]
+
+
+def nix_store_diff_closures(old: str, new: str) -> list[str]:
+    return [*NIX, "store", "diff-closures", old, new]
+
+
+# df for each path on its own, so that a missing path (no /boot) cannot shift
+# the others' lines; each output line is "PATH<TAB>df -P line".
+_FREE_SPACE_SCRIPT = r"""
+for path do
+  line=$(df -Pk -- "$path" 2>/dev/null | tail -n 1) || continue
+  [ -n "$line" ] && printf '%s\t%s\n' "$path" "$line"
+done
+exit 0
+"""
+
+
+def df_argv(paths: Sequence[str]) -> list[str]:
+    return ["sh", "-c", _FREE_SPACE_SCRIPT, "sh", *paths]
+
+
+def nix_closure_size(path: str, extra: Sequence[str] = ()) -> list[str]:
+    return [*NIX, "path-info", "--json", "--closure-size", path, *extra]
+
+
+def nix_version() -> list[str]:
+    return ["nix", "--version"]
+
+
+def nix_flake_metadata(flake: str, extra: Sequence[str] = ()) -> list[str]:
+    return [*NIX, "flake", "metadata", "--json", flake, *extra]
+
+
+def nix_flake_update(flake: str, inputs: Sequence[str] = (), *, inputs_are_arguments: bool, extra: Sequence[str] = ()) -> list[str]:
+    """Update the whole lock file, or only `inputs`.
+
+    Nix 2.19 turned `nix flake update`'s positional arguments into input
+    names (the flake moved to `--flake`); before that, single inputs were
+    updated with `nix flake lock --update-input NAME`.
+    """
+    if inputs_are_arguments:
+        return [*NIX, "flake", "update", "--flake", flake, *inputs, *extra]
+    if not inputs:
+        return [*NIX, "flake", "update", flake, *extra]
+    updates = [argument for name in inputs for argument in ("--update-input", name)]
+    return [*NIX, "flake", "lock", flake, *updates, *extra]

@@ -58,3 +58,39 @@ class NotInStore(NixfabError):
 
 class LabError(NixfabError):
     exit_code = 10
+
+
+class DiskFull(NixfabError):
+    """A store ran out of space (a copy or build said "No space left on device")."""
+
+    exit_code = 13
+
+
+class HostBusy(NixfabError):
+    """Another deploy holds the host's lock."""
+
+    exit_code = 14
+
+
+class NotConfirmed(NixfabError):
+    """Magic rollback: the deployer could not reach the host again after activation, so it rolled itself back."""
+
+    exit_code = 15
+
+
+class HealthCheckFailed(NixfabError):
+    """The new generation activated but failed its health check, and was rolled back."""
+
+    exit_code = 16
+
+
+class FleetFailed(NixfabError):
+    """Several hosts failed for different reasons; each one's reason is in the summary."""
+
+    exit_code = 1
+
+
+class JournalError(NixfabError):
+    """The deploy journal could not be opened or written (a full disk, a read-only state directory)."""
+
+    exit_code = 1

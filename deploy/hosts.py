@@ -53,7 +53,8 @@ class LocalHost:
             argv = [*sudo_prefix(), *argv]
         result = self.runner.run(argv, show_stderr=stream, dry_stdout=dry_stdout, dry_returncode=dry_returncode)
         if stream and result.stdout:
-            print(result.stdout, end="", flush=True)
+            self.runner.echo.stream.write(result.stdout)
+            self.runner.echo.stream.flush()
         return result
 
     def close(self) -> None:

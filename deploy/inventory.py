@@ -44,8 +44,9 @@ BUILD_LOCALLY = "local"
 BUILD_ON_TARGET = "target"
 
 TOP_LEVEL_KEYS = ("builders", "defaults", "hosts", "ssh_config")
-DEFAULTS_KEYS = ("build_on", "sudo", "tags")
-HOST_KEYS = ("attr", "build_on", "ssh", "sudo", "tags")
+DEFAULTS_KEYS = ("build_on", "health", "sudo", "tags")
+HOST_KEYS = ("attr", "build_on", "health", "ssh", "sudo", "tags")
+HEALTH_KEYS = ("command", "interval", "retries", "timeout", "url")
 BUILDER_KEYS = ("ssh",)
 
 _LETTERS_AND_DIGITS = frozenset(string.ascii_letters + string.digits)
@@ -265,6 +266,17 @@ def parse_ssh_target(text: str) -> SshTarget:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """What must hold after activation, or the host is rolled back."""
+
+    command: str | None = None  # run on the target by `sh -c`; must exit 0
+    url: str | None = None  # fetched from the deployer; must answer 2xx
+    timeout: float = 10.0  # seconds per attempt
+    retries: int = 3  # attempts after the first one
+    interval: float = 2.0  # seconds between attempts
+
+
+@dataclass(frozen=True)
 class HostSpec:
     name: str
     ssh: SshTarget
@@ -273,6 +285,7 @@ class HostSpec:
     tags: tuple[str, ...]
     sudo: bool
     declared: bool  # False when synthesized for a host that only the flake knows
+    health: HealthCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +311,7 @@ class Inventory:
     default_build_on: str = BUILD_LOCALLY
     default_sudo: bool = False
     default_tags: tuple[str, ...] = ()
+    default_health: HealthCheck | None = None
 
     def __post_init__(self) -> None:
         # Callers (tests, other modules) may pass plain dicts; freeze them so the inventory stays immutable.
@@ -337,6 +351,7 @@ class Inventory:
                 tags=self.default_tags,
                 sudo=self.default_sudo or _needs_sudo(ssh.user),
                 declared=False,
+                health=self.default_health,
             )
         ssh = declared.ssh.with_user(user) if user is not None else declared.ssh
         return dataclasses.replace(declared, ssh=ssh, sudo=declared.sudo or _needs_sudo(ssh.user))
@@ -378,6 +393,7 @@ class _HostDraft:
     build_on_node: yaml.Node | None
     tags: tuple[str, ...] | None
     sudo: bool | None
+    health: HealthCheck | None = None
 
 
 def _describe(node: yaml.Node) -> str:
@@ -488,6 +504,35 @@ class _InventoryReader:
             tags[tag] = None
         return tuple(tags)
 
+    def number(self, node: yaml.Node, subject: str, *, integer: bool = False) -> float:
+        allowed = (_INT_TAG,) if integer else (_INT_TAG, _FLOAT_TAG)
+        if not (isinstance(node, yaml.ScalarNode) and node.tag in allowed):
+            raise self.error(node, f"{subject} must be {'a whole number' if integer else 'a number'}, not {_describe(node)}")
+        value = float(yaml.safe_load(str(node.value)))
+        # Zero retries is a sensible choice; a zero timeout or interval is not.
+        if value < 0 or (value == 0 and not integer):
+            raise self.error(node, f"{subject} must be {'0 or more' if integer else 'more than 0'}, not {node.value}")
+        return value
+
+    def health(self, node: yaml.Node, where: str) -> HealthCheck:
+        fields = self.mapping(node, "'health'", f"in 'health' {where}", HEALTH_KEYS)
+        command = self.text(fields["command"].value, "'health.command'") if "command" in fields else None
+        url = self.text(fields["url"].value, "'health.url'") if "url" in fields else None
+        if command is not None and (not command.strip() or "\0" in command):
+            raise self.error(fields["command"].value, "'health.command' is empty")
+        if url is not None and not re.match(r"\Ahttps?://[^\s]+\Z", url):
+            raise self.error(fields["url"].value, f"'health.url' must be an http:// or https:// URL without spaces, not {_quote(url)}")
+        if command is None and url is None:
+            raise self.error(node, f"'health' {where} needs a 'command', a 'url', or both")
+        check = HealthCheck(command=command, url=url)
+        if "timeout" in fields:
+            check = dataclasses.replace(check, timeout=self.number(fields["timeout"].value, "'health.timeout'"))
+        if "interval" in fields:
+            check = dataclasses.replace(check, interval=self.number(fields["interval"].value, "'health.interval'"))
+        if "retries" in fields:
+            check = dataclasses.replace(check, retries=int(self.number(fields["retries"].value, "'health.retries'", integer=True)))
+        return check
+
     def ssh_target(self, node: yaml.Node) -> SshTarget:
         text = self.text(node, "'ssh'")
         try:
@@ -549,7 +594,8 @@ class _InventoryReader:
         build_on = self.text(build_on_node, "'build_on'") if build_on_node is not None else None
         tags = self.tags(fields["tags"].value) if "tags" in fields else None
         sudo = self.boolean(fields["sudo"].value, "'sudo'") if "sudo" in fields else None
-        return _HostDraft(name, entry.key, ssh, attr, build_on, build_on_node, tags, sudo)
+        health = self.health(fields["health"].value, where) if "health" in fields else None
+        return _HostDraft(name, entry.key, ssh, attr, build_on, build_on_node, tags, sudo, health)
 
     def check_build_on(self, node: yaml.Node, build_on: str, hosts: Mapping[str, object], builders: Mapping[str, object]) -> None:
         if build_on in (BUILD_LOCALLY, BUILD_ON_TARGET) or build_on in builders or build_on in hosts:
@@ -568,6 +614,7 @@ class _InventoryReader:
         default_build_on, default_build_on_node = BUILD_LOCALLY, None
         default_sudo = False
         default_tags: tuple[str, ...] = ()
+        default_health: HealthCheck | None = None
         if "defaults" in sections:
             defaults_node = sections["defaults"].value
             if isinstance(defaults_node, yaml.MappingNode):
@@ -583,6 +630,8 @@ class _InventoryReader:
                 default_sudo = self.boolean(defaults["sudo"].value, "'sudo'")
             if "tags" in defaults:
                 default_tags = self.tags(defaults["tags"].value)
+            if "health" in defaults:
+                default_health = self.health(defaults["health"].value, "in 'defaults'")
 
         builders: dict[str, BuilderSpec] = {}
         builder_keys: dict[str, yaml.ScalarNode] = {}
@@ -620,6 +669,7 @@ class _InventoryReader:
                 tags=draft.tags if draft.tags is not None else default_tags,
                 sudo=draft.sudo if draft.sudo is not None else default_sudo,
                 declared=True,
+                health=draft.health if draft.health is not None else default_health,
             )
 
         return Inventory(
@@ -630,6 +680,7 @@ class _InventoryReader:
             default_build_on=default_build_on,
             default_sudo=default_sudo,
             default_tags=default_tags,
+            default_health=default_health,
         )
 
 

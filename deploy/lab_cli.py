@@ -1,8 +1,12 @@
 """What `inv lab.*` and `inv demo` show a person."""
 from __future__ import annotations
 
+from pathlib import Path
 
+from deploy.errors import LabError
 from deploy.lab import Lab, default_lab_dir, write_fixture_flake
+
+REPO = Path(__file__).resolve().parent.parent
 
 DEMO_HOSTS = ("alpha", "beta", "gamma")
 
@@ -79,20 +83,23 @@ def down() -> None:
 
 
 def demo() -> None:
-    from deploy.inventory import load_inventory
-    from deploy.pipeline import DeployRequest, Session, deploy
+    import subprocess
+    import sys
 
     console = make_console()
     console.rule("1. three simulated NixOS hosts, each with an empty /nix")
     lab = up(list(DEMO_HOSTS), reboot_delay=0.5)
-    console.rule("2. inv switch-push, to each host")
-    session = Session(load_inventory(lab.root / "hosts.yaml", required=True))
-    try:
-        for name in DEMO_HOSTS:
-            deploy(session, DeployRequest(machine=name, flake=lab_flake(lab), action="switch"))
-    finally:
-        session.close()
-    console.rule("3. what the hosts say now")
+    inv = [str(Path(sys.executable).parent / "inv"), "--search-root", str(REPO)]
+    where = ["--flake", lab_flake(lab), "--inventory", str(lab.root / "hosts.yaml")]
+    console.rule("2. inv switch-push --all: one build, three hosts in parallel, each confirmed over a new SSH connection")
+    deployed = subprocess.run([*inv, "switch-push", "--all", *where], check=False)
+    if deployed.returncode != 0:
+        raise LabError(f"the demo deploy failed (exit {deployed.returncode}); see its output above")
+    console.rule("3. inv switch-push --all again: nothing to do")
+    subprocess.run([*inv, "switch-push", "--all", "--skip-checks", *where], check=False)
+    console.rule("4. inv status --all")
+    subprocess.run([*inv, "status", "--all", *where], check=False)
+    console.rule("5. what the hosts say now (read from the lab)")
     console.print(status_table(lab))
     console.print(
         "Each host has generation 1 in its own /nix, booted from nothing: /run/current-system and the boot "

@@ -32,9 +32,23 @@ class Result:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def tab_fields(stdout: str) -> dict[str, str]:
+    """`key<TAB>value` lines, as the probe scripts print them."""
+    fields: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, _, value = line.partition("\t")
+        fields[key] = value.strip()
+    return fields
+
+
 @dataclass
 class Echo:
-    """Where the `+ command` lines go."""
+    """Where one deploy's `+ command` lines, notes and live command output go.
+
+    In a fleet, `stream` is the host's output.HostStream: it prefixes lines
+    with the host's name and keeps the full log, including output that is
+    captured rather than shown (see `record`).
+    """
 
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     enabled: bool = True
@@ -45,12 +59,16 @@ class Echo:
             return
         prefix = f"+ [{where}] " if where else "+ "
         assignments = [f"{key}={shlex.quote(value)}" for key, value in (env or {}).items()]
-        with self.lock:
-            print(prefix + " ".join([*assignments, shlex.join(argv)]), file=self.stream, flush=True)
+        self.note(prefix + " ".join([*assignments, shlex.join(argv)]))
 
     def note(self, message: str) -> None:
         with self.lock:
             print(message, file=self.stream, flush=True)
+
+    def record(self, text: str) -> None:
+        record = getattr(self.stream, "record", None)
+        if record is not None:
+            record(text)
 
 
 def _tee(source: IO[str], sink: TextIO | None, collected: list[str]) -> None:
@@ -99,7 +117,7 @@ class LocalRunner:
         stderr: list[str] = []
         readers = [
             threading.Thread(target=_tee, args=(process.stdout, None, stdout)),
-            threading.Thread(target=_tee, args=(process.stderr, sys.stderr if show_stderr else None, stderr)),
+            threading.Thread(target=_tee, args=(process.stderr, self.echo.stream if show_stderr else None, stderr)),
         ]
         for reader in readers:
             reader.start()
@@ -112,4 +130,5 @@ class LocalRunner:
         finally:
             for reader in readers:
                 reader.join()
+        self.echo.record("".join(stdout) + ("" if show_stderr else "".join(stderr)))
         return Result(tuple(argv), process.returncode, "".join(stdout), "".join(stderr))

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from deploy.errors import HostKeyRejected, HostUnreachable, LoginRefused, SudoFailed
 from deploy.process import Echo, Result
@@ -168,6 +168,8 @@ class RemoteHost:
 
         command = shlex.join(argv)
         options: dict[str, Any] = {"warn": True, "hide": not stream, "in_stream": False}
+        if stream:
+            options.update(out_stream=self.echo.stream, err_stream=self.echo.stream)
         try:
             if needs_sudo:
                 outcome = self.connection.sudo(command, password=self.sudo_password.get(), user="root", **options)
@@ -177,7 +179,36 @@ class RemoteHost:
             raise SudoFailed(f"{self.label}: sudo refused the password for {self.login_user}") from None
         except (OSError, EOFError) as error:
             raise HostUnreachable(f"{self.label}: connection lost while running {argv[0]}: {error}") from None
+        if not stream:
+            self.echo.record(outcome.stdout + outcome.stderr)
         return Result(tuple(argv), int(outcome.exited if outcome.exited is not None else 255), outcome.stdout, outcome.stderr)
+
+    def feed(self, argv: Sequence[str], source: IO[bytes], *, describe_source: str) -> Result:
+        """Run argv with `source` as its stdin, over the connection we already have.
+
+        Fabric's in_stream reads text a byte at a time; a NAR stream needs a raw channel.
+        """
+        self.echo.command([*argv, "<", describe_source], where=self.label)
+        if self.dry_run:
+            return Result(tuple(argv), 0)
+        try:
+            channel = self.connection.client.get_transport().open_session()  # type: ignore[union-attr]
+            channel.set_combine_stderr(True)
+            channel.exec_command(shlex.join(argv))
+            output: list[bytes] = []
+            reader = threading.Thread(target=lambda: output.extend(iter(lambda: channel.recv(65536), b"")), daemon=True)
+            reader.start()
+            while chunk := source.read(1 << 18):
+                channel.sendall(chunk)
+            channel.shutdown_write()
+            returncode = channel.recv_exit_status()
+            reader.join()
+            channel.close()
+        except (OSError, EOFError) as error:
+            raise HostUnreachable(f"{self.label}: connection lost while running {argv[0]}: {error}") from None
+        text = b"".join(output).decode("utf-8", "replace")
+        self.echo.record(text)
+        return Result(tuple(argv), returncode, text, text)
 
     def close(self) -> None:
         if self._connection is not None:
