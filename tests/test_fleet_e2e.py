@@ -1,0 +1,445 @@
+"""Fleets end to end: many lab hosts at once, and what each host looks like afterwards.
+
+Every test asserts on the hosts' own state (profile generations, the running
+system, the boot default, activations, SSH logins) and on exit codes and the
+result JSON; output text is checked only where the output itself is the
+feature (prefixed lines, log files, the lock holder's name).
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+HOSTS = ("alpha", "beta", "gamma")
+LOCK_DIR = "/run/nixfab/deploy.lock"
+
+
+def inv_argv(*args: str) -> list[str]:
+    return [str(BIN / "inv"), "--search-root", str(REPO), *args]
+
+
+def inv(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(inv_argv(*args), cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def exits(result: subprocess.CompletedProcess[str], code: int) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == code, f"expected exit {code}, got {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def results_of(result: subprocess.CompletedProcess[str]) -> dict[str, dict]:  # type: ignore[type-arg]
+    """--json output, by host."""
+    document = json.loads(result.stdout)
+    hosts = document["hosts"]
+    assert len({entry["host"] for entry in hosts}) == len(hosts), "one entry per host"
+    assert document["exit_code"] == result.returncode
+    return {entry["host"]: entry for entry in hosts}
+
+
+def toplevel_of(flake: Path, attr: str) -> str:
+    out = subprocess.run(
+        ["nix", "eval", "--raw", f'{flake}#nixosConfigurations."{attr}".config.system.build.toplevel.outPath'],
+        capture_output=True, text=True, check=True,
+    )
+    return out.stdout.strip()
+
+
+def generations(lab: Lab, name: str) -> list[tuple[int, str]]:
+    return [(g.number, g.path) for g in lab.state(name).generations]
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll until predicate holds; the timeout only keeps a broken run from hanging."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+class Fleet:
+    """A lab of hosts, a fixture flake for them, and inventories pointing at the lab."""
+
+    def __init__(self, lab: Lab, directory: Path, names: Sequence[str], *, slow_seconds: int = 4) -> None:
+        self.lab = lab
+        self.directory = directory
+        lab.up(list(names), reboot_delay=0.3)
+        self.flake = write_fixture_flake(directory / "flake", names, slow_seconds=slow_seconds)
+
+    def inventory(self, body: str, name: str = "hosts.yaml") -> Path:
+        path = self.directory / name
+        path.write_text(f"ssh_config: {self.lab.ssh_config}\n{body}")
+        return path
+
+    def args(self, inventory: Path) -> list[str]:
+        return ["--flake", str(self.flake), "--inventory", str(inventory)]
+
+    def logins(self) -> dict[str, int]:
+        return {host.name: self.lab.accepted_ssh_logins(host.name) for host in self.lab.hosts()}
+
+    def activations(self) -> dict[str, int]:
+        return {host.name: len(self.lab.activations(host.name)) for host in self.lab.hosts()}
+
+
+@pytest.fixture
+def make_fleet(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Fleet]:
+    # The journal and default log directory go to the test's own directory, never the repository.
+    monkeypatch.setenv("NIXFAB_STATE_DIR", str(tmp_path / "state"))
+
+    def make(names: Sequence[str] = HOSTS, **kwargs: int) -> Fleet:
+        return Fleet(lab, tmp_path, names, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def background() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """inv processes a test starts in the background; each is stopped by its pid (and its own session) afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # the session start_new_session made for this process
+            except ProcessLookupError:
+                pass
+        process.wait(timeout=30)
+
+
+def start_in_background(started: list[subprocess.Popen[bytes]], args: Sequence[str], output: Path) -> subprocess.Popen[bytes]:
+    with open(output.with_suffix(".out"), "wb") as stdout, open(output, "wb") as stderr:
+        process = subprocess.Popen(
+            inv_argv(*args), cwd=REPO, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True
+        )
+    started.append(process)
+    return process
+
+
+def finished(process: subprocess.Popen[bytes], output: Path) -> subprocess.CompletedProcess[str]:
+    process.wait(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, output.with_suffix(".out").read_text(), output.read_text())
+
+
+def lock_present(lab: Lab, name: str) -> bool:
+    return lab.inside(name, ["test", "-d", LOCK_DIR], check=False).returncode == 0
+
+
+PREFIXED = re.compile(r"^(?P<host>[a-z]+) *\| (?P<rest>.*)$")
+
+
+def assert_lines_belong_to_one_host(stderr: str, names: Sequence[str]) -> dict[str, list[str]]:
+    """Every line about a host carries that host's prefix, and no line carries two hosts."""
+    by_host: dict[str, list[str]] = {name: [] for name in names}
+    for line in stderr.splitlines():
+        match = PREFIXED.match(line)
+        if match and match["host"] in names:
+            others = [other for other in names if other != match["host"] and re.search(rf"\b{other}\b", match["rest"])]
+            assert not others, f"a {match['host']} line mentions {others}: {line!r}"
+            by_host[match["host"]].append(match["rest"])
+        else:
+            for name in names:
+                assert f"[{name}]" not in line, f"a command on {name} without its prefix: {line!r}"
+    return by_host
+
+
+# ---- 1. selection, parallel output, logs, JSON ----------------------------------------------------------------------
+
+
+def test_parallel_deploy_by_names_all_tags_and_globs(make_fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet()
+    lab = fleet.lab
+    inventory = fleet.inventory("hosts:\n  alpha: { tags: [web] }\n  beta: { tags: [web] }\n  gamma: { tags: [db] }\n")
+    logs = tmp_path / "logs"
+    first = ok(inv("switch-push", "--host", "alpha,beta", "--host", "gamma", *fleet.args(inventory),
+                   "--skip-checks", "--json", "--log-dir", str(logs)))
+    results = results_of(first)
+    assert list(results) == list(HOSTS)
+    for name in HOSTS:
+        path = toplevel_of(fleet.flake, name)
+        state = lab.state(name)
+        assert generations(lab, name) == [(1, path)] and state.current_generation == 1
+        assert state.current_system == path and state.boot_default == "nixos-generation-1.conf"
+        assert results[name]["result"] == "ok" and results[name]["generation"] == 1 and results[name]["path"] == path
+
+    by_host = assert_lines_belong_to_one_host(first.stderr, HOSTS)
+    for name in HOSTS:
+        assert any(line.startswith(f"+ [{name}] nix-env -p /nix/var/nix/profiles/system --set ") for line in by_host[name])
+        log = (logs / f"{name}.log").read_text()
+        assert results[name]["log"] == str(logs / f"{name}.log")
+        assert f"+ [{name}] nix-env -p /nix/var/nix/profiles/system --set {toplevel_of(fleet.flake, name)}" in log
+        for other in HOSTS:
+            if other != name:
+                assert f"[{other}]" not in log and f"{other} |" not in log and f"-{other}" not in log
+
+    # --all deploys every inventory host: a new revision gives each one generation 2.
+    set_fixture_revision(fleet.flake, "2")
+    everything = ok(inv("switch-push", "--all", *fleet.args(inventory), "--skip-checks", "--json"))
+    assert list(results_of(everything)) == list(HOSTS)
+    for name in HOSTS:
+        assert [number for number, _ in generations(lab, name)] == [1, 2]
+        assert lab.state(name).current_system == toplevel_of(fleet.flake, name)
+
+    # --tag and a glob select from hosts.yaml; hosts left out are not even connected to.
+    logins = fleet.logins()
+    tagged = results_of(ok(inv("switch-push", "--tag", "web", *fleet.args(inventory), "--skip-checks", "--json")))
+    assert list(tagged) == ["alpha", "beta"]
+    assert fleet.logins()["gamma"] == logins["gamma"]
+    globbed = results_of(ok(inv("switch-push", "--host", "al*", *fleet.args(inventory), "--skip-checks", "--json")))
+    assert list(globbed) == ["alpha"]
+    after = fleet.logins()
+    assert after["beta"] == logins["beta"] + 1 and after["gamma"] == logins["gamma"]
+    for name in HOSTS:
+        assert [number for number, _ in generations(lab, name)] == [1, 2]
+
+
+def test_flake_check_failure_stops_before_building(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet()
+    inventory = fleet.inventory("hosts:\n  alpha: {}\n  beta: {}\n  gamma: {}\n")
+    flake_nix = fleet.flake / "flake.nix"
+    flake_nix.write_text(flake_nix.read_text().replace("outputs = { self }:", "outputs = { self }: (", 1))
+    logins = fleet.logins()
+    result = exits(inv("switch-push", "--all", *fleet.args(inventory)), 3)
+    assert "nix flake check" in result.stderr.splitlines()[-1]
+    assert "==> building" not in result.stderr and " build --json" not in result.stderr
+    assert fleet.logins() == logins
+    for name in HOSTS:
+        assert fleet.lab.state(name).generations == () and fleet.lab.state(name).current_system is None
+
+
+# ---- 2. one failing host among healthy ones -------------------------------------------------------------------------
+
+
+def test_failing_host_is_rolled_back_and_others_deploy(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet()
+    lab = fleet.lab
+    good = fleet.inventory("hosts:\n  alpha: {}\n  beta: {}\n  gamma: {}\n")
+    ok(inv("switch-push", "--all", *fleet.args(good), "--skip-checks"))
+    first = {name: lab.state(name) for name in HOSTS}
+
+    set_fixture_revision(fleet.flake, "2")
+    broken = fleet.inventory("hosts:\n  alpha: {}\n  beta: { attr: beta-broken }\n  gamma: {}\n", "broken.yaml")
+    result = exits(inv("switch-push", "--all", *fleet.args(broken), "--skip-checks", "--json"), 6)
+    results = results_of(result)
+    assert {name: entry["result"] for name, entry in results.items()} == {"alpha": "ok", "beta": "rolled-back", "gamma": "ok"}
+    assert results["beta"]["exit_code"] == 6
+    assert re.search(r"^beta +rolled-back\b", result.stderr, re.MULTILINE), result.stderr
+    for name in ("alpha", "gamma"):
+        state = lab.state(name)
+        assert [number for number, _ in generations(lab, name)] == [1, 2]
+        assert state.current_system == toplevel_of(fleet.flake, name) and state.boot_default == "nixos-generation-2.conf"
+    beta = lab.state("beta")
+    assert generations(lab, "beta") == [(1, first["beta"].current_system)] and beta.current_generation == 1
+    assert beta.current_system == first["beta"].current_system and beta.boot_default == "nixos-generation-1.conf"
+
+    # --fail-fast --parallel 1: beta fails first, so alpha and gamma never start, though revision 3 awaits them.
+    set_fixture_revision(fleet.flake, "3")
+    logins, activations = fleet.logins(), fleet.activations()
+    before = {name: lab.state(name) for name in HOSTS}
+    fast = exits(inv("switch-push", "--host", "beta,alpha,gamma", *fleet.args(broken), "--skip-checks", "--json",
+                     "--fail-fast", "--parallel", "1"), 6)
+    results = results_of(fast)
+    assert list(results) == ["beta", "alpha", "gamma"]
+    assert {name: entry["result"] for name, entry in results.items()} == {"beta": "rolled-back", "alpha": "not started", "gamma": "not started"}
+    after_logins, after_activations = fleet.logins(), fleet.activations()
+    for name in ("alpha", "gamma"):
+        assert lab.state(name) == before[name]
+        assert after_logins[name] == logins[name] and after_activations[name] == activations[name]
+    assert generations(lab, "beta") == [(1, first["beta"].current_system)]
+    assert lab.state("beta").current_system == first["beta"].current_system
+
+
+# ---- 3. magic rollback ----------------------------------------------------------------------------------------------
+
+
+def test_cut_off_host_rolls_itself_back(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    good = fleet.inventory("hosts:\n  alpha: {}\n")
+    logins = lab.accepted_ssh_logins("alpha")
+    ok(inv("switch-push", "alpha", *fleet.args(good), "--skip-checks"))
+    # The deploy's own connection, and the new one that confirms it.
+    assert lab.accepted_ssh_logins("alpha") == logins + 2
+    gen1 = toplevel_of(fleet.flake, "alpha")
+    assert generations(lab, "alpha") == [(1, gen1)]
+    logins = lab.accepted_ssh_logins("alpha")
+    ok(inv("switch-push", "alpha", *fleet.args(good), "--skip-checks", "--force", "--no-magic-rollback"))
+    assert lab.accepted_ssh_logins("alpha") == logins + 1
+
+    cutoff = fleet.inventory("hosts:\n  alpha: { attr: alpha-cutoff }\n", "cutoff.yaml")
+    result = exits(inv("switch-push", "alpha", *fleet.args(cutoff), "--skip-checks", "--confirm-timeout", "3"), 15)
+    assert "rolled itself back" in result.stderr
+    state = lab.state("alpha")
+    assert state.current_system == gen1 and state.current_generation == 1
+    assert generations(lab, "alpha") == [(1, gen1)] and state.boot_default == "nixos-generation-1.conf"
+    # The cut-off variant really was activated (and reverted), and SSH answers again.
+    assert [line.split()[1:] for line in lab.activations("alpha")][-2:] == [["switch", toplevel_of(fleet.flake, "alpha-cutoff")], ["test", gen1]]
+    assert lab.ssh("alpha", ["true"], check=False).returncode == 0
+
+
+# ---- 4. health checks and canaries ----------------------------------------------------------------------------------
+
+
+def test_failed_health_check_rolls_back_and_halts_the_canary(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet()
+    lab = fleet.lab
+    defaults = "defaults:\n  health: { command: 'grep -qx ok /run/current-system/lab-health', retries: 1, interval: 0.2 }\n"
+    gamma_url = f"{{ health: {{ url: '{lab.http_url('gamma')}', retries: 0 }} }}"
+    good = fleet.inventory(f"{defaults}hosts:\n  alpha: {{}}\n  beta: {{}}\n  gamma: {gamma_url}\n")
+    healthy = results_of(ok(inv("switch-push", "--host", "alpha,gamma", *fleet.args(good), "--skip-checks", "--json")))
+    assert healthy["alpha"]["result"] == healthy["gamma"]["result"] == "ok"
+    gen1 = {name: toplevel_of(fleet.flake, name) for name in ("alpha", "gamma")}
+    assert lab.state("gamma").current_system == gen1["gamma"] and lab.http_status("gamma")[0] == 200
+
+    sick = fleet.inventory(f"{defaults}hosts:\n  alpha: {{ attr: alpha-sick }}\n  beta: {{}}\n  gamma: {gamma_url}\n", "sick.yaml")
+    logins, before = fleet.logins(), {name: lab.state(name) for name in HOSTS}
+    canary = exits(inv("switch-push", "--canary", "--host", "alpha,beta,gamma", *fleet.args(sick), "--skip-checks", "--json"), 16)
+    results = results_of(canary)
+    assert {name: entry["result"] for name, entry in results.items()} == {"alpha": "rolled-back", "beta": "not started", "gamma": "not started"}
+    assert "health check failed" in results["alpha"]["error"]
+    alpha = lab.state("alpha")
+    assert alpha.current_system == gen1["alpha"] and generations(lab, "alpha") == [(1, gen1["alpha"])]
+    assert alpha.boot_default == "nixos-generation-1.conf"
+    # The sick system did run before the check caught it.
+    assert toplevel_of(fleet.flake, "alpha-sick") in [line.split()[2] for line in lab.activations("alpha")]
+    after = fleet.logins()
+    for name in ("beta", "gamma"):
+        assert lab.state(name) == before[name] and after[name] == logins[name]
+
+    # The URL check is real too: a sick gamma answers 503 and is rolled back.
+    gamma_sick = fleet.inventory(f"{defaults}hosts:\n  gamma: {{ attr: gamma-sick, health: {{ url: '{lab.http_url('gamma')}' }} }}\n", "gamma.yaml")
+    result = exits(inv("switch-push", "gamma", *fleet.args(gamma_sick), "--skip-checks"), 16)
+    assert "503" in result.stderr
+    gamma = lab.state("gamma")
+    assert gamma.current_system == gen1["gamma"] and generations(lab, "gamma") == [(1, gen1["gamma"])]
+    assert lab.http_status("gamma")[0] == 200
+
+
+# ---- 5. the per-host lock -------------------------------------------------------------------------------------------
+
+
+def test_second_deploy_is_refused_while_the_first_holds_the_lock(make_fleet, background, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Slow enough that the second deploy reaches the lock while the first still activates.
+    fleet = make_fleet(["alpha"], slow_seconds=7)
+    lab = fleet.lab
+    slow = fleet.inventory("hosts:\n  alpha: { attr: alpha-slow }\n", "slow.yaml")
+    good = fleet.inventory("hosts:\n  alpha: {}\n")
+    output = tmp_path / "slow.err"
+    first = start_in_background(background, ["switch-push", "alpha", *fleet.args(slow), "--skip-checks"], output)
+    wait_for("the first deploy to take alpha's lock", lambda: lock_present(lab, "alpha") or first.poll() is not None)
+    assert first.poll() is None, output.read_text()
+
+    busy = exits(inv("switch-push", "alpha", *fleet.args(good), "--skip-checks"), 14)
+    assert f"{getpass.getuser()}@{socket.gethostname()} (pid {first.pid}, switch" in busy.stderr
+
+    ok(finished(first, output))
+    slow_path, good_path = toplevel_of(fleet.flake, "alpha-slow"), toplevel_of(fleet.flake, "alpha")
+    # Only the lock holder's system was ever activated, and it released the lock.
+    assert generations(lab, "alpha") == [(1, slow_path)] and lab.state("alpha").current_system == slow_path
+    assert [line.split()[2] for line in lab.activations("alpha")] == [slow_path]
+    assert not lock_present(lab, "alpha")
+
+    ok(inv("switch-push", "alpha", *fleet.args(good), "--skip-checks"))
+    assert generations(lab, "alpha") == [(1, slow_path), (2, good_path)] and lab.state("alpha").current_system == good_path
+
+
+def test_stale_lock_of_a_dead_process_is_cleared(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    good = fleet.inventory("hosts:\n  alpha: {}\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    holder = {"user": "ghost", "machine": socket.gethostname(), "pid": dead.pid, "start": "1", "action": "switch",
+              "since": int(time.time()), "token": "0000"}
+    lab.inside("alpha", ["sh", "-c", 'mkdir -p "$1" && printf "%s\\n" "$2" > "$1/holder"', "sh", LOCK_DIR, json.dumps(holder)])
+    assert lock_present(lab, "alpha")
+    result = ok(inv("switch-push", "alpha", *fleet.args(good), "--skip-checks"))
+    assert f"cleared a stale deploy lock left by ghost@{socket.gethostname()} (pid {dead.pid}" in result.stderr
+    path = toplevel_of(fleet.flake, "alpha")
+    assert generations(lab, "alpha") == [(1, path)] and lab.state("alpha").current_system == path
+    assert not lock_present(lab, "alpha")
+
+
+# ---- 6. up to date --------------------------------------------------------------------------------------------------
+
+
+def test_up_to_date_host_is_skipped_unless_forced(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    inventory = fleet.inventory("hosts:\n  alpha: {}\n")
+    ok(inv("switch-push", "alpha", *fleet.args(inventory)))  # with `nix flake check`, which passes
+    path = toplevel_of(fleet.flake, "alpha")
+    assert generations(lab, "alpha") == [(1, path)] and len(lab.activations("alpha")) == 1
+    logins = lab.accepted_ssh_logins("alpha")
+
+    again = ok(inv("switch-push", "alpha", *fleet.args(inventory), "--skip-checks", "--json"))
+    assert results_of(again)["alpha"]["result"] == "up-to-date"
+    assert len(lab.activations("alpha")) == 1 and generations(lab, "alpha") == [(1, path)]
+    # One login (the deploy's own: no copy over nix's ssh, no confirmation) and no import into alpha's store.
+    assert lab.accepted_ssh_logins("alpha") == logins + 1
+    assert "nix-store --import" not in again.stderr and "copying the closure" not in again.stderr
+
+    forced = ok(inv("switch-push", "alpha", *fleet.args(inventory), "--skip-checks", "--json", "--force"))
+    assert results_of(forced)["alpha"]["result"] == "ok"
+    assert [line.split()[1:] for line in lab.activations("alpha")] == [["switch", path], ["switch", path]]
+    assert lab.state("alpha").current_system == path
+
+
+# ---- 7. Ctrl-C ------------------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_finishes_the_running_host_and_starts_no_other(make_fleet, background, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet(["alpha", "beta"], slow_seconds=5)
+    lab = fleet.lab
+    inventory = fleet.inventory("hosts:\n  alpha: { attr: alpha-slow }\n  beta: {}\n")
+    output = tmp_path / "interrupted.err"
+    beta_logins = lab.accepted_ssh_logins("beta")
+    deploy = start_in_background(
+        background, ["switch-push", "--host", "alpha,beta", "--parallel", "1", *fleet.args(inventory), "--skip-checks", "--json"], output
+    )
+    wait_for("alpha to be activating", lambda: "alpha | activating slowly" in output.read_text() or deploy.poll() is not None)
+    assert deploy.poll() is None, output.read_text()
+    os.kill(deploy.pid, signal.SIGINT)
+    # An impatient second Ctrl-C must not abandon alpha halfway either.
+    wait_for("the first Ctrl-C to be noticed", lambda: "==> interrupted" in output.read_text() or deploy.poll() is not None)
+    if deploy.poll() is None:
+        os.kill(deploy.pid, signal.SIGINT)
+    result = finished(deploy, output)
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    results = results_of(result)
+    assert results["beta"]["result"] == "interrupted"
+    assert re.search(r"^beta +interrupted\b", result.stderr, re.MULTILINE), result.stderr  # the summary was printed
+
+    alpha = lab.state("alpha")
+    slow_path = toplevel_of(fleet.flake, "alpha-slow")
+    if results["alpha"]["result"] == "ok":
+        assert generations(lab, "alpha") == [(1, slow_path)] and alpha.current_system == slow_path
+        assert alpha.boot_default == "nixos-generation-1.conf"
+    else:
+        assert results["alpha"]["result"] == "rolled-back"
+        assert generations(lab, "alpha") == [] and alpha.current_generation is None
+    assert not lock_present(lab, "alpha")
+    beta = lab.state("beta")
+    assert beta.generations == () and beta.current_system is None
+    assert lab.accepted_ssh_logins("beta") == beta_logins
