@@ -21,6 +21,8 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 
+from deploy.flakeref import local_flake_directory
+
 # The task arguments whose values are host names or tags. Invoke gives them
 # short flags (-h, -t, ...) that differ between tasks, so `words` maps a short
 # flag back to one of these names through the task itself.
@@ -149,16 +151,7 @@ def read_inventory(path: str) -> tuple[list[str], list[str]]:
 
 
 def flake_directory(flake: str) -> str | None:
-    """The local directory of a flake reference (., /x, path:x, git+file:///x), or None."""
-    reference = flake.split("#", 1)[0]
-    for scheme in ("path:", "git+file://", "git+file:"):
-        if reference.startswith(scheme):
-            reference = reference[len(scheme):].split("?", 1)[0]
-            break
-    else:
-        if ":" in reference:
-            return None
-    return reference if reference and os.path.isdir(reference) else None
+    return local_flake_directory(flake)
 
 
 def _systems(flake: str) -> list[str]:

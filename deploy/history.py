@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from deploy import flakeref
 from deploy.errors import JournalError, NixfabError
 
 STATE_DIRECTORY_VARIABLE = "NIXFAB_STATE_DIR"
@@ -311,18 +312,8 @@ def _quiet_git(argv: Sequence[str]) -> str | None:
 
 def local_flake_directory(flake: str) -> Path | None:
     """The directory a flake reference points at, if it is a local one (., /x, path:/x, git+file:///x)."""
-    reference = flake.split("#", 1)[0]
-    for scheme in ("path:", "git+file://", "git+file:"):
-        if reference.startswith(scheme):
-            reference = reference[len(scheme):].split("?", 1)[0]
-            break
-    else:
-        if ":" in reference:
-            return None
-    if not reference:
-        return None
-    directory = Path(reference)
-    return directory if directory.is_dir() else None
+    directory = flakeref.local_flake_directory(flake)
+    return Path(directory) if directory else None
 
 
 def flake_revision(flake: str) -> tuple[str | None, bool | None]:
