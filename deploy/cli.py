@@ -50,6 +50,11 @@ def allow_optional_machine() -> None:
     ParseMachine.complete_context = complete_context  # type: ignore[method-assign]
 
 
+def one_line(message: str) -> str:
+    """Errors are one line, even when they quote a value (a path, a flake) that holds a line break."""
+    return message.strip().replace("\r", "\\r").replace("\n", "\\n")
+
+
 @contextmanager
 def errors_as_exit_codes() -> Iterator[None]:
     from invoke.exceptions import Exit
@@ -57,7 +62,7 @@ def errors_as_exit_codes() -> Iterator[None]:
     try:
         yield
     except NixfabError as error:
-        raise Exit(f"nixfab: error: {error}", code=error.exit_code) from None
+        raise Exit(f"nixfab: error: {one_line(str(error))}", code=error.exit_code) from None
     except KeyboardInterrupt:
         raise Exit("nixfab: interrupted", code=130) from None
 
@@ -91,8 +96,10 @@ def flake_reference(flake: str) -> str:
 
 
 def flake_directory(flake: str) -> Path | None:
-    path = Path(flake.removeprefix("path:").split("#", 1)[0].split("?", 1)[0])
-    return path if (":" not in flake.removeprefix("path:").split("#", 1)[0]) and path.is_dir() else None
+    from deploy.flakeref import local_flake_directory
+
+    directory = local_flake_directory(flake)
+    return Path(directory) if directory else None
 
 
 def seconds(option: str, value: str | float) -> float:
@@ -114,6 +121,13 @@ def count(option: str, value: str | int) -> int:
     if parsed < 1:
         raise UsageError(f"{option} must be at least 1, not {value!r}")
     return parsed
+
+
+def check_older_than(value: str) -> str:
+    """`all` or `<days>d`, the only forms nix-collect-garbage takes; checked before any reboot."""
+    if value != "all" and not (value.endswith("d") and value[:-1].isdigit() and value[:-1].isascii()):
+        raise UsageError(f"--delete-older-than takes a number of days such as 15d, or all, not {value!r}")
+    return value
 
 
 def check_action(action: str) -> str:
@@ -172,6 +186,8 @@ def deploy_request(options: dict[str, Any], flake: str, *, local: bool) -> Any:
 
     if options.get("action"):
         check_action(options["action"])
+    if options.get("delete_older_than"):
+        check_older_than(options["delete_older_than"])
     for option in ("reboot_timeout", "confirm_timeout"):
         if option in options:
             options[option] = seconds("--" + option.replace("_", "-"), options[option])
@@ -290,10 +306,11 @@ def run_on_target(context: Any, machine: str | None, *, inventory: str, dry_run:
 
 def single_target(context: Any, session: Session, machine: str | None) -> Host:
     from deploy.hosts import LocalHost
-    from deploy.selection import this_machine
+    from deploy.selection import select_hosts, this_machine
 
     name = machine or fab_machine(context)
     if not name or name == this_machine():
         return LocalHost(session.runner, label=name or this_machine())
+    select_hosts(session.inventory, systems_of("."), names=[name])  # an unknown name is refused with "did you mean"
     spec = session.inventory.host(name)
     return session.target(spec)

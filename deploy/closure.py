@@ -31,12 +31,11 @@ def copy_closure(
     extra: Sequence[str] = (),
 ) -> bool:
     """Copy path's closure to target (from source_store, or this machine); False if it was there."""
+    if source_store is None and not substitute_on_destination and isinstance(target, RemoteHost):
+        return stream_closure(runner, target, path)
     if target.run(commands.check_store_path_valid(path), dry_returncode=1).ok:
         runner.echo.note(f"[{target.label}] {path} is already in the store; nothing to copy")
         return False
-    if source_store is None and not substitute_on_destination and isinstance(target, RemoteHost):
-        stream_closure(runner, target, path)
-        return True
     argv = commands.nix_copy(
         [path], to=target_store, source=source_store, substitute_on_destination=substitute_on_destination, extra=extra
     )
@@ -59,13 +58,17 @@ def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[st
     return [item for item in paths if item in wanted]
 
 
-def stream_closure(runner: LocalRunner, target: RemoteHost, path: str) -> None:
+def stream_closure(runner: LocalRunner, target: RemoteHost, path: str) -> bool:
+    """Export what the target lacks into its nix-store --import; False when it lacked nothing."""
     missing = missing_paths(runner, target, path)
+    if not missing:
+        runner.echo.note(f"[{target.label}] {path} is already in the store; nothing to copy")
+        return False
     export = commands.nix_store_export(missing)
     runner.echo.command(export)
     if runner.dry_run:
         target.feed(commands.nix_store_import(), io.BytesIO(), describe_source="(the export above)")
-        return
+        return True
     producer = subprocess.Popen(export, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert producer.stdout is not None
     try:
@@ -78,3 +81,4 @@ def stream_closure(runner: LocalRunner, target: RemoteHost, path: str) -> None:
         raise RemoteCommandFailed(f"exporting {path} failed: {nix_error(export_error)}")
     if not imported.ok:
         raise RemoteCommandFailed(f"{target.label}: importing {path} failed: {nix_error(imported.stdout)}")
+    return True

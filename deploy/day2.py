@@ -38,6 +38,7 @@ def reset(context: Any, options: dict[str, Any]) -> None:
     with cli.errors_as_exit_codes():
         machine = require_machine(context, options, "reset")
         timeout = cli.seconds("--reboot-timeout", options["reboot_timeout"])
+        cli.check_older_than(options["delete_older_than"])
 
         def reboot_then_collect(target: Host) -> None:
             reboot_and_wait(target, expected_system=None, timeout=timeout)
@@ -105,7 +106,7 @@ def journal_day2(options: dict[str, Any], host: str, action: str, activation: An
 
     Journal(journal_path(None)).record(
         DeployRecord(
-            started_at=utc_now(), local_user=local_user(), host=host, action=action, flake=None, revision=None, dirty=None,
+            started_at=utc_now(), local_user=local_user(), host=host, action=action, flake="", revision=None, dirty=None,
             store_path=activation.path, generation=activation.generation, result="ok", duration_seconds=0.0, error=None,
         )
     )
@@ -195,7 +196,11 @@ def hm_build(context: Any, options: dict[str, Any]) -> None:
     from deploy.process import Echo, LocalRunner
     from deploy.selection import this_machine
 
+    from deploy.inventory import load_inventory
+
     with cli.errors_as_exit_codes():
+        # It builds here and needs no host, but an --inventory named on the command line must exist and parse.
+        load_inventory(Path(options["inventory"]), required=options["inventory"] != "hosts.yaml")
         machine = one_machine(options) or this_machine()
         name = machine.rpartition("@")[2]
         user = options.get("user") or (machine.partition("@")[0] if "@" in machine else home_user(options, None))

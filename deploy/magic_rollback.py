@@ -113,10 +113,9 @@ def mark_activated(watchdog: Watchdog, argv: Sequence[str]) -> list[str]:
 
 def arm(host: Host, watchdog: Watchdog, activation: Activation) -> None:
     """Start the watchdog before switch-to-configuration runs."""
-    prepared = host.run(["mkdir", "-p", "--", watchdog.directory], sudo=True)
-    if not prepared.ok:
-        raise NixfabError(f"{host.label}: cannot create {watchdog.directory} for the rollback watchdog: {prepared.tail(1)}")
-    started = host.run(detached(watchdog_argv(watchdog, activation), unit=watchdog.unit, use_systemd=systemd_run_works(host)), sudo=True)
+    start = detached(watchdog_argv(watchdog, activation), unit=watchdog.unit, use_systemd=systemd_run_works(host))
+    # Its directory and the watchdog in one round trip.
+    started = host.run(["sh", "-c", 'mkdir -p -- "$1" && shift && exec "$@"', "sh", watchdog.directory, *start], sudo=True)
     if not started.ok:
         raise NixfabError(f"{host.label}: cannot start the rollback watchdog: {started.tail(1)}")
 

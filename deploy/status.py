@@ -24,6 +24,7 @@ PROBE_SCRIPT = r"""
 printf 'profile\t%s\n' "$(readlink "$1" 2>/dev/null)"
 printf 'current\t%s\n' "$(readlink /run/current-system 2>/dev/null)"
 printf 'booted\t%s\n' "$(readlink /run/booted-system 2>/dev/null)"
+printf 'boot\t%s\n' "$(readlink -e "$1" 2>/dev/null)"
 printf 'uptime\t%s\n' "$(cut -d' ' -f1 /proc/uptime)"
 """
 
@@ -63,9 +64,17 @@ def probe(session: Session, machine: str, flake_system: str | None) -> HostStatu
         current_system=current,
         flake_system=flake_system,
         drift=None if current is None or flake_system is None else current != flake_system,
-        reboot_pending=None if current is None or booted is None else current != booted,
+        reboot_pending=pending_reboot(current, booted, facts.get("boot") or None),
         uptime_seconds=float(uptime) if uptime.replace(".", "", 1).isdigit() else None,
     )
+
+
+def pending_reboot(current: str | None, booted: str | None, boot_default: str | None) -> bool | None:
+    """A reboot would change what runs: the boot default is not the running system (after `boot` or `test`),
+    or the running system is not the one booted (after `switch`). None when nothing runs."""
+    if current is None:
+        return None
+    return (boot_default is not None and boot_default != current) or (booted is not None and booted != current)
 
 
 def host_status(session: Session, flake: str, machines: Sequence[str], extra: Sequence[str] = ()) -> list[HostStatus]:

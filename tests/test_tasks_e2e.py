@@ -1,0 +1,587 @@
+"""The day-2 tasks, status and the CLI's refusals, end to end through `inv` against the lab.
+
+Every test runs the real `inv` as a subprocess and asserts on what the lab
+hosts' disks and memory say afterwards (profiles, boot entries, the running
+system, the activation log), never only on what nixfab printed.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SWITCH_UNIT_HINT = "journalctl -u nixfab-switch-to-configuration"
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def tool(program: str, *args: str, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / program), "--search-root", str(REPO), *args],
+        cwd=cwd or REPO, capture_output=True, text=True, input=input,
+        stdin=None if input is not None else subprocess.DEVNULL, timeout=300,
+    )
+
+
+def inv(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return tool("inv", *args, **kwargs)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def refused(result: subprocess.CompletedProcess[str], code: int, *, only_line: bool = False) -> str:
+    """The one-line error of a failed run; only_line: nothing else was printed (refused before any work)."""
+    assert result.returncode == code, f"exit {result.returncode}, wanted {code}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("nixfab: error: "), result.stderr
+    if only_line:
+        assert result.stderr.count("\n") == 1, result.stderr
+    return last
+
+
+def write_inventory(lab: Lab, path: Path, hosts: str) -> Path:
+    path.write_text(f"ssh_config: {lab.ssh_config}\nhosts:\n{hosts}")
+    return path
+
+
+def toplevel_of(flake: Path, attr: str) -> str:
+    out = subprocess.run(
+        ["nix", "eval", "--raw", f'{flake}#nixosConfigurations."{attr}".config.system.build.toplevel.outPath'],
+        capture_output=True, text=True, check=True,
+    )
+    return out.stdout.strip()
+
+
+def git(directory: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(directory), "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+
+
+@pytest.fixture(autouse=True)
+def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The journal and logs of every run go here, never into the repository."""
+    directory = tmp_path / "state"
+    monkeypatch.setenv("NIXFAB_STATE_DIR", str(directory))
+    return directory
+
+
+@dataclass
+class Site:
+    lab: Lab
+    flake: Path
+    inventory: Path
+    tmp: Path
+
+    def deploy(self, task: str, host: str, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+        return inv(task, host, "--flake", str(self.flake), "--inventory", str(self.inventory), "--skip-checks", *args, **kwargs)
+
+    def day2(self, task: str, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+        return inv(task, *args, "--inventory", str(self.inventory), **kwargs)
+
+    def path(self, revision: str, attr: str = "alpha") -> str:
+        set_fixture_revision(self.flake, revision)
+        return toplevel_of(self.flake, attr)
+
+
+@pytest.fixture
+def site(lab: Lab, tmp_path: Path) -> Site:
+    lab.up(["alpha", "beta"], reboot_delay=0.3)
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta"])
+    inventory = write_inventory(lab, tmp_path / "hosts.yaml", "  alpha: {}\n  beta: {}\n")
+    return Site(lab, flake, inventory, tmp_path)
+
+
+# --- A: day-2 tasks ----------------------------------------------------------
+
+
+def test_check_passes_on_the_fixture_and_a_syntax_error_is_exit_3(tmp_path: Path) -> None:
+    good = write_fixture_flake(tmp_path / "good", ["alpha"])
+    assert "nix flake check passed" in ok(inv("check", "--flake", f"path:{good}")).stderr
+    bad = write_fixture_flake(tmp_path / "bad", ["alpha"])
+    (bad / "flake.nix").write_text("{ outputs = { self }: { ; }\n")
+    message = refused(inv("check", "--flake", f"path:{bad}"), 3)
+    assert "nix flake check" in message and "-- --show-trace" in message
+
+
+def test_generations_with_revisions_switch_generation_rollback_and_history(site: Site, state_directory: Path) -> None:
+    lab = site.lab
+    git(site.flake, "init", "-q")
+    git(site.flake, "add", "-A")
+    git(site.flake, "commit", "-q", "-m", "one")
+    commit = git(site.flake, "rev-parse", "HEAD")
+    first = toplevel_of(site.flake, "alpha")
+    ok(site.deploy("switch-push", "alpha"))
+    second = site.path("2")  # uncommitted: the second generation comes from a dirty tree
+    ok(site.deploy("switch-push", "alpha"))
+    ok(site.deploy("switch-push", "beta"))
+
+    table = ok(site.day2("generations", "alpha")).stdout.splitlines()
+    assert table[0].split()[:2] == ["GEN", "DATE"]
+    one, two = table[1], table[2]
+    assert one.split()[0] == "1" and commit[:12] in one and "-dirty" not in one and one.endswith(first)
+    assert two.split()[:2] == ["*", "2"] and f"{commit[:12]}-dirty" in two and "current,running" in two and two.endswith(second)
+    listed = json.loads(ok(site.day2("generations", "--host", "alpha", "--json")).stdout)
+    assert [(g["number"], g["current"], g["running"], g["path"], g["revision"], g["nixos_version"]) for g in listed] == [
+        (1, False, False, first, commit, "24.11.lab.1"),
+        (2, True, True, second, f"{commit}-dirty", "24.11.lab.2"),
+    ]
+
+    ok(site.day2("switch-generation", "alpha", "1"))
+    state = lab.state("alpha")
+    assert (state.current_generation, state.current_system, state.boot_default_path) == (1, first, first)
+    assert [g.number for g in state.generations] == [1, 2]
+    activations = len(lab.activations("alpha"))
+    message = refused(site.day2("switch-generation", "alpha", "7"), 2)
+    assert "no system generation 7; it has: 1, 2" in message
+    refused(site.day2("switch-generation", "alpha", "x"), 2, only_line=True)
+    refused(site.day2("switch-generation", "alpha", "--generation", "-1"), 2, only_line=True)
+    assert lab.state("alpha") == state and len(lab.activations("alpha")) == activations
+
+    ok(site.day2("switch-generation", "--host", "alpha", "--generation", "2"))
+    assert lab.state("alpha").current_system == second
+    ok(site.day2("rollback", "alpha"))
+    state = lab.state("alpha")
+    assert (state.current_generation, state.current_system, state.boot_default) == (1, first, "nixos-generation-1.conf")
+
+    records = json.loads(ok(inv("history", "--json")).stdout)
+    alpha = [r for r in records if r["host"] == "alpha"]
+    assert [(r["action"], r["result"], r["store_path"]) for r in alpha] == [
+        ("switch", "ok", first), ("switch", "ok", second), ("switch-generation", "ok", first),
+        ("switch-generation", "ok", second), ("rollback", "ok", first),
+    ]
+    assert all(isinstance(r["duration_seconds"], (int, float)) and r["duration_seconds"] >= 0 for r in records)
+    assert alpha[0]["revision"] == commit and alpha[0]["dirty"] is False and alpha[1]["dirty"] is True
+    assert [r["host"] for r in json.loads(ok(inv("history", "--host", "beta", "--json")).stdout)] == ["beta"]
+    assert len(json.loads(ok(inv("history", "alpha", "--json")).stdout)) == 5
+    text = ok(inv("history", "--host", "alpha")).stdout
+    assert "rollback" in text and "beta" not in text
+    assert (state_directory / "history.sqlite").exists()
+
+
+def test_diff_shows_changes_and_activates_nothing_then_diff_and_ask(site: Site) -> None:
+    lab = site.lab
+    ok(site.deploy("switch-push", "alpha"))
+    first = lab.state("alpha")
+    second = site.path("2")
+    activations = lab.activations("alpha")
+
+    shown = ok(site.deploy("diff", "alpha")).stderr
+    assert f"alpha: {first.current_system} -> {second}" in shown
+    assert "nixos-system-alpha-lab.1" in shown and "nixos-system-alpha-lab.2" in shown
+    assert lab.activations("alpha") == activations and lab.state("alpha") == first
+    assert lab.store_has("alpha", second)  # copied, so the diff could run there
+
+    result = ok(site.deploy("switch-push", "alpha", "--diff"))
+    assert f"alpha: {first.current_system} -> {second}" in result.stderr
+    assert lab.state("alpha").current_system == second and lab.state("alpha").current_generation == 2
+
+    third = site.path("3")
+    before = lab.state("alpha")
+    activations = lab.activations("alpha")
+    no = site.deploy("switch-push", "alpha", "--ask", input="n\n")
+    assert no.returncode != 0 and "Traceback" not in no.stderr
+    assert f"activate {third}?" in no.stderr and "not activated" in no.stderr
+    assert lab.activations("alpha") == activations and lab.state("alpha") == before
+    ok(site.deploy("switch-push", "alpha", "--ask", input="y\n"))
+    after = lab.state("alpha")
+    assert after.current_system == third and after.current_generation == 3 and len(lab.activations("alpha")) == len(activations) + 1
+
+
+def write_input_flake(directory: Path, value: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "flake.nix").write_text(f'{{ outputs = {{ self }}: {{ value = "{value}"; }}; }}\n')
+
+
+@pytest.fixture
+def update_flake(tmp_path: Path) -> Path:
+    """A flake with two path: inputs, locked."""
+    write_input_flake(tmp_path / "one", "1")
+    write_input_flake(tmp_path / "two", "1")
+    main = tmp_path / "main"
+    main.mkdir()
+    (main / "flake.nix").write_text(
+        f'{{\n  inputs.one.url = "path:{tmp_path / "one"}";\n  inputs.two.url = "path:{tmp_path / "two"}";\n'
+        "  outputs = { self, one, two }: { values = [ one.value two.value ]; };\n}\n"
+    )
+    subprocess.run(["nix", "flake", "lock", f"path:{main}"], check=True, capture_output=True)
+    return main
+
+
+def locked(flake: Path, name: str) -> object:
+    return json.loads((flake / "flake.lock").read_text())["nodes"][name]["locked"]["narHash"]
+
+
+def test_update_all_inputs_one_input_and_an_unknown_one(update_flake: Path) -> None:
+    main = update_flake
+    one, two = locked(main, "one"), locked(main, "two")
+    write_input_flake(main.parent / "one", "2")
+    write_input_flake(main.parent / "two", "2")
+    ok(inv("update", "--flake", f"path:{main}", "--input", "one"))
+    assert locked(main, "one") != one and locked(main, "two") == two
+    lock = (main / "flake.lock").read_text()
+    message = refused(inv("update", "--flake", f"path:{main}", "--input", "nixpkgs"), 2)
+    assert "no input 'nixpkgs'; its inputs are: one, two" in message
+    assert (main / "flake.lock").read_text() == lock
+    ok(inv("update", "--flake", str(main)))
+    assert locked(main, "two") != two
+
+
+def test_boot_test_and_dry_activate(site: Site) -> None:
+    lab = site.lab
+    ok(site.deploy("switch-push", "alpha"))
+    first = lab.state("alpha")
+
+    second = site.path("2")
+    ok(site.deploy("boot", "alpha"))
+    state = lab.state("alpha")
+    assert state.current_generation == 2 and state.boot_default_path == second
+    assert state.current_system == first.current_system  # the running system waits for a reboot
+
+    third = site.path("3")
+    ok(site.deploy("test", "alpha"))
+    state = lab.state("alpha")
+    assert state.current_system == third
+    assert state.current_generation == 2 and state.boot_default_path == second and len(state.generations) == 2
+
+    site.path("4")
+    activations = lab.activations("alpha")
+    result = ok(site.deploy("dry-activate", "alpha"))
+    assert "would activate" in result.stderr
+    assert lab.state("alpha") == state and lab.activations("alpha") == activations
+
+
+def test_switch_push_without_a_host_inside_a_lab_host_deploys_it_locally(site: Site) -> None:
+    lab = site.lab
+    assert lab.ssh("alpha", ["hostname"]).stdout.strip() == "alpha"
+    state_dir = site.tmp / "alpha-state"
+    command = ["env", f"NIXFAB_STATE_DIR={state_dir}", str(BIN / "inv"), "--search-root", str(REPO),
+               "switch-push", "--flake", str(site.flake), "--skip-checks"]
+    result = lab.ssh("alpha", ["sh", "-c", f"cd {shlex.quote(str(site.tmp))} && exec \"$@\"", "sh", *command], check=False, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "nix-store --import" not in result.stderr and "copy --to" not in result.stderr and "[alpha]" not in result.stderr
+    state = lab.state("alpha")
+    assert state.current_generation == 1 and state.current_system == toplevel_of(site.flake, "alpha")
+    assert lab.state("beta").generations == ()
+    assert (state_dir / "history.sqlite").exists()
+
+
+def test_home_manager_tasks_against_a_lab_host(site: Site) -> None:
+    lab = site.lab
+    flake = f"path:{site.flake}"
+    built = ok(inv("hm.build", "alpha", "--user", "deploy", "--flake", flake, cwd=site.tmp)).stdout.strip().splitlines()[-1]
+    assert os.readlink(site.tmp / "result") == built and not lab.store_has("alpha", built)
+
+    ok(inv("hm.push", "alpha", "--user", "deploy", "--flake", flake, "--inventory", str(site.inventory)))
+    assert lab.store_has("alpha", built)
+    linked = lab.inside("alpha", ["readlink", "/home/deploy/.nixfab-lab-home"]).stdout.strip()
+    assert linked == f"{built}/home-files/.nixfab-lab-home"
+    assert lab.inside("alpha", ["cat", "/home/deploy/.nixfab-lab-home"]).stdout.strip() == "1"
+
+    set_fixture_revision(site.flake, "hm-2")
+    ok(inv("hm.pull", "--host", "alpha", "--user", "deploy", "--flake", flake, "--inventory", str(site.inventory)))
+    assert lab.inside("alpha", ["cat", "/home/deploy/.nixfab-lab-home"]).stdout.strip() == "hm-2"
+    assert lab.state("alpha").generations == ()  # homes only; the system profile is untouched
+
+
+def test_low_disk_space_is_a_warning_and_the_deploy_goes_on(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIXFAB_MIN_FREE_NIX_MIB", str(10**9))
+    result = ok(site.deploy("switch-push", "alpha"))
+    assert any(line.startswith("alpha | warning: alpha: only ") and " free on /nix " in line for line in result.stderr.splitlines()), result.stderr
+    assert "nixfab: error" not in result.stderr
+    assert site.lab.state("alpha").current_generation == 1
+
+
+def test_a_full_nix_store_is_exit_13_and_leaves_the_host_alone(lab: Lab, tmp_path: Path) -> None:
+    lab.up(["alpha"], nix_size_mib={"alpha": 24})
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"], payload_kib=48 * 1024)
+    inventory = write_inventory(lab, tmp_path / "hosts.yaml", "  alpha: {}\n")
+    result = inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--skip-checks")
+    assert "out of disk space" in refused(result, 13)
+    state = lab.state("alpha")
+    assert state.generations == () and state.current_system is None and state.current_generation is None
+
+
+def test_a_failed_activation_shows_the_journal_of_the_switch_unit(site: Site) -> None:
+    ok(site.deploy("switch-push", "alpha"))
+    good = site.lab.state("alpha")
+    broken = write_inventory(site.lab, site.tmp / "broken.yaml", "  alpha: { attr: alpha-broken }\n")
+    result = inv("switch-push", "alpha", "--flake", str(site.flake), "--inventory", str(broken), "--skip-checks")
+    assert "rolled back" in refused(result, 6)
+    assert SWITCH_UNIT_HINT in result.stderr and "broken-lab.service" in result.stderr
+    assert site.lab.state("alpha") == good
+
+
+# --- B: status, hosts, refusals ----------------------------------------------
+
+
+def status_of(site: Site, inventory: Path, *args: str) -> dict[str, dict[str, object]]:
+    rows = json.loads(ok(inv("status", *args, "--json", "--flake", str(site.flake), "--inventory", str(inventory))).stdout)
+    return {row["host"]: row for row in rows}
+
+
+def test_status_reachable_generation_drift_reboot_pending_and_an_unreachable_row(site: Site) -> None:
+    ghost = write_inventory(
+        site.lab, site.tmp / "ghost.yaml", "  alpha: {}\n  beta: {}\n  ghost: { ssh: 'root@127.0.0.1:1' }\n"
+    )
+    ok(site.deploy("switch-push", "alpha"))
+    rows = status_of(site, ghost, "--all")
+    assert set(rows) == {"alpha", "beta", "ghost"}
+    alpha = rows["alpha"]
+    assert (alpha["reachable"], alpha["generation"], alpha["drift"], alpha["reboot_pending"]) == (True, 1, False, False)
+    assert alpha["current_system"] == site.lab.state("alpha").current_system
+    assert (rows["beta"]["reachable"], rows["beta"]["generation"], rows["beta"]["current_system"]) == (True, None, None)
+    assert rows["ghost"]["reachable"] is False and rows["ghost"]["error"]
+
+    table = ok(inv("status", "--all", "--flake", str(site.flake), "--inventory", str(ghost))).stdout
+    assert [line.split()[:2] for line in table.splitlines()[1:]] == [["alpha", "up"], ["beta", "up"], ["ghost", "unreachable"]]
+    assert "in sync" in table.splitlines()[1]
+
+    site.path("2")
+    assert status_of(site, ghost, "alpha")["alpha"]["drift"] is True
+    ok(site.deploy("boot", "alpha"))
+    alpha = status_of(site, ghost, "--host", "alpha")["alpha"]
+    assert alpha["generation"] == 2 and alpha["reboot_pending"] is True
+    assert site.lab.state("alpha").current_generation == 2
+
+
+def test_hosts_flags_a_mismatch_between_systems_and_hosts_yaml(tmp_path: Path) -> None:
+    flake = tmp_path / "homelab"
+    for name, meta in (("alpha", '{ system = "x86_64-linux"; tags = [ "web" ]; }'), ("beta", '{ system = "x86_64-linux"; }')):
+        (flake / "systems" / name).mkdir(parents=True)
+        (flake / "systems" / name / "default.nix").write_text("{ ... }: { }\n")
+        (flake / "systems" / name / "meta.nix").write_text(meta + "\n")
+    (flake / "hosts.yaml").write_text("hosts:\n  alpha: { tags: [db] }\n  gamma: {}\n")
+    listing = ok(inv("hosts", "--flake", str(flake), "--inventory", str(flake / "hosts.yaml"))).stdout
+    assert "tags differ: hosts.yaml [db], meta.nix [web]" in listing
+    assert "no systems/gamma/" in listing
+    rows = {row["name"]: row for row in json.loads(ok(inv("hosts", "--json", "--flake", str(flake), "--inventory", str(flake / "hosts.yaml"))).stdout)}
+    assert (rows["alpha"]["source"], rows["beta"]["source"], rows["gamma"]["source"]) == ("both", "systems/", "hosts.yaml")
+    assert rows["beta"]["problems"] == []
+
+
+def test_unknown_unreachable_refusing_and_wrong_sudo_password(site: Site) -> None:
+    lab = site.lab
+    message = refused(site.deploy("switch-push", "alpah"), 2, only_line=True)
+    assert "did you mean 'alpha'" in message
+    refused(site.day2("generations", "--host", "betta"), 2, only_line=True)
+    boot_id = lab.state("beta").boot_id
+    assert "--delete-older-than" in refused(site.day2("reset", "beta", "--delete-older-than", "2weeks"), 2, only_line=True)
+    refused(site.deploy("switch-push-reset", "beta", "--delete-older-than", "-1d"), 2, only_line=True)
+    assert lab.state("beta").boot_id == boot_id and lab.state("beta").generations == ()
+
+    others = write_inventory(
+        lab, site.tmp / "others.yaml",
+        "  alpha: {}\n  ghost: { ssh: 'root@127.0.0.1:1', attr: alpha }\n  stranger: { ssh: 'nosuchuser@alpha', attr: alpha, sudo: false }\n"
+        "  sudoer: { ssh: 'deploy@alpha' }\n",
+    )
+    unreachable = inv("switch-push", "ghost", "--flake", str(site.flake), "--inventory", str(others), "--skip-checks")
+    assert "ghost" in refused(unreachable, 4)
+    assert "cannot reach root@127.0.0.1:1" in refused(inv("generations", "ghost", "--inventory", str(others)), 4)
+    assert "refused our SSH key" in refused(inv("generations", "stranger", "--inventory", str(others)), 11)
+    login = inv("switch-push", "stranger", "--flake", str(site.flake), "--inventory", str(others), "--skip-checks")
+    assert "refused our SSH key" in refused(login, 11)
+
+    ok(site.deploy("switch-push", "alpha"))
+    site.path("2")
+    ok(site.deploy("switch-push", "alpha"))
+    before = lab.state("alpha")
+    wrong = inv("rollback", "sudoer", "--inventory", str(others), input="wrong-password\n")
+    assert "sudo refused the password" in refused(wrong, 8)
+    assert lab.state("alpha") == before and before.current_generation == 2
+
+
+# --- C: hostile values through every task ------------------------------------
+
+
+def payloads(marks: Path, case: str) -> list[str]:
+    """Values that run `touch marks/<case>-N` wherever one is pasted into a shell line, quoted or not."""
+    mark = f"{marks}/{case}"
+    return [
+        # Command substitution, backticks, a command separator: unquoted or "double-quoted".
+        f"x$(touch {mark}-1)`touch {mark}-2`;touch {mark}-3",
+        # An option for ssh or nix, spaces, breaking out of '...' and "...", backticks again, and a new line.
+        f"-oProxyCommand=touch {mark}-4 ';touch {mark}-5;' \"$(touch {mark}-6)`touch {mark}-8`\"\ntouch {mark}-7",
+    ]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    slot: str  # the option that carries the value; "yaml" for a hosts.yaml value
+    argv: tuple[str, ...]
+    inside_alpha: bool = False  # tasks that act on "this machine" run in a lab host, never here
+
+
+ACCEPTED_AS_IS = ("extra", "log_dir")
+# Tasks that run no Nix command, so Nix options after `--` go nowhere.
+IGNORE_NIX_OPTIONS = ("reset", "ssh-wait", "generations", "switch-generation", "rollback", "history", "hosts")
+HOST_OPTIONS = ("machine", "host", "tag", "flake", "inventory", "build_on", "action", "delete_older_than", "input", "generation", "user", "log_dir")
+
+
+def task_options() -> dict[str, set[str]]:
+    sys.path.insert(0, str(REPO))
+    import tasks
+
+    options = {}
+    for name in tasks.ns.task_names:
+        if name.startswith("lab.") or name == "demo":
+            continue
+        options[name] = {argument.name for argument in tasks.ns[name].get_arguments()}
+    return options
+
+
+def baseline(task: str, site: Site, update_flake: Path) -> tuple[list[str], bool]:
+    """A valid command line for the task, and whether it must run inside alpha (it acts on this machine)."""
+    flake, inventory = str(site.flake), str(site.inventory)
+    if task in ("switch", "hm.switch"):
+        rest = ["--flake", flake] + (["--skip-checks"] if task == "switch" else ["--user", "deploy"])
+        return [task, *(["alpha"] if task == "switch" else []), *rest], True
+    if task == "check":
+        return [task, "--flake", flake], False
+    if task == "update":
+        return [task, "--flake", str(update_flake), "--input", "one"], False
+    if task == "hosts":
+        return [task, "--flake", flake, "--inventory", inventory], False
+    if task == "history":
+        return [task, "alpha", "--flake", flake], False
+    if task == "status":
+        return [task, "alpha", "--flake", flake, "--inventory", inventory], False
+    if task == "reset":
+        return [task, "beta", "--inventory", inventory, "--reboot-timeout", "60"], False
+    if task == "ssh-wait":
+        return [task, "alpha", "true", "--inventory", inventory, "--timeout", "10"], False
+    if task == "switch-generation":
+        return [task, "alpha", "--generation", "1", "--inventory", inventory], False
+    if task in ("generations", "rollback"):
+        return [task, "alpha", "--inventory", inventory], False
+    if task.startswith("hm."):
+        return [task, "alpha", "--user", "deploy", "--flake", flake, "--inventory", inventory], False
+    return [task, "alpha", "--flake", flake, "--inventory", inventory, "--skip-checks"], False
+
+
+def with_value(argv: list[str], option: str, value: str) -> list[str] | None:
+    """argv with one option set to value; None when the task has no such slot."""
+    flag = "--" + option.replace("_", "-")
+    if option == "machine":
+        if len(argv) < 2 or argv[1] != "alpha":
+            return None
+        return [argv[0], value, *argv[2:]]
+    if option == "host":
+        if len(argv) < 2 or argv[1] != "alpha":
+            return None
+        return [argv[0], f"--host={value}", *argv[2:]]
+    out, replaced = [], False
+    iterator = iter(argv)
+    for item in iterator:
+        if item == flag:
+            out.append(f"{flag}={value}")
+            next(iterator)
+            replaced = True
+        else:
+            out.append(item)
+    return out if replaced else [*out, f"{flag}={value}"]
+
+
+def hostile_cases(site: Site, update_flake: Path, marks: Path) -> list[Case]:
+    cases = []
+    for task, options in sorted(task_options().items()):
+        argv, inside = baseline(task, site, update_flake)
+        slots = [option for option in HOST_OPTIONS if option in options]
+        for slot in [*slots, *(["extra"] if task not in IGNORE_NIX_OPTIONS else [])]:
+            tag = f"{task}.{slot}".replace(".", "_")
+            values = payloads(marks, tag)
+            # Values these slots take as they are (a log directory, Nix options) go through no check that
+            # either payload could trip first, so the one carrying every form is enough there.
+            for number, value in enumerate(values[1:] if slot in ACCEPTED_AS_IS else values):
+                if slot == "extra":
+                    changed: list[str] | None = [*argv, "--", "--option", "nixfab-probe", value]
+                else:
+                    changed = with_value(argv, slot, value)
+                if changed is not None:
+                    cases.append(Case(f"{tag}#{number}", slot, tuple(changed), inside))
+    # hosts.yaml values reach tasks through the inventory.
+    for key in ("attr", "ssh", "tags", "build_on"):
+        for number, value in enumerate(payloads(marks, f"yaml_{key}")):
+            inventory = site.tmp / f"hostile-{key}-{number}.yaml"
+            entry = {key: [value] if key == "tags" else value}
+            write_inventory(site.lab, inventory, f"  alpha: {json.dumps(entry)}\n  beta: {{}}\n")
+            for task in ("switch-push", "generations", "status", "hosts", "hm.push"):
+                argv, _inside = baseline(task, site, update_flake)
+                changed = with_value(argv, "inventory", str(inventory))
+                assert changed is not None
+                cases.append(Case(f"yaml_{key}#{number}:{task}", "yaml", tuple(changed)))
+    return cases
+
+
+def run_case(case: Case, site: Site) -> subprocess.CompletedProcess[str]:
+    if not case.inside_alpha:
+        return inv(*case.argv, cwd=site.tmp)
+    command = ["env", f"NIXFAB_STATE_DIR={site.tmp / 'alpha-state'}", str(BIN / "inv"), "--search-root", str(REPO), *case.argv]
+    return site.lab.ssh("alpha", ["sh", "-c", f"cd {shlex.quote(str(site.tmp))} && exec \"$@\"", "sh", *command],
+                        check=False, timeout=300)
+
+
+def harmless(case: Case, result: subprocess.CompletedProcess[str]) -> str | None:
+    """Why the outcome is not acceptable, or None."""
+    if "Traceback" in result.stderr or "Traceback" in result.stdout:
+        return "traceback"
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.rstrip("\n").splitlines()
+    last = lines[-1] if lines else ""
+    if last.startswith("nixfab: error: "):
+        return None
+    # Invoke's own parser refuses a positional that starts with '-' before any task runs.
+    if result.returncode == 1 and case.argv[1].startswith("-") and "No idea what" in result.stderr:
+        return None
+    return f"exit {result.returncode} without a one-line nixfab error: {last!r}"
+
+
+def test_hostile_values_run_nowhere(site: Site, update_flake: Path, tmp_path: Path) -> None:
+    lab = site.lab
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    marks.chmod(0o777)  # so a payload run as the host's `deploy` user could leave its mark too
+    # Lab hosts have private /nix, /run, /boot, /etc/nix and /home, but share /tmp with this machine:
+    # one directory shows marks left here, on the hosts, in their builds and in activation scripts.
+    lab.inside("alpha", ["test", "-d", str(marks)])
+    ok(site.deploy("switch-push", "alpha"))  # so deploys of an unchanged flake have nothing to do
+    ok(inv("hm.build", "alpha", "--user", "deploy", "--flake", str(site.flake), cwd=tmp_path))
+    before = lab.state("alpha")
+
+    cases = hostile_cases(site, update_flake, marks)
+    assert len({case.argv[0] for case in cases}) == len(task_options())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda case: (case, run_case(case, site)), cases))
+
+    problems = [f"{case.name}: {why}\n  argv: {list(case.argv)}\n  {result.stderr[-600:]}"
+                for case, result in results if (why := harmless(case, result)) is not None]
+    # No host, tag, builder, action, age, input, generation, user or inventory file has these names
+    # (history only filters its journal by host name, and finds no rows).
+    accepted = [case.name for case, result in results
+                if result.returncode == 0 and case.slot not in ("flake", *ACCEPTED_AS_IS)
+                and not (case.argv[0] == "history" and case.slot in ("machine", "host"))]
+    left = sorted(path.name for path in marks.iterdir())
+    assert not left and not lab.inside("alpha", ["ls", "-A", str(marks)]).stdout.split(), f"payloads ran: {left}"
+    assert not problems, "\n".join(problems)
+    assert not accepted, f"hostile values were accepted: {accepted}"
+    after = lab.state("alpha")
+    assert after.generations == before.generations and after.current_system == before.current_system
