@@ -18,30 +18,18 @@ from pathlib import Path
 import pytest
 
 from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
+from lab_helpers import BIN, REPO, inv, ok, toplevel_of, write_inventory
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SWITCH_UNIT_HINT = "journalctl -u nixfab-switch-to-configuration"
 
 
 # --- helpers -----------------------------------------------------------------
 
 
-def tool(program: str, *args: str, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / program), "--search-root", str(REPO), *args],
-        cwd=cwd or REPO, capture_output=True, text=True, input=input,
-        stdin=None if input is not None else subprocess.DEVNULL, timeout=300,
-    )
 
 
-def inv(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return tool("inv", *args, **kwargs)
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 def refused(result: subprocess.CompletedProcess[str], code: int, *, only_line: bool = False) -> str:
@@ -55,17 +43,8 @@ def refused(result: subprocess.CompletedProcess[str], code: int, *, only_line: b
     return last
 
 
-def write_inventory(lab: Lab, path: Path, hosts: str) -> Path:
-    path.write_text(f"ssh_config: {lab.ssh_config}\nhosts:\n{hosts}")
-    return path
 
 
-def toplevel_of(flake: Path, attr: str) -> str:
-    out = subprocess.run(
-        ["nix", "eval", "--raw", f'{flake}#nixosConfigurations."{attr}".config.system.build.toplevel.outPath'],
-        capture_output=True, text=True, check=True,
-    )
-    return out.stdout.strip()
 
 
 def git(directory: Path, *args: str) -> str:
