@@ -90,6 +90,17 @@ def lab_prerequisites() -> list[str]:
     return problems
 
 
+# Every directory lab_host.py binds or mounts over. Debian's nix-bin creates no
+# /nix until Nix first opens its store, and a minimal root has no /boot.
+MOUNT_POINTS = ("/nix", "/boot", "/etc/nix", "/home", "/usr/local/bin", "/usr/local/sbin")
+
+
+def create_mount_points() -> None:
+    """Empty directories for the hosts' private mounts, so the lab never depends on what this machine ran before."""
+    for mount_point in MOUNT_POINTS:
+        Path(mount_point).mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
 def nix_system() -> str:
     machine = platform.machine()
     return {"x86_64": "x86_64-linux", "aarch64": "aarch64-linux", "arm64": "aarch64-linux"}.get(machine, f"{machine}-linux")
@@ -222,6 +233,7 @@ class Lab:
                 if not isinstance(size, int) or size <= 0:
                     raise LabError(f"{option}[{name!r}] must be a positive number of MiB, not {size!r}")
         self.down()
+        create_mount_points()
         if self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)

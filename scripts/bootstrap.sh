@@ -20,6 +20,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 debian_packages=(nix-bin openssh-server openssh-client sudo openssl util-linux procps python3 python3-venv git)
+# The suite also checks the remote shell scripts.
+if [ "$mode" = test ]; then debian_packages+=(shellcheck); fi
 missing=()
 for package in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -47,6 +49,11 @@ sandbox = false
 # nixfab-lab end
 CONF
 fi
+
+# Debian's nix-bin creates no /nix: the store and its database appear only when
+# Nix first opens them. Make them now, so that the lab and the tests find a
+# usable store on a machine that has never run Nix.
+nix-store --init
 
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

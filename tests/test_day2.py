@@ -181,11 +181,14 @@ def test_confirm_assume_yes_reads_nothing(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_df_script_skips_missing_paths_and_keys_by_path(tmp_path: Path) -> None:
+    # Paths of the test's own: a machine that has never run Nix has no /nix.
+    store = tmp_path / "nix"
+    store.mkdir()
     missing = str(tmp_path / "no such dir")
-    stdout = run(df_argv(["/nix", missing, str(tmp_path)])).stdout
+    stdout = run(df_argv([str(store), missing, str(tmp_path)])).stdout
     spaces = parse_df(stdout)
-    assert set(spaces) == {"/nix", str(tmp_path)}
-    assert spaces["/nix"].available_bytes > 0 and spaces["/nix"].mount_point.startswith("/")
+    assert set(spaces) == {str(store), str(tmp_path)}
+    assert spaces[str(store)].available_bytes > 0 and spaces[str(store)].mount_point.startswith("/")
     # Free space moves while other tests run; the size and the mount point do not.
     expected = run(["df", "-Pk", str(tmp_path)]).stdout.splitlines()[1].split()
     here = spaces[str(tmp_path)]
@@ -211,13 +214,14 @@ def test_space_thresholds_and_their_environment_overrides() -> None:
         space_warnings("alpha", plenty, None, environ={"NIXFAB_MIN_FREE_NIX_MIB": "lots"})
 
 
-def test_check_free_space_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_free_space_on_this_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     runner = LocalRunner(Echo(enabled=False))
+    store = str(tmp_path)  # a store path of the test's own: this machine may never have run Nix
     monkeypatch.setenv("NIXFAB_MIN_FREE_NIX_MIB", "0")
-    assert check_free_space(runner, ["/nix"], "this machine") == []
+    assert check_free_space(runner, [store], "this machine") == []
     monkeypatch.setenv("NIXFAB_MIN_FREE_NIX_MIB", str(10**9))  # a petabyte: no disk here has it
-    warnings = check_free_space(runner, ["/nix", "/no/such/path"], "this machine")
-    assert len(warnings) == 1 and warnings[0].startswith("this machine: only ") and " on /nix " in warnings[0]
+    warnings = check_free_space(runner, [store, "/no/such/path"], "this machine")
+    assert len(warnings) == 1 and warnings[0].startswith("this machine: only ") and f" on {store} " in warnings[0]
 
 
 def test_closure_size_json_shapes() -> None:
