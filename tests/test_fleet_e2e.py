@@ -130,7 +130,10 @@ def background() -> Iterator[list[subprocess.Popen[bytes]]]:
 def start_in_background(started: list[subprocess.Popen[bytes]], args: Sequence[str], output: Path) -> subprocess.Popen[bytes]:
     with open(output.with_suffix(".out"), "wb") as stdout, open(output, "wb") as stderr:
         process = subprocess.Popen(
-            inv_argv(*args), cwd=REPO, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True
+            inv_argv(*args), cwd=REPO, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True,
+            # A suite started in the background by a non-interactive shell inherits SIGINT ignored,
+            # and Python then never raises KeyboardInterrupt: the deploy must see Ctrl-C as a user's would.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     started.append(process)
     return process
