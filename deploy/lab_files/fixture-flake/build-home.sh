@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2154 # a Nix builder: the derivation's attributes arrive as variables
 # Lays out the parts of a Home Manager activationPackage that deploy tools touch.
 mkdir -p "$out/home-files"
 printf '%s\n' "$revision" > "$out/home-files/.nixfab-lab-home"

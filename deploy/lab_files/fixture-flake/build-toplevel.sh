@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2154 # a Nix builder: the derivation's attributes arrive as variables
 # Lays out a store path with the parts of a NixOS toplevel that deploy tools touch.
 mkdir -p "$out/bin"
 printf '%s\n' "$nixosVersion" > "$out/nixos-version"
