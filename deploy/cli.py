@@ -46,7 +46,9 @@ def allow_optional_machine() -> None:
                     argument.value = ""
         original(self)
 
+    # The marker checked above, so a second call does not wrap the patch again; mypy allows no attributes on a function.
     complete_context._nixfab = True  # type: ignore[attr-defined]
+    # Deliberately replacing a method of Invoke's parser class (see the docstring).
     ParseMachine.complete_context = complete_context  # type: ignore[method-assign]
 
 

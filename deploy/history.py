@@ -353,7 +353,7 @@ def format_history(records: Iterable[DeployRecord]) -> str:
     header = ("TIME (UTC)", "USER", "HOST", "ACTION", "RESULT", "GEN", "REVISION", "DURATION", "STORE PATH")
     rows: list[tuple[tuple[str, ...], str | None]] = []
     for record in records:
-        cells = (
+        cells: tuple[str, ...] = (
             record.started_at.replace("+00:00", "Z"),
             record.local_user,
             record.host,

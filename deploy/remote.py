@@ -24,6 +24,8 @@ from deploy.process import Echo, Result
 
 if TYPE_CHECKING:
     from fabric import Connection
+    from paramiko.client import MissingHostKeyPolicy, SSHClient
+    from paramiko.pkey import PKey
 
 
 @dataclass
@@ -57,11 +59,11 @@ def known_hosts_files(ssh_options: dict[str, Any]) -> tuple[list[Path], list[Pat
     return user, system
 
 
-def _host_key_policy(checking: str, save_to: Path | None, host_label: str):  # type: ignore[no-untyped-def]
+def _host_key_policy(checking: str, save_to: Path | None, host_label: str) -> MissingHostKeyPolicy:
     from paramiko.client import MissingHostKeyPolicy
 
     class Policy(MissingHostKeyPolicy):
-        def missing_host_key(self, client, hostname, key):  # type: ignore[no-untyped-def]
+        def missing_host_key(self, client: SSHClient, hostname: str, key: PKey) -> None:
             if checking not in ("accept-new", "no"):
                 raise HostKeyRejected(
                     f"{host_label}: unknown SSH host key for {hostname} ({key.get_name()} {key.get_fingerprint().hex()}); "
@@ -192,7 +194,7 @@ class RemoteHost:
         if self.dry_run:
             return Result(tuple(argv), 0)
         try:
-            channel = self.connection.client.get_transport().open_session()  # type: ignore[union-attr]
+            channel = self.connection.client.get_transport().open_session()
             channel.set_combine_stderr(True)
             channel.exec_command(shlex.join(argv))
             output: list[bytes] = []
