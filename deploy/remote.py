@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import os
 import shlex
-import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -141,7 +140,7 @@ class RemoteHost:
             ) from None
         except paramiko.AuthenticationException:
             raise LoginRefused(f"{self.label}: {where} refused our SSH key for user {connection.user}") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise HostUnreachable(f"{self.label}: no answer from {where} within {self.connect_timeout}s") from None
         except (OSError, paramiko.SSHException, EOFError) as error:
             reason = str(error).strip() or type(error).__name__
