@@ -11,7 +11,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from invoke import Collection, Task, task
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.tasks import Task, task
 
 from deploy import cli
 
@@ -62,7 +64,7 @@ RESET: dict[str, Any] = {"delete_older_than": "15d", "reboot_timeout": "300"}
 def make_task(
     name: str, doc: str, handler: Callable[..., None], parameters: dict[str, Any], fixed: dict[str, Any] | None = None,
     positional: tuple[str, ...] = ("machine",),
-) -> Task:
+) -> Task[Callable[..., None]]:
     """A Task whose options are `parameters` (name → default); `fixed` is passed to the handler as is."""
 
     def body(c: Any, **options: Any) -> None:
@@ -70,6 +72,7 @@ def make_task(
 
     body.__name__ = name.replace("-", "_")
     body.__doc__ = doc
+    # Invoke reads a task's options from inspect.signature(), which honours __signature__; mypy does not know the attribute.
     body.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         + [inspect.Parameter(key, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value) for key, value in parameters.items()]
@@ -81,13 +84,13 @@ def make_task(
     return Task(body, name=name, positional=positional_names, iterable=iterable, help=help_text, auto_shortflags=False)
 
 
-def deploy_task(name: str, doc: str, *, options: dict[str, Any] | None = None, fixed: dict[str, Any]) -> Task:
+def deploy_task(name: str, doc: str, *, options: dict[str, Any] | None = None, fixed: dict[str, Any]) -> Task[Callable[..., None]]:
     activating = fixed.get("action", "switch") is not None
     parameters = {**SELECTION, **FLEET, **(ACTIVATING if activating else {}), **(options or {})}
     return make_task(name, doc, cli.run_deploy, parameters, fixed)
 
 
-def local_step(name: str, doc: str, step: str, parameters: dict[str, Any], positional: tuple[str, ...] = ("machine",)) -> Task:
+def local_step(name: str, doc: str, step: str, parameters: dict[str, Any], positional: tuple[str, ...] = ("machine",)) -> Task[Callable[..., None]]:
     """A task that works on one host's connection (or this machine): the step is a function in deploy.day2."""
 
     def handler(c: Any, options: dict[str, Any]) -> None:
@@ -166,7 +169,7 @@ def namespace() -> Collection:
 
 
 @task(help={"hosts": "comma-separated names", "reboot-delay": "seconds a simulated reboot takes"})
-def lab_up(c, hosts="alpha,beta,gamma", reboot_delay=1.0):  # type: ignore[no-untyped-def]
+def lab_up(c: Context, hosts: str = "alpha,beta,gamma", reboot_delay: float = 1.0) -> None:
     """Start simulated NixOS hosts on 127.0.0.1 (see README: The lab)."""
     from deploy import lab_cli
 
@@ -175,7 +178,7 @@ def lab_up(c, hosts="alpha,beta,gamma", reboot_delay=1.0):  # type: ignore[no-un
 
 
 @task
-def lab_status(c):  # type: ignore[no-untyped-def]
+def lab_status(c: Context) -> None:
     """Show each simulated host: its process, boot id, generations and running system."""
     from deploy import lab_cli
 
@@ -184,7 +187,7 @@ def lab_status(c):  # type: ignore[no-untyped-def]
 
 
 @task
-def lab_down(c):  # type: ignore[no-untyped-def]
+def lab_down(c: Context) -> None:
     """Stop every simulated host (by pid) and everything running in it."""
     from deploy import lab_cli
 
@@ -193,7 +196,7 @@ def lab_down(c):  # type: ignore[no-untyped-def]
 
 
 @task
-def demo(c):  # type: ignore[no-untyped-def]
+def demo(c: Context) -> None:
     """Start three simulated hosts, deploy to them as a fleet, and show what happened."""
     from deploy import lab_cli
 
@@ -203,9 +206,9 @@ def demo(c):  # type: ignore[no-untyped-def]
 
 lab = Collection("lab")
 lab.add_task(lab_up, "up")
-lab.add_task(lab_status, "status")
-lab.add_task(lab_down, "down")
+lab.add_task(lab_status, "status")  # type: ignore[arg-type]  # invoke.task() is annotated "-> Callable" but returns a Task
+lab.add_task(lab_down, "down")  # type: ignore[arg-type]  # invoke.task() is annotated "-> Callable" but returns a Task
 
 ns = namespace()
 ns.add_collection(lab)
-ns.add_task(demo)
+ns.add_task(demo)  # type: ignore[arg-type]  # invoke.task() is annotated "-> Callable" but returns a Task

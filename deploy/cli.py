@@ -46,7 +46,9 @@ def allow_optional_machine() -> None:
                     argument.value = ""
         original(self)
 
+    # The marker checked above, so a second call does not wrap the patch again; mypy allows no attributes on a function.
     complete_context._nixfab = True  # type: ignore[attr-defined]
+    # Deliberately replacing a method of Invoke's parser class (see the docstring).
     ParseMachine.complete_context = complete_context  # type: ignore[method-assign]
 
 
@@ -219,8 +221,8 @@ def run_deploy(context: Any, options: dict[str, Any]) -> None:
 
 
 def run_fleet(session: Session, request: Any, machines: list[str], raw: dict[str, Any]) -> None:
-    from deploy.fleet import Fleet, FleetOptions, exit_code, print_summary, results_json
     from deploy.flake_ops import flake_check
+    from deploy.fleet import Fleet, FleetOptions, exit_code, print_summary, results_json
     from deploy.history import Journal, journal_path, state_directory
 
     as_json = bool(raw.get("json"))
@@ -272,11 +274,11 @@ def fleet_error(results: Sequence[HostResult], code: int, *, interrupted: bool) 
 
 
 def journal_record(journal: Any, request: Any, spec: HostSpec, result: HostResult) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import UTC, datetime, timedelta
 
     from deploy.history import DeployRecord, local_user
 
-    started = datetime.now(timezone.utc) - timedelta(seconds=result.duration_seconds)
+    started = datetime.now(UTC) - timedelta(seconds=result.duration_seconds)
     journal.record(
         DeployRecord(
             started_at=started.isoformat(timespec="seconds"), local_user=local_user(), host=spec.name,

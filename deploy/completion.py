@@ -20,8 +20,13 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from deploy.flakeref import local_flake_directory
+
+if TYPE_CHECKING:
+    from invoke.parser.context import ParserContext
+    from invoke.program import Program
 
 # The task arguments whose values are host names or tags. Invoke gives them
 # short flags (-h, -t, ...) that differ between tasks, so `words` maps a short
@@ -103,7 +108,7 @@ def scan_inventory(text: str) -> tuple[list[str], list[str]]:
                     tags.extend(_flow_items(flow.group("items")))
             elif value:
                 raise _Unsure
-        elif full == ("defaults", "tags") or (len(full) == 3 and full[0] == "hosts" and key == "tags"):
+        elif full == ("defaults", "tags") or (len(full) == 3 and full[0] == "hosts" and key == "tags"):  # noqa: SIM102 - one branch per key
             if value:
                 tags.extend(_flow_list(value))
         if value and value.startswith(("[", "{")) and not value.endswith(("]", "}")):
@@ -208,9 +213,10 @@ def matching(candidates: Iterable[str], prefix: str) -> list[str]:
 # --- `words`: where in the command line the cursor is -----------------------------------------
 
 
-def _load_program(binary: str):  # type: ignore[no-untyped-def]
+def _load_program(binary: str) -> Program:
     """An Invoke Program with its collection loaded the way `binary` would load it."""
-    from invoke import Collection, Program
+    from invoke.collection import Collection
+    from invoke.program import Program
 
     if os.path.basename(binary) in ("inv", "invoke"):
         return Program(binary_names=["inv", "invoke"])
@@ -232,6 +238,7 @@ def value_slot(binary: str, words: Sequence[str]) -> tuple[str, object | None, o
     program.parse_core([binary, *words])
     program.parse_collection()
     parser = program._make_parser()
+    contexts: list[ParserContext]
     try:
         contexts = parser.parse_argv(program.core.unparsed)
     except ParseError as error:
@@ -240,7 +247,7 @@ def value_slot(binary: str, words: Sequence[str]) -> tuple[str, object | None, o
     if context is None or not getattr(context, "name", None):
         return "task", None, program
     last = words[-1] if words else ""
-    if last.startswith("-") and "=" not in last:
+    if last.startswith("-") and "=" not in last:  # noqa: SIM102 - the comment below is about the inner test
         # Lexicon.get() skips aliases (short flags are aliases); `in` and [] resolve them.
         if last in context.flags:
             flag = context.flags[last]
@@ -253,7 +260,7 @@ def value_slot(binary: str, words: Sequence[str]) -> tuple[str, object | None, o
     return "task", context, program
 
 
-def _slot_of(argument_name: str) -> str:
+def _slot_of(argument_name: str | None) -> str:
     if argument_name in HOST_ARGUMENTS:
         return "hosts"
     if argument_name in TAG_ARGUMENTS:

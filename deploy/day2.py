@@ -193,10 +193,9 @@ def home_user(options: dict[str, Any], target: Host | None) -> str:
 
 def hm_build(context: Any, options: dict[str, Any]) -> None:
     from deploy.home_manager import build_home
+    from deploy.inventory import load_inventory
     from deploy.process import Echo, LocalRunner
     from deploy.selection import this_machine
-
-    from deploy.inventory import load_inventory
 
     with cli.errors_as_exit_codes():
         # It builds here and needs no host, but an --inventory named on the command line must exist and parse.

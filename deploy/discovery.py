@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, TypeAlias
 
 from deploy.errors import InventoryError
 from deploy.inventory import (
@@ -97,7 +97,7 @@ class NonLiteral:
         return f"NonLiteral({self.reason!r})"
 
 
-NixValue = Union[str, int, float, bool, None, list["NixValue"], dict[str, "NixValue"], NonLiteral]
+NixValue: TypeAlias = str | int | float | bool | list["NixValue"] | dict[str, "NixValue"] | NonLiteral | None
 
 
 @dataclass(frozen=True)

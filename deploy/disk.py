@@ -17,7 +17,7 @@ from deploy.commands import df_argv
 from deploy.errors import DiskFull, UsageError
 from deploy.process import Result
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by purpose: the checks first, then the thresholds
     "DiskSpace", "df_argv", "parse_df", "space_warnings", "check_free_space", "closure_size",
     "is_disk_full", "raise_if_disk_full", "min_free_nix_bytes", "min_free_boot_bytes",
 ]

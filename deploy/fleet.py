@@ -8,6 +8,7 @@ not started, lets running ones finish (or roll back), and still summarizes.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import threading
 import time
@@ -105,10 +106,10 @@ class Fleet:
             if log is not None:
                 self._logs.append(log)
             stream = HostStream(self.console, stream_prefix(spec.name, width), log)
-            echo = Echo(stream=stream)  # type: ignore[arg-type]
+            echo = Echo(stream=stream)
             self.runs[spec.name] = HostRun(
                 spec, echo, LocalRunner(echo, dry_run=session.dry_run),
-                on_phase=lambda phase, name=spec.name: self.progress.phase(name, phase), ask_lock=self.ask_lock,
+                on_phase=functools.partial(self.progress.phase, spec.name), ask_lock=self.ask_lock,
             )
         self.results: dict[str, HostResult] = {}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from deploy import commands
 from deploy.activation import Activation, SystemState, parse_generation, run_switch_to_configuration, undo
@@ -79,7 +79,7 @@ def parse_generation_listing(stdout: str) -> GenerationListing:
     generations = tuple(
         Generation(
             number=number,
-            created=datetime.fromtimestamp(mtime, tz=timezone.utc),
+            created=datetime.fromtimestamp(mtime, tz=UTC),
             current=number == current_number,
             path=path,
             nixos_version=version,

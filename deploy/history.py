@@ -29,12 +29,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from deploy import flakeref
-from deploy.errors import JournalError, NixfabError
+from deploy.errors import JournalError
 
 STATE_DIRECTORY_VARIABLE = "NIXFAB_STATE_DIR"
 STATE_DIRECTORY_NAME = ".nixfab"
@@ -96,7 +96,7 @@ _SCHEMA = (
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def local_user() -> str:
@@ -340,7 +340,7 @@ def short_revision(revision: str | None, dirty: bool | None) -> str:
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, remainder = divmod(int(round(seconds)), 60)
+    minutes, remainder = divmod(round(seconds), 60)
     return f"{minutes}m{remainder:02d}s"
 
 
@@ -353,7 +353,7 @@ def format_history(records: Iterable[DeployRecord]) -> str:
     header = ("TIME (UTC)", "USER", "HOST", "ACTION", "RESULT", "GEN", "REVISION", "DURATION", "STORE PATH")
     rows: list[tuple[tuple[str, ...], str | None]] = []
     for record in records:
-        cells = (
+        cells: tuple[str, ...] = (
             record.started_at.replace("+00:00", "Z"),
             record.local_user,
             record.host,

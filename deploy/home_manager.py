@@ -185,7 +185,7 @@ def activate_home(target: Host, path: str, user: str) -> HomeActivation:
         raise NotInStore(f"{target.label}: {path} is not a Home Manager generation on this host (no executable activate)")
     me = login_user(target, assume=user)
     previous = home_generation(target, user, home)
-    if me == user:
+    if me == user:  # noqa: SIM108 - two long calls read better apart than as one 150-column ternary
         result = target.run(activate_argv(path), stream=True)
     else:
         result = target.run(run_as_user_argv(user, activate_argv(path)), sudo=True, stream=True)

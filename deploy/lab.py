@@ -18,9 +18,9 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,19 +326,18 @@ class Lab:
             "deployer_uts_namespace": os.readlink("/proc/self/ns/uts"),
         }
         (directory / "host.json").write_text(json.dumps(spec, indent=2))
-        log = open(directory / "supervisor.out", "ab")
-        process = subprocess.Popen(
-            [
-                # --uts: each host has its own hostname, so "this machine" inside it is the host's name.
-                "unshare", "--mount", "--pid", "--uts", "--fork", "--mount-proc", "--propagation", "private",
-                "--kill-child=SIGTERM", "--", sys.executable, str(SUPERVISOR), str(directory),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with open(directory / "supervisor.out", "ab") as log:
+            process = subprocess.Popen(
+                [
+                    # --uts: each host has its own hostname, so "this machine" inside it is the host's name.
+                    "unshare", "--mount", "--pid", "--uts", "--fork", "--mount-proc", "--propagation", "private",
+                    "--kill-child=SIGTERM", "--", sys.executable, str(SUPERVISOR), str(directory),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         started = process_start_time(process.pid)
         assert started is not None, "unshare exited at once"
         return LabHost(name, port, directory, process.pid, started, http_port, nix_size_mib, boot_size_mib)

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deploy.errors import LabError
 from deploy.lab import Lab, default_lab_dir, write_fixture_flake
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,7 +22,7 @@ def short(path: str | None) -> str:
     return name.removeprefix("nixos-system-")
 
 
-def status_table(lab: Lab):  # type: ignore[no-untyped-def]
+def status_table(lab: Lab) -> Table:
     from rich.table import Table
 
     table = Table(title=f"nixfab lab at {lab.root}")
@@ -38,7 +43,7 @@ def status_table(lab: Lab):  # type: ignore[no-untyped-def]
     return table
 
 
-def make_console():  # type: ignore[no-untyped-def]
+def make_console() -> Console:
     import sys
 
     from rich.console import Console

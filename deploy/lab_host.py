@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,12 +111,13 @@ class SimulatedHost:
             for name in ("current-system", "booted-system"):
                 (gcroots / name).unlink(missing_ok=True)
                 (gcroots / name).symlink_to(f"/run/{name}")
-        self.daemon = subprocess.Popen(
-            ["nix-daemon"],
-            stdin=subprocess.DEVNULL,
-            stdout=open(self.hostdir / "nix-daemon.log", "ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.hostdir / "nix-daemon.log", "ab") as log:  # the daemon writes to its own copy
+            self.daemon = subprocess.Popen(
+                ["nix-daemon"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.start_health_server()
         self.start_sshd()
         self.log(f"booted {toplevel or '(no system yet)'} boot_id={self.boot_id()}")
@@ -134,12 +135,13 @@ class SimulatedHost:
         port = self.spec.get("http_port")
         if not port:
             return
-        self.health_server = subprocess.Popen(
-            [sys.executable, __file__, "--health-server", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=open(self.hostdir / "health-http.log", "ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.hostdir / "health-http.log", "ab") as log:  # the server writes to its own copy
+            self.health_server = subprocess.Popen(
+                [sys.executable, __file__, "--health-server", str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def boot_id(self) -> str:
         return (self.hostdir / "boot_id").read_text().strip()

@@ -66,8 +66,10 @@ def describe_holder(holder: dict[str, object]) -> str:
 def is_stale(holder: dict[str, object], age_seconds: int, this_machine: str) -> bool:
     if age_seconds > STALE_AFTER_SECONDS:
         return True
-    if holder.get("machine") == this_machine and isinstance(holder.get("pid"), int):
-        return process_start_time(int(holder["pid"])) != holder.get("start")  # type: ignore[arg-type]
+    pid = holder.get("pid")
+    # bool is an int too, but `"pid": true` names no process.
+    if holder.get("machine") == this_machine and isinstance(pid, int) and not isinstance(pid, bool):
+        return process_start_time(pid) != holder.get("start")
     return False
 
 

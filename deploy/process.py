@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, TextIO
+from typing import IO, Protocol
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,14 @@ def tab_fields(stdout: str) -> dict[str, str]:
     return fields
 
 
+class TextSink(Protocol):
+    """What Echo writes to: a text stream such as sys.stderr, or a fleet host's output.HostStream."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 @dataclass
 class Echo:
     """Where one deploy's `+ command` lines, notes and live command output go.
@@ -50,7 +58,7 @@ class Echo:
     captured rather than shown (see `record`).
     """
 
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    stream: TextSink = field(default_factory=lambda: sys.stderr)
     enabled: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,7 +79,7 @@ class Echo:
             record(text)
 
 
-def _tee(source: IO[str], sink: TextIO | None, collected: list[str]) -> None:
+def _tee(source: IO[str], sink: TextSink | None, collected: list[str]) -> None:
     for line in source:
         collected.append(line)
         if sink is not None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from invoke import Collection, Program
+from invoke.collection import Collection
+from invoke.program import Program
 
 from deploy import __version__
 

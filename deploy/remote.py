@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import os
 import shlex
-import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -24,6 +23,8 @@ from deploy.process import Echo, Result
 
 if TYPE_CHECKING:
     from fabric import Connection
+    from paramiko.client import MissingHostKeyPolicy, SSHClient
+    from paramiko.pkey import PKey
 
 
 @dataclass
@@ -57,11 +58,11 @@ def known_hosts_files(ssh_options: dict[str, Any]) -> tuple[list[Path], list[Pat
     return user, system
 
 
-def _host_key_policy(checking: str, save_to: Path | None, host_label: str):  # type: ignore[no-untyped-def]
+def _host_key_policy(checking: str, save_to: Path | None, host_label: str) -> MissingHostKeyPolicy:
     from paramiko.client import MissingHostKeyPolicy
 
     class Policy(MissingHostKeyPolicy):
-        def missing_host_key(self, client, hostname, key):  # type: ignore[no-untyped-def]
+        def missing_host_key(self, client: SSHClient, hostname: str, key: PKey) -> None:
             if checking not in ("accept-new", "no"):
                 raise HostKeyRejected(
                     f"{host_label}: unknown SSH host key for {hostname} ({key.get_name()} {key.get_fingerprint().hex()}); "
@@ -139,7 +140,7 @@ class RemoteHost:
             ) from None
         except paramiko.AuthenticationException:
             raise LoginRefused(f"{self.label}: {where} refused our SSH key for user {connection.user}") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise HostUnreachable(f"{self.label}: no answer from {where} within {self.connect_timeout}s") from None
         except (OSError, paramiko.SSHException, EOFError) as error:
             reason = str(error).strip() or type(error).__name__
@@ -192,7 +193,7 @@ class RemoteHost:
         if self.dry_run:
             return Result(tuple(argv), 0)
         try:
-            channel = self.connection.client.get_transport().open_session()  # type: ignore[union-attr]
+            channel = self.connection.client.get_transport().open_session()
             channel.set_combine_stderr(True)
             channel.exec_command(shlex.join(argv))
             output: list[bytes] = []

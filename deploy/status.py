@@ -104,7 +104,7 @@ def yes_no(value: bool | None, yes: str, no: str) -> str:
 
 
 def status_rows(rows: Sequence[HostStatus]) -> list[tuple[str, ...]]:
-    table = []
+    table: list[tuple[str, ...]] = []
     for row in rows:
         if not row.reachable:
             table.append((row.host, "unreachable", "", "", "", "", row.error or ""))

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -90,7 +90,7 @@ def test_listing_script_reads_links_versions_and_hostile_revisions(tmp_path: Pat
     assert [g.current for g in listing.generations] == [False, True, False]
     assert first.path == str(systems[0])
     assert abs(first.created.timestamp() - (profile.parent / "system-1-link").lstat().st_mtime) < 1
-    assert first.created.tzinfo == timezone.utc
+    assert first.created.tzinfo == UTC
 
 
 def test_parse_listing_marks_running_and_booted() -> None:
@@ -105,7 +105,7 @@ def test_parse_listing_marks_running_and_booted() -> None:
     assert (one.current, one.running, one.booted) == (False, True, False)
     assert (two.current, two.running, two.booted) == (True, False, True)
     assert two.revision == "r2" and one.revision is None
-    assert one.created == datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)
+    assert one.created == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
     assert listing.current == two and listing.running == "/nix/store/a-sys"
 
 

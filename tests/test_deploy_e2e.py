@@ -10,15 +10,6 @@ from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
 from lab_helpers import BIN, REPO, inv, ok, tool, toplevel_of, write_inventory
 
 
-
-
-
-
-
-
-
-
-
 @pytest.fixture
 def fleet(lab: Lab, tmp_path: Path):  # type: ignore[no-untyped-def]
     lab.up(["alpha", "beta"], reboot_delay=0.3)
@@ -57,7 +48,7 @@ def test_build_leaves_result_and_touches_no_host(fleet, tmp_path: Path) -> None:
 
 
 def test_extra_nix_options_reach_nix(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    lab, flake, inventory = fleet
+    _lab, flake, inventory = fleet
     result = ok(inv("build", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--", "--show-trace", cwd=tmp_path))
     assert "--show-trace" in result.stderr.split("\n", 1)[1]
     bad = inv("build", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--", "--no-such-option", cwd=tmp_path)
@@ -170,7 +161,7 @@ def test_switch_activates_the_machine_it_runs_on(fleet) -> None:  # type: ignore
 
 
 def test_ssh_wait_runs_the_command_once_the_host_answers(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    lab, flake, inventory = fleet
+    lab, _flake, inventory = fleet
     result = ok(inv("ssh-wait", "alpha", "uname -s", "--inventory", str(inventory)))
     assert result.stdout.strip() == "Linux"
     ghost = tmp_path / "ghost.yaml"
@@ -188,7 +179,7 @@ def test_unknown_host_key_stops_the_deploy(fleet) -> None:  # type: ignore[no-un
 
 
 def test_accept_new_records_the_key(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    lab, flake, inventory = fleet
+    lab, flake, _inventory = fleet
     lab.known_hosts.write_text("")
     config = tmp_path / "accept_new_ssh_config"
     config.write_text(lab.ssh_config.read_text().replace("StrictHostKeyChecking yes", "StrictHostKeyChecking accept-new"))
@@ -209,7 +200,7 @@ def test_fab_with_host_flag(fleet) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_bad_input_is_one_line_and_exit_2(fleet) -> None:  # type: ignore[no-untyped-def]
-    lab, flake, inventory = fleet
+    _lab, flake, inventory = fleet
     for args in (["switch-push", "a;touch /tmp/pwned"], ["switch-push", "alpha", "--action", "explode"]):
         result = inv(*args, "--flake", str(flake), "--inventory", str(inventory))
         assert result.returncode == 2, result.stderr

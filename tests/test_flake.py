@@ -289,7 +289,7 @@ def test_discovery_and_homes_wiring_of_a_made_up_flake(tmp_path: Path) -> None:
     for name, info in discovered.items():
         assert info.system == systems[name]["system"], name
         assert sorted(info.home_users) == sorted(systems[name]["homes"] or {}), name
-        assert info.has_hardware == ("systems/%s/hardware.nix" % name in systems[name]["modules"]), name
+        assert info.has_hardware == (f"systems/{name}/hardware.nix" in systems[name]["modules"]), name
 
 
 def test_nix_run_passes_arguments_to_the_task_unchanged(tmp_path: Path) -> None:

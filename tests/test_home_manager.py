@@ -179,7 +179,7 @@ def test_activating_as_the_wrong_user_fails_with_its_output(rig: Rig) -> None:
     assert "as root failed (exit 1)" in message
     assert 'USER is set to "root" but we expect "deploy"' in message and "\n" not in message
     assert rig.inside("readlink", "-f", HM_PROFILE) == good.path
-    assert not rig.lab.inside("alpha", ["test", "-e", "/root/.nixfab-lab-home"], check=False).returncode == 0
+    assert rig.lab.inside("alpha", ["test", "-e", "/root/.nixfab-lab-home"], check=False).returncode != 0
 
 
 def test_a_path_without_activate_is_not_activated(rig: Rig) -> None:

@@ -1,6 +1,7 @@
 """The lab itself: simulated hosts behave like machines, and leave nothing behind."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -8,11 +9,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import json
-
 import pytest
 
-from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
+from deploy.lab import Lab, write_fixture_flake
 
 
 def alive(pid: int) -> bool:
