@@ -101,7 +101,7 @@ def local_step(name: str, doc: str, step: str, parameters: dict[str, Any], posit
     return make_task(name, doc, handler, parameters, positional=positional)
 
 
-ONE_HOST = {"machine": None, "host": None, "inventory": "hosts.yaml", "dry_run": False}
+ONE_HOST = {"machine": None, "host": None, "flake": ".", "inventory": "hosts.yaml", "dry_run": False}
 
 DEPLOY_TASKS = [
     deploy_task("build", "Build a machine's system on this machine, leaving ./result (nothing is activated).",
@@ -130,7 +130,7 @@ DEPLOY_TASKS = [
 DAY2_TASKS = [
     local_step("reset", "Reboot the machine, wait until it is back, then collect garbage.", "reset", {**ONE_HOST, **RESET}),
     local_step("ssh-wait", "Wait until the machine answers SSH, then run COMMAND there (flakem's ssh-wait).", "ssh_wait",
-               {"machine": None, "command": None, "host": None, "inventory": "hosts.yaml", "timeout": "300", "interval": "2"},
+               {"machine": None, "command": None, "host": None, "flake": ".", "inventory": "hosts.yaml", "timeout": "300", "interval": "2"},
                positional=("machine", "command")),
     local_step("generations", "List the system generations of the target (or this machine).", "generations", {**ONE_HOST, "json": False}),
     local_step("switch-generation", "Make generation N current on the target and activate it.", "switch_generation",
@@ -148,12 +148,12 @@ DAY2_TASKS = [
 
 HOME_TASKS = [
     local_step("build", "Build a Home Manager configuration here (homeConfigurations.\"user@host\").", "hm_build",
-               {**ONE_HOST, "user": "", "flake": "."}),
+               {**ONE_HOST, "user": ""}),
     local_step("switch", "Build and activate a Home Manager configuration on this machine.", "hm_switch", {"user": "", "flake": ".", "dry_run": False}),
     local_step("push", "Build here, copy, and activate a Home Manager configuration on the target.", "hm_push",
-               {**ONE_HOST, "user": "", "flake": "."}),
+               {**ONE_HOST, "user": ""}),
     local_step("pull", "Build and activate a Home Manager configuration on the target itself.", "hm_pull",
-               {**ONE_HOST, "user": "", "flake": "."}),
+               {**ONE_HOST, "user": ""}),
 ]
 
 

@@ -138,15 +138,18 @@ def check_action(action: str) -> str:
     return action
 
 
-def open_session(inventory: str, *, dry_run: bool, ssh_config: Path | None = None, flake: str | None = None) -> Session:
-    """The run's shared state; hosts that only systems/ knows join the inventory with their meta.nix."""
+def open_session(inventory: str, *, dry_run: bool, flake: str, ssh_config: Path | None = None) -> Session:
+    """The run's shared state; hosts that only the flake's systems/ knows join the inventory with their meta.nix.
+
+    Every task opens its session here, so a name means the same machine to all of them.
+    """
     from dataclasses import replace
 
     from deploy.inventory import load_inventory
     from deploy.pipeline import Session
 
     loaded = load_inventory(Path(inventory), required=inventory != "hosts.yaml")
-    flake_dir = flake_directory(flake) if flake else None
+    flake_dir = flake_directory(flake)
     if flake_dir is not None and (flake_dir / "systems").is_dir():
         from deploy.discovery import discover_systems, inventory_with_systems
 
@@ -296,23 +299,26 @@ def run_stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
 
 
-def run_on_target(context: Any, machine: str | None, *, inventory: str, dry_run: bool, step: Callable[[Host], T]) -> T:
+def run_on_target(
+    context: Any, machine: str | None, *, inventory: str, flake: str, dry_run: bool, step: Callable[[Host], T]
+) -> T:
     """Run one step (reset, ssh-wait, generations, …) against one host, or this machine without one."""
     with errors_as_exit_codes():
-        session = open_session(inventory, dry_run=dry_run, ssh_config=fab_ssh_config(context))
+        flake = flake_reference(flake)
+        session = open_session(inventory, dry_run=dry_run, flake=flake, ssh_config=fab_ssh_config(context))
         try:
-            return step(single_target(context, session, machine))
+            return step(single_target(context, session, machine, flake))
         finally:
             session.close()
 
 
-def single_target(context: Any, session: Session, machine: str | None) -> Host:
+def single_target(context: Any, session: Session, machine: str | None, flake: str) -> Host:
     from deploy.hosts import LocalHost
     from deploy.selection import select_hosts, this_machine
 
     name = machine or fab_machine(context)
     if not name or name == this_machine():
         return LocalHost(session.runner, label=name or this_machine())
-    select_hosts(session.inventory, systems_of("."), names=[name])  # an unknown name is refused with "did you mean"
+    select_hosts(session.inventory, systems_of(flake), names=[name])  # an unknown name is refused with "did you mean"
     spec = session.inventory.host(name)
     return session.target(spec)

@@ -44,7 +44,7 @@ def reset(context: Any, options: dict[str, Any]) -> None:
             reboot_and_wait(target, expected_system=None, timeout=timeout)
             collect_garbage(target, options["delete_older_than"])
 
-        cli.run_on_target(context, machine, inventory=options["inventory"], dry_run=options["dry_run"], step=reboot_then_collect)
+        cli.run_on_target(context, machine, inventory=options["inventory"], flake=options["flake"], dry_run=options["dry_run"], step=reboot_then_collect)
 
 
 def ssh_wait(context: Any, options: dict[str, Any]) -> None:
@@ -58,7 +58,7 @@ def ssh_wait(context: Any, options: dict[str, Any]) -> None:
             result = wait(target, options.get("command") or None, timeout=timeout, interval=interval)
             print(result.stdout, end="")
 
-        cli.run_on_target(context, machine, inventory=options["inventory"], dry_run=False, step=wait_then_run)
+        cli.run_on_target(context, machine, inventory=options["inventory"], flake=options["flake"], dry_run=False, step=wait_then_run)
 
 
 def generations(context: Any, options: dict[str, Any]) -> None:
@@ -68,7 +68,7 @@ def generations(context: Any, options: dict[str, Any]) -> None:
         listed = list_generations(target)
         print(generations_json(listed) if options["json"] else format_generations(listed), end="" if not options["json"] else "\n")
 
-    cli.run_on_target(context, one_machine(options), inventory=options["inventory"], dry_run=options["dry_run"], step=show)
+    cli.run_on_target(context, one_machine(options), inventory=options["inventory"], flake=options["flake"], dry_run=options["dry_run"], step=show)
 
 
 def switch_generation(context: Any, options: dict[str, Any]) -> None:
@@ -85,7 +85,7 @@ def switch_generation(context: Any, options: dict[str, Any]) -> None:
         print_note(f"==> {target.label}: generation {activation.generation} is current and running ({activation.path})")
         journal_day2(options, target.label, "switch-generation", activation)
 
-    cli.run_on_target(context, machine, inventory=options["inventory"], dry_run=options["dry_run"], step=run)
+    cli.run_on_target(context, machine, inventory=options["inventory"], flake=options["flake"], dry_run=options["dry_run"], step=run)
 
 
 def rollback(context: Any, options: dict[str, Any]) -> None:
@@ -96,7 +96,7 @@ def rollback(context: Any, options: dict[str, Any]) -> None:
         print_note(f"==> {target.label}: rolled back to generation {activation.generation} ({activation.path})")
         journal_day2(options, target.label, "rollback", activation)
 
-    cli.run_on_target(context, one_machine(options), inventory=options["inventory"], dry_run=options["dry_run"], step=run)
+    cli.run_on_target(context, one_machine(options), inventory=options["inventory"], flake=options["flake"], dry_run=options["dry_run"], step=run)
 
 
 def journal_day2(options: dict[str, Any], host: str, action: str, activation: Any) -> None:
@@ -235,7 +235,7 @@ def home_remote(context: Any, options: dict[str, Any], how: str) -> None:
     with cli.errors_as_exit_codes():
         machine = require_machine(context, options, f"hm.{how}")
         flake = cli.flake_reference(options["flake"])
-        session = cli.open_session(options["inventory"], dry_run=options["dry_run"], ssh_config=cli.fab_ssh_config(context))
+        session = cli.open_session(options["inventory"], dry_run=options["dry_run"], flake=flake, ssh_config=cli.fab_ssh_config(context))
         try:
             spec = session.inventory.host(machine)
             target = session.target(spec)

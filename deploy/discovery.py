@@ -28,7 +28,6 @@ from deploy.inventory import (
     USER_PATTERN,
     HostSpec,
     Inventory,
-    SshTarget,
     parse_ssh_target,
 )
 
@@ -713,15 +712,19 @@ def _row_for_declared(spec: HostSpec, inventory: Inventory, systems: Mapping[str
 
 
 def _undeclared_spec(system: SystemInfo, inventory: Inventory, systems: Mapping[str, SystemInfo]) -> tuple[HostSpec, list[str]]:
-    """How nixfab deploys a system that hosts.yaml does not mention: meta.nix, then the inventory's defaults."""
+    """How nixfab deploys a system that hosts.yaml does not mention: the inventory's defaults, then meta.nix.
+
+    Inventory.host() gives what every undeclared name gets (defaults, health, a builder's address);
+    meta.nix's values go over it, so the two can never disagree about the rest.
+    """
     problems: list[str] = []
+    base = inventory.host(system.name)
     builder = inventory.builders.get(system.name)
+    ssh = base.ssh
     if system.target_host is not None:
         ssh = parse_ssh_target(system.target_host)
         if builder is not None and builder.ssh != ssh:
             problems.append(f"destination differs: builders.{system.name} in hosts.yaml {builder.ssh}, meta.nix targetHost {ssh} (meta.nix wins)")
-    else:
-        ssh = builder.ssh if builder is not None else SshTarget(system.name)
     build_on = system.build_on or inventory.default_build_on
     problem = _build_on_problem(build_on, inventory, systems)
     if problem:
@@ -729,14 +732,12 @@ def _undeclared_spec(system: SystemInfo, inventory: Inventory, systems: Mapping[
         build_on = inventory.default_build_on
     if build_on == system.name:
         build_on = BUILD_ON_TARGET  # building "on itself" is building on the target, as Inventory.host() says
-    spec = HostSpec(
-        name=system.name,
+    spec = dataclasses.replace(
+        base,
         ssh=ssh,
-        attr=system.name,
         build_on=build_on,
         tags=system.tags if system.tags else inventory.default_tags,
         sudo=inventory.default_sudo or ssh.user not in (None, "root"),
-        declared=False,
     )
     return spec, problems
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
+from deploy.lab import Lab, nix_system, set_fixture_revision, write_fixture_flake
 from lab_helpers import BIN, REPO, inv, ok, toplevel_of, write_inventory
 
 SWITCH_UNIT_HINT = "journalctl -u nixfab-switch-to-configuration"
@@ -564,3 +564,45 @@ def test_hostile_values_run_nowhere(site: Site, update_flake: Path, tmp_path: Pa
     assert not accepted, f"hostile values were accepted: {accepted}"
     after = lab.state("alpha")
     assert after.generations == before.generations and after.current_system == before.current_system
+
+
+# --- one meaning for a host name ------------------------------------------------
+
+
+def test_a_host_only_systems_knows_is_the_same_machine_for_every_task(lab: Lab, tmp_path: Path) -> None:
+    """systems/foo/meta.nix says targetHost = alpha; no hosts.yaml entry names foo.
+
+    Every task must reach alpha for foo, with hosts.yaml's defaults, whatever
+    directory it is started from: never a machine called foo.
+    """
+    lab.up(["alpha"], reboot_delay=0.3)
+    flake = write_fixture_flake(tmp_path / "flake", ["foo"])
+    (flake / "systems" / "foo").mkdir(parents=True)
+    (flake / "systems" / "foo" / "default.nix").write_text("{ ... }: { }\n")
+    (flake / "systems" / "foo" / "meta.nix").write_text(f'{{ system = "{nix_system()}"; targetHost = "alpha"; }}\n')
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(f"ssh_config: {lab.ssh_config}\n")
+    where = ("--flake", str(flake), "--inventory", str(inventory))
+
+    first = toplevel_of(flake, "foo")
+    ok(inv("switch-push", "foo", *where, "--skip-checks"))
+    assert lab.state("alpha").current_system == first
+    set_fixture_revision(flake, "2")
+    second = toplevel_of(flake, "foo")
+    ok(inv("switch-push", "foo", *where, "--skip-checks"))
+    assert lab.state("alpha").current_system == second
+
+    listed = json.loads(ok(inv("generations", "foo", *where, "--json")).stdout)
+    assert [(g["number"], g["path"]) for g in listed] == [(1, first), (2, second)]
+    assert ok(inv("ssh-wait", "foo", "hostname", *where, "--timeout", "10")).stdout.strip() == "alpha"
+    ok(inv("rollback", "foo", *where))
+    assert (lab.state("alpha").current_generation, lab.state("alpha").current_system) == (1, first)
+    ok(inv("switch-generation", "foo", "2", *where))
+    assert (lab.state("alpha").current_generation, lab.state("alpha").current_system) == (2, second)
+
+    # hosts.yaml's defaults reach a host that only systems/ knows: here a health check that fails.
+    sick = tmp_path / "sick.yaml"
+    sick.write_text(f"ssh_config: {lab.ssh_config}\ndefaults:\n  health: {{ command: 'false', retries: 0 }}\n")
+    set_fixture_revision(flake, "3")
+    refused(inv("switch-push", "foo", "--flake", str(flake), "--inventory", str(sick), "--skip-checks"), 16)
+    assert (lab.state("alpha").current_generation, lab.state("alpha").current_system) == (2, second)
