@@ -12,7 +12,7 @@
 # /var/tmp/nixfab-fresh-root/SUITE), this checkout (HEAD plus the uncommitted
 # changes and untracked files git does not ignore) is cloned into /work/nixfab
 # there, and COMMAND runs in that directory as root in private mount, PID, UTS
-# and IPC namespaces with their own /proc, /dev, /run, /tmp and /nix, entered
+# and IPC namespaces with their own /proc, /dev, /run and /tmp, entered
 # with pivot_root (a chroot would leave nsenter, which the lab uses, looking at
 # this machine's root). The network is shared: apt and PyPI are needed.
 #
@@ -113,6 +113,8 @@ fi
 
 # Inside the new namespaces, as their PID 1: own /proc, /dev, /run, /tmp; then
 # pivot_root, so that every process, nsenter included, sees only the new root.
+# /nix is the root's own and is NOT created here: Debian's nix-bin does not
+# create it either, and a new machine's first command must cope with that.
 # shellcheck disable=SC2016 # expanded by the inner shell, from its arguments
 enter='
 set -euo pipefail
@@ -138,8 +140,6 @@ ln -s /proc/self/fd/1 "$root/dev/stdout"
 ln -s /proc/self/fd/2 "$root/dev/stderr"
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$root/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
-mkdir -p "$root/nix"
-mount --bind "$root/nix" "$root/nix"
 hostname fresh-root
 cd "$root"
 mkdir .old-root
