@@ -8,6 +8,7 @@ from deploy import commands
 from deploy.errors import ActivationFailed, NotInStore, RemoteCommandFailed
 from deploy.hosts import Host
 from deploy.process import tab_fields
+from deploy.scripts import script
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,8 @@ def read_link(host: Host, path: str) -> str | None:
     return result.stdout.strip() or None
 
 
-# One round trip for what used to take three: every command over SSH costs a channel.
-SYSTEM_STATE_SCRIPT = r"""
-profile=$1
-link=$(readlink "$profile" 2>/dev/null)
-printf 'profile\t%s\n' "$link"
-[ -n "$link" ] && printf 'generation\t%s\n' "$(readlink "${profile%/*}/${link##*/}" 2>/dev/null)"
-printf 'running\t%s\n' "$(readlink /run/current-system 2>/dev/null)"
-"""
-
-
 def system_state(host: Host) -> SystemState:
-    result = host.run(["sh", "-c", SYSTEM_STATE_SCRIPT, "sh", commands.SYSTEM_PROFILE], dry_stdout="running\t<running system>\n")
+    result = host.run(["sh", "-c", script("system_state"), "sh", commands.SYSTEM_PROFILE], dry_stdout="running\t<running system>\n")
     facts = tab_fields(result.stdout) if result.ok else {}
     generation = parse_generation(facts["profile"]) if facts.get("profile") else None
     return SystemState(generation, facts.get("generation") or None, facts.get("running") or None)

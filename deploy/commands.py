@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from deploy.scripts import script
+
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 ACTIONS = ("switch", "boot", "test", "dry-activate")
@@ -199,52 +201,21 @@ def sudo_prefix() -> list[str]:
 
 # day-2 operations
 #
-# Scripts below are constants; everything that varies reaches them as
+# The scripts are deploy/scripts/*.sh; everything that varies reaches them as
 # positional arguments ("$1", "$@"), so no value is ever parsed by a shell.
 
 NIXFAB_GENERATIONS_DIR = "/nix/var/nix/nixfab/generations"  # <N>.json: the flake revision of generation N
-
-# One line per generation: "generation N MTIME TARGET =VERSION =REVISION_JSON"
-# (tab-separated; a field without "=" means the file is missing), then the
-# profile's own link and the running and booted systems. Tabs and newlines in
-# file contents become spaces, which keeps JSON valid and lines whole.
-_LIST_GENERATIONS_SCRIPT = r"""
-profile=$1 revisions=$2
-for link in "$profile"-*-link; do
-  [ -L "$link" ] || continue
-  number=${link#"$profile"-}
-  number=${number%-link}
-  case $number in ''|*[!0-9]*) continue ;; esac
-  target=$(readlink "$link")
-  mtime=$(stat -c %Y "$link")
-  version=
-  if [ -e "$target/nixos-version" ]; then version="=$(tr '\t\n' '  ' < "$target/nixos-version")"; fi
-  revision=
-  if [ -e "$revisions/$number.json" ]; then revision="=$(tr '\t\n' '  ' < "$revisions/$number.json")"; fi
-  printf 'generation\t%s\t%s\t%s\t%s\t%s\n' "$number" "$mtime" "$target" "$version" "$revision"
-done
-printf 'profile\t%s\n' "$(readlink "$profile")"
-printf 'running\t%s\n' "$(readlink /run/current-system)"
-printf 'booted\t%s\n' "$(readlink /run/booted-system)"
-"""
-
 
 def rollback_system_profile() -> list[str]:
     return ["nix-env", "-p", SYSTEM_PROFILE, "--rollback"]
 
 
 def list_generations(revisions_dir: str = NIXFAB_GENERATIONS_DIR) -> list[str]:
-    return ["sh", "-c", _LIST_GENERATIONS_SCRIPT, "sh", SYSTEM_PROFILE, revisions_dir]
-
-
-_RUNNING_SYSTEM_AND_NVD_SCRIPT = r"""
-printf 'running\t%s\n' "$(readlink /run/current-system)"
-printf 'nvd\t%s\n' "$(command -v nvd)"
-"""
+    return ["sh", "-c", script("list_generations"), "sh", SYSTEM_PROFILE, revisions_dir]
 
 
 def running_system_and_nvd() -> list[str]:
-    return ["sh", "-c", _RUNNING_SYSTEM_AND_NVD_SCRIPT]
+    return ["sh", "-c", script("running_system_and_nvd")]
 
 
 def nvd_diff(old: str, new: str) -> list[str]:
@@ -255,19 +226,8 @@ def nix_store_diff_closures(old: str, new: str) -> list[str]:
     return [*NIX, "store", "diff-closures", old, new]
 
 
-# df for each path on its own, so that a missing path (no /boot) cannot shift
-# the others' lines; each output line is "PATH<TAB>df -P line".
-_FREE_SPACE_SCRIPT = r"""
-for path do
-  line=$(df -Pk -- "$path" 2>/dev/null | tail -n 1) || continue
-  [ -n "$line" ] && printf '%s\t%s\n' "$path" "$line"
-done
-exit 0
-"""
-
-
 def df_argv(paths: Sequence[str]) -> list[str]:
-    return ["sh", "-c", _FREE_SPACE_SCRIPT, "sh", *paths]
+    return ["sh", "-c", script("free_space"), "sh", *paths]
 
 
 def nix_closure_size(path: str, extra: Sequence[str] = ()) -> list[str]:

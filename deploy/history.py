@@ -35,6 +35,7 @@ from typing import Any
 
 from deploy import flakeref
 from deploy.errors import JournalError
+from deploy.scripts import script
 
 STATE_DIRECTORY_VARIABLE = "NIXFAB_STATE_DIR"
 STATE_DIRECTORY_NAME = ".nixfab"
@@ -47,12 +48,6 @@ BUSY_TIMEOUT_SECONDS = 30.0
 RESULTS = ("ok", "failed", "rolled-back", "up-to-date", "interrupted")
 TARGET_REVISIONS_DIRECTORY = "/nix/var/nix/nixfab/generations"
 
-# Write to a temporary name and rename, so a concurrent reader never sees half a file.
-_WRITE_REVISION_SCRIPT = 'mkdir -p "$1" && printf %s "$2" > "$1/.$3.json.tmp" && mv -f "$1/.$3.json.tmp" "$1/$3.json"'
-_READ_REVISIONS_SCRIPT = (
-    'for f in "$1"/*.json; do [ -f "$f" ] || continue; '
-    'n=${f##*/}; printf "%s\\t" "${n%.json}"; cat "$f"; printf "\\n"; done'
-)
 _GENERATION_LINE = re.compile(r"\A([0-9]+)\t(.*)\Z")
 
 
@@ -405,12 +400,12 @@ def revision_record_argv(generation: int, payload: dict[str, Any], directory: st
     after the remote layer joins this argv into one command line.
     """
     text = json.dumps(payload, sort_keys=True, ensure_ascii=True)
-    return ["sh", "-c", _WRITE_REVISION_SCRIPT, "sh", directory, text, str(_check_generation(generation))]
+    return ["sh", "-c", script("write_revision"), "sh", directory, text, str(_check_generation(generation))]
 
 
 def revisions_read_argv(directory: str = TARGET_REVISIONS_DIRECTORY) -> list[str]:
     """Print one `N<TAB>json` line per recorded generation (nothing if there are none)."""
-    return ["sh", "-c", _READ_REVISIONS_SCRIPT, "sh", directory]
+    return ["sh", "-c", script("read_revisions"), "sh", directory]
 
 
 def parse_revisions(stdout: str) -> dict[int, dict[str, Any]]:

@@ -19,34 +19,11 @@ from dataclasses import dataclass
 
 from deploy.errors import HostBusy, NixfabError
 from deploy.hosts import Host
+from deploy.scripts import script
 
 LOCK_DIR = "/run/nixfab/deploy.lock"
 HEARTBEAT_SECONDS = 15.0
 STALE_AFTER_SECONDS = 90
-
-ACQUIRE_SCRIPT = r"""
-lock=$1 holder=$2
-mkdir -p "${lock%/*}"
-if mkdir "$lock" 2>/dev/null; then
-  printf '%s\n' "$holder" > "$lock/holder"
-  echo acquired
-  exit 0
-fi
-echo held
-echo "$(( $(date +%s) - $(stat -c %Y "$lock") ))"
-cat "$lock/holder" 2>/dev/null
-exit 0
-"""
-
-# Clears the lock only if it still holds what we judged stale, so two deployers cannot both clear it.
-CLEAR_IF_SCRIPT = r"""
-lock=$1 expected=$2
-[ "$(cat "$lock/holder" 2>/dev/null)" = "$expected" ] || exit 1
-rm -rf "$lock"
-"""
-
-RELEASE_SCRIPT = CLEAR_IF_SCRIPT
-
 
 def process_start_time(pid: int) -> str | None:
     """The kernel's start time of pid (field 22 of /proc/pid/stat), so a reused pid is not mistaken for ours."""
@@ -84,7 +61,7 @@ class HostLock:
         if self._stop is not None:
             self._stop.set()
         try:
-            self.host.run(["sh", "-c", RELEASE_SCRIPT, "sh", LOCK_DIR, self.holder_text], sudo=True)
+            self.host.run(["sh", "-c", script("lock_clear_if_held_by"), "sh", LOCK_DIR, self.holder_text], sudo=True)
         except NixfabError:
             pass  # a host that went away (rebooted) lost its /run, and with it the lock
 
@@ -104,7 +81,7 @@ def acquire(host: Host, action: str) -> HostLock:
     holder_text = json.dumps(me, sort_keys=True)
     cleared: str | None = None
     for _attempt in range(2):
-        result = host.run(["sh", "-c", ACQUIRE_SCRIPT, "sh", LOCK_DIR, holder_text], sudo=True, dry_stdout="acquired\n")
+        result = host.run(["sh", "-c", script("lock_acquire"), "sh", LOCK_DIR, holder_text], sudo=True, dry_stdout="acquired\n")
         if not result.ok:
             raise NixfabError(f"{host.label}: cannot take the deploy lock {LOCK_DIR}: {result.tail(1)}")
         lines = result.stdout.splitlines()
@@ -123,7 +100,7 @@ def acquire(host: Host, action: str) -> HostLock:
             holder = {}
         if not is_stale(holder, age, machine):
             raise HostBusy(f"{host.label}: another deploy is running: {describe_holder(holder)}; lock {LOCK_DIR}")
-        host.run(["sh", "-c", CLEAR_IF_SCRIPT, "sh", LOCK_DIR, held_by], sudo=True)
+        host.run(["sh", "-c", script("lock_clear_if_held_by"), "sh", LOCK_DIR, held_by], sudo=True)
         cleared = describe_holder(holder)
     raise HostBusy(f"{host.label}: the deploy lock {LOCK_DIR} changed hands while a stale one was cleared; try again")
 

@@ -20,60 +20,11 @@ from deploy import commands
 from deploy.activation import Activation, rollback_steps, systemd_run_works
 from deploy.errors import HostUnreachable, LoginRefused, NixfabError, NotConfirmed
 from deploy.hosts import Host
+from deploy.scripts import script
 
 STATE_DIR = "/run/nixfab/magic-rollback"
 # How long the watchdog waits for the activation itself to end before giving up on it and rolling back.
 ACTIVATION_LIMIT_SECONDS = 1800
-
-# The data arrives as positional arguments; the rollback steps are argv lists
-# quoted with shlex.join, one per argument.
-WATCHDOG_SCRIPT = r"""
-dir=$1 activation_limit=$2 confirm_timeout=$3
-shift 3
-waited=0
-while [ ! -e "$dir/activated" ]; do
-  [ -d "$dir/verdict" ] && exit 0
-  [ "$waited" -ge "$activation_limit" ] && break
-  sleep 1; waited=$((waited + 1))
-done
-waited=0
-while [ "$waited" -lt "$confirm_timeout" ]; do
-  [ -d "$dir/verdict" ] && exit 0
-  sleep 1; waited=$((waited + 1))
-done
-mkdir "$dir/verdict" 2>/dev/null || exit 0
-echo watchdog > "$dir/verdict/by"
-echo "nixfab: no confirmation within ${confirm_timeout}s after activation; rolling back" >&2
-for step in "$@"; do
-  sh -c "$step" || echo "nixfab: rollback step failed: $step" >&2
-done
-echo rolled-back > "$dir/rolled-back"
-"""
-
-# Runs the activation and then records its exit status, even when our SSH session died meanwhile.
-MARK_ACTIVATED_SCRIPT = r"""
-marker=$1
-shift
-"$@"
-status=$?
-echo "$status" > "$marker"
-exit "$status"
-"""
-
-# The deployer's claim, in one round trip: only a finished, successful activation is confirmed.
-CONFIRM_SCRIPT = r"""
-dir=$1
-[ -e "$dir/activated" ] || { echo pending; exit 0; }
-status=$(cat "$dir/activated")
-[ "$status" = 0 ] || { echo "failed $status"; exit 0; }
-if mkdir "$dir/verdict" 2>/dev/null; then
-  rm -rf "$dir"
-  echo confirmed
-else
-  echo too-late
-fi
-"""
-
 
 @dataclass(frozen=True)
 class Watchdog:
@@ -97,25 +48,25 @@ def new_watchdog(confirm_timeout: float) -> Watchdog:
 
 def watchdog_argv(watchdog: Watchdog, activation: Activation) -> list[str]:
     steps = [shlex.join(step.argv()) for step in rollback_steps(activation)]
-    return ["sh", "-c", WATCHDOG_SCRIPT, "sh", watchdog.directory, str(ACTIVATION_LIMIT_SECONDS), str(watchdog.confirm_timeout), *steps]
+    return ["sh", "-c", script("rollback_watchdog"), "sh", watchdog.directory, str(ACTIVATION_LIMIT_SECONDS), str(watchdog.confirm_timeout), *steps]
 
 
 def detached(argv: Sequence[str], *, unit: str, use_systemd: bool) -> list[str]:
     """Start argv so that it outlives our SSH session and returns at once."""
     if use_systemd:
         return ["systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit={unit}", *argv]
-    return ["setsid", "-f", "sh", "-c", 'exec "$@" </dev/null >/dev/null 2>&1', "sh", *argv]
+    return ["setsid", "-f", "sh", "-c", script("exec_without_stdio"), "sh", *argv]
 
 
 def mark_activated(watchdog: Watchdog, argv: Sequence[str]) -> list[str]:
-    return ["sh", "-c", MARK_ACTIVATED_SCRIPT, "sh", watchdog.activated_marker, *argv]
+    return ["sh", "-c", script("mark_activated"), "sh", watchdog.activated_marker, *argv]
 
 
 def arm(host: Host, watchdog: Watchdog, activation: Activation) -> None:
     """Start the watchdog before switch-to-configuration runs."""
     start = detached(watchdog_argv(watchdog, activation), unit=watchdog.unit, use_systemd=systemd_run_works(host))
     # Its directory and the watchdog in one round trip.
-    started = host.run(["sh", "-c", 'mkdir -p -- "$1" && shift && exec "$@"', "sh", watchdog.directory, *start], sudo=True)
+    started = host.run(["sh", "-c", script("mkdir_then_exec"), "sh", watchdog.directory, *start], sudo=True)
     if not started.ok:
         raise NixfabError(f"{host.label}: cannot start the rollback watchdog: {started.tail(1)}")
 
@@ -142,7 +93,7 @@ def confirm(
     while clock() < deadline:
         fresh = open_fresh()
         try:
-            answer = fresh.run(["sh", "-c", CONFIRM_SCRIPT, "sh", watchdog.directory], sudo=True, dry_stdout="confirmed\n")
+            answer = fresh.run(["sh", "-c", script("confirm_activation"), "sh", watchdog.directory], sudo=True, dry_stdout="confirmed\n")
             verdict = answer.stdout.strip() if answer.ok else f"error {answer.tail(1)}"
             if verdict == "confirmed":
                 return

@@ -18,15 +18,7 @@ from deploy.build import evaluate_out_paths
 from deploy.errors import BuildError, NixfabError
 from deploy.pipeline import Session
 from deploy.process import Echo, LocalRunner, tab_fields
-
-# One line per fact; readlink prints nothing when a link is missing.
-PROBE_SCRIPT = r"""
-printf 'profile\t%s\n' "$(readlink "$1" 2>/dev/null)"
-printf 'current\t%s\n' "$(readlink /run/current-system 2>/dev/null)"
-printf 'booted\t%s\n' "$(readlink /run/booted-system 2>/dev/null)"
-printf 'boot\t%s\n' "$(readlink -e "$1" 2>/dev/null)"
-printf 'uptime\t%s\n' "$(cut -d' ' -f1 /proc/uptime)"
-"""
+from deploy.scripts import script
 
 
 @dataclass(frozen=True)
@@ -46,7 +38,7 @@ def probe(session: Session, machine: str, flake_system: str | None) -> HostStatu
     spec = session.inventory.host(machine)
     host = session.new_remote(spec.name, spec.ssh, use_sudo=False, echo=Echo(enabled=False))
     try:
-        result = host.run(["sh", "-c", PROBE_SCRIPT, "sh", commands.SYSTEM_PROFILE])
+        result = host.run(["sh", "-c", script("host_state"), "sh", commands.SYSTEM_PROFILE])
     except NixfabError as error:
         return HostStatus(spec.name, False, flake_system=flake_system, error=str(error))
     finally:

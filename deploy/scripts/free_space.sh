@@ -1,0 +1,12 @@
+# shellcheck shell=sh
+# Used by: deploy.commands.df_argv
+# Parsed by: deploy.disk.parse_df
+# $@: the paths to ask about. df for each path on its own, so that a missing
+# path (no /boot) cannot shift the others' lines; each output line is
+# "PATH<TAB>df -P line".
+
+for path do
+  line=$(df -Pk -- "$path" 2>/dev/null | tail -n 1) || continue
+  [ -n "$line" ] && printf '%s\t%s\n' "$path" "$line"
+done
+exit 0

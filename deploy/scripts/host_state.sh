@@ -1,0 +1,11 @@
+# shellcheck shell=sh
+# Used by: deploy.status.probe
+# Parsed by: deploy.status.probe
+# $1: the system profile. One `key<TAB>value` line per fact; readlink prints
+# nothing when a link is missing, so a host without a system still answers.
+
+printf 'profile\t%s\n' "$(readlink "$1" 2>/dev/null)"
+printf 'current\t%s\n' "$(readlink /run/current-system 2>/dev/null)"
+printf 'booted\t%s\n' "$(readlink /run/booted-system 2>/dev/null)"
+printf 'boot\t%s\n' "$(readlink -e "$1" 2>/dev/null)"
+printf 'uptime\t%s\n' "$(cut -d' ' -f1 /proc/uptime)"

@@ -1,0 +1,10 @@
+# shellcheck shell=sh
+# Used by: deploy.lock.acquire, deploy.lock.HostLock.release
+# $1: the lock directory; $2: the holder line it must still contain.
+# Clears the lock only if it still holds what we judged stale (or what we
+# wrote ourselves), so two deployers cannot both clear it. Prints nothing;
+# exits 1 when someone else holds the lock.
+
+lock=$1 expected=$2
+[ "$(cat "$lock/holder" 2>/dev/null)" = "$expected" ] || exit 1
+rm -rf "$lock"
