@@ -171,7 +171,7 @@ def namespace() -> Collection:
 @task(help={"hosts": "comma-separated names", "reboot-delay": "seconds a simulated reboot takes"})
 def lab_up(c: Context, hosts: str = "alpha,beta,gamma", reboot_delay: float = 1.0) -> None:
     """Start simulated NixOS hosts on 127.0.0.1 (see README: The lab)."""
-    from deploy import lab_cli
+    from deploy.lab import cli as lab_cli
 
     with cli.errors_as_exit_codes():
         lab_cli.up([h for h in hosts.split(",") if h], reboot_delay=float(reboot_delay))
@@ -180,7 +180,7 @@ def lab_up(c: Context, hosts: str = "alpha,beta,gamma", reboot_delay: float = 1.
 @task
 def lab_status(c: Context) -> None:
     """Show each simulated host: its process, boot id, generations and running system."""
-    from deploy import lab_cli
+    from deploy.lab import cli as lab_cli
 
     with cli.errors_as_exit_codes():
         lab_cli.status()
@@ -189,7 +189,7 @@ def lab_status(c: Context) -> None:
 @task
 def lab_down(c: Context) -> None:
     """Stop every simulated host (by pid) and everything running in it."""
-    from deploy import lab_cli
+    from deploy.lab import cli as lab_cli
 
     with cli.errors_as_exit_codes():
         lab_cli.down()
@@ -198,7 +198,7 @@ def lab_down(c: Context) -> None:
 @task
 def demo(c: Context) -> None:
     """Start three simulated hosts, deploy to them as a fleet, and show what happened."""
-    from deploy import lab_cli
+    from deploy.lab import cli as lab_cli
 
     with cli.errors_as_exit_codes():
         lab_cli.demo()

@@ -155,8 +155,10 @@ def test_teardown_stops_hosts_when_a_test_fails_midway(tmp_path: Path) -> None:
     """))
     env = dict(os.environ)
     env.pop("NIXFAB_REQUIRE_LAB", None)
+    # The plugin lives in tests/, which is not on the nested run's sys.path by itself.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "deploy.lab_pytest", "-p", "no:cacheprovider", str(test_file)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "lab_plugin", "-p", "no:cacheprovider", str(test_file)],
         capture_output=True, text=True, cwd=tmp_path, env=env,
     )
     assert "1 failed" in result.stdout, result.stdout + result.stderr

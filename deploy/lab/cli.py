@@ -5,13 +5,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploy.errors import LabError
-from deploy.lab import Lab, default_lab_dir, write_fixture_flake
+from deploy.lab.lab import Lab, default_lab_dir, write_fixture_flake
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 DEMO_HOSTS = ("alpha", "beta", "gamma")
 

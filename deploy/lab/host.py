@@ -10,7 +10,9 @@ lab-health says ok, else 503), and on a request from the fake `reboot` kills
 every process of the host and boots again. /nix and /boot may be small
 tmpfs disks instead of the host's directories, to fill them up on purpose.
 
-Standard library only: it runs before any virtualenv can be trusted.
+Standard library only: it runs before any virtualenv can be trusted, and as a
+script by its path (`python .../deploy/lab/host.py HOSTDIR`), so it never
+imports the deploy package (tests/test_static.py checks both).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ class SimulatedHost:
 
     def mount_private_filesystems(self) -> None:
         if self.namespace == self.spec["deployer_namespace"] or os.getpid() != 1:
-            sys.exit("lab_host: refusing to run outside a fresh mount and PID namespace")
+            sys.exit("deploy/lab/host.py: refusing to run outside a fresh mount and PID namespace")
         self.disk("/nix", self.spec.get("nix_size_mib"))
         self.disk("/boot", self.spec.get("boot_size_mib"))
         self.bind(self.hostdir / "boot_id", "/proc/sys/kernel/random/boot_id")

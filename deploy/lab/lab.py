@@ -1,7 +1,7 @@
 """A lab of simulated NixOS-shaped hosts on 127.0.0.1.
 
 Each host is an sshd inside its own mount namespace with a private /nix,
-/run, /boot, /etc/nix and boot id (see lab_host.py). The lab records every
+/run, /boot, /etc/nix and boot id (see host.py). The lab records every
 process it starts by pid, and stops them by pid only after checking that the
 pid still belongs to this lab.
 """
@@ -27,10 +27,10 @@ from pathlib import Path
 
 from deploy.errors import LabError
 
-LAB_FILES = Path(__file__).parent / "lab_files"
+LAB_FILES = Path(__file__).parent / "files"
 FIXTURE_FLAKE = LAB_FILES / "fixture-flake"
 FAKE_COMMANDS = ("systemctl", "systemd-run", "journalctl", "reboot", "shutdown", "poweroff", "halt", "lab-sshd")
-SUPERVISOR = Path(__file__).parent / "lab_host.py"
+SUPERVISOR = Path(__file__).parent / "host.py"  # run as a script by path: standard library only
 SUDO_USER = "deploy"
 SUDO_UID = 4242
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
@@ -90,7 +90,7 @@ def lab_prerequisites() -> list[str]:
     return problems
 
 
-# Every directory lab_host.py binds or mounts over. Debian's nix-bin creates no
+# Every directory host.py binds or mounts over. Debian's nix-bin creates no
 # /nix until Nix first opens its store, and a minimal root has no /boot.
 MOUNT_POINTS = ("/nix", "/boot", "/etc/nix", "/home", "/usr/local/bin", "/usr/local/sbin")
 

@@ -1,5 +1,8 @@
 """pytest fixtures for the lab; tests/conftest.py loads this as a plugin.
 
+A module of its own rather than conftest.py, so that a nested pytest run can
+load exactly this fixture with `-p lab_plugin` (tests/test_lab.py does).
+
 With NIXFAB_REQUIRE_LAB=1 (CI sets it) a lab test that cannot run fails
 instead of being skipped, and any skip at all fails the session.
 """
