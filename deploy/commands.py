@@ -278,6 +278,19 @@ def nix_version() -> list[str]:
     return ["nix", "--version"]
 
 
+def nix_instantiate_meta(request_json: str, expression: str) -> list[str]:
+    """Evaluate `expression` (a constant function of `request`) with the JSON text as a plain string argument.
+
+    --argstr hands the JSON to Nix as a string value, so no file name in it is
+    ever Nix syntax; --readonly-mode keeps the evaluation from writing to the
+    store; -vv makes Nix name each file it evaluates ("evaluating file '...'"),
+    which is how the cache learns what a meta.nix imported. nix-instantiate
+    needs no experimental features, and these flags mean the same from Nix 2.8 on.
+    """
+    return ["nix-instantiate", "-vv", "--readonly-mode", "--eval", "--strict", "--json",
+            "--argstr", "request", request_json, "--expr", expression]
+
+
 def nix_flake_metadata(flake: str, extra: Sequence[str] = ()) -> list[str]:
     return [*NIX, "flake", "metadata", "--json", flake, *extra]
 
