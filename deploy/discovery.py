@@ -167,11 +167,11 @@ def _shown_path(flake_dir: Path, file: str) -> str:
         return file
 
 
-def _run_nix(files: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+def _run_nix(files: Mapping[str, str], *, show_trace: bool = False) -> subprocess.CompletedProcess[str]:
     request = json.dumps({"keys": list(META_KEYS), "files": dict(files)})
     try:
         return subprocess.run(
-            commands.nix_instantiate_meta(request, META_EXPRESSION),
+            commands.nix_instantiate_meta(request, META_EXPRESSION, show_trace=show_trace),
             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=NIX_TIMEOUT_SECONDS,
         )
     except FileNotFoundError:
@@ -187,8 +187,9 @@ def _evaluation_error(flake_dir: Path, files: Mapping[str, str], stderr: str) ->
     problem = parse_nix_error(stderr)
     if problem.file is None:
         # Which meta.nix it was: each alone, until one fails (this costs Nix runs only on the way to an error).
+        # With the full trace, current Nix names where a `throw` was called; Nix 2.8 does not.
         for path in files.values():
-            alone = _run_nix({"meta": path})
+            alone = _run_nix({"meta": path}, show_trace=True)
             if alone.returncode != 0:
                 problem = parse_nix_error(alone.stderr)
                 if problem.file is None:
