@@ -218,7 +218,9 @@ def evaluate_meta(flake_dir: Path, names: Sequence[str]) -> tuple[dict[str, Any]
     try:
         readings = json.loads(result.stdout)
     except ValueError:
-        raise InventoryError(f"nix-instantiate printed no JSON for systems/*/meta.nix: {result.stdout[:200]!r}") from None
+        readings = None
+    if not isinstance(readings, dict):
+        raise InventoryError(f"nix-instantiate printed no JSON object for systems/*/meta.nix: {result.stdout[:200]!r}")
     read = (_EVALUATING_FILE.match(line) for line in result.stderr.splitlines())
     metas = set(files.values())
     imports = sorted({match.group("file") for match in read if match} - metas)
@@ -249,8 +251,7 @@ def read_meta(flake_dir: Path, names: Sequence[str], *, cache: bool = True) -> d
 
 
 def _where(flake_dir: Path, name: str, position: object) -> str:
-    """`meta.nix:3:5` for a key of the system's own meta.nix, `systems/common.nix:3:5` (from the flake) for one
-    defined in another file, else `meta.nix`."""
+    """Where a key is defined: `meta.nix:3:5` (its own), `systems/common.nix:3:5` (another file), else `meta.nix`."""
     if not isinstance(position, dict):
         return META_FILE
     file, line, column = position.get("file"), position.get("line"), position.get("column")
