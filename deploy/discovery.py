@@ -241,8 +241,10 @@ def read_meta(flake_dir: Path, names: Sequence[str], *, cache: bool = True) -> d
             return cached
     readings, imports = evaluate_meta(flake_dir, names)
     readings = {name: readings.get(name) for name in names}
-    # A meta.nix edited while Nix read it: the result may be of either version, so it is not cached.
-    if cache and systems_cache.cache_key(directory, names) == key:
+    # Without any meta.nix there is nothing a cache would spare (and no .nixfab/ to create);
+    # a meta.nix edited while Nix read it may have been read in either version: not cached either.
+    has_meta = any(reading is not None for reading in readings.values())
+    if cache and has_meta and systems_cache.cache_key(directory, names) == key:
         systems_cache.store(cache_path, directory, key, readings, systems_cache.import_digests(imports))
     return readings
 

@@ -124,10 +124,11 @@ def test_a_meta_that_is_not_an_attribute_set_leaves_every_field_unknown(tmp_path
     assert three.notes == ("meta.nix: evaluates to a list, not to an attribute set { ... }; nixfab reads none of its values",)
 
 
-def test_no_meta_nix_means_no_nix_run(tmp_path: Path, nix_runs: NixRuns) -> None:
+def test_no_meta_nix_means_no_nix_run_and_no_cache(tmp_path: Path, nix_runs: NixRuns, state_directory: Path) -> None:
     _system(tmp_path, "beta", None)
     assert discover_systems(tmp_path)["beta"].has_meta is False
     assert nix_runs.count == 0
+    assert not state_directory.exists()
 
 
 # ---------------------------------------------------------------- errors: one line, file:line:column
