@@ -190,7 +190,7 @@ def test_completion_never_runs_nix(tmp_path: Path) -> None:
     write_systems(tmp_path, {"solo": '{ tags = [ "lonely" ]; }\n'})
     probe = (
         "import sys; from deploy import completion; completion.main(['hosts']); completion.main(['tags']); "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'subprocess', 'tempfile', 'deploy.discovery', 'sqlite3'}))"
+        "print(sorted(set(sys.modules) & {'subprocess', 'tempfile', 'deploy.discovery', 'deploy.history', 'sqlite3'}))"
     )
     env = {key: value for key, value in os.environ.items() if key != "NIXFAB_STATE_DIR"}
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
