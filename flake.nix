@@ -11,8 +11,8 @@
 
   # Layout (README.md, "The homelab flake"):
   #   systems/<host>/default.nix   required: the NixOS configuration of <host>
-  #   systems/<host>/meta.nix      optional: { system; users; tags; targetHost; buildOn; } as literals,
-  #                                because nixfab reads it without Nix (deploy/discovery.py)
+  #   systems/<host>/meta.nix      optional: { system; users; tags; targetHost; buildOn; }, in any Nix
+  #                                (nixfab evaluates it too: deploy/discovery.py)
   #   systems/<host>/hardware.nix  optional: imported when present
   #   homes/<user>/                Home Manager base config of <user>
   #   homes/<user>@<host>/         overrides for <user> on <host>

@@ -162,7 +162,7 @@ def open_session(inventory: str, *, dry_run: bool, flake: str, ssh_config: Path 
 
 
 def systems_of(flake: str) -> dict[str, tuple[str, ...]]:
-    """systems/<name>/ of a local flake, with their meta.nix tags (no Nix evaluation)."""
+    """systems/<name>/ of a local flake, with their meta.nix tags (evaluated by Nix, or from the systems cache)."""
     directory = flake_directory(flake)
     if directory is None or not (directory / "systems").is_dir():
         return {}

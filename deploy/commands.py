@@ -238,6 +238,21 @@ def nix_version() -> list[str]:
     return ["nix", "--version"]
 
 
+def nix_instantiate_meta(request_json: str, expression: str, *, show_trace: bool = False) -> list[str]:
+    """Evaluate `expression` (a constant function of `request`) with the JSON text as a plain string argument.
+
+    --argstr hands the JSON to Nix as a string value, so no file name in it is
+    ever Nix syntax; --readonly-mode keeps the evaluation from writing to the
+    store; -vv makes Nix name each file it evaluates ("evaluating file '...'"),
+    which is how the cache learns what a meta.nix imported. nix-instantiate
+    needs no experimental features, and these flags mean the same from Nix 2.8 on.
+    --show-trace is for finding where an error without a position (a `throw`) was raised.
+    """
+    trace = ["--show-trace"] if show_trace else []
+    return ["nix-instantiate", "-vv", *trace, "--readonly-mode", "--eval", "--strict", "--json",
+            "--argstr", "request", request_json, "--expr", expression]
+
+
 def nix_flake_metadata(flake: str, extra: Sequence[str] = ()) -> list[str]:
     return [*NIX, "flake", "metadata", "--json", flake, *extra]
 

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from deploy import systems_cache
 from deploy.flakeref import local_flake_directory
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 _KEY_LINE = re.compile(r"\A(?P<indent> *)(?P<key>[A-Za-z0-9_][A-Za-z0-9_.-]*) *:(?: +(?P<value>.*))?\Z")
 _ITEM_LINE = re.compile(r"\A(?P<indent> *)- +(?P<value>.*)\Z")
 _FLOW_TAGS = re.compile(r"(?:\A|[{,\s])tags *: *\[(?P<items>[^\[\]{}]*)\]")
-_META_TAGS = re.compile(r"\btags\s*=\s*\[(?P<items>[^\]]*)\]")
-_NIX_STRING = re.compile(r'"((?:[^"\\$]|\\.)*)"')
 # Anything the scanner does not understand sends the whole file to PyYAML.
 _NOT_SIMPLE = re.compile(r"""['"&*!|>%?]|\A---|\A\.\.\.|\t""")
 
@@ -161,27 +160,27 @@ def flake_directory(flake: str) -> str | None:
 
 def _systems(flake: str) -> list[str]:
     directory = flake_directory(flake)
+    return [] if directory is None else systems_cache.system_names(directory)
+
+
+def _meta_tags(flake: str, systems: Sequence[str]) -> list[str]:
+    """The tags of every meta.nix, as the last task that evaluated them cached them; none on a miss.
+
+    Never Nix: a TAB must not wait for an evaluation. A miss (nothing cached
+    yet, or a meta.nix changed since) costs only the tags; names still come
+    from the directory listing.
+    """
+    directory = flake_directory(flake)
     if directory is None:
         return []
-    systems = os.path.join(directory, "systems")
-    try:
-        names = sorted(os.listdir(systems))
-    except OSError:
-        return []
-    return [name for name in names if os.path.isfile(os.path.join(systems, name, "default.nix"))]
-
-
-def _meta_tags(flake: str, systems: Iterable[str]) -> list[str]:
-    directory = flake_directory(flake)
+    cache_file = systems_cache.cache_file(systems_cache.state_directory(directory))
+    readings = systems_cache.load(cache_file, directory, systems) or {}
     tags: list[str] = []
-    for name in systems:
-        try:
-            with open(os.path.join(directory or ".", "systems", name, "meta.nix"), encoding="utf-8") as file:
-                text = file.read()
-        except (OSError, ValueError):
-            continue
-        for match in _META_TAGS.finditer(text):
-            tags.extend(_NIX_STRING.findall(match.group("items")))
+    for reading in readings.values():
+        values = reading.get("values") if isinstance(reading, dict) else None
+        value = values.get("tags") if isinstance(values, dict) else None
+        if isinstance(value, list):
+            tags.extend(tag for tag in value if isinstance(tag, str))
     return tags
 
 

@@ -1,25 +1,32 @@
-"""systems/ discovery without Nix, and the data behind `inv hosts`.
+"""systems/ discovery, and the data behind `inv hosts`.
 
 flake.nix turns every `systems/<name>/` that holds a `default.nix` into
-`nixosConfigurations.<name>`. Listing hosts and tab completion must not wait
-for a Nix evaluation, so this module applies the same rule to the directory
-tree and reads `meta.nix` with a small parser for the literal subset of Nix
-(strings, lists, attribute sets, true/false/null, numbers, comments).
+`nixosConfigurations.<name>`; this module applies the same rule to the
+directory tree, and has Nix itself read every `meta.nix`: one
+`nix-instantiate --eval` for all systems, so a meta.nix may use any Nix
+(`let`, `import`, `with`, functions, interpolation). What Nix said is cached
+in the state directory (deploy/systems_cache.py) and Nix runs again only
+when a meta.nix, a file one imports, or the set of systems changed; tab
+completion reads that cache and never runs Nix.
 
-Anything valid but not literal (`let`, `import`, `with`, functions, string
-interpolation, `++`, ...) makes that one field unknown (None) with a note; it
-never raises. Only text that is not valid Nix at all, when we can tell,
-raises InventoryError with `file:line:column`.
+The values are checked here, as for hosts.yaml: a value nixfab cannot use is
+left out (None) with a note naming `meta.nix:line:column` and the key. A
+meta.nix that Nix cannot parse or evaluate raises InventoryError naming
+`file:line:column` where Nix says where, else the file.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
-from collections.abc import Iterable, Mapping
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal
 
+from deploy import commands, systems_cache
 from deploy.errors import InventoryError
 from deploy.inventory import (
     BUILD_LOCALLY,
@@ -30,29 +37,30 @@ from deploy.inventory import (
     Inventory,
     parse_ssh_target,
 )
+from deploy.systems_cache import META_FILE, SYSTEM_FILE, SYSTEMS_DIRECTORY
 
-SYSTEMS_DIRECTORY = "systems"
 HOMES_DIRECTORY = "homes"
-SYSTEM_FILE = "default.nix"
-META_FILE = "meta.nix"
 HARDWARE_FILE = "hardware.nix"
 
 META_KEYS = ("buildOn", "system", "tags", "targetHost", "users")
-# Big enough for any hand-written meta.nix; a bigger file is not one.
-META_MAX_BYTES = 256 * 1024
-MAX_NESTING = 64
+# A meta.nix that loops for ever must not hang every task.
+NIX_TIMEOUT_SECONDS = 120
 
 # A Nix system double: arch-os. Anything else cannot be a nixpkgs platform.
 SYSTEM_PATTERN: re.Pattern[str] = re.compile(r"\A[a-z0-9_]+-[a-z0-9_]+\Z")
 
 Source = Literal["systems/", "hosts.yaml", "both"]
 
+# What builtins.typeOf says, as a note says it.
+_TYPE_NAMES = {"lambda": "a function", "list": "a list", "string": "a string", "int": "an integer", "float": "a number",
+               "bool": "a boolean", "null": "null", "path": "a path", "set": "an attribute set"}
+
 
 @dataclass(frozen=True)
 class SystemInfo:
-    """One `systems/<name>/`, as far as it can be known without evaluating Nix.
+    """One `systems/<name>/` and the values of its meta.nix.
 
-    A field is None when meta.nix does not give it as a literal; `notes` says why.
+    A field is None when meta.nix's value is one nixfab cannot use; `notes` says why.
     `tags` and `users` are empty when meta.nix does not mention them.
     """
 
@@ -81,504 +89,202 @@ class HostRow:
     problems: tuple[str, ...] = ()
 
 
-# ---------------------------------------------------------------- the Nix literal reader
+# ---------------------------------------------------------------- meta.nix, read by Nix
 
 
-class NonLiteral:
-    """A valid Nix value this reader does not compute; `reason` says what it was."""
+# One constant expression; the file names reach it as data (a JSON string, --argstr), never as Nix syntax.
+# Only the keys nixfab reads are forced; any other key is reported by name without evaluating it.
+META_EXPRESSION = """\
+{ request }:
+let
+  inherit (builtins.fromJSON request) keys files;
+  # JSON-safe: strings, numbers, booleans, null and lists of them as they are; anything else by its type.
+  plain = value:
+    let type = builtins.typeOf value; in
+    if builtins.elem type [ "string" "int" "float" "bool" "null" ] then value
+    else if type == "list" then map plain value
+    else { nixfabType = type; };
+  position = key: meta:
+    let found = builtins.unsafeGetAttrPos key meta; in
+    if found == null then null else found // { file = toString found.file; };
+  read = file:
+    let meta = import (/. + file); in
+    if builtins.isAttrs meta then {
+      type = "set";
+      positions = builtins.mapAttrs (key: _: position key meta) meta;
+      values = builtins.listToAttrs (map (key: { name = key; value = plain meta.${key}; }) (builtins.filter (key: meta ? ${key}) keys));
+    } else { type = builtins.typeOf meta; };
+in
+builtins.mapAttrs (name: read) files
+"""
 
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"NonLiteral({self.reason!r})"
-
-
-NixValue: TypeAlias = str | int | float | bool | list["NixValue"] | dict[str, "NixValue"] | NonLiteral | None
-
-
-@dataclass(frozen=True)
-class _Token:
-    kind: str  # "id", "str", "num", "punct", "eof", "other" (paths, URIs, indented strings)
-    text: str
-    offset: int
-    value: str | None = None  # a string's value when it has no interpolation
-    interpolated: bool = False
-
-
-class _NixSyntaxError(Exception):
-    def __init__(self, offset: int, problem: str) -> None:
-        super().__init__(problem)
-        self.offset = offset
-        self.problem = problem
-
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")
-# Nix's own number rules: "1e3" is the integer 1 followed by the name e3, not a float.
-_NUMBER = re.compile(r"(?:[1-9][0-9]*\.[0-9]*|0?\.[0-9]+)(?:[Ee][+-]?[0-9]+)?|[0-9]+")
-# The lexer rules of Nix for these, so that their '/', '#' or ':' are not misread.
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9%/?:@&=+$,_.!~*'-]+")
-_PATH = re.compile(r"[A-Za-z0-9._+~-]*(?:/[A-Za-z0-9._+-]+)+/?")
-_SEARCH_PATH = re.compile(r"<[A-Za-z0-9._+-]+(?:/[A-Za-z0-9._+-]+)*>")
-_HOME_PATH = re.compile(r"~(?:/[A-Za-z0-9._+-]+)+/?")
-_PUNCTUATION = ("...", "${", "==", "!=", "<=", ">=", "&&", "||", "->", "//", "++", "?", ":", ";", "=", ",", ".", "@",
-                "{", "}", "[", "]", "(", ")", "+", "-", "*", "/", "<", ">", "!")
-_OPENERS = {"{": "}", "${": "}", "[": "]", "(": ")"}
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
-_KEYWORDS = frozenset({"let", "in", "with", "assert", "if", "then", "else", "rec", "inherit", "or"})
-
-
-class _Lexer:
-    """Nix tokens, with strings (and their `${...}` nesting) read the way Nix's lexer does."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.position = 0
-        self.tokens: list[_Token] = []
-
-    def run(self) -> list[_Token]:
-        self._tokens_until(None)
-        self.tokens.append(_Token("eof", "", len(self.text)))
-        return self.tokens
-
-    def _skip_space_and_comments(self) -> None:
-        text = self.text
-        while self.position < len(text):
-            character = text[self.position]
-            if character.isspace():
-                self.position += 1
-            elif character == "#":
-                end = text.find("\n", self.position)
-                self.position = len(text) if end == -1 else end + 1
-            elif text.startswith("/*", self.position):
-                end = text.find("*/", self.position + 2)
-                if end == -1:
-                    raise _NixSyntaxError(self.position, "unterminated comment '/*'")
-                self.position = end + 2
-            else:
-                return
-
-    def _tokens_until(self, closer_of: int | None) -> None:
-        """Read tokens; when inside `${`, stop after its matching '}'."""
-        stack: list[tuple[str, int]] = []
-        text = self.text
-        while True:
-            self._skip_space_and_comments()
-            if self.position >= len(text):
-                if stack:
-                    opener, offset = stack[-1]
-                    raise _NixSyntaxError(offset, f"{opener!r} is never closed")
-                if closer_of is not None:
-                    raise _NixSyntaxError(closer_of, "'${' is never closed")
-                return
-            start = self.position
-            character = text[start]
-            if character == '"':
-                self.tokens.append(self._string(start))
-                continue
-            if text.startswith("''", start):
-                self.tokens.append(self._indented_string(start))
-                continue
-            for pattern in (_URI, _PATH, _SEARCH_PATH, _HOME_PATH):
-                match = pattern.match(text, start)
-                if match and match.end() > start and (pattern is not _PATH or "/" in match.group()):
-                    break
-            else:
-                match = None
-            if match:
-                self.position = match.end()
-                self.tokens.append(_Token("other", match.group(), start))
-                continue
-            match = _IDENTIFIER.match(text, start)
-            if match:
-                self.position = match.end()
-                self.tokens.append(_Token("id", match.group(), start))
-                continue
-            match = _NUMBER.match(text, start)
-            if match:
-                self.position = match.end()
-                self.tokens.append(_Token("num", match.group(), start))
-                continue
-            punctuation = next((p for p in _PUNCTUATION if text.startswith(p, start)), None)
-            if punctuation is None:
-                raise _NixSyntaxError(start, f"unexpected character {character!r}")
-            self.position = start + len(punctuation)
-            self.tokens.append(_Token("punct", punctuation, start))
-            if punctuation in _OPENERS:
-                stack.append((punctuation, start))
-            elif punctuation in ("}", "]", ")"):
-                if not stack:
-                    if closer_of is not None and punctuation == "}":
-                        self.tokens.pop()  # the end of the interpolation is not a token of its own
-                        return
-                    raise _NixSyntaxError(start, f"unexpected {punctuation!r}")
-                opener, offset = stack.pop()
-                if _OPENERS[opener] != punctuation:
-                    raise _NixSyntaxError(start, f"{punctuation!r} does not close {opener!r} (line {self.line_of(offset)})")
-
-    def line_of(self, offset: int) -> int:
-        return self.text.count("\n", 0, offset) + 1
-
-    def _interpolation(self, start: int) -> None:
-        """Skip `${ ... }` inside a string: its tokens are not part of the literal reading."""
-        outer = self.tokens
-        self.tokens = []
-        self.position = start + 2
-        try:
-            self._tokens_until(start)
-        finally:
-            self.tokens = outer
-
-    def _string(self, start: int) -> _Token:
-        text = self.text
-        self.position = start + 1
-        pieces: list[str] = []
-        interpolated = False
-        while True:
-            if self.position >= len(text):
-                raise _NixSyntaxError(start, "unterminated string")
-            character = text[self.position]
-            if character == '"':
-                self.position += 1
-                value = "".join(pieces)
-                return _Token("str", text[start : self.position], start, value=value, interpolated=interpolated)
-            if character == "\\":
-                if self.position + 1 >= len(text):
-                    raise _NixSyntaxError(start, "unterminated string")
-                escaped = text[self.position + 1]
-                pieces.append(_ESCAPES.get(escaped, escaped))
-                self.position += 2
-            elif character == "$" and text.startswith("${", self.position):
-                interpolated = True
-                self._interpolation(self.position)
-            elif character == "$" and text.startswith("$$", self.position):
-                pieces.append("$$")  # Nix reads "$$" as two characters, so "$${" is no interpolation
-                self.position += 2
-            else:
-                pieces.append(character)
-                self.position += 1
-
-    def _indented_string(self, start: int) -> _Token:
-        text = self.text
-        self.position = start + 2
-        while True:
-            if self.position >= len(text):
-                raise _NixSyntaxError(start, "unterminated indented string \"''\"")
-            if text.startswith("''", self.position):
-                following = text[self.position + 2 : self.position + 3]
-                if following in ("'", "$"):
-                    self.position += 3
-                elif following == "\\":
-                    self.position += 4
-                else:
-                    self.position += 2
-                    return _Token("other", text[start : self.position], start)
-            elif text.startswith("${", self.position):
-                self._interpolation(self.position)
-            elif text.startswith("$$", self.position):
-                self.position += 2
-            else:
-                self.position += 1
-
-
-class _Reader:
-    """Reads the literal parts of one attribute set; skips (and checks the shape of) the rest."""
-
-    def __init__(self, tokens: list[_Token]) -> None:
-        self.tokens = tokens
-        self.index = 0
-
-    @property
-    def token(self) -> _Token:
-        return self.tokens[self.index]
-
-    def at(self, text: str) -> bool:
-        return self.token.kind == "punct" and self.token.text == text
-
-    def at_keyword(self, word: str) -> bool:
-        return self.token.kind == "id" and self.token.text == word
-
-    def expect(self, text: str, where: str) -> None:
-        if not self.at(text):
-            raise _NixSyntaxError(self.token.offset, f"expected {text!r} {where}, found {self._shown(self.token)}")
-        self.index += 1
-
-    @staticmethod
-    def _shown(token: _Token) -> str:
-        return "end of file" if token.kind == "eof" else repr(token.text[:20])
-
-    def matching(self, index: int) -> int:
-        """The index of the bracket closing the one at `index` (the lexer checked they balance)."""
-        depth = 0
-        for position in range(index, len(self.tokens)):
-            token = self.tokens[position]
-            if token.kind == "punct" and token.text in _OPENERS:
-                depth += 1
-            elif token.kind == "punct" and token.text in ("}", "]", ")"):
-                depth -= 1
-                if depth == 0:
-                    return position
-        raise _NixSyntaxError(self.tokens[index].offset, f"{self.tokens[index].text!r} is never closed")
-
-    def attribute_set(self, depth: int) -> dict[str, NixValue]:
-        """At `{` (or `rec {`): the bindings, up to and including the closing `}`."""
-        if depth > MAX_NESTING:
-            raise _NixSyntaxError(self.token.offset, "nested too deeply")
-        if self.at_keyword("rec"):
-            self.index += 1
-        self.expect("{", "to open an attribute set")
-        result: dict[str, NixValue] = {}
-        while not self.at("}"):
-            if self.token.kind == "eof":
-                raise _NixSyntaxError(self.token.offset, "attribute set is never closed")
-            if self.at_keyword("inherit"):
-                self._inherit(result)
-                continue
-            key_token = self.token
-            path = self._attribute_path()
-            self.expect("=", f"after the attribute name {key_token.text!r}")
-            value = self.binding_value(depth + 1)
-            self.expect(";", f"after the value of {'.'.join(p or '${...}' for p in path)!r}")
-            _assign(result, path, value, key_token.offset)
-        self.index += 1
-        return result
-
-    def _inherit(self, result: dict[str, NixValue]) -> None:
-        start = self.token.offset
-        self.index += 1
-        source = "inherited from an expression"
-        if self.at("("):
-            self.index = self.matching(self.index) + 1
-        else:
-            source = "inherited from the enclosing scope"
-        while not self.at(";"):
-            token = self.token
-            if token.kind == "id" or (token.kind == "str" and not token.interpolated):
-                name = token.value if token.kind == "str" else token.text
-                assert name is not None
-                _assign(result, [name], NonLiteral(source), token.offset)
-                self.index += 1
-            else:
-                raise _NixSyntaxError(token.offset if token.kind != "eof" else start, f"expected a name or ';' after 'inherit', found {self._shown(token)}")
-        self.index += 1
-
-    def _attribute_path(self) -> list[str | None]:
-        """`a.b."c"`; a `${...}` part is None (its name is only known to Nix)."""
-        path: list[str | None] = []
-        while True:
-            token = self.token
-            if token.kind == "id":
-                path.append(token.text)
-                self.index += 1
-            elif token.kind == "str":
-                path.append(None if token.interpolated else token.value)
-                self.index += 1
-            elif self.at("${"):
-                path.append(None)
-                self.index = self.matching(self.index) + 1
-            else:
-                raise _NixSyntaxError(token.offset, f"expected an attribute name, found {self._shown(token)}")
-            if not self.at("."):
-                return path
-            self.index += 1
-
-    def binding_value(self, depth: int) -> NixValue:
-        """The value of `name = value;`: literal if it is one, else skipped up to the ';'."""
-        start = self.index
-        literal = self._literal(depth)
-        if literal is not None and self.at(";"):
-            return literal[0]
-        self.index = start
-        return self._skip_expression()
-
-    def _literal(self, depth: int) -> tuple[NixValue] | None:
-        """One literal value (in a 1-tuple, since None is the Nix null), or None if it is not one."""
-        if depth > MAX_NESTING:
-            return None  # valid, but deeper than any meta.nix: skipped like any other expression
-        token = self.token
-        if token.kind == "str":
-            self.index += 1
-            return (NonLiteral("a string with ${...}"),) if token.interpolated else (token.value,)
-        if token.kind == "num":
-            self.index += 1
-            number = float(token.text) if any(c in token.text for c in ".eE") else int(token.text)
-            return (number,)
-        if token.kind == "id" and token.text in ("true", "false", "null"):
-            self.index += 1
-            return ({"true": True, "false": False, "null": None}[token.text],)
-        if self.at("[") :
-            return (self._list(depth),)
-        if self.at("{") or (self.at_keyword("rec") and self.tokens[self.index + 1].text == "{"):
-            opening = self.index + (1 if self.at_keyword("rec") else 0)
-            closing = self.matching(opening)
-            following = self.tokens[closing + 1]
-            if following.kind == "punct" and following.text in (":", "@"):
-                return None  # a function's argument set, not an attribute set
-            return (self.attribute_set(depth + 1),)
-        return None
-
-    def _list(self, depth: int) -> NixValue:
-        closing = self.matching(self.index)
-        self.index += 1
-        items: list[NixValue] = []
-        while self.index < closing:
-            item = self._literal(depth + 1)
-            # `[ x.y ]` or `[ {..}.a ]` select from the element: not a literal element.
-            if item is None or self.at(".") or self.at_keyword("or"):
-                self.index = closing + 1
-                return NonLiteral("a list with an element that is not a literal")
-            items.append(item[0])
-        self.index = closing + 1
-        return items
-
-    def _skip_expression(self) -> NonLiteral:
-        """Skip a valid expression up to the ';' ending its binding; fail on what Nix would refuse.
-
-        `let ... in` and `with e;` / `assert e;` contain ';' of their own, so they are counted.
-        """
-        start = self.token
-        if start.kind == "punct" and start.text == ";":
-            raise _NixSyntaxError(start.offset, "expected a value before ';'")
-        pending_semicolons = 0
-        open_lets = 0
-        while True:
-            token = self.token
-            if token.kind == "eof":
-                raise _NixSyntaxError(start.offset, "expected ';' after this value, found end of file")
-            if token.kind == "punct":
-                if token.text in _OPENERS:
-                    self.index = self.matching(self.index) + 1
-                    continue
-                if token.text in ("}", "]", ")"):
-                    raise _NixSyntaxError(token.offset, f"expected ';' before {token.text!r}")
-                if token.text == ";":
-                    if pending_semicolons:
-                        pending_semicolons -= 1
-                    elif open_lets:
-                        pass  # ends a binding of the `let`
-                    else:
-                        break
-                elif token.text == "=" and not open_lets:
-                    raise _NixSyntaxError(token.offset, "unexpected '=': is a ';' missing before it?")
-            elif token.kind == "id":
-                if token.text == "let":
-                    open_lets += 1
-                elif token.text == "in" and open_lets:
-                    open_lets -= 1
-                elif token.text in ("with", "assert"):
-                    pending_semicolons += 1
-            self.index += 1
-        return NonLiteral(_describe_expression(start))
-
-
-def _describe_expression(first: _Token) -> str:
-    if first.kind == "id" and first.text in _KEYWORDS:
-        return f"a '{first.text}' expression"
-    if first.kind == "id":
-        return f"an expression ({first.text} ...)"
-    if first.kind == "other" and first.text.startswith("''"):
-        return "an indented string"
-    if first.kind == "other":
-        return "a path or URI"
-    return "an expression"
-
-
-def _assign(target: dict[str, NixValue], path: list[str | None], value: NixValue, offset: int) -> None:
-    """Bind `a.b.c = value`, merging attribute sets as Nix does and refusing a second definition."""
-    if any(part is None for part in path):
-        return  # a dynamic name: Nix knows it, we do not
-    *parents, last = path
-    node = target
-    for part in parents:
-        assert part is not None
-        existing = node.get(part)
-        if existing is None and part not in node:
-            existing = node[part] = {}
-        if not isinstance(existing, dict):
-            raise _NixSyntaxError(offset, f"attribute {'.'.join(p for p in path if p)!r} is already defined")
-        node = existing
-    assert last is not None
-    if last in node:
-        existing = node[last]
-        if isinstance(existing, dict) and isinstance(value, dict):
-            for key, inner in value.items():
-                _assign(existing, [key], inner, offset)
-            return
-        raise _NixSyntaxError(offset, f"attribute {'.'.join(p for p in path if p)!r} is already defined")
-    node[last] = value
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_ERROR_LINE = re.compile(r"\A\s*error: (?P<message>\S.*)\Z")
+# `at /path/meta.nix:3:5:` (Nix 2.8 and current Nix alike); «string» and «none» are not files.
+_AT_LINE = re.compile(r"\A\s*at (?P<file>[^«\s].*?):(?P<line>[0-9]+):(?P<column>[0-9]+):\s*\Z")
+_EVALUATING_FILE = re.compile(r"\Aevaluating file '(?P<file>/.*)'\Z")
 
 
 @dataclass(frozen=True)
-class NixFile:
-    """The literal reading of a .nix file. `values` is None when the file is not an attribute set."""
+class NixProblem:
+    """What Nix's stderr says went wrong, and where, when it says so."""
 
-    values: dict[str, NixValue] | None
-    note: str | None = None
+    message: str
+    file: str | None = None
+    line: int = 0
+    column: int = 0
 
 
-def read_nix_literal(path: Path, text: str | None = None) -> NixFile:
-    """Read a file holding one literal attribute set.
+def parse_nix_error(stderr: str) -> NixProblem:
+    """The last `error: ...` of Nix's output, and the `at file:line:column:` that goes with it.
 
-    Raises InventoryError (`path:line:column: problem`) for what cannot be valid Nix.
+    Nix 2.8 prints the message, then its position. Current Nix may first print
+    trace frames (`… while evaluating ...` with their `at` lines), then the
+    message and its position; when the message has none, the innermost frame
+    shown is the nearest place Nix names.
     """
-    if text is None:
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise InventoryError(f"{path}: cannot read: {error.strerror}") from None
-        if len(data) > META_MAX_BYTES:
-            raise InventoryError(f"{path}: larger than {META_MAX_BYTES // 1024} KiB; not a meta.nix")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            line = data.count(b"\n", 0, error.start) + 1
-            raise InventoryError(f"{path}:{line}: not valid UTF-8") from None
+    lines = [_ANSI.sub("", line).rstrip() for line in stderr.splitlines()]
+    last = max((index for index, line in enumerate(lines) if _ERROR_LINE.match(line)), default=None)
+    if last is None:
+        shown = [line.strip() for line in lines if line.strip() and not _EVALUATING_FILE.match(line)]
+        return NixProblem(shown[-1] if shown else "no output")
+    error = _ERROR_LINE.match(lines[last])
+    assert error is not None
+    message = error.group("message")
+    after = (_AT_LINE.match(line) for line in lines[last + 1 :])
+    before = (_AT_LINE.match(line) for line in reversed(lines[:last]))
+    place = next((match for match in after if match), None) or next((match for match in before if match), None)
+    if place is None:
+        return NixProblem(message)
+    return NixProblem(message, place.group("file"), int(place.group("line")), int(place.group("column")))
+
+
+def _shown_path(flake_dir: Path, file: str) -> str:
+    """A file as the user would name it: under the flake as `--flake` spelled it, else as Nix gave it."""
     try:
-        tokens = _Lexer(text).run()
-        reader = _Reader(tokens)
-        if tokens[0].kind == "eof":
-            raise _NixSyntaxError(0, "the file is empty; it must hold an attribute set")
-        opening = 1 if reader.at_keyword("rec") else 0
-        if not (tokens[opening].kind == "punct" and tokens[opening].text == "{") or reader.matching(opening) != len(tokens) - 2:
-            # A function, `let ... in`, `import`, `//`: valid Nix, but reading it needs an evaluator.
-            return NixFile(None, "not a literal attribute set { ... }; nixfab reads only literal values")
-        return NixFile(reader.attribute_set(0))
-    except RecursionError:
-        return NixFile(None, "nested too deeply to read")
-    except _NixSyntaxError as error:
-        line = text.count("\n", 0, error.offset) + 1
-        column = error.offset - (text.rfind("\n", 0, error.offset) + 1) + 1
-        raise InventoryError(f"{path}:{line}:{column}: {error.problem}") from None
+        return str(flake_dir / Path(file).relative_to(flake_dir.absolute()))
+    except ValueError:
+        return file
+
+
+def _run_nix(files: Mapping[str, str], *, show_trace: bool = False) -> subprocess.CompletedProcess[str]:
+    request = json.dumps({"keys": list(META_KEYS), "files": dict(files)})
+    try:
+        return subprocess.run(
+            commands.nix_instantiate_meta(request, META_EXPRESSION, show_trace=show_trace),
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=NIX_TIMEOUT_SECONDS,
+        )
+    except FileNotFoundError:
+        raise InventoryError("reading systems/*/meta.nix needs nix-instantiate, which is not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise InventoryError(
+            f"nix-instantiate did not finish reading systems/*/meta.nix in {NIX_TIMEOUT_SECONDS} s: does a meta.nix loop?"
+        ) from None
+
+
+def _evaluation_error(flake_dir: Path, files: Mapping[str, str], stderr: str) -> InventoryError:
+    """One line: `file:line:column: problem`, or `meta file: problem` when Nix names no place (a `throw` in Nix 2.8)."""
+    problem = parse_nix_error(stderr)
+    if problem.file is None:
+        # Which meta.nix it was: each alone, until one fails (this costs Nix runs only on the way to an error).
+        # With the full trace, current Nix names where a `throw` was called; Nix 2.8 does not.
+        for path in files.values():
+            alone = _run_nix({"meta": path}, show_trace=True)
+            if alone.returncode != 0:
+                problem = parse_nix_error(alone.stderr)
+                if problem.file is None:
+                    return InventoryError(f"{_shown_path(flake_dir, path)}: {problem.message}")
+                break
+        else:
+            return InventoryError(f"reading systems/*/meta.nix with nix-instantiate failed: {problem.message}")
+    assert problem.file is not None
+    return InventoryError(f"{_shown_path(flake_dir, problem.file)}:{problem.line}:{problem.column}: {problem.message}")
+
+
+def evaluate_meta(flake_dir: Path, names: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """What Nix says of each system's meta.nix (name -> reading), and the other files it imported.
+
+    One nix-instantiate for all systems; systems without meta.nix are not asked about.
+    """
+    files = {
+        name: os.path.abspath(path) for name in names
+        if os.path.isfile(path := systems_cache.meta_path(str(flake_dir), name))
+    }
+    if not files:
+        return {}, []
+    result = _run_nix(files)
+    if result.returncode != 0:
+        raise _evaluation_error(flake_dir, files, result.stderr)
+    try:
+        readings = json.loads(result.stdout)
+    except ValueError:
+        readings = None
+    if not isinstance(readings, dict):
+        raise InventoryError(f"nix-instantiate printed no JSON object for systems/*/meta.nix: {result.stdout[:200]!r}")
+    read = (_EVALUATING_FILE.match(line) for line in result.stderr.splitlines())
+    metas = set(files.values())
+    imports = sorted({match.group("file") for match in read if match} - metas)
+    # The store is immutable: what an evaluation read there cannot change under the cache.
+    return readings, [path for path in imports if not path.startswith("/nix/store/")]
+
+
+def read_meta(flake_dir: Path, names: Sequence[str], *, cache: bool = True) -> dict[str, Any]:
+    """The readings of every system's meta.nix: from the cache when its key still holds, else from Nix (then cached)."""
+    from deploy.history import state_directory
+
+    directory = str(flake_dir)
+    cache_path = systems_cache.cache_file(str(state_directory(flake_dir)))
+    key = systems_cache.cache_key(directory, names)
+    if cache:
+        cached = systems_cache.load(cache_path, directory, names)
+        if cached is not None:
+            return cached
+    readings, imports = evaluate_meta(flake_dir, names)
+    readings = {name: readings.get(name) for name in names}
+    # Without any meta.nix there is nothing a cache would spare (and no .nixfab/ to create);
+    # a meta.nix edited while Nix read it may have been read in either version: not cached either.
+    has_meta = any(reading is not None for reading in readings.values())
+    if cache and has_meta and systems_cache.cache_key(directory, names) == key:
+        systems_cache.store(cache_path, directory, key, readings, systems_cache.import_digests(imports))
+    return readings
 
 
 # ---------------------------------------------------------------- systems/
 
 
-def _list_of_names(value: NixValue, key: str, pattern: re.Pattern[str], kind: str, notes: list[str]) -> tuple[str, ...] | None:
-    if isinstance(value, NonLiteral):
-        notes.append(f"meta.nix: {key} is {value.reason}; nixfab cannot read it")
-        return None
+def _where(flake_dir: Path, name: str, position: object) -> str:
+    """Where a key is defined: `meta.nix:3:5` (its own), `systems/common.nix:3:5` (another file), else `meta.nix`."""
+    if not isinstance(position, dict):
+        return META_FILE
+    file, line, column = position.get("file"), position.get("line"), position.get("column")
+    if not isinstance(file, str) or not isinstance(line, int) or not isinstance(column, int):
+        return META_FILE
+    if file == os.path.abspath(systems_cache.meta_path(str(flake_dir), name)):
+        return f"{META_FILE}:{line}:{column}"
+    try:
+        file = str(Path(file).relative_to(flake_dir.absolute()))
+    except ValueError:
+        pass  # outside the flake: the absolute path
+    return f"{file}:{line}:{column}"
+
+
+def _list_of_names(value: object, where: str, key: str, pattern: re.Pattern[str], kind: str, notes: list[str]) -> tuple[str, ...] | None:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        notes.append(f"meta.nix: {key} must be a list of strings")
+        notes.append(f"{where}: {key} must be a list of strings")
         return None
     names: dict[str, None] = {}
     for item in value:
         assert isinstance(item, str)
         if not pattern.match(item):
-            notes.append(f"meta.nix: {key} has {item!r}, which is not a valid {kind}")
+            notes.append(f"{where}: {key} has {item!r}, which is not a valid {kind}")
             return None
         names[item] = None
     return tuple(names)
 
 
-def _text(value: NixValue, key: str, notes: list[str]) -> str | None:
-    if isinstance(value, NonLiteral):
-        notes.append(f"meta.nix: {key} is {value.reason}; nixfab cannot read it")
-        return None
+def _text(value: object, where: str, key: str, notes: list[str]) -> str | None:
     if not isinstance(value, str):
-        notes.append(f"meta.nix: {key} must be a string")
+        notes.append(f"{where}: {key} must be a string")
         return None
     return value
 
@@ -601,46 +307,49 @@ def _home_users(homes: Path, name: str, users: Iterable[str], notes: list[str]) 
     return with_home
 
 
-def read_system(flake_dir: Path, directory: Path) -> SystemInfo:
-    """One system directory (which holds default.nix) as SystemInfo."""
-    name = directory.name
+def system_info(flake_dir: Path, name: str, reading: object) -> SystemInfo:
+    """One system directory as SystemInfo, from what Nix said of its meta.nix (None: it has none)."""
+    directory = flake_dir / SYSTEMS_DIRECTORY / name
     notes: list[str] = []
     if not NAME_PATTERN.match(name):
         notes.append(
             f"systems/{name}: nixfab cannot use this name (letters, digits, '_' and '-', starting with a letter or digit)"
         )
-    meta_path = directory / META_FILE
-    has_meta = meta_path.is_file()
-    values: Mapping[str, NixValue] = {}
-    unreadable = False  # meta.nix is valid Nix but not literal: every field is unknown
-    if has_meta:
-        meta = read_nix_literal(meta_path)
-        if meta.values is None:
-            notes.append(f"meta.nix: {meta.note}")
-            unreadable = True
-        else:
-            values = meta.values
-            for key in values:
-                if key not in META_KEYS:
-                    notes.append(f"meta.nix: unknown key {key!r} (nixfab reads {', '.join(META_KEYS)})")
+    has_meta = reading is not None
+    values: Mapping[str, object] = {}
+    positions: Mapping[str, object] = {}
+    unreadable = False  # meta.nix is not an attribute set: every field is unknown
+    if isinstance(reading, dict) and reading.get("type") == "set":
+        values = reading.get("values") or {}
+        positions = reading.get("positions") or {}
+        for key in positions:
+            if key not in META_KEYS:
+                notes.append(f"{_where(flake_dir, name, positions[key])}: unknown key {key!r} (nixfab reads {', '.join(META_KEYS)})")
+    elif has_meta:
+        kind = _TYPE_NAMES.get(str(reading.get("type") if isinstance(reading, dict) else None), "something else")
+        notes.append(f"meta.nix: evaluates to {kind}, not to an attribute set {{ ... }}; nixfab reads none of its values")
+        unreadable = True
+
+    def where(key: str) -> str:
+        return _where(flake_dir, name, positions.get(key))
 
     absent: tuple[str, ...] | None = None if unreadable else ()
-    system = _text(values["system"], "system", notes) if "system" in values else None
+    system = _text(values["system"], where("system"), "system", notes) if "system" in values else None
     if system is not None and not SYSTEM_PATTERN.match(system):
-        notes.append(f"meta.nix: system {system!r} is not a system like 'x86_64-linux'")
+        notes.append(f"{where('system')}: system {system!r} is not a system like 'x86_64-linux'")
         system = None
-    tags = _list_of_names(values["tags"], "tags", NAME_PATTERN, "tag", notes) if "tags" in values else absent
-    users = _list_of_names(values["users"], "users", USER_PATTERN, "user name", notes) if "users" in values else absent
-    target_host = _text(values["targetHost"], "targetHost", notes) if "targetHost" in values else None
+    tags = _list_of_names(values["tags"], where("tags"), "tags", NAME_PATTERN, "tag", notes) if "tags" in values else absent
+    users = _list_of_names(values["users"], where("users"), "users", USER_PATTERN, "user name", notes) if "users" in values else absent
+    target_host = _text(values["targetHost"], where("targetHost"), "targetHost", notes) if "targetHost" in values else None
     if target_host is not None:
         try:
             parse_ssh_target(target_host)
         except ValueError as error:
-            notes.append(f"meta.nix: targetHost: {error}")
+            notes.append(f"{where('targetHost')}: targetHost: {error}")
             target_host = None
-    build_on = _text(values["buildOn"], "buildOn", notes) if "buildOn" in values else None
+    build_on = _text(values["buildOn"], where("buildOn"), "buildOn", notes) if "buildOn" in values else None
     if build_on is not None and not NAME_PATTERN.match(build_on):
-        notes.append(f"meta.nix: buildOn {build_on!r} is not local, target or a host or builder name")
+        notes.append(f"{where('buildOn')}: buildOn {build_on!r} is not local, target or a host or builder name")
         build_on = None
     has_hardware = (directory / HARDWARE_FILE).is_file()
     if system is None and "system" not in values and not unreadable and not has_hardware:
@@ -661,22 +370,12 @@ def read_system(flake_dir: Path, directory: Path) -> SystemInfo:
     )
 
 
-def system_directories(flake_dir: Path) -> list[Path]:
-    """The directories flake.nix makes systems of: systems/<name>/ holding default.nix, sorted by name."""
-    systems = flake_dir / SYSTEMS_DIRECTORY
-    if not systems.is_dir():
-        return []
-    # Real directories only: builtins.readDir reports a symlink as "symlink", which flake.nix skips.
-    return sorted(
-        (entry for entry in systems.iterdir() if entry.is_dir() and not entry.is_symlink() and (entry / SYSTEM_FILE).exists()),
-        key=lambda entry: entry.name,
-    )
-
-
-def discover_systems(flake_dir: Path) -> dict[str, SystemInfo]:
-    """Every system of the flake in `flake_dir`, by name, without evaluating Nix."""
+def discover_systems(flake_dir: Path, *, cache: bool = True) -> dict[str, SystemInfo]:
+    """Every system of the flake in `flake_dir`, by name, with its meta.nix as Nix evaluates it (or as cached)."""
     flake_dir = Path(flake_dir)
-    return {directory.name: read_system(flake_dir, directory) for directory in system_directories(flake_dir)}
+    names = systems_cache.system_names(str(flake_dir))
+    readings = read_meta(flake_dir, names, cache=cache)
+    return {name: system_info(flake_dir, name, readings.get(name)) for name in names}
 
 
 # ---------------------------------------------------------------- `inv hosts`

@@ -82,18 +82,31 @@ def write_systems(flake: Path, systems: dict[str, str | None]) -> None:
             (directory / "meta.nix").write_text(meta)
 
 
+def evaluate_systems(flake: Path) -> None:
+    """What a task (a deploy, `inv hosts`) does before completion can offer meta.nix tags: evaluate and cache them."""
+    from deploy.discovery import discover_systems
+
+    discover_systems(flake)
+
+
+needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="meta.nix is read by nix-instantiate")
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A directory like a user's repository: tasks, hosts.yaml and systems/."""
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory like a user's repository: tasks, hosts.yaml and systems/, whose meta.nix a task has evaluated."""
+    monkeypatch.delenv("NIXFAB_STATE_DIR", raising=False)  # the cache is the project's own .nixfab/
     root = tmp_path / "project"
     root.mkdir()
     (root / "tasks.py").write_text(TASKS_PY)
     (root / "hosts.yaml").write_text(HOSTS_YAML)
     write_systems(root, {
-        "epsilon": '{ tags = [ "lab" "web" ]; system = "x86_64-linux"; }\n',
+        "epsilon": 'let lab = "lab"; in { tags = [ lab "web" ]; system = "x86_64-linux"; }\n',
         "alpha": "",
         "notes": None,
     })
+    if shutil.which("nix-instantiate"):
+        evaluate_systems(root)
     return root
 
 
@@ -143,12 +156,45 @@ def test_a_broken_inventory_offers_nothing_and_succeeds(tmp_path: Path, text: st
         assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
+@needs_nix
 def test_hosts_and_tags_come_from_the_inventory_and_systems(project: Path) -> None:
     inventory, flake = str(project / "hosts.yaml"), str(project)
     assert completion.host_names(inventory, flake) == ["alpha", "beta", "delta", "epsilon", "gamma"]
     assert completion.tag_names(inventory, flake) == ["base", "compact", "db", "edge", "indented", "lab", "web"]
     assert completion.host_names(str(project / "missing.yaml"), f"path:{project}#x") == ["alpha", "epsilon"]
     assert completion.host_names(inventory, "github:owner/repo") == ["alpha", "beta", "delta", "gamma"]
+
+
+@needs_nix
+def test_meta_tags_come_only_from_the_cache_and_a_miss_still_offers_every_host(project: Path) -> None:
+    inventory, flake = str(project / "hosts.yaml"), str(project)
+    hosts = ["alpha", "beta", "delta", "epsilon", "gamma"]
+    yaml_tags = ["base", "compact", "db", "edge", "indented", "web"]
+    assert "lab" in completion.tag_names(inventory, flake)
+
+    meta = project / "systems" / "epsilon" / "meta.nix"
+    meta.write_text('{ tags = [ "changed" ]; }\n')  # the cache no longer holds: no meta.nix tags, and no Nix run
+    assert (completion.host_names(inventory, flake), completion.tag_names(inventory, flake)) == (hosts, yaml_tags)
+    evaluate_systems(project)
+    assert completion.tag_names(inventory, flake) == sorted([*yaml_tags, "changed"])
+
+    write_systems(project, {"zeta": '{ tags = [ "new" ]; }\n'})  # a new system: its name at once, tags after a run
+    assert completion.host_names(inventory, flake) == [*hosts, "zeta"]
+    assert completion.tag_names(inventory, flake) == yaml_tags
+    (project / ".nixfab" / "systems-cache.json").write_text("{ broken")
+    assert (completion.host_names(inventory, flake), completion.tag_names(inventory, flake)) == ([*hosts, "zeta"], yaml_tags)
+
+
+def test_completion_never_runs_nix(tmp_path: Path) -> None:
+    """On a cache miss the completer offers directory names; it does not even import subprocess."""
+    write_systems(tmp_path, {"solo": '{ tags = [ "lonely" ]; }\n'})
+    probe = (
+        "import sys; from deploy import completion; completion.main(['hosts']); completion.main(['tags']); "
+        "print(sorted(set(sys.modules) & {'subprocess', 'tempfile', 'deploy.discovery', 'deploy.history', 'sqlite3'}))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "NIXFAB_STATE_DIR"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
+    assert result.stdout.splitlines() == ["solo", "[]"]
 
 
 def test_the_command_line_of_the_value_completer(project: Path) -> None:
@@ -231,15 +277,18 @@ def bash_complete(words: list[str], cwd: Path, *, extra_path: Path | None = None
     (["inv", "deploy", "--i"], ["--inventory"]),
     (["invoke", "deploy", "b"], ["beta"]),
 ])
+@needs_nix
 def test_bash_completion(project: Path, words: list[str], expected: list[str]) -> None:
     assert bash_complete(words, project) == expected
 
 
+@needs_nix
 def test_bash_completion_follows_inventory_and_flake_options(project: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     (other / "lab.yaml").write_text("hosts:\n  zeta:\n    tags: [far]\n")
     write_systems(other, {"omega": '{ tags = [ "remote" ]; }\n'})
+    evaluate_systems(other)
     assert bash_complete(["inv", "deploy", "--inventory", str(other / "lab.yaml"), "--host", ""], project) == ["alpha", "epsilon", "zeta"]
     assert bash_complete(["inv", "deploy", "-i", str(other / "lab.yaml"), "--flake", str(other), "--tag", ""], project) == ["far", "remote"]
     assert bash_complete(["inv", "deploy", f"--flake=path:{other}", ""], project) == ["alpha", "beta", "delta", "gamma", "omega"]

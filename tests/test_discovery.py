@@ -1,173 +1,386 @@
-"""systems/ discovery without Nix (deploy/discovery.py) and the rows of `inv hosts`.
-
-The literal reader is checked against Nix itself where Nix is installed: every
-sample it calls valid must parse with `nix-instantiate --parse`, every one it
-refuses must not, and every value it reads must be what Nix evaluates.
-"""
+"""systems/ discovery (deploy/discovery.py): meta.nix read by Nix, the cache, and the rows of `inv hosts`."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from deploy import discovery, history, systems_cache
 from deploy.discovery import (
     HostRow,
-    NonLiteral,
     SystemInfo,
     discover_systems,
     format_host_listing,
     host_listing,
     inventory_with_systems,
-    read_nix_literal,
+    parse_nix_error,
 )
 from deploy.errors import InventoryError
 from deploy.inventory import Inventory, SshTarget, load_inventory
 
 REPO = Path(__file__).resolve().parent.parent
-NIX_INSTANTIATE = shutil.which("nix-instantiate")
 
-# (name, text, expected literal reading; NonLiteral entries only say "not read").
-VALID_SAMPLES: list[tuple[str, str, dict[str, object] | None]] = [
-    ("plain", '{ system = "x86_64-linux"; tags = [ "a" "b" ]; }', {"system": "x86_64-linux", "tags": ["a", "b"]}),
-    ("comments", '# top\n{ /* c */ system = "x"; # more\n tags = [ "a" /* } */ ]; }', {"system": "x", "tags": ["a"]}),
-    ("nested", '{ a.b.c = "1"; a.b.d = [ ]; a = { e = true; }; n = 3; f = 1.5; z = null; }',
-     {"a": {"b": {"c": "1", "d": []}, "e": True}, "n": 3, "f": 1.5, "z": None}),
-    ("escapes", r'{ s = "$${x}"; t = "a\"b\n\t\\"; u = "a$b"; }', {"s": "$${x}", "t": 'a"b\n\t\\', "u": "a$b"}),
-    ("quoted keys", '{ "a b" = 1; "" = 2; c-d = 3; e\' = 4; }', {"a b": 1, "": 2, "c-d": 3, "e'": 4}),
-    ("let value", '{ tags = let x = "a"; in [ x ]; system = "y"; }', {"tags": NonLiteral(""), "system": "y"}),
-    ("with value", '{ users = with builtins; [ "a" ]; system = "y"; }', {"users": NonLiteral(""), "system": "y"}),
-    ("assert value", '{ a = assert true; "x"; b = "y"; }', {"a": NonLiteral(""), "b": "y"}),
-    ("interpolation", '{ system = "${builtins.currentSystem}"; tags = [ "a" ]; }', {"system": NonLiteral(""), "tags": ["a"]}),
-    ("nested interpolation", '{ a = "${ { b = "}"; }.b }"; c = "d"; }', {"a": NonLiteral(""), "c": "d"}),
-    ("list concatenation", '{ tags = [ "a" ] ++ [ "b" ]; users = [ "x" ]; }', {"tags": NonLiteral(""), "users": ["x"]}),
-    ("indented string", "{ s = ''\n  hi ${builtins.currentSystem} ''${y} '''\n''; t = \"ok\"; }", {"s": NonLiteral(""), "t": "ok"}),
-    ("inherit", '{ inherit (builtins) currentSystem "nixVersion"; c = 1; }',
-     {"currentSystem": NonLiteral(""), "nixVersion": NonLiteral(""), "c": 1}),
-    ("paths and URIs", '{ p = ./foo/bar.nix; u = https://example.com/a?b=c; r = "ok"; }', {"p": NonLiteral(""), "u": NonLiteral(""), "r": "ok"}),
-    ("functions", '{ f = x: x; g = { a ? "}" }: a; h = "ok"; }', {"f": NonLiteral(""), "g": NonLiteral(""), "h": "ok"}),
-    ("if", '{ f = if true then "a" else "b"; }', {"f": NonLiteral("")}),
-    ("rec", 'rec { a = "x"; b = a; }', {"a": "x", "b": NonLiteral("")}),
-    ("dynamic name", '{ ${"a"} = 1; "b c" = 2; }', {"b c": 2}),
-    ("select", '{ t = [ builtins.currentSystem ]; u = { a = 1; }.a; v = { a = 1; }.b or "d"; }',
-     {"t": NonLiteral(""), "u": NonLiteral(""), "v": NonLiteral("")}),
-    ("numbers", "{ a = 1.; b = 0.5; c = 01; d = 1.5e2; }", {"a": 1.0, "b": 0.5, "c": 1, "d": 150.0}),
-    ("merged sets", "{ a = { b = 1; }; a.c = 2; }", {"a": {"b": 1, "c": 2}}),
-    ("function file", '{ lib, ... }: { system = "x"; }', None),
-    ("let file", 'let a = "x"; in { system = a; }', None),
-    ("update file", '{ a = 1; } // { b = 2; }', None),
-]
-
-INVALID_SAMPLES: list[tuple[str, str, str]] = [
-    # (name, text, "line:column: problem" prefix)
-    ("missing ';' between bindings", '{ system = "x86_64-linux"\n  tags = [ ]; }', "2:8: unexpected '='"),
-    ("missing ';' at the end", '{ system = "x86_64-linux" }', "1:27: expected ';' before '}'"),
-    ("unterminated string", '{ system = "x86_64-linux; }', "1:12: unterminated string"),
-    ("unclosed set", '{\n  system = "x";\n', "1:1: '{' is never closed"),
-    ("mismatched bracket", '{ tags = [ "a" }; }', "1:16: '}' does not close '['"),
-    ("duplicate attribute", '{ a = 1;\n  a = 2; }', "2:3: attribute 'a' is already defined"),
-    ("duplicate through a path", "{ a.b = 1; a = 2; }", "1:12: attribute 'a' is already defined"),
-    ("empty value", "{ a = ; }", "1:7: expected a value before ';'"),
-    ("unterminated comment", "{ /* x }", "1:3: unterminated comment"),
-    ("stray character", "{ a = 1 \\ 2; }", "1:9: unexpected character"),
-    ("missing '='", '{ system "x"; }', "1:10: expected '='"),
-    ("empty file", "# only a comment\n", "1:1: the file is empty"),
-]
+pytestmark = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="meta.nix is read by nix-instantiate")
 
 
-def _matches(actual: object, expected: object) -> bool:
-    if isinstance(expected, NonLiteral):
-        return isinstance(actual, NonLiteral)
-    if isinstance(expected, dict):
-        return isinstance(actual, dict) and actual.keys() == expected.keys() and all(_matches(actual[k], v) for k, v in expected.items())
-    return type(actual) is type(expected) and actual == expected
+@pytest.fixture(autouse=True)
+def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The cache goes to a directory of the test's own, not the checkout's .nixfab/."""
+    directory = tmp_path / "state"
+    monkeypatch.setenv("NIXFAB_STATE_DIR", str(directory))
+    return directory
 
 
-def _literal_parts(value: object) -> object:
-    """The value with NonLiteral entries dropped, for comparison with Nix's evaluation."""
-    if isinstance(value, dict):
-        return {key: _literal_parts(inner) for key, inner in value.items() if not isinstance(inner, NonLiteral)}
-    return value
+class NixRuns:
+    """Counts nix-instantiate runs (each one, all systems at once)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.requests: list[dict[str, Any]] = []
+        real = discovery._run_nix
+
+        def counted(files: dict[str, str], *, show_trace: bool = False) -> subprocess.CompletedProcess[str]:
+            self.requests.append(dict(files))
+            return real(files, show_trace=show_trace)
+
+        monkeypatch.setattr(discovery, "_run_nix", counted)
+
+    @property
+    def count(self) -> int:
+        return len(self.requests)
 
 
-@pytest.mark.parametrize(("name", "text", "expected"), VALID_SAMPLES, ids=[s[0] for s in VALID_SAMPLES])
-def test_literal_reader_reads_what_it_can_and_marks_the_rest(tmp_path: Path, name: str, text: str, expected: dict[str, object] | None) -> None:
-    path = tmp_path / "meta.nix"
-    path.write_text(text)
-    result = read_nix_literal(path)
-    if expected is None:
-        assert result.values is None
-        assert result.note and "not a literal attribute set" in result.note
-    else:
-        assert _matches(result.values, expected), result.values
-        assert result.note is None
+@pytest.fixture
+def nix_runs(monkeypatch: pytest.MonkeyPatch) -> NixRuns:
+    return NixRuns(monkeypatch)
 
 
-@pytest.mark.parametrize(("name", "text", "where"), INVALID_SAMPLES, ids=[s[0] for s in INVALID_SAMPLES])
-def test_literal_reader_names_file_line_and_column_of_syntax_errors(tmp_path: Path, name: str, text: str, where: str) -> None:
-    path = tmp_path / "meta.nix"
-    path.write_text(text)
-    with pytest.raises(InventoryError) as raised:
-        read_nix_literal(path)
-    assert str(raised.value).startswith(f"{path}:{where}"), str(raised.value)
-    assert "\n" not in str(raised.value)
-
-
-@pytest.mark.skipif(NIX_INSTANTIATE is None, reason="nix-instantiate is not installed")
-def test_literal_reader_agrees_with_nix(tmp_path: Path) -> None:
-    """Nix parses every valid sample, refuses every invalid one, and evaluates literals to what we read."""
-    disagreements = []
-    for name, text, _ in VALID_SAMPLES:
-        path = tmp_path / "valid.nix"
-        path.write_text(text)
-        parsed = subprocess.run([NIX_INSTANTIATE, "--parse", str(path)], capture_output=True, text=True)
-        if parsed.returncode != 0:
-            disagreements.append(f"{name}: Nix refuses it: {parsed.stderr.strip()[-200:]}")
-            continue
-        reading = read_nix_literal(path)
-        if reading.values is None:
-            continue
-        literal = _literal_parts(reading.values)
-        attributes = " ".join(json.dumps(key) for key in literal)
-        # Only the attributes we read, evaluated strictly by Nix.
-        evaluated = subprocess.run(
-            [NIX_INSTANTIATE, "--eval", "--strict", "--json", "--expr",
-             f"let value = import {path}; in builtins.intersectAttrs (builtins.listToAttrs (map (n: {{ name = n; value = null; }}) [ {attributes} ])) value"],
-            capture_output=True, text=True,
-        )
-        if evaluated.returncode != 0:
-            disagreements.append(f"{name}: Nix cannot evaluate what we read: {evaluated.stderr.strip()[-200:]}")
-        elif json.loads(evaluated.stdout) != _jsonable(literal):
-            disagreements.append(f"{name}: Nix says {evaluated.stdout.strip()}, we read {literal}")
-    for name, text, _ in INVALID_SAMPLES:
-        if "already defined" in _ or "empty file" in name:
-            continue  # Nix reports these when evaluating (or accepts an empty file as a parse); checked below
-        path = tmp_path / "invalid.nix"
-        path.write_text(text)
-        parsed = subprocess.run([NIX_INSTANTIATE, "--parse", str(path)], capture_output=True, text=True)
-        if parsed.returncode == 0:
-            disagreements.append(f"{name}: Nix parses it, we refuse it")
-    for text in ("{ a = 1;\n  a = 2; }", "{ a.b = 1; a = 2; }"):
-        path = tmp_path / "duplicate.nix"
-        path.write_text(text)
-        if subprocess.run([NIX_INSTANTIATE, "--parse", str(path)], capture_output=True).returncode == 0:
-            disagreements.append(f"{text!r}: Nix accepts the duplicate")
-    assert disagreements == []
-
-
-def _jsonable(value: object) -> object:
-    return json.loads(json.dumps(value))
-
-
-# ---------------------------------------------------------------- systems/
+# ---------------------------------------------------------------- meta.nix is Nix
 
 
 def _write(path: Path, text: str = "{ ... }: { }\n") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def _system(flake: Path, name: str, meta: str | None) -> Path:
+    _write(flake / "systems" / name / "default.nix")
+    if meta is None:
+        return flake / "systems" / name / "meta.nix"
+    return _write(flake / "systems" / name / "meta.nix", meta)
+
+
+ANY_NIX: dict[str, tuple[str, tuple[str, tuple[str, ...], tuple[str, ...]]]] = {
+    "let": ('let arch = "x86_64"; in { system = "${arch}-linux"; tags = [ "lab" ]; }', ("x86_64-linux", ("lab",), ())),
+    "import": ('{ system = "aarch64-linux"; } // import ../common.nix', ("aarch64-linux", ("shared", "fleet"), ("alice",))),
+    "with and ++": ('with builtins; { system = head [ "x86_64-linux" ]; tags = [ "a" ] ++ map (n: "n${toString n}") [ 1 2 ]; }',
+                    ("x86_64-linux", ("a", "n1", "n2"), ())),
+    "functions": ('let tagged = base: extra: base ++ extra; in { system = "x86_64-linux"; tags = tagged [ "x" ] [ "y" ]; }',
+                  ("x86_64-linux", ("x", "y"), ())),
+    "rec and inherit": ('let users = [ "alice" "bob" ]; in rec { inherit users; system = "riscv64-linux"; tags = [ system ]; }',
+                        ("riscv64-linux", ("riscv64-linux",), ("alice", "bob"))),
+    "if and interpolation": ('{ system = if true then "x86_64-linux" else "no"; targetHost = "root@${"host"}.lan:${toString 22}"; }',
+                             ("x86_64-linux", (), ())),
+}
+
+
+@pytest.mark.parametrize("case", list(ANY_NIX), ids=list(ANY_NIX))
+def test_meta_nix_may_use_any_nix(tmp_path: Path, case: str) -> None:
+    text, (system, tags, users) = ANY_NIX[case]
+    _write(tmp_path / "systems/common.nix", '{ tags = [ "shared" "fleet" ]; users = [ "alice" ]; }\n')
+    _system(tmp_path, "one", text + "\n")
+    one = discover_systems(tmp_path)["one"]
+    assert (one.system, one.users or ()) == (system, users)
+    assert one.tags == tags
+    if case == "if and interpolation":
+        assert one.target_host == "root@host.lan:22"
+
+
+def test_one_nix_run_reads_every_system_and_only_nixfabs_keys(tmp_path: Path, nix_runs: NixRuns) -> None:
+    _system(tmp_path, "one", '{ system = "x86_64-linux"; hostKey = throw "never evaluated"; }\n')
+    _system(tmp_path, "two", '{ system = "aarch64-linux"; }\n')
+    _system(tmp_path, "three", None)
+    systems = discover_systems(tmp_path)
+    assert [(name, info.system, info.has_meta) for name, info in systems.items()] == [
+        ("one", "x86_64-linux", True), ("three", None, False), ("two", "aarch64-linux", True),
+    ]
+    assert systems["one"].notes == ("meta.nix:1:28: unknown key 'hostKey' (nixfab reads buildOn, system, tags, targetHost, users)",)
+    assert [sorted(request) for request in nix_runs.requests] == [["one", "two"]]
+
+
+def test_a_meta_that_is_not_an_attribute_set_leaves_every_field_unknown(tmp_path: Path) -> None:
+    _system(tmp_path, "two", '{ lib, ... }: { system = "x86_64-linux"; }\n')
+    _system(tmp_path, "three", '[ "x86_64-linux" ]\n')
+    systems = discover_systems(tmp_path)
+    two, three = systems["two"], systems["three"]
+    assert (two.system, two.tags, two.users, two.has_meta) == (None, None, None, True)
+    assert two.notes == ("meta.nix: evaluates to a function, not to an attribute set { ... }; nixfab reads none of its values",)
+    assert three.notes == ("meta.nix: evaluates to a list, not to an attribute set { ... }; nixfab reads none of its values",)
+
+
+def test_no_meta_nix_means_no_nix_run_and_no_cache(tmp_path: Path, nix_runs: NixRuns, state_directory: Path) -> None:
+    _system(tmp_path, "beta", None)
+    assert discover_systems(tmp_path)["beta"].has_meta is False
+    assert nix_runs.count == 0
+    assert not state_directory.exists()
+
+
+# ---------------------------------------------------------------- errors: one line, file:line:column
+
+
+def _error(tmp_path: Path) -> str:
+    with pytest.raises(InventoryError) as raised:
+        discover_systems(tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_syntax_error_in_meta_names_the_file_and_line(tmp_path: Path) -> None:
+    _system(tmp_path, "good", '{ system = "x86_64-linux"; }\n')
+    meta = _system(tmp_path, "one", '{\n  system = "x86_64-linux"\n  tags = [ ];\n}\n')
+    assert _error(tmp_path) == f"{meta}:3:8: syntax error, unexpected '=', expecting ';'"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('{ system = 1 + "x"; }', "cannot add a string to an integer"),
+    ('{ system = "x86_64-linux"; tags = [ undefinedName ]; }', "undefined variable 'undefinedName'"),
+    ('{ a = 1; a = 2; }', "attribute 'a' already defined at "),
+    ('{ tags = [ "a" }; }', "syntax error, unexpected '}'"),
+    ('{ system = "x86_64-linux; }', "syntax error"),
+    ('{ system = "x86_64-linux"; tags = [ (throw "no tags today") ]; }', "no tags today"),
+])
+def test_an_evaluation_error_names_the_file_and_where_nix_says(tmp_path: Path, text: str, problem: str) -> None:
+    _system(tmp_path, "good", '{ system = "x86_64-linux"; }\n')
+    meta = _system(tmp_path, "bad", text + "\n")
+    message = _error(tmp_path)
+    # `throw` carries no position in Nix 2.8: then the file is named without one.
+    position = "(:[0-9]+:[0-9]+)?" if "throw" in text else ":[0-9]+:[0-9]+"
+    assert re.match(rf"{re.escape(str(meta))}{position}: {re.escape(problem)}", message), message
+
+
+def test_an_error_in_an_imported_file_names_that_file(tmp_path: Path) -> None:
+    common = _write(tmp_path / "common.nix", "{ tags = [ \"a\" ]\n  ; users = [ }\n")
+    _system(tmp_path, "one", '{ system = "x86_64-linux"; } // import ../../common.nix\n')
+    assert _error(tmp_path).startswith(f"{common}:2:15: syntax error")
+
+
+def test_error_paths_are_spelled_as_the_flake_directory_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _system(tmp_path, "one", '{\n  system = "x86_64-linux"\n  tags = [ ];\n}\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InventoryError, match=r"\Asystems/one/meta.nix:3:8: syntax error"):
+        discover_systems(Path("."))
+
+
+def test_names_and_paths_are_data_never_nix_syntax(tmp_path: Path) -> None:
+    """Directory names and the flake's path reach Nix as a JSON string: quotes and ${ } in them are just characters."""
+    # Spliced into Nix source, either name would end the string or throw.
+    flake = tmp_path / 'we"ird ${throw "x"} \\ dir \'\''
+    _system(flake, 'a"b${throw "y"}', '{ system = "x86_64-linux"; }\n')
+    _system(flake, "plain", '{ system = "aarch64-linux"; }\n')
+    systems = discover_systems(flake)
+    assert [(info.name, info.system) for info in systems.values()] == [('a"b${throw "y"}', "x86_64-linux"), ("plain", "aarch64-linux")]
+    assert systems['a"b${throw "y"}'].notes[0].startswith('systems/a"b${throw "y"}: nixfab cannot use this name')
+
+
+NIX_2_8_SYNTAX = """\
+evaluating file '/f/systems/a/meta.nix'
+error: syntax error, unexpected '=', expecting ';'
+
+       at /f/systems/a/meta.nix:3:8:
+
+            2|   system = "x86_64-linux"
+            3|   tags = [ ];
+             |        ^
+            4| }
+"""
+# Nix 2.26.3's own output for META_EXPRESSION (source excerpts shortened).
+NIX_2_26_TRACE = """\
+evaluating file '<nix/derivation-internal.nix>'
+evaluating file '/f/systems/bad/meta.nix'
+error:
+       … while evaluating attribute 'bad'
+
+       … while evaluating attribute 'values'
+         at «string»:18:7:
+           17|       positions = builtins.mapAttrs (key: _: position key meta) meta;
+             |       ^
+
+       … while evaluating attribute 'tags'
+         at «string»:18:62:
+           18|       values = builtins.listToAttrs (map (key: { name = key; value = plain meta.${key}; }) ...
+             |                                                              ^
+
+       (stack trace truncated; use '--show-trace' to show the full, detailed trace)
+
+       error: cannot add a string to an integer
+       at /f/systems/bad/meta.nix:1:42:
+            1| { system = "x86_64-linux"; tags = [ (1 + "x") ]; }
+             |                                          ^
+            2|
+"""
+NIX_2_26_THROW = """\
+error:
+       … while evaluating attribute 'bad'
+
+       … while evaluating attribute 'tags'
+         at «string»:18:62:
+
+       (stack trace truncated; use '--show-trace' to show the full, detailed trace)
+
+       error: no tags today
+"""
+NIX_2_26_THROW_TRACE = """\
+error:
+       … while evaluating attribute 'bad'
+
+       … while calling 'plain'
+         at «string»:5:11:
+
+       … while calling the 'throw' builtin
+         at /f/systems/bad/meta.nix:1:38:
+            1| { system = "x86_64-linux"; tags = [ (throw "no tags today") ]; }
+             |                                      ^
+
+       error: no tags today
+"""
+
+
+@pytest.mark.parametrize(("stderr", "expected"), [
+    (NIX_2_8_SYNTAX, ("syntax error, unexpected '=', expecting ';'", "/f/systems/a/meta.nix", 3, 8)),
+    (NIX_2_26_TRACE, ("cannot add a string to an integer", "/f/systems/bad/meta.nix", 1, 42)),
+    (NIX_2_26_THROW, ("no tags today", None, 0, 0)),
+    (NIX_2_26_THROW_TRACE, ("no tags today", "/f/systems/bad/meta.nix", 1, 38)),
+    ("error: boom\n", ("boom", None, 0, 0)),
+    ("error: undefined variable 'x'\n\n       at «string»:1:5:\n", ("undefined variable 'x'", None, 0, 0)),
+    ("\x1b[31;1merror:\x1b[0m bad\n       at \x1b[35;1m/f/m.nix:2:3\x1b[0m:\n", ("bad", "/f/m.nix", 2, 3)),
+    ("warning: something\nnix-instantiate: cannot open the store\n", ("nix-instantiate: cannot open the store", None, 0, 0)),
+])
+def test_nix_errors_of_2_8_and_current_nix_are_parsed(stderr: str, expected: tuple[str, str | None, int, int]) -> None:
+    problem = parse_nix_error(stderr)
+    assert (problem.message, problem.file, problem.line, problem.column) == expected
+
+
+# ---------------------------------------------------------------- wrong values: notes with file:line:column and key
+
+
+def test_invalid_meta_values_are_notes_not_values(tmp_path: Path) -> None:
+    _system(
+        tmp_path, "one",
+        '{ system = "x86 64"; tags = [ "ok" "not ok" ]; users = "alice"; targetHost = "-oProxyCommand=x"; buildOn = "a;b"; }',
+    )
+    one = discover_systems(tmp_path)["one"]
+    assert (one.system, one.tags, one.users, one.target_host, one.build_on) == (None, None, None, None, None)
+    assert one.notes[0] == "meta.nix:1:3: system 'x86 64' is not a system like 'x86_64-linux'"
+    assert one.notes[1] == "meta.nix:1:22: tags has 'not ok', which is not a valid tag"
+    assert one.notes[2] == "meta.nix:1:48: users must be a list of strings"
+    assert one.notes[3].startswith("meta.nix:1:65: targetHost: invalid ssh target '-oProxyCommand=x': starts with '-'")
+    assert one.notes[4] == "meta.nix:1:98: buildOn 'a;b' is not local, target or a host or builder name"
+
+
+def test_values_json_cannot_carry_are_wrong_types_not_errors(tmp_path: Path) -> None:
+    _system(tmp_path, "one", '{\n  system = x: x;\n  tags = [ ./a ];\n  users = { alice = true; };\n  targetHost = ./host;\n  buildOn = null;\n}\n')
+    one = discover_systems(tmp_path)["one"]
+    assert (one.system, one.tags, one.users, one.target_host, one.build_on) == (None, None, None, None, None)
+    assert one.notes == (
+        "meta.nix:2:3: system must be a string",
+        "meta.nix:3:3: tags must be a list of strings",
+        "meta.nix:4:3: users must be a list of strings",
+        "meta.nix:5:3: targetHost must be a string",
+        "meta.nix:6:3: buildOn must be a string",
+    )
+
+
+def test_a_value_from_an_imported_file_is_placed_in_that_file(tmp_path: Path) -> None:
+    _write(tmp_path / "systems/common.nix", '{\n  tags = [ "bad tag" ];\n}\n')
+    _system(tmp_path, "one", '{ system = "x86_64-linux"; } // import ../common.nix\n')
+    assert discover_systems(tmp_path)["one"].notes == ("systems/common.nix:2:3: tags has 'bad tag', which is not a valid tag",)
+
+
+# ---------------------------------------------------------------- the cache
+
+
+def test_the_cache_spares_nix_until_a_meta_nix_changes(tmp_path: Path, nix_runs: NixRuns, state_directory: Path) -> None:
+    meta = _system(tmp_path, "one", '{ system = "x86_64-linux"; tags = [ "a" ]; }\n')
+    assert discover_systems(tmp_path)["one"].tags == ("a",)
+    assert (state_directory / "systems-cache.json").is_file()
+    assert discover_systems(tmp_path)["one"].tags == ("a",)
+    assert nix_runs.count == 1
+
+    meta.write_text('{ system = "x86_64-linux"; tags = [ "b" ]; }\n')
+    assert discover_systems(tmp_path)["one"].tags == ("b",)
+    assert nix_runs.count == 2
+
+    _system(tmp_path, "two", None)  # a new system, even without meta.nix, changes the key
+    assert list(discover_systems(tmp_path)) == ["one", "two"]
+    assert nix_runs.count == 3
+    assert discover_systems(tmp_path, cache=False)["one"].tags == ("b",)
+    assert nix_runs.count == 4
+    assert not list(state_directory.glob(".systems-cache.json.*"))  # no temporary file left behind
+
+
+def test_an_edited_import_is_a_cache_miss(tmp_path: Path, nix_runs: NixRuns) -> None:
+    common = _write(tmp_path / "lib/common.nix", '{ tags = [ "old" ]; }\n')
+    _system(tmp_path, "one", '{ system = "x86_64-linux"; } // import ../../lib/common.nix\n')
+    assert discover_systems(tmp_path)["one"].tags == ("old",)
+    assert discover_systems(tmp_path)["one"].tags == ("old",)
+    assert nix_runs.count == 1
+    common.write_text('{ tags = [ "new" ]; }\n')
+    assert discover_systems(tmp_path)["one"].tags == ("new",)
+    assert nix_runs.count == 2
+
+
+def test_a_broken_cache_file_is_a_miss(tmp_path: Path, nix_runs: NixRuns, state_directory: Path) -> None:
+    _system(tmp_path, "one", '{ system = "x86_64-linux"; }\n')
+    state_directory.mkdir()
+    for text in ("not json", "[]", '{"format": 1, "flakes": {"' + str(tmp_path) + '": {"key": 3}}}'):
+        (state_directory / "systems-cache.json").write_text(text)
+        assert discover_systems(tmp_path)["one"].system == "x86_64-linux"
+    assert nix_runs.count == 3
+    assert json.loads((state_directory / "systems-cache.json").read_text())["format"] == systems_cache.FORMAT
+
+
+def test_an_unwritable_state_directory_costs_only_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nix_runs: NixRuns) -> None:
+    blocker = _write(tmp_path / "not-a-directory", "")
+    monkeypatch.setenv("NIXFAB_STATE_DIR", str(blocker / "state"))
+    _system(tmp_path, "one", '{ system = "x86_64-linux"; }\n')
+    assert discover_systems(tmp_path)["one"].system == "x86_64-linux"
+    assert discover_systems(tmp_path)["one"].system == "x86_64-linux"
+    assert nix_runs.count == 2
+
+
+def test_an_error_is_not_cached(tmp_path: Path, nix_runs: NixRuns) -> None:
+    meta = _system(tmp_path, "one", "{ system = ; }\n")
+    for _ in range(2):
+        with pytest.raises(InventoryError):
+            discover_systems(tmp_path)
+    assert nix_runs.count == 2
+    meta.write_text('{ system = "x86_64-linux"; }\n')
+    assert discover_systems(tmp_path)["one"].system == "x86_64-linux"
+
+
+def test_completions_state_directory_is_historys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Completion finds the cache without running git; it must look where discovery wrote it."""
+    monkeypatch.delenv("NIXFAB_STATE_DIR")
+    plain = tmp_path / "plain"
+    repository = tmp_path / "repository"
+    (repository / "sub" / "flake").mkdir(parents=True)
+    plain.mkdir()
+    subprocess.run(["git", "init", "-q", str(repository)], check=True)
+    for directory in (plain, repository, repository / "sub" / "flake"):
+        assert Path(systems_cache.state_directory(str(directory))) == history.state_directory(directory), directory
+    monkeypatch.setenv("NIXFAB_STATE_DIR", str(tmp_path / "elsewhere"))
+    assert Path(systems_cache.state_directory(str(plain))) == history.state_directory(plain) == tmp_path / "elsewhere"
+    assert os.path.basename(systems_cache.cache_file(str(tmp_path))) == "systems-cache.json"
+
+
+# ---------------------------------------------------------------- systems/
 
 
 @pytest.fixture
@@ -233,45 +446,6 @@ def test_discovery_skips_symlinked_directories_as_readDir_does(flake: Path) -> N
     assert list(discover_systems(flake)) == ["alpha", "beta"]
 
 
-def test_non_literal_meta_leaves_fields_unknown_with_notes(tmp_path: Path) -> None:
-    _write(tmp_path / "systems/one/default.nix")
-    _write(
-        tmp_path / "systems/one/meta.nix",
-        '{ system = "x86_64-linux"; tags = let t = "a"; in [ t ]; users = [ "alice" ] ++ [ ]; targetHost = "root@${"h"}"; tgas = [ ]; }',
-    )
-    _write(tmp_path / "systems/two/default.nix")
-    _write(tmp_path / "systems/two/meta.nix", "{ lib, ... }: { system = \"x86_64-linux\"; }")
-
-    systems = discover_systems(tmp_path)
-
-    one = systems["one"]
-    assert (one.system, one.tags, one.users, one.target_host) == ("x86_64-linux", None, None, None)
-    assert one.notes == (
-        "meta.nix: unknown key 'tgas' (nixfab reads buildOn, system, tags, targetHost, users)",
-        "meta.nix: tags is a 'let' expression; nixfab cannot read it",
-        "meta.nix: users is an expression; nixfab cannot read it",
-        "meta.nix: targetHost is a string with ${...}; nixfab cannot read it",
-    )
-    two = systems["two"]
-    assert (two.system, two.tags, two.users) == (None, None, None)
-    assert two.notes == ("meta.nix: not a literal attribute set { ... }; nixfab reads only literal values",)
-
-
-def test_invalid_meta_values_are_notes_not_values(tmp_path: Path) -> None:
-    _write(tmp_path / "systems/one/default.nix")
-    _write(
-        tmp_path / "systems/one/meta.nix",
-        '{ system = "x86 64"; tags = [ "ok" "not ok" ]; users = "alice"; targetHost = "-oProxyCommand=x"; buildOn = "a;b"; }',
-    )
-    one = discover_systems(tmp_path)["one"]
-    assert (one.system, one.tags, one.users, one.target_host, one.build_on) == (None, None, None, None, None)
-    assert one.notes[0] == "meta.nix: system 'x86 64' is not a system like 'x86_64-linux'"
-    assert one.notes[1] == "meta.nix: tags has 'not ok', which is not a valid tag"
-    assert one.notes[2] == "meta.nix: users must be a list of strings"
-    assert one.notes[3].startswith("meta.nix: targetHost: invalid ssh target '-oProxyCommand=x': starts with '-'")
-    assert one.notes[4] == "meta.nix: buildOn 'a;b' is not local, target or a host or builder name"
-
-
 def test_a_system_name_nixfab_cannot_use_is_reported(tmp_path: Path) -> None:
     _write(tmp_path / "systems/my.host/default.nix")
     _write(tmp_path / "systems/_shared/default.nix")
@@ -281,13 +455,6 @@ def test_a_system_name_nixfab_cannot_use_is_reported(tmp_path: Path) -> None:
     rows = host_listing(Inventory(), systems)
     assert [(row.name, row.destination) for row in rows] == [("_shared", "-"), ("my.host", "-")]
     assert all(any("cannot use this name" in problem for problem in row.problems) for row in rows)
-
-
-def test_a_syntax_error_in_meta_names_the_file_and_line(tmp_path: Path) -> None:
-    _write(tmp_path / "systems/one/default.nix")
-    meta = _write(tmp_path / "systems/one/meta.nix", '{\n  system = "x86_64-linux"\n  tags = [ ];\n}\n')
-    with pytest.raises(InventoryError, match=rf"\A{meta}:3:8: unexpected '='"):
-        discover_systems(tmp_path)
 
 
 # ---------------------------------------------------------------- `inv hosts` rows

@@ -283,7 +283,7 @@ def test_discovery_and_homes_wiring_of_a_made_up_flake(tmp_path: Path) -> None:
                                   "modules": ["homes/bob@alpha", "flake.nix#mkHome"]}
     assert homes["alice@epsilon"]["system"] is False  # tryEval: meta.nix has no `system` to build it for
 
-    # nixfab's own reading of systems/ (no Nix) agrees with the flake's.
+    # nixfab's own reading of systems/ (meta.nix evaluated by nix-instantiate, outside the flake) agrees with the flake's.
     discovered = discover_systems(flake)
     assert sorted(discovered) == sorted(systems)
     for name, info in discovered.items():

@@ -1,6 +1,5 @@
-# Read by flake.nix AND by nixfab without Nix (deploy/discovery.py): keep every
-# value a literal (strings, lists of strings, attribute sets), no functions,
-# `let`, `import` or `with`.
+# Imported by flake.nix and evaluated by nixfab (deploy/discovery.py): any Nix
+# that evaluates to this attribute set, in the flake's pure evaluation.
 {
   system = "x86_64-linux";
   # Users listed here get Home Manager: homes/<user>/ and homes/<user>@bigmachine/.

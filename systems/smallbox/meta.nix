@@ -1,4 +1,4 @@
-# Read by flake.nix AND by nixfab without Nix (deploy/discovery.py): literals only.
+# Imported by flake.nix and evaluated by nixfab (deploy/discovery.py): any Nix.
 {
   system = "aarch64-linux";
   users = [ "alice" ];
