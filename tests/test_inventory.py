@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import textwrap
 from pathlib import Path
 
@@ -613,3 +614,20 @@ def test_ssh_config_paths_resolve_against_the_inventory_directory(tmp_path: Path
     assert load_inventory(Path("hosts.yaml")).ssh_config == tmp_path / "etc" / "ssh_config"
     absolute = write_inventory(inventory_dir, "ssh_config: /dev/null\n")
     assert load_inventory(absolute).ssh_config == Path("/dev/null")
+
+
+# ---- InventoryError: every problem, on one line -------------------------------------------------------
+
+
+def test_inventory_error_with_one_problem_is_just_that_problem() -> None:
+    error = InventoryError("hosts.yaml:1:1: wrong")
+    assert (str(error), error.problems) == ("hosts.yaml:1:1: wrong", ["hosts.yaml:1:1: wrong"])
+    assert isinstance(error, UsageError) and error.exit_code == 2
+    with pytest.raises(TypeError):
+        InventoryError()
+
+
+def test_inventory_error_survives_pickling_with_every_problem() -> None:
+    error = InventoryError("a:1:1: one", "a:2:1: two")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.problems, str(copy)) == (["a:1:1: one", "a:2:1: two"], "a:1:1: one; a:2:1: two (2 problems)")
