@@ -910,7 +910,7 @@ def _read(path: Path, root: yaml.Node) -> Inventory:
     problems.extend(_cross_checks(document))
     if file is not None and not problems:
         return _inventory(path, file)
-    # In file order; an alias used twice would report its anchor's problem twice.
+    # In file order, each once: a problem under an anchor is found again through each alias of it.
     problems.sort(key=lambda problem: problem[0].start_mark.index)
     located = (f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: {text}" for node, text in problems)
     raise InventoryError(*dict.fromkeys(located))
