@@ -15,7 +15,22 @@ class UsageError(NixfabError):
 
 
 class InventoryError(UsageError):
-    pass
+    """hosts.yaml (or meta.nix) is wrong: `problems` holds every problem found, each a whole message.
+
+    str() is all of them on one line, since the CLI prints an error as one line: a single problem
+    as it is, several joined by '; ' and followed by their count, `first; second (2 problems)`.
+    """
+
+    def __init__(self, *problems: str) -> None:
+        if not problems:
+            raise TypeError("InventoryError needs at least one problem")
+        super().__init__(*problems)  # args are the problems, so a pickled error comes back whole
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return self.problems[0]
+        return f"{'; '.join(self.problems)} ({len(self.problems)} problems)"
 
 
 class BuildError(NixfabError):

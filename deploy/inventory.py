@@ -2,7 +2,10 @@
 
 The file is read with yaml.compose() rather than yaml.safe_load() so that every problem can be
 reported as `file:line:column: problem`, and so that duplicate keys are caught: safe_load keeps the
-last duplicate silently, which would quietly drop a host or a whole `hosts:` section.
+last duplicate silently, which would quietly drop a host or a whole `hosts:` section. The composed
+nodes become plain data and a position index (_Document); a pydantic schema (_File) validates the
+data, strictly and with unknown keys refused, and each of its errors is worded from the node its
+`loc` leads to. Every problem in the file is reported at once, in file order (InventoryError.problems).
 
 Every name that ends up on an ssh or nix command line is checked here against a strict pattern,
 so later code never has to wonder whether a host name could be read as an option or a shell word.
@@ -16,12 +19,25 @@ import os
 import re
 import stat
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Annotated
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError, PydanticKnownError
+from pydantic_core.core_schema import ErrorType
 
 from deploy.errors import InventoryError
 
@@ -42,12 +58,6 @@ ADDRESS_PATTERN: re.Pattern[str] = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,25
 
 BUILD_LOCALLY = "local"
 BUILD_ON_TARGET = "target"
-
-TOP_LEVEL_KEYS = ("builders", "defaults", "hosts", "ssh_config")
-DEFAULTS_KEYS = ("build_on", "health", "sudo", "tags")
-HOST_KEYS = ("attr", "build_on", "health", "ssh", "sudo", "tags")
-HEALTH_KEYS = ("command", "interval", "retries", "timeout", "url")
-BUILDER_KEYS = ("ssh",)
 
 _LETTERS_AND_DIGITS = frozenset(string.ascii_letters + string.digits)
 _NAME_CHARACTERS = _LETTERS_AND_DIGITS | frozenset("_-")
@@ -375,27 +385,6 @@ def _needs_sudo(user: str | None) -> bool:
     return user not in (None, "root")
 
 
-@dataclass
-class _Entry:
-    """A mapping entry with the nodes its errors point at."""
-
-    key: yaml.ScalarNode
-    value: yaml.Node
-
-
-@dataclass
-class _HostDraft:
-    name: str
-    key: yaml.ScalarNode
-    ssh: SshTarget
-    attr: str
-    build_on: str | None
-    build_on_node: yaml.Node | None
-    tags: tuple[str, ...] | None
-    sudo: bool | None
-    health: HealthCheck | None = None
-
-
 def _describe(node: yaml.Node) -> str:
     """What a node is, for "must be X, not Y" messages."""
     if isinstance(node, yaml.MappingNode):
@@ -416,272 +405,515 @@ def _describe(node: yaml.Node) -> str:
     return f"{_quote(value)} (tagged {_quote(node.tag)})"
 
 
-class _InventoryReader:
-    """Walks the composed node tree; every error carries the position of the node at fault."""
+# ---- hosts.yaml as plain data, and where each part of it is written --------------------------------
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+Loc = tuple[str | int, ...]  # keys and list indices from the top of the document, as in a pydantic error's `loc`
+_Problem = tuple[yaml.Node, str]  # the node a problem points at, and the problem
 
-    def error(self, node: yaml.Node, problem: str) -> InventoryError:
-        mark = node.start_mark
-        return InventoryError(f"{self.path}:{mark.line + 1}:{mark.column + 1}: {problem}")
 
-    # ---- typed accessors -------------------------------------------------------------------
+class _YamlInt(int):
+    """A YAML integer that keeps the text it was written as: `ssh: 4567` and `123:` are names, not numbers."""
 
-    def key_text(self, node: yaml.Node) -> str:
+    text: str
+
+    def __new__(cls, value: int, text: str) -> _YamlInt:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A value that no field takes (a date, !!binary, a custom tag): every type refuses it, and the message describes its node."""
+
+    node: yaml.Node
+
+
+@dataclass(frozen=True)
+class _Place:
+    key: yaml.Node | None  # the key it is written under; None for the document itself and for list items
+    value: yaml.Node
+
+
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def _scalar(node: yaml.ScalarNode) -> object:
+    text = str(node.value)
+    if node.tag == _STR_TAG:
+        return text
+    if node.tag == _NULL_TAG:
+        return None
+    if node.tag == _BOOL_TAG:
+        flag = yaml.constructor.SafeConstructor.bool_values.get(text.lower())
+        return _Unreadable(node) if flag is None else flag
+    try:
+        if node.tag == _INT_TAG:
+            return _YamlInt(_CONSTRUCTOR.construct_yaml_int(node), text)
+        if node.tag == _FLOAT_TAG:
+            return float(_CONSTRUCTOR.construct_yaml_float(node))
+    except ValueError:
+        pass  # `!!int abc`: tagged by hand, and not a number after all
+    return _Unreadable(node)
+
+
+class _Document:
+    """hosts.yaml as the plain data the schema validates, and the position index its messages need.
+
+    `place(loc)` turns a pydantic error's loc into the nodes of the key and of the value, for
+    line:column and for saying what is written there. Keys that cannot be names (a list, null, '<<')
+    and repeated keys are recorded as problems and left out of the data, so the schema never sees
+    them. A node reached again through an alias is converted once and shared; positions below the
+    alias are found under its anchor.
+    """
+
+    def __init__(self, root: yaml.Node) -> None:
+        self.places: dict[Loc, _Place] = {}
+        self.aliases: dict[Loc, Loc] = {}  # where an alias is used -> where its anchor was first converted
+        self.problems: list[_Problem] = []
+        self._converted: dict[int, tuple[object, Loc]] = {}  # id(node) -> (its data, its first loc)
+        self.data = self._plain(root, (), None)
+
+    def place(self, loc: Loc) -> _Place:
+        """Where `loc` is written; the nearest enclosing place when it is not written at all."""
+        while loc not in self.places:
+            alias = next((loc[:end] for end in range(len(loc), 0, -1) if loc[:end] in self.aliases), None)
+            loc = self.aliases[alias] + loc[len(alias) :] if alias is not None else loc[:-1]
+        return self.places[loc]
+
+    def key_node(self, loc: Loc) -> yaml.Node:
+        place = self.place(loc)
+        return place.key if place.key is not None else place.value
+
+    def _plain(self, node: yaml.Node, loc: Loc, key: yaml.Node | None) -> object:
+        self.places[loc] = _Place(key, node)
+        converted = self._converted.get(id(node))
+        if converted is not None:
+            data, anchor = converted
+            self.aliases[loc] = anchor
+            return data
+        if isinstance(node, yaml.MappingNode):
+            mapping: dict[str, object] = {}
+            self._converted[id(node)] = (mapping, loc)  # before the entries, so a recursive alias ends here
+            for key_node, value_node in node.value:
+                name = self._key(key_node)
+                if name is None:
+                    continue
+                if name in mapping:
+                    self.problems.append((key_node, _duplicate(loc, name, self.key_node((*loc, name)))))
+                    continue
+                mapping[name] = self._plain(value_node, (*loc, name), key_node)
+            return mapping
+        if isinstance(node, yaml.SequenceNode):
+            items: list[object] = []
+            self._converted[id(node)] = (items, loc)
+            items.extend(self._plain(item, (*loc, index), None) for index, item in enumerate(node.value))
+            return items
+        if isinstance(node, yaml.ScalarNode):
+            return _scalar(node)
+        return _Unreadable(node)
+
+    def _key(self, node: yaml.Node) -> str | None:
         if isinstance(node, yaml.ScalarNode):
             if node.tag == _MERGE_TAG:
-                raise self.error(node, "YAML merge keys ('<<') are not supported; put shared settings under 'defaults'")
+                self.problems.append((node, "YAML merge keys ('<<') are not supported; put shared settings under 'defaults'"))
+                return None
             if node.tag in _TEXT_TAGS:
                 return str(node.value)
-        raise self.error(node, f"keys must be names, not {_describe(node)}")
+        self.problems.append((node, f"keys must be names, not {_describe(node)}"))
+        return None
 
-    def mapping(
-        self,
-        node: yaml.Node,
-        subject: str,
-        where: str,
-        allowed: tuple[str, ...] | None,
-        entry_kind: str | None = None,
-    ) -> dict[str, _Entry]:
-        """Entries of a mapping node in file order, refusing duplicates and (if `allowed`) unknown keys."""
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, f"{subject} must be a mapping, not {_describe(node)}")
-        entries: dict[str, _Entry] = {}
-        for key_node, value_node in node.value:
-            key = self.key_text(key_node)
-            earlier = entries.get(key)
-            if earlier is not None:
-                first_line = earlier.key.start_mark.line + 1
-                if entry_kind:
-                    raise self.error(key_node, f"duplicate {entry_kind} {_quote(key)} (first defined on line {first_line})")
-                raise self.error(key_node, f"duplicate key {_quote(key)} {where} (first on line {first_line})")
-            if allowed is not None and key not in allowed:
-                message = f"unknown key {_quote(key)} {where} (expected one of: {', '.join(allowed)})"
-                suggestion = _did_you_mean(key, allowed)
-                if suggestion:
-                    message += f"; did you mean {_quote(suggestion)}?"
-                raise self.error(key_node, message)
-            entries[key] = _Entry(key_node, value_node)
-        return entries
 
-    def optional_mapping(self, node: yaml.Node, subject: str, where: str, allowed: tuple[str, ...] | None, entry_kind: str | None = None) -> dict[str, _Entry]:
-        """A mapping where an empty value (`hosts:` with nothing after it) means no entries."""
-        if isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG:
-            return {}
-        return self.mapping(node, subject, where, allowed, entry_kind)
+# ---- what each place is called in messages ------------------------------------------------------
 
-    def text(self, node: yaml.Node, subject: str) -> str:
-        if isinstance(node, yaml.ScalarNode) and node.tag in _TEXT_TAGS:
-            return str(node.value)
-        raise self.error(node, f"{subject} must be a string, not {_describe(node)}")
 
-    def boolean(self, node: yaml.Node, subject: str) -> bool:
-        if isinstance(node, yaml.ScalarNode) and node.tag == _BOOL_TAG:
-            return bool(yaml.constructor.SafeConstructor.bool_values[str(node.value).lower()])
-        message = f"{subject} must be true or false, not {_describe(node)}"
-        if isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG and str(node.value).lower() in ("true", "false"):
-            message += " (remove the quotes)"
-        raise self.error(node, message)
+def _subject(loc: Loc) -> str:
+    """What the value at `loc` is called: "the inventory", "host 'alpha'", "'sudo'", "'health.timeout'", "each tag"."""
+    match loc:
+        case ():
+            return "the inventory"
+        case ("hosts", str(name)):
+            return f"host {_quote(name)}"
+        case ("builders", str(name)):
+            return f"builder {_quote(name)}"
+        case ("defaults", "health", str(field)) | ("hosts", str(), "health", str(field)):
+            return f"'health.{field}'"
+        case (*_, int()):
+            return "each tag"  # tags are the only lists
+        case (*_, str(last)):
+            return _quote(last)
+    return _quote(str(loc[-1]))
 
-    def name(self, node: yaml.Node, name: str, kind: str) -> str:
-        problem = _name_problem(name)
-        if problem:
-            raise self.error(node, f"invalid {kind} {_quote(name)}: {problem}")
-        return name
 
-    def tags(self, node: yaml.Node) -> tuple[str, ...]:
-        if isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG:
-            return ()
-        if not isinstance(node, yaml.SequenceNode):
-            message = f"'tags' must be a list of names, not {_describe(node)}"
-            if isinstance(node, yaml.ScalarNode) and node.tag in _TEXT_TAGS and not _name_problem(str(node.value)):
-                message += f" (write [{node.value}])"
-            raise self.error(node, message)
-        tags: dict[str, None] = {}  # a dict keeps file order while dropping repeats
-        for item in node.value:
-            tag = self.name(item, self.text(item, "each tag"), "tag")
-            tags[tag] = None
-        return tuple(tags)
+def _where(loc: Loc) -> str:
+    """Where the keys of the mapping at `loc` are: "at the top level", "in host 'alpha'", "in 'health' in 'defaults'"."""
+    match loc:
+        case ():
+            return "at the top level"
+        case ("defaults", "health") | ("hosts", str(), "health"):
+            return f"in 'health' {_where(loc[:-1])}"
+    return f"in {_subject(loc)}"
 
-    def number(self, node: yaml.Node, subject: str, *, integer: bool = False) -> float:
-        allowed = (_INT_TAG,) if integer else (_INT_TAG, _FLOAT_TAG)
-        if not (isinstance(node, yaml.ScalarNode) and node.tag in allowed):
-            raise self.error(node, f"{subject} must be {'a whole number' if integer else 'a number'}, not {_describe(node)}")
-        value = float(yaml.safe_load(str(node.value)))
-        # Zero retries is a sensible choice; a zero timeout or interval is not.
-        if value < 0 or (value == 0 and not integer):
-            raise self.error(node, f"{subject} must be {'0 or more' if integer else 'more than 0'}, not {node.value}")
+
+def _keys_at(loc: Loc) -> tuple[str, ...]:
+    """The keys the mapping at `loc` may have."""
+    match loc:
+        case ():
+            return TOP_LEVEL_KEYS
+        case ("defaults",):
+            return DEFAULTS_KEYS
+        case ("hosts", str()):
+            return HOST_KEYS
+        case ("builders", str()):
+            return BUILDER_KEYS
+        case ("defaults", "health") | ("hosts", str(), "health"):
+            return HEALTH_KEYS
+    return ()
+
+
+def _duplicate(loc: Loc, key: str, first: yaml.Node) -> str:
+    first_line = first.start_mark.line + 1
+    if loc in (("hosts",), ("builders",)):
+        return f"duplicate {'host' if loc == ('hosts',) else 'builder'} {_quote(key)} (first defined on line {first_line})"
+    return f"duplicate key {_quote(key)} {_where(loc)} (first on line {first_line})"
+
+
+# ---- the schema -------------------------------------------------------------------------------------
+# pydantic checks the structure: which keys each mapping may have, mapping or list or scalar, strict
+# booleans and numbers and their bounds. The validators below check what only nixfab knows (names safe
+# on a command line, ssh targets, paths). Their messages are complete; the structural ones are worded
+# by _schema_problem() from the error's type and the node at its loc.
+
+
+def _problem(text: str) -> PydanticCustomError:
+    """A validator's error whose message is the whole problem (the position is added from the loc)."""
+    return PydanticCustomError("nixfab", "{problem}", {"problem": text})
+
+
+def _text(value: object) -> str:
+    """A string, or an integer read as the text it was written as; anything else (null too) is not a string."""
+    if isinstance(value, _YamlInt):
+        return value.text
+    if isinstance(value, str):
+        return value
+    raise PydanticKnownError("string_type")
+
+
+def _as_text(value: object) -> str | None:
+    try:
+        return _text(value)
+    except PydanticKnownError:
+        return None
+
+
+def _host_name(name: str) -> str:
+    problem = _name_problem(name)
+    if problem:
+        raise _problem(f"invalid host name {_quote(name)}: {problem}")
+    return name
+
+
+def _builder_name(name: str) -> str:
+    problem = _name_problem(name)
+    if problem:
+        raise _problem(f"invalid builder name {_quote(name)}: {problem}")
+    if name in (BUILD_LOCALLY, BUILD_ON_TARGET):
+        # `build_on: local` must keep meaning this machine.
+        raise _problem(f"builder name {_quote(name)} is reserved (build_on: {name} has its own meaning)")
+    return name
+
+
+def _tag(value: object) -> str:
+    tag = _text(value)
+    problem = _name_problem(tag)
+    if problem:
+        raise _problem(f"invalid tag {_quote(tag)}: {problem}")
+    return tag
+
+
+def _attr(value: object) -> str:
+    attr = _text(value)
+    problem = _attr_problem(attr)
+    if problem:
+        raise _problem(f"invalid attr {_quote(attr)}: {problem}")
+    return attr
+
+
+def _ssh_target(value: object) -> SshTarget:
+    text = _text(value)  # outside the try: pydantic's errors are ValueErrors too
+    try:
+        return parse_ssh_target(text)
+    except ValueError as error:
+        raise _problem(str(error)) from None
+
+
+def _command(value: object) -> str:
+    command = _text(value)
+    if not command.strip():
+        raise _problem("'health.command' is empty")
+    if "\0" in command:
+        raise _problem("'health.command' contains a NUL character")
+    return command
+
+
+def _url(value: object) -> str:
+    url = _text(value)
+    if not re.match(r"\Ahttps?://[^\s]+\Z", url):
+        raise _problem(f"'health.url' must be an http:// or https:// URL without spaces, not {_quote(url)}")
+    return url
+
+
+def _ssh_config(value: object, info: ValidationInfo) -> Path:
+    """The absolute path of `ssh_config`, resolved against the inventory's directory (the validation context)."""
+    written = _text(value)
+    if not written:
+        raise _problem("'ssh_config' is empty")
+    # Nix 2.8 splits NIX_SSHOPTS on whitespace, so `-F <path>` must be a single word.
+    if any(character.isspace() for character in written):
+        raise _problem(f"ssh_config {_quote(written)} contains whitespace, which NIX_SSHOPTS cannot carry (Nix splits it on whitespace)")
+    directory = info.context.get("directory") if isinstance(info.context, dict) else None
+    if not isinstance(directory, Path):
+        raise TypeError("_File is validated with context={'directory': <the inventory's directory>}")
+    resolved = Path(os.path.normpath(os.path.abspath(directory / os.path.expanduser(written))))
+    if any(character.isspace() for character in str(resolved)):
+        raise _problem(
+            f"ssh_config resolves to {str(resolved)!r}, which contains whitespace that NIX_SSHOPTS cannot carry "
+            "(Nix splits it on whitespace); move the file or give an absolute path without spaces"
+        )
+    # Paths are not truncated: a cut-off path would not tell the reader where we looked.
+    looked_for = f" (looked for {str(resolved)!r})" if str(resolved) != written else ""
+    try:
+        mode = os.stat(resolved).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise _problem(f"ssh_config {_quote(written)} does not exist{looked_for}") from None
+    except OSError as error:
+        raise _problem(f"ssh_config {_quote(written)} cannot be read: {error.strerror or error}") from None
+    # Not is_file(): `ssh_config: /dev/null` is the usual way to make ssh ignore ~/.ssh/config.
+    if stat.S_ISDIR(mode):
+        raise _problem(f"ssh_config {_quote(written)} is a directory{looked_for}")
+    return resolved
+
+
+def _not_null(error_type: ErrorType) -> BeforeValidator:
+    """For a key that may be left out but not left empty: `sudo:` with nothing after it is a mistake, not the default."""
+
+    def refuse(value: object) -> object:
+        if value is None:
+            raise PydanticKnownError(error_type)
         return value
 
-    def health(self, node: yaml.Node, where: str) -> HealthCheck:
-        fields = self.mapping(node, "'health'", f"in 'health' {where}", HEALTH_KEYS)
-        command = self.text(fields["command"].value, "'health.command'") if "command" in fields else None
-        url = self.text(fields["url"].value, "'health.url'") if "url" in fields else None
-        if command is not None and (not command.strip() or "\0" in command):
-            raise self.error(fields["command"].value, "'health.command' is empty")
-        if url is not None and not re.match(r"\Ahttps?://[^\s]+\Z", url):
-            raise self.error(fields["url"].value, f"'health.url' must be an http:// or https:// URL without spaces, not {_quote(url)}")
-        if command is None and url is None:
-            raise self.error(node, f"'health' {where} needs a 'command', a 'url', or both")
-        check = HealthCheck(command=command, url=url)
-        if "timeout" in fields:
-            check = dataclasses.replace(check, timeout=self.number(fields["timeout"].value, "'health.timeout'"))
-        if "interval" in fields:
-            check = dataclasses.replace(check, interval=self.number(fields["interval"].value, "'health.interval'"))
-        if "retries" in fields:
-            check = dataclasses.replace(check, retries=int(self.number(fields["retries"].value, "'health.retries'", integer=True)))
-        return check
+    return BeforeValidator(refuse)
 
-    def ssh_target(self, node: yaml.Node) -> SshTarget:
-        text = self.text(node, "'ssh'")
-        try:
-            return parse_ssh_target(text)
-        except ValueError as error:
-            raise self.error(node, str(error)) from None
 
-    # ---- sections ----------------------------------------------------------------------------
+def _null_is_no_tags(value: object) -> object:
+    return [] if value is None else value  # `tags:` with nothing after it: no tags, not the defaults'
 
-    def ssh_config(self, node: yaml.Node) -> Path:
-        written = self.text(node, "'ssh_config'")
-        if not written:
-            raise self.error(node, "'ssh_config' is empty")
-        # Nix 2.8 splits NIX_SSHOPTS on whitespace, so `-F <path>` must be a single word.
-        if any(character.isspace() for character in written):
-            raise self.error(node, f"ssh_config {_quote(written)} contains whitespace, which NIX_SSHOPTS cannot carry (Nix splits it on whitespace)")
-        base = self.path.parent
-        resolved = Path(os.path.normpath(os.path.abspath(base / os.path.expanduser(written))))
-        if any(character.isspace() for character in str(resolved)):
-            raise self.error(
-                node,
-                f"ssh_config resolves to {str(resolved)!r}, which contains whitespace that NIX_SSHOPTS cannot carry "
-                "(Nix splits it on whitespace); move the file or give an absolute path without spaces",
-            )
-        # Paths are not truncated: a cut-off path would not tell the reader where we looked.
-        looked_for = f" (looked for {str(resolved)!r})" if str(resolved) != written else ""
-        try:
-            mode = os.stat(resolved).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            raise self.error(node, f"ssh_config {_quote(written)} does not exist{looked_for}") from None
-        except OSError as error:
-            raise self.error(node, f"ssh_config {_quote(written)} cannot be read: {error.strerror or error}") from None
-        # Not is_file(): `ssh_config: /dev/null` is the usual way to make ssh ignore ~/.ssh/config.
-        if stat.S_ISDIR(mode):
-            raise self.error(node, f"ssh_config {_quote(written)} is a directory{looked_for}")
-        return resolved
 
-    def builder(self, name: str, entry: _Entry) -> BuilderSpec:
-        self.name(entry.key, name, "builder name")
-        if name in (BUILD_LOCALLY, BUILD_ON_TARGET):
-            # `build_on: local` must keep meaning this machine.
-            raise self.error(entry.key, f"builder name {_quote(name)} is reserved (build_on: {name} has its own meaning)")
-        fields = self.optional_mapping(entry.value, f"builder {_quote(name)}", f"in builder {_quote(name)}", BUILDER_KEYS)
-        ssh = self.ssh_target(fields["ssh"].value) if "ssh" in fields else SshTarget(name)
-        return BuilderSpec(name, ssh)
+_Text = Annotated[str | None, PlainValidator(_text)]  # None only when the key is left out
+_Tags = Annotated[list[Annotated[str, PlainValidator(_tag)]] | None, BeforeValidator(_null_is_no_tags)]
 
-    def host(self, name: str, entry: _Entry) -> _HostDraft:
-        self.name(entry.key, name, "host name")
-        where = f"in host {_quote(name)}"
-        fields = self.optional_mapping(entry.value, f"host {_quote(name)}", where, HOST_KEYS)
-        ssh = self.ssh_target(fields["ssh"].value) if "ssh" in fields else SshTarget(name)
-        attr = name
-        if "attr" in fields:
-            attr = self.text(fields["attr"].value, "'attr'")
-            problem = _attr_problem(attr)
-            if problem:
-                raise self.error(fields["attr"].value, f"invalid attr {_quote(attr)}: {problem}")
-        build_on_node = fields["build_on"].value if "build_on" in fields else None
-        build_on = self.text(build_on_node, "'build_on'") if build_on_node is not None else None
-        tags = self.tags(fields["tags"].value) if "tags" in fields else None
-        sudo = self.boolean(fields["sudo"].value, "'sudo'") if "sudo" in fields else None
-        health = self.health(fields["health"].value, where) if "health" in fields else None
-        return _HostDraft(name, entry.key, ssh, attr, build_on, build_on_node, tags, sudo, health)
 
-    def check_build_on(self, node: yaml.Node, build_on: str, hosts: Mapping[str, object], builders: Mapping[str, object]) -> None:
-        if build_on in (BUILD_LOCALLY, BUILD_ON_TARGET) or build_on in builders or build_on in hosts:
-            return
-        suggestion = _did_you_mean(build_on, [BUILD_LOCALLY, BUILD_ON_TARGET, *builders, *hosts])
-        hint = f"did you mean {_quote(suggestion)}?" if suggestion else "expected local, target, or the name of a builder or host"
-        raise self.error(node, f"build_on: {_quote(build_on)} is not a builder or host ({hint})")
+class _Schema(BaseModel):
+    """Strict (no "1" for 1, no 1 for true) and closed (a key the model does not name is an error)."""
 
-    def inventory(self, root: yaml.Node) -> Inventory:
-        if not isinstance(root, yaml.MappingNode):
-            raise self.error(root, f"the inventory must be a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, not {_describe(root)}")
-        sections = self.mapping(root, "the inventory", "at the top level", TOP_LEVEL_KEYS)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-        ssh_config = self.ssh_config(sections["ssh_config"].value) if "ssh_config" in sections else None
 
-        default_build_on, default_build_on_node = BUILD_LOCALLY, None
-        default_sudo = False
-        default_tags: tuple[str, ...] = ()
-        default_health: HealthCheck | None = None
-        if "defaults" in sections:
-            defaults_node = sections["defaults"].value
-            if isinstance(defaults_node, yaml.MappingNode):
-                # Say why per-host keys are refused here, not just that they are.
-                for key_node, _ in defaults_node.value:
-                    if isinstance(key_node, yaml.ScalarNode) and key_node.value in ("ssh", "attr"):
-                        raise self.error(key_node, f"{_quote(key_node.value)} is not allowed in 'defaults': it is per host and defaults to the host's name")
-            defaults = self.optional_mapping(defaults_node, "'defaults'", "in 'defaults'", DEFAULTS_KEYS)
-            if "build_on" in defaults:
-                default_build_on_node = defaults["build_on"].value
-                default_build_on = self.text(default_build_on_node, "'build_on'")
-            if "sudo" in defaults:
-                default_sudo = self.boolean(defaults["sudo"].value, "'sudo'")
-            if "tags" in defaults:
-                default_tags = self.tags(defaults["tags"].value)
-            if "health" in defaults:
-                default_health = self.health(defaults["health"].value, "in 'defaults'")
+class _Health(_Schema):
+    command: Annotated[str | None, PlainValidator(_command)] = None
+    url: Annotated[str | None, PlainValidator(_url)] = None
+    # Zero retries is a sensible choice; a zero timeout or interval is not.
+    timeout: Annotated[float, Field(gt=0)] = HealthCheck.timeout
+    retries: Annotated[int, Field(ge=0)] = HealthCheck.retries
+    interval: Annotated[float, Field(gt=0)] = HealthCheck.interval
+    # "A command, a url, or both" is checked in _cross_checks(): a model validator would run only
+    # once every field of it is valid, and so hide this problem behind any other in the same mapping.
 
-        builders: dict[str, BuilderSpec] = {}
-        builder_keys: dict[str, yaml.ScalarNode] = {}
-        if "builders" in sections:
-            for name, entry in self.optional_mapping(sections["builders"].value, "'builders'", "in 'builders'", None, "builder").items():
-                builders[name] = self.builder(name, entry)
-                builder_keys[name] = entry.key
 
-        drafts: dict[str, _HostDraft] = {}
-        if "hosts" in sections:
-            for name, entry in self.optional_mapping(sections["hosts"].value, "'hosts'", "in 'hosts'", None, "host").items():
-                drafts[name] = self.host(name, entry)
+class _Defaults(_Schema):
+    build_on: _Text = None
+    sudo: Annotated[bool | None, _not_null("bool_type")] = None
+    tags: _Tags = None
+    health: Annotated[_Health | None, _not_null("dict_type")] = None
 
-        for name, builder_key in builder_keys.items():
-            if name in drafts:
-                host_key = drafts[name].key
-                later, earlier, earlier_kind = (
-                    (builder_key, host_key, "host") if builder_key.start_mark.index > host_key.start_mark.index else (host_key, builder_key, "builder")
-                )
-                raise self.error(later, f"{_quote(name)} is both a host and a builder (the {earlier_kind} is on line {earlier.start_mark.line + 1})")
 
-        if default_build_on_node is not None:
-            self.check_build_on(default_build_on_node, default_build_on, drafts, builders)
-        hosts: dict[str, HostSpec] = {}
-        for name, draft in drafts.items():
-            if draft.build_on is not None and draft.build_on_node is not None:
-                self.check_build_on(draft.build_on_node, draft.build_on, drafts, builders)
-            build_on = draft.build_on if draft.build_on is not None else default_build_on
-            hosts[name] = HostSpec(
-                name=name,
-                ssh=draft.ssh,
-                attr=draft.attr,
-                # Building "on itself by name" is building on the target.
-                build_on=BUILD_ON_TARGET if build_on == name else build_on,
-                tags=draft.tags if draft.tags is not None else default_tags,
-                sudo=draft.sudo if draft.sudo is not None else default_sudo,
-                declared=True,
-                health=draft.health if draft.health is not None else default_health,
-            )
+class _Host(_Defaults):
+    ssh: Annotated[SshTarget | None, PlainValidator(_ssh_target)] = None
+    attr: Annotated[str | None, PlainValidator(_attr)] = None
 
-        return Inventory(
-            path=self.path,
-            ssh_config=ssh_config,
-            hosts=MappingProxyType(hosts),
-            builders=MappingProxyType(builders),
-            default_build_on=default_build_on,
-            default_sudo=default_sudo,
-            default_tags=default_tags,
-            default_health=default_health,
+
+class _Builder(_Schema):
+    ssh: Annotated[SshTarget | None, PlainValidator(_ssh_target)] = None
+
+
+class _File(_Schema):
+    ssh_config: Annotated[Path | None, PlainValidator(_ssh_config)] = None
+    defaults: _Defaults | None = None
+    hosts: dict[Annotated[str, AfterValidator(_host_name)], _Host | None] | None = None
+    builders: dict[Annotated[str, AfterValidator(_builder_name)], _Builder | None] | None = None
+
+
+TOP_LEVEL_KEYS = tuple(sorted(_File.model_fields))
+DEFAULTS_KEYS = tuple(sorted(_Defaults.model_fields))
+HOST_KEYS = tuple(sorted(_Host.model_fields))
+HEALTH_KEYS = tuple(sorted(_Health.model_fields))
+BUILDER_KEYS = tuple(sorted(_Builder.model_fields))
+
+# A pydantic error type that says the value is of the wrong kind -> what the key wants instead.
+_EXPECTED = {
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "list_type": "a list of names",
+}
+
+
+def _schema_problem(error: ErrorDetails, document: _Document) -> _Problem:
+    """One pydantic error as today's message, at the node its loc leads to."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    if loc and loc[-1] == "[key]":  # a mapping key refused by its validator (a host or builder name)
+        return document.key_node(loc[:-1]), error["msg"]
+    if kind == "extra_forbidden":
+        return document.key_node(loc), _unknown_key(loc[:-1], str(loc[-1]))
+    node = document.place(loc).value
+    if kind in _EXPECTED:
+        return node, _wrong_type(loc, _EXPECTED[kind], node)
+    context = error.get("ctx", {})
+    if kind == "greater_than":
+        return node, f"{_subject(loc)} must be more than {context['gt']:g}, not {node.value}"
+    if kind == "greater_than_equal":
+        return node, f"{_subject(loc)} must be {context['ge']:g} or more, not {node.value}"
+    if kind == "nixfab":
+        return node, error["msg"]
+    return node, f"{_subject(loc)}: {error['msg']}"  # pydantic's own words, for an error this table does not know
+
+
+def _unknown_key(loc: Loc, key: str) -> str:
+    if loc == ("defaults",) and key in ("ssh", "attr"):
+        # Say why per-host keys are refused here, not just that they are.
+        return f"{_quote(key)} is not allowed in 'defaults': it is per host and defaults to the host's name"
+    allowed = _keys_at(loc)
+    message = f"unknown key {_quote(key)} {_where(loc)} (expected one of: {', '.join(allowed)})"
+    suggestion = _did_you_mean(key, allowed)
+    return f"{message}; did you mean {_quote(suggestion)}?" if suggestion else message
+
+
+def _wrong_type(loc: Loc, expected: str, node: yaml.Node) -> str:
+    if not loc:
+        return f"the inventory must be a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, not {_describe(node)}"
+    message = f"{_subject(loc)} must be {expected}, not {_describe(node)}"
+    if isinstance(node, yaml.ScalarNode):
+        text = str(node.value)
+        if expected == _EXPECTED["bool_type"] and node.tag == _STR_TAG and text.lower() in ("true", "false"):
+            message += " (remove the quotes)"
+        if expected == _EXPECTED["list_type"] and node.tag in _TEXT_TAGS and not _name_problem(text):
+            message += f" (write [{text}])"
+    return message
+
+
+# ---- rules between keys ------------------------------------------------------------------------------
+
+
+def _cross_checks(document: _Document) -> Iterator[_Problem]:
+    """A name that is both a host and a builder, a build_on that names neither, a health check that checks nothing.
+
+    Read from the plain data rather than from a validated model, so that they are found together with
+    whatever else the schema refuses in the file.
+    """
+    data = document.data
+    if not isinstance(data, dict):
+        return
+    hosts, builders = ({} if not isinstance(section, dict) else section for section in (data.get("hosts"), data.get("builders")))
+
+    for name in (name for name in builders if name in hosts):
+        builder_key, host_key = document.key_node(("builders", name)), document.key_node(("hosts", name))
+        later, earlier, earlier_kind = (
+            (builder_key, host_key, "host") if builder_key.start_mark.index > host_key.start_mark.index else (host_key, builder_key, "builder")
         )
+        yield later, f"{_quote(name)} is both a host and a builder (the {earlier_kind} is on line {earlier.start_mark.line + 1})"
+
+    known = [BUILD_LOCALLY, BUILD_ON_TARGET, *builders, *hosts]
+    for loc, settings in [(("defaults",), data.get("defaults")), *((("hosts", name), host) for name, host in hosts.items())]:
+        if not isinstance(settings, dict):
+            continue
+        build_on = _as_text(settings.get("build_on"))
+        if build_on is not None and build_on not in known:  # not text at all: the schema says so
+            suggestion = _did_you_mean(build_on, known)
+            hint = f"did you mean {_quote(suggestion)}?" if suggestion else "expected local, target, or the name of a builder or host"
+            yield document.place((*loc, "build_on")).value, f"build_on: {_quote(build_on)} is not a builder or host ({hint})"
+        health = settings.get("health")
+        if isinstance(health, dict) and "command" not in health and "url" not in health:
+            yield document.place((*loc, "health")).value, f"'health' {_where(loc)} needs a 'command', a 'url', or both"
+
+
+# ---- from the validated schema to the Inventory ------------------------------------------------------
+
+
+def _health_check(health: _Health | None) -> HealthCheck | None:
+    if health is None:
+        return None
+    return HealthCheck(command=health.command, url=health.url, timeout=health.timeout, retries=health.retries, interval=health.interval)
+
+
+def _inventory(path: Path, file: _File) -> Inventory:
+    defaults = file.defaults or _Defaults()
+    default_build_on = defaults.build_on if defaults.build_on is not None else BUILD_LOCALLY
+    default_sudo = defaults.sudo if defaults.sudo is not None else False
+    default_tags = tuple(dict.fromkeys(defaults.tags or ()))
+    default_health = _health_check(defaults.health)
+
+    builders = {}
+    for name, builder in (file.builders or {}).items():
+        ssh = builder.ssh if builder is not None else None
+        builders[name] = BuilderSpec(name, ssh if ssh is not None else SshTarget(name))
+
+    hosts = {}
+    for name, declared in (file.hosts or {}).items():
+        host = declared if declared is not None else _Host()
+        build_on = host.build_on if host.build_on is not None else default_build_on
+        hosts[name] = HostSpec(
+            name=name,
+            ssh=host.ssh if host.ssh is not None else SshTarget(name),
+            attr=host.attr if host.attr is not None else name,
+            # Building "on itself by name" is building on the target.
+            build_on=BUILD_ON_TARGET if build_on == name else build_on,
+            tags=tuple(dict.fromkeys(host.tags)) if host.tags is not None else default_tags,  # repeats dropped, order kept
+            sudo=host.sudo if host.sudo is not None else default_sudo,
+            declared=True,
+            health=_health_check(host.health) if host.health is not None else default_health,
+        )
+
+    return Inventory(
+        path=path,
+        ssh_config=file.ssh_config,
+        hosts=MappingProxyType(hosts),
+        builders=MappingProxyType(builders),
+        default_build_on=default_build_on,
+        default_sudo=default_sudo,
+        default_tags=default_tags,
+        default_health=default_health,
+    )
+
+
+def _read(path: Path, root: yaml.Node) -> Inventory:
+    """Validate the composed document; every problem in it, or the Inventory."""
+    document = _Document(root)
+    problems = list(document.problems)
+    file: _File | None = None
+    try:
+        file = _File.model_validate(document.data, context={"directory": path.parent})
+    except ValidationError as error:
+        problems.extend(_schema_problem(detail, document) for detail in error.errors(include_url=False))
+    problems.extend(_cross_checks(document))
+    if file is not None and not problems:
+        return _inventory(path, file)
+    # In file order, each once: a problem under an anchor is found again through each alias of it.
+    problems.sort(key=lambda problem: problem[0].start_mark.index)
+    located = (f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: {text}" for node, text in problems)
+    raise InventoryError(*dict.fromkeys(located))
 
 
 def _line_and_column(text: str, index: int) -> tuple[int, int]:
@@ -736,6 +968,6 @@ def load_inventory(path: Path | str, *, required: bool = False) -> Inventory:
     if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _NULL_TAG):
         return Inventory(path=path)
     try:
-        return _InventoryReader(path).inventory(root)
+        return _read(path, root)
     except RecursionError:
         raise InventoryError(f"{path}: inventory is nested too deeply") from None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from deploy.inventory import (
     ATTR_PATTERN,
     NAME_PATTERN,
     BuilderSpec,
+    HealthCheck,
     HostSpec,
     Inventory,
     SshTarget,
@@ -613,3 +615,179 @@ def test_ssh_config_paths_resolve_against_the_inventory_directory(tmp_path: Path
     assert load_inventory(Path("hosts.yaml")).ssh_config == tmp_path / "etc" / "ssh_config"
     absolute = write_inventory(inventory_dir, "ssh_config: /dev/null\n")
     assert load_inventory(absolute).ssh_config == Path("/dev/null")
+
+
+# ---- InventoryError: every problem, on one line -------------------------------------------------------
+
+
+def test_inventory_error_with_one_problem_is_just_that_problem() -> None:
+    error = InventoryError("hosts.yaml:1:1: wrong")
+    assert (str(error), error.problems) == ("hosts.yaml:1:1: wrong", ["hosts.yaml:1:1: wrong"])
+    assert isinstance(error, UsageError) and error.exit_code == 2
+    with pytest.raises(TypeError):
+        InventoryError()
+
+
+def test_inventory_error_survives_pickling_with_every_problem() -> None:
+    error = InventoryError("a:1:1: one", "a:2:1: two")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.problems, str(copy)) == (["a:1:1: one", "a:2:1: two"], "a:1:1: one; a:2:1: two (2 problems)")
+
+
+# ---- every problem at once ----------------------------------------------------------------------------
+
+MANY_MISTAKES = """
+    defaults:
+      sudo: 'true'
+    hosts:
+      alpha:
+        sshh: root@alpha
+        build_on: buildbx
+      'a;b': { ssh: 'root@-x' }
+      beta: { tags: lab }
+      beta: {}
+    builders:
+      buildbox:
+    colour: red
+"""
+
+
+def test_every_problem_in_the_file_is_reported_at_once_in_file_order(tmp_path: Path) -> None:
+    path = write_inventory(tmp_path, MANY_MISTAKES)
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    assert caught.value.problems == [
+        f"{path}:2:9: 'sudo' must be true or false, not 'true' (remove the quotes)",
+        f"{path}:5:5: unknown key 'sshh' in host 'alpha' (expected one of: attr, build_on, health, ssh, sudo, tags); did you mean 'ssh'?",
+        f"{path}:6:15: build_on: 'buildbx' is not a builder or host (did you mean 'buildbox'?)",
+        f"{path}:7:3: invalid host name 'a;b': contains ';' (use letters, digits, '_' and '-', starting with a letter or digit)",
+        f"{path}:7:17: invalid ssh target 'root@-x': address starts with '-', which ssh would read as an option",
+        f"{path}:8:17: 'tags' must be a list of names, not 'lab' (write [lab])",
+        f"{path}:9:3: duplicate host 'beta' (first defined on line 8)",
+        f"{path}:12:1: unknown key 'colour' at the top level (expected one of: builders, defaults, hosts, ssh_config)",
+    ]
+
+
+def test_several_problems_make_one_line_joined_by_semicolons_with_their_count(tmp_path: Path) -> None:
+    path = write_inventory(tmp_path, "hosts:\n  alpha: { sudo: 1, sshh: x }\nhost: {}\n")
+    message = inventory_error(path)
+    assert message == (
+        f"{path}:2:18: 'sudo' must be true or false, not the number '1'; "
+        f"{path}:2:21: unknown key 'sshh' in host 'alpha' (expected one of: attr, build_on, health, ssh, sudo, tags); did you mean 'ssh'?; "
+        f"{path}:3:1: unknown key 'host' at the top level (expected one of: builders, defaults, hosts, ssh_config); did you mean 'hosts'? "
+        "(3 problems)"
+    )
+
+
+def test_schema_problems_and_cross_references_are_reported_together(tmp_path: Path) -> None:
+    # build_on is checked against the names in the file even when the file has other mistakes.
+    path = write_inventory(tmp_path, "hosts:\n  box: { build_on: nowhere, sudo: maybe }\nbuilders:\n  box:\n")
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    assert [problem.removeprefix(f"{path}:") for problem in caught.value.problems] == [
+        "2:20: build_on: 'nowhere' is not a builder or host (expected local, target, or the name of a builder or host)",
+        "2:35: 'sudo' must be true or false, not 'maybe'",
+        "4:3: 'box' is both a host and a builder (the host is on line 2)",
+    ]
+
+
+def test_a_problem_inside_an_alias_points_at_the_anchor_once(tmp_path: Path) -> None:
+    path = write_inventory(tmp_path, "defaults: &d { sudo: 2 }\nhosts:\n  a: *d\n  b: *d\n")
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    assert caught.value.problems == [f"{path}:1:22: 'sudo' must be true or false, not the number '2'"]
+
+
+def test_aliases_still_work(tmp_path: Path) -> None:
+    path = write_inventory(tmp_path, "defaults: &d { sudo: true, tags: [x] }\nhosts:\n  a: *d\n  b: { tags: &t [y, z] }\n  c: { tags: *t }\n")
+    inventory = load_inventory(path)
+    assert (inventory.hosts["a"].sudo, inventory.hosts["a"].tags, inventory.hosts["c"].tags) == (True, ("x",), ("y", "z"))
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("hosts: &h\n  a: *h\n", "2:3: unknown key 'a' in host 'a'"),
+        ("defaults: { tags: &t [*t] }\n", "1:19: each tag must be a string, not a list"),
+    ],
+)
+def test_recursive_aliases_are_refused_not_followed_forever(tmp_path: Path, text: str, problem: str) -> None:
+    path, message = error_for(tmp_path, text)
+    assert message.startswith(f"{path}:{problem}")
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "problem"),
+    [
+        ("hosts:\n  a: { sudo: !!bool maybe }\n", "2:14", "'sudo' must be true or false, not the boolean 'maybe'"),
+        ("hosts:\n  a: { ssh: !host x }\n", "2:13", "'ssh' must be a string, not 'x' (tagged '!host')"),
+        ("hosts:\n  a: { tags: [1.5] }\n", "2:15", "each tag must be a string, not the number '1.5'"),
+        ("42\n", "1:1", "the inventory must be a mapping with keys builders, defaults, hosts, ssh_config, not the number '42'"),
+    ],
+)
+def test_values_no_field_takes(tmp_path: Path, text: str, position: str, problem: str) -> None:
+    path, message = error_for(tmp_path, text)
+    assert message == f"{path}:{position}: {problem}"
+
+
+def test_integers_are_names_where_names_are_wanted(tmp_path: Path) -> None:
+    # YAML reads 0x1F and 10:22 as integers; nixfab reads them as written.
+    path = write_inventory(tmp_path, "hosts:\n  0x1F: { ssh: 10:22, build_on: 123, tags: [7] }\n  123:\n")
+    host = load_inventory(path).hosts["0x1F"]
+    assert (host.ssh, host.build_on, host.tags) == (SshTarget("10", None, 22), "123", ("7",))
+    path, message = error_for(tmp_path, "hosts:\n  a: { build_on: 124 }\n  123:\n")
+    assert message == f"{path}:2:18: build_on: '124' is not a builder or host (did you mean '123'?)"
+
+
+# ---- health checks -----------------------------------------------------------------------------------
+
+
+def test_health_checks_parse_with_defaults_and_overrides(tmp_path: Path) -> None:
+    path = write_inventory(
+        tmp_path,
+        """
+        defaults:
+          health: { command: systemctl is-system-running --wait }
+        hosts:
+          alpha:
+          beta:
+            health: { url: 'http://beta:3000/health', timeout: 5, retries: 0, interval: 0.5 }
+        """,
+    )
+    inventory = load_inventory(path)
+    assert inventory.default_health == HealthCheck(command="systemctl is-system-running --wait")
+    assert inventory.hosts["alpha"].health == inventory.default_health
+    assert inventory.hosts["beta"].health == HealthCheck(url="http://beta:3000/health", timeout=5.0, retries=0, interval=0.5)
+    assert inventory.host("gamma").health == inventory.default_health
+
+
+@pytest.mark.parametrize(
+    ("health", "column", "problem"),
+    [
+        ("{}", 16, "'health' in host 'a' needs a 'command', a 'url', or both"),
+        ("~", 16, "'health' must be a mapping, not empty (null)"),
+        ("{ command: '  ' }", 27, "'health.command' is empty"),
+        ("{ url: ftp://x }", 23, "'health.url' must be an http:// or https:// URL without spaces, not 'ftp://x'"),
+        ("{ url: 'http://a b' }", 23, "'health.url' must be an http:// or https:// URL without spaces, not 'http://a b'"),
+        ("{ command: x, timeout: 0 }", 39, "'health.timeout' must be more than 0, not 0"),
+        ("{ command: x, interval: -1.5 }", 40, "'health.interval' must be more than 0, not -1.5"),
+        ("{ command: x, retries: -1 }", 39, "'health.retries' must be 0 or more, not -1"),
+        ("{ command: x, retries: 3.0 }", 39, "'health.retries' must be a whole number, not the number '3.0'"),
+        ("{ command: x, timeout: '5' }", 39, "'health.timeout' must be a number, not '5'"),
+        ("{ command: x, interval: true }", 40, "'health.interval' must be a number, not the boolean 'true'"),
+        ("{ command: x, retry: 1 }", 30, "unknown key 'retry' in 'health' in host 'a' (expected one of: command, interval, retries, timeout, url)"),
+    ],
+)
+def test_health_check_problems(tmp_path: Path, health: str, column: int, problem: str) -> None:
+    path, message = error_for(tmp_path, f"hosts:\n  a: {{ health: {health} }}\n")
+    assert message.startswith(f"{path}:2:{column}: {problem}"), message
+
+
+def test_health_problems_in_defaults_say_so(tmp_path: Path) -> None:
+    path, message = error_for(tmp_path, "defaults:\n  health: { timeot: 3 }\n")
+    # Both: a misspelt key does not hide that the check is empty.
+    assert message == (
+        f"{path}:2:11: 'health' in 'defaults' needs a 'command', a 'url', or both; "
+        f"{path}:2:13: unknown key 'timeot' in 'health' in 'defaults' (expected one of: command, interval, retries, timeout, url); did you mean 'timeout'? "
+        "(2 problems)"
+    )
