@@ -6,8 +6,9 @@ table the test writes. Tests then assert the exact command sequence of a step.
 
 Rules match a command either by the name of a remote script (the scripts go
 as `sh -c <text of deploy/scripts/NAME.sh> sh ARGS...`, and only the exact
-text counts) or by an argv prefix. A rule's replies are used in turn and the
-last one repeats. A reply is a Reply, a str (stdout, exit 0), an int (exit
+text counts), by an argv prefix, or by a predicate on the argv. The rule added
+last that matches answers, so a test can override a fixture's defaults. A
+rule's replies are used in turn and the last one repeats. A reply is a Reply, a str (stdout, exit 0), an int (exit
 code), or an exception instance (raised, as RemoteHost raises HostUnreachable).
 LOST is a channel that closed without an exit status: paramiko reports -1,
 and RemoteHost passes it on as the returncode.
@@ -135,7 +136,7 @@ class Table:
     def answer(self, call: Call) -> Result:
         with self.lock:
             self.calls.append(call)
-            rule = next((rule for rule in self.rules if rule.matches(call.argv)), None)
+            rule = next((rule for rule in reversed(self.rules) if rule.matches(call.argv)), None)
             reply = rule.next_reply() if rule is not None else Reply()
         if reply.raises is not None:
             raise reply.raises
