@@ -239,7 +239,9 @@ def test_dry_run_takes_the_lock_without_a_heartbeat(deployer: None) -> None:
 def test_the_heartbeat_touches_the_lock_until_release(deployer: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.005)
     host = RecordingHost().on("lock_acquire", "acquired\n")
+    before = set(threading.enumerate())
     taken = acquire(host, "switch")
+    (beat,) = [thread for thread in set(threading.enumerate()) - before if thread.name == "lock-heartbeat-web1"]
     deadline = time.monotonic() + 5
     while sum(call.argv == ("touch", "--", LOCK_DIR) for call in host.calls) < 2 and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -247,9 +249,8 @@ def test_the_heartbeat_touches_the_lock_until_release(deployer: None, monkeypatc
     beats = [call for call in host.calls if call.argv[0] == "touch"]
     assert len(beats) >= 2 and all(call.argv == ("touch", "--", LOCK_DIR) and call.sudo for call in beats)
     assert taken._stop is not None and taken._stop.is_set()
-    for thread in threading.enumerate():
-        if thread.name == "lock-heartbeat-web1":
-            thread.join(timeout=5)
+    beat.join(timeout=5)
+    assert not beat.is_alive()
     after = len(host.calls)
     time.sleep(0.03)
     assert len(host.calls) == after  # stopped
@@ -258,11 +259,11 @@ def test_the_heartbeat_touches_the_lock_until_release(deployer: None, monkeypatc
 def test_the_heartbeat_stops_when_the_host_goes_away(deployer: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.005)
     host = RecordingHost().on("lock_acquire", "acquired\n").on(["touch"], HostUnreachable("web1: gone"))
+    before = set(threading.enumerate())
     taken = acquire(host, "switch")
-    deadline = time.monotonic() + 5
-    while any(thread.name == "lock-heartbeat-web1" for thread in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert not any(thread.name == "lock-heartbeat-web1" for thread in threading.enumerate())
+    (beat,) = [thread for thread in set(threading.enumerate()) - before if thread.name == "lock-heartbeat-web1"]
+    beat.join(timeout=5)
+    assert not beat.is_alive()
     assert [call.argv[0] for call in host.calls] == ["sh", "touch"]
     taken.release()
 
