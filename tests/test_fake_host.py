@@ -76,3 +76,9 @@ def test_shown_names_scripts_even_nested_in_another_argv() -> None:
     argv = ["systemd-run", "--wait", *sh("mark_activated", "/m", "/nix/store/s/bin/switch-to-configuration", "switch")]
     assert shown(argv) == ("systemd-run", "--wait", "sh", "-c", "<mark_activated.sh>", "sh", "/m", "/nix/store/s/bin/switch-to-configuration", "switch")
     assert script_name(argv) is None and script_name(argv[2:]) == "mark_activated"
+
+
+def test_the_rule_added_last_wins_so_a_test_can_override_a_default() -> None:
+    host = RecordingHost().on(["readlink"], "default\n").on(["readlink", "/run/current-system"], "override\n")
+    assert host.run(["readlink", "/run/current-system"]).stdout == "override\n"
+    assert host.run(["readlink", "/nix/var/nix/profiles/system"]).stdout == "default\n"
