@@ -1,0 +1,467 @@
+"""deploy.pipeline against RecordingHost: one host's deploy, step by step, with the exact commands it sends.
+
+RecordingHost is not a RemoteHost, so activate_with_rollback() guards it with
+the magic-rollback watchdog only where a test makes pipeline.RemoteHost the
+fake's class (the `guarded` fixture); fresh connections are then
+RecordingHost.reconnect(), which shares the transcript, and each Call says
+which connection sent it.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from deploy import history, lock, magic_rollback, pipeline
+from deploy.activation import Activation, SystemState
+from deploy.errors import ActivationFailed, HealthCheckFailed, HostBusy, HostUnreachable, NotConfirmed
+from deploy.inventory import HealthCheck, HostSpec, Inventory, SshTarget
+from deploy.pipeline import (
+    Built,
+    DeployOutcome,
+    DeployRequest,
+    HostRun,
+    Session,
+    activate_with_rollback,
+    deploy_host,
+    finish,
+    up_to_date,
+)
+from deploy.process import Echo
+from fake_host import LOST, Call, RecordingHost, RecordingRunner, Reply, sh, shown
+
+PROFILE = "/nix/var/nix/profiles/system"
+OLD_GEN = "/nix/store/0000000000000000000000000000000a-nixos-system-web1-41"
+OLD_RUNNING = "/nix/store/0000000000000000000000000000000b-nixos-system-web1-running"
+NEW = "/nix/store/0000000000000000000000000000000c-nixos-system-web1-42"
+TOKEN = "0123456789ab"
+DIR = f"/run/nixfab/magic-rollback/{TOKEN}"
+LOCK = "/run/nixfab/deploy.lock"
+HOLDER = '{"action": "switch", "machine": "deployer", "pid": 4242, "since": 1700000000, "start": "777", "token": "0badf00d", "user": "alice"}'
+REVISION = '{"deployed_by": "alice@deployer", "dirty": false, "revision": "abc123", "time": "2024-01-02T03:04:05+00:00"}'
+
+
+def probe(generation: int = 41, generation_path: str = OLD_GEN, running: str = OLD_RUNNING) -> str:
+    return f"profile\tsystem-{generation}-link\ngeneration\t{generation_path}\nrunning\t{running}\n"
+
+
+def unit(*argv: str, bootloader: bool) -> tuple[str, ...]:
+    return (
+        "systemd-run", "-E", "LOCALE_ARCHIVE", "-E", f"NIXOS_INSTALL_BOOTLOADER={'1' if bootloader else ''}", "--collect",
+        "--no-ask-password", "--pipe", "--quiet", "--service-type=exec", "--unit=nixfab-switch-to-configuration", "--wait", *argv,
+    )
+
+
+def stc(path: str, action: str) -> tuple[str, str]:
+    return (f"{path}/bin/switch-to-configuration", action)
+
+
+def switching_to(path: str) -> object:
+    def matches(argv: object) -> bool:
+        return f"{path}/bin/switch-to-configuration" in argv  # type: ignore[operator]
+
+    return matches
+
+
+def steps(calls: list[Call]) -> list[tuple[int, tuple[str, ...], bool]]:
+    return [(call.connection, call.shown, call.sudo) for call in calls]
+
+
+def expect(*triples: tuple[int, tuple[str, ...], bool]) -> list[tuple[int, tuple[str, ...], bool]]:
+    return [(connection, shown(argv), sudo) for connection, argv, sudo in triples]
+
+
+STATE = (0, sh("system_state", PROFILE), False)
+VERSION = (0, ("test", "-e", f"{NEW}/nixos-version"), False)
+SET_PROFILE = (0, ("nix-env", "-p", PROFILE, "--set", NEW), True)
+READ_PROFILE = (0, ("readlink", PROFILE), False)
+SWITCH = (0, unit(*stc(NEW, "switch"), bootloader=True), True)
+RECORD_REVISION = (0, sh("write_revision", "/nix/var/nix/nixfab/generations", REVISION, "42"), True)
+WATCHDOG = (*sh("rollback_watchdog", DIR, "1800", "30"),
+            f"nix-env -p {PROFILE} --switch-generation 41", f"{OLD_GEN}/bin/switch-to-configuration boot",
+            f"nix-env -p {PROFILE} --delete-generations 42", f"{OLD_RUNNING}/bin/switch-to-configuration test")
+ARM = (0, sh("mkdir_then_exec", DIR, "systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit=nixfab-watchdog-{TOKEN}", *WATCHDOG), True)
+MARKED_SWITCH = (0, unit(*sh("mark_activated", f"{DIR}/activated", *stc(NEW, "switch")), bootloader=True), True)
+UNDO = (
+    (0, ("journalctl", "--no-pager", "-n", "30", "-u", "nixfab-switch-to-configuration"), False),
+    (0, ("nix-env", "-p", PROFILE, "--switch-generation", "41"), True),
+    (0, unit(*stc(OLD_GEN, "boot"), bootloader=True), True),
+    (0, ("nix-env", "-p", PROFILE, "--delete-generations", "42"), True),
+    (0, unit(*stc(OLD_RUNNING, "test"), bootloader=False), True),
+)
+ROLLED_BACK = f"rolled back: profile and boot default back to generation 41; running system back to {OLD_RUNNING}"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert len(self.sleeps) < 1000, "a loop that never ends"
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def spec(*, build_on: str = "target", health: HealthCheck | None = None) -> HostSpec:
+    return HostSpec(name="web1", ssh=SshTarget("web1.example"), attr="web1", build_on=build_on, tags=(), sudo=False, declared=True, health=health)
+
+
+@pytest.fixture
+def deterministic(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Fixed lock holder, watchdog token and revision record; magic rollback's waits on a fake clock."""
+    monkeypatch.setattr(lock, "getpass", SimpleNamespace(getuser=lambda: "alice"))
+    monkeypatch.setattr(lock, "socket", SimpleNamespace(gethostname=lambda: "deployer"))
+    monkeypatch.setattr(lock, "os", SimpleNamespace(getpid=lambda: 4242))
+    monkeypatch.setattr(lock, "process_start_time", lambda pid: "777" if pid == 4242 else None)
+    monkeypatch.setattr(lock, "secrets", SimpleNamespace(token_hex=lambda n: "0badf00d"))
+    monkeypatch.setattr(lock, "time", SimpleNamespace(time=lambda: 1700000000.5, strftime=lock.time.strftime, localtime=lock.time.localtime))
+    monkeypatch.setattr(magic_rollback, "secrets", SimpleNamespace(token_hex=lambda n: TOKEN))
+    monkeypatch.setattr(history, "deployed_by", lambda: "alice@deployer")
+    monkeypatch.setattr(history, "utc_now", lambda: "2024-01-02T03:04:05+00:00")
+    clock = Clock()
+    monkeypatch.setattr(magic_rollback, "confirm", functools.partial(magic_rollback.confirm, sleep=clock.sleep, clock=clock))
+    monkeypatch.setattr(magic_rollback, "await_self_rollback", functools.partial(magic_rollback.await_self_rollback, sleep=clock.sleep))
+    monkeypatch.setattr(magic_rollback, "time", SimpleNamespace(monotonic=clock, sleep=clock.sleep))
+    return clock
+
+
+class World:
+    """One host's deploy: the session, its run, the target (connection 0) and the local runner."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, dry_run: bool = False, host_spec: HostSpec | None = None) -> None:
+        self.spec = host_spec or spec()
+        self.session = Session(Inventory(hosts={"web1": self.spec}), echo=Echo(stream=io.StringIO()), dry_run=dry_run)
+        self.runner = RecordingRunner(dry_run=dry_run)
+        self.run = HostRun(self.spec, self.runner.echo, self.runner)  # type: ignore[arg-type]
+        self.host = RecordingHost(dry_run=dry_run, facts={"systemd-run": True})
+        self.host.on("system_state", probe()).on(["readlink", PROFILE], "system-42-link\n")
+        self.host.on("lock_acquire", "acquired\n").on("confirm_activation", "confirmed\n")
+        monkeypatch.setattr(self.session, "target", lambda spec, echo=None: self.host)
+        monkeypatch.setattr(self.session, "fresh_target", lambda spec, echo=None: self.host.reconnect())
+
+    @property
+    def notes(self) -> str:
+        return self.runner.echo.stream.getvalue()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch, deterministic: Clock) -> World:
+    return World(monkeypatch)
+
+
+@pytest.fixture
+def guarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Treat RecordingHost as the remote host that magic rollback guards."""
+    monkeypatch.setattr(pipeline, "RemoteHost", RecordingHost)
+
+
+@pytest.fixture(autouse=True)
+def lock_released() -> Iterator[None]:
+    """Every path through deploy_host releases the lock, which ends its heartbeat thread."""
+    before = set(threading.enumerate())
+    yield
+    for thread in set(threading.enumerate()) - before:
+        if thread.name.startswith("lock-heartbeat-"):
+            thread.join(timeout=2)
+            assert not thread.is_alive(), f"{thread.name} still beats: the lock was never released"
+
+
+def request(**fields: object) -> DeployRequest:
+    return DeployRequest(**{"flake": "/flake", "action": "switch", **fields})  # type: ignore[arg-type]
+
+
+# ---- finish: after the build ------------------------------------------------------------------------------------------
+
+
+def test_switch_probes_activates_and_records_the_revision(world: World) -> None:
+    outcome = finish(world.session, request(revision="abc123", dirty=False), world.run, world.host, Built(NEW, "target"))
+    assert steps(world.host.calls) == expect(STATE, VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH, RECORD_REVISION)
+    assert outcome == DeployOutcome("web1", NEW, "target", "ok", copied=False, generation=42)
+    assert world.runner.calls == []
+    assert "==> web1: done: generation 42 is " + NEW in world.notes
+
+
+def test_build_only_touches_nothing(world: World) -> None:
+    outcome = finish(world.session, request(action=None), world.run, world.host, Built(NEW, "local"))
+    assert outcome == DeployOutcome("web1", NEW, "local", "built")
+    assert world.host.calls == [] and world.runner.calls == []
+
+
+@pytest.mark.parametrize(
+    ("action", "generation_path", "running", "skipped"),
+    [
+        ("switch", NEW, NEW, True),
+        ("switch", NEW, OLD_RUNNING, False),
+        ("switch", OLD_GEN, NEW, False),
+        ("boot", NEW, OLD_RUNNING, True),
+        ("boot", OLD_GEN, NEW, False),
+        ("test", OLD_GEN, NEW, True),
+        ("test", NEW, OLD_RUNNING, False),
+        ("dry-activate", NEW, NEW, False),
+    ],
+)
+def test_up_to_date_means_the_action_would_change_nothing(action: str, generation_path: str, running: str, skipped: bool) -> None:
+    host = RecordingHost().on("system_state", probe(42, generation_path, running))
+    state = up_to_date(request(action=action), host, NEW)
+    assert (state is not None) == skipped
+    assert state is None or state == SystemState(42, generation_path, running)
+    assert host.argvs == [sh("system_state", PROFILE)]
+
+
+def test_an_up_to_date_host_gets_the_state_probe_and_nothing_else(world: World) -> None:
+    world.host.on("system_state", probe(42, NEW, NEW))
+    outcome = finish(world.session, request(revision="abc123", dirty=False), world.run, world.host, Built(NEW, "local"))
+    assert outcome == DeployOutcome("web1", NEW, "local", "up-to-date", generation=42)
+    assert steps(world.host.calls) == expect(STATE)
+    assert world.runner.calls == []  # not even a closure size or a copy
+
+
+def test_force_activates_an_up_to_date_host_without_asking_whether_it_is(world: World) -> None:
+    world.host.on("system_state", probe(42, NEW, NEW))
+    outcome = finish(world.session, request(force=True), world.run, world.host, Built(NEW, "target"))
+    assert outcome.status == "ok"
+    assert steps(world.host.calls) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH)
+
+
+def test_a_push_checks_space_then_copies_what_the_target_lacks(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NIXFAB_MIN_FREE_NIX_MIB", raising=False)
+    world.runner.on(["nix", "--extra-experimental-features", "nix-command flakes", "path-info"], f'{{"{NEW}": {{"closureSize": 1073741824}}}}')
+    world.host.on("free_space", "/nix\t/dev/vda1 10485760 9437184 1048576 90% /\n/boot\t/dev/vda2 524288 1024 523264 1% /boot\n")
+    world.host.on(["nix-store", "--check-validity"], 1)
+    outcome = finish(world.session, request(), world.run, world.host, Built(NEW, "local"))
+    assert steps(world.host.calls) == expect(
+        STATE,
+        (0, sh("free_space", "/nix", "/boot"), False),
+        (0, ("nix-store", "--check-validity", NEW), False),
+        VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH,
+    )
+    assert [(call.argv, call.env) for call in world.runner.calls] == [
+        (("nix", "--extra-experimental-features", "nix-command flakes", "path-info", "--json", "--closure-size", NEW), {}),
+        (("nix", "--extra-experimental-features", "nix-command flakes", "copy", "--to", "ssh://web1.example", NEW), {"NIX_SSHOPTS": ""}),
+    ]
+    assert outcome.copied is True and outcome.status == "ok"
+    assert outcome.warnings == ("web1: only 1.0 GiB free on /nix (/dev/vda1 on /); want at least 2.0 GiB (2 x the 1.0 GiB closure)",)
+
+
+def test_a_failed_health_check_undoes_the_switch(world: World) -> None:
+    world.run.spec = spec(health=HealthCheck(command="curl -fs localhost", retries=0))
+    world.host.on(["timeout"], Reply(7, "", "curl: (7) Failed to connect\n"))
+    with pytest.raises(HealthCheckFailed) as failed:
+        finish(world.session, request(), world.run, world.host, Built(NEW, "target"))
+    assert steps(world.host.calls) == expect(
+        STATE, VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH,
+        (0, ("timeout", "10", "sh", "-c", "curl -fs localhost"), False),
+        *UNDO[1:],
+    )
+    assert failed.value.exit_code == 16
+    assert str(failed.value) == f"web1: health check failed: `curl -fs localhost` exited 7: curl: (7) Failed to connect (after 1 attempts); {ROLLED_BACK}"
+
+
+def test_boot_skips_the_health_check(world: World) -> None:
+    world.run.spec = spec(health=HealthCheck(command="false", retries=0))
+    world.host.on(["timeout"], 1)
+    assert finish(world.session, request(action="boot"), world.run, world.host, Built(NEW, "target")).status == "ok"
+    assert not any(call.argv[0] == "timeout" for call in world.host.calls)
+
+
+# ---- magic rollback -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_guarded_switch_arms_the_watchdog_marks_the_activation_and_confirms_over_a_new_connection(world: World) -> None:
+    outcome = finish(world.session, request(), world.run, world.host, Built(NEW, "target"))
+    assert steps(world.host.calls) == expect(
+        STATE, VERSION, STATE, SET_PROFILE, READ_PROFILE, ARM, MARKED_SWITCH,
+        (1, sh("confirm_activation", DIR), True),
+    )
+    assert outcome.status == "ok" and outcome.generation == 42
+    assert [fresh.closed for fresh in world.host.opened] == [1] and world.host.closed == 0
+    assert "==> web1: confirmed over a new SSH connection" in world.notes
+
+
+@pytest.mark.usefixtures("guarded")
+@pytest.mark.parametrize("fields", [{"magic_rollback": False}, {"action": "boot"}])
+def test_no_watchdog_without_magic_rollback_or_for_boot(world: World, fields: dict[str, object]) -> None:
+    finish(world.session, request(**fields), world.run, world.host, Built(NEW, "target"))
+    assert world.host.opened == []
+    assert not any(call.script in ("mkdir_then_exec", "confirm_activation") for call in world.host.calls)
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_failed_guarded_switch_is_undone_here_and_the_watchdog_disarmed(world: World) -> None:
+    world.host.on(switching_to(NEW), 1)
+    with pytest.raises(ActivationFailed, match=f"; {ROLLED_BACK}$"):
+        activate_with_rollback(world.session, request(), world.run, world.host, NEW)
+    assert steps(world.host.calls) == expect(
+        VERSION, STATE, SET_PROFILE, READ_PROFILE, ARM, MARKED_SWITCH, *UNDO,
+        (0, ("mkdir", "-p", "--", f"{DIR}/verdict"), True),
+    )
+    assert world.host.opened == []
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_connection_lost_during_the_switch_is_confirmed_over_a_new_one(world: World) -> None:
+    world.host.on(switching_to(NEW), HostUnreachable("web1: connection lost while running systemd-run: Socket is closed"))
+    activation = activate_with_rollback(world.session, request(), world.run, world.host, NEW)
+    assert activation == Activation(NEW, "switch", 42, SystemState(41, OLD_GEN, OLD_RUNNING))
+    assert steps(world.host.calls) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, ARM, MARKED_SWITCH, (1, sh("confirm_activation", DIR), True))
+    assert world.host.closed == 1  # the lost connection is dropped, not reused
+    assert "lost the connection during activation (web1: connection lost while running systemd-run: Socket is closed)" in world.notes
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_connection_lost_before_the_watchdog_runs_is_just_an_error(world: World) -> None:
+    world.host.on(["test", "-e"], HostUnreachable("web1: no answer"))
+    with pytest.raises(HostUnreachable):
+        activate_with_rollback(world.session, request(), world.run, world.host, NEW)
+    assert len(world.host.calls) == 1 and world.host.opened == []
+
+
+@pytest.mark.usefixtures("guarded")
+def test_no_confirmation_waits_for_the_host_to_roll_itself_back(world: World, deterministic: Clock) -> None:
+    world.host.on("confirm_activation", HostUnreachable("web1: no answer"))
+    world.host.on(["test", "-e", f"{DIR}/rolled-back"], HostUnreachable("web1: no answer"), 1, 0)
+    world.host.on(["readlink", "/run/current-system"], f"{OLD_RUNNING}\n")
+    with pytest.raises(NotConfirmed) as missed:
+        activate_with_rollback(world.session, request(confirm_timeout=3), world.run, world.host, NEW)
+    assert str(missed.value) == (
+        "web1: not confirmed within 3s after activation (web1: no answer); the host rolled itself back and runs " + OLD_RUNNING + " again"
+    )
+    assert missed.value.exit_code == 15
+    after_switch = steps(world.host.calls)[6:]
+    assert after_switch == expect(
+        *[(n, sh("confirm_activation", DIR), True) for n in (1, 2, 3)],
+        *[(n, ("test", "-e", f"{DIR}/rolled-back"), True) for n in (4, 5, 6)],
+        (6, ("readlink", "/run/current-system"), False),
+    )
+    assert all(fresh.closed == 1 for fresh in world.host.opened)
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_self_rollback_that_cannot_be_seen_is_said_so(world: World, deterministic: Clock) -> None:
+    world.host.on("confirm_activation", "pending\n")
+    world.host.on(["test", "-e", f"{DIR}/rolled-back"], 1)
+    with pytest.raises(NotConfirmed, match=r"\(the activation has not finished\); the host should have rolled itself back, but nixfab could not verify it$"):
+        activate_with_rollback(world.session, request(confirm_timeout=3), world.run, world.host, NEW)
+    assert sum(call.argv[:2] == ("test", "-e") and call.connection > 0 for call in world.host.calls) == 63
+
+
+@pytest.mark.usefixtures("guarded")
+@pytest.mark.xfail(
+    strict=True,
+    raises=ActivationFailed,
+    reason="Fabric reports a channel that closed mid-command as exit -1, and RemoteHost passes it on as the returncode; "
+    "activation takes that for a failed switch and undoes it over the same connection (while the switch may still run in "
+    "its systemd unit, so the restore collides with the unit) and then disarms the watchdog, instead of confirming over "
+    "a new connection as it does for HostUnreachable",
+)
+def test_a_lost_channel_during_the_switch_is_confirmed_over_a_new_connection(world: World) -> None:
+    world.host.on(switching_to(NEW), LOST)
+    activate_with_rollback(world.session, request(), world.run, world.host, NEW)
+    assert not any(call.argv[:1] == ("mkdir",) for call in world.host.calls)
+
+
+@pytest.mark.usefixtures("guarded")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="after a failed guarded switch, undo() runs before disarm() claims the verdict, yet the watchdog's confirm_timeout "
+    "(30 s by default) started when the failed switch wrote its marker: an undo slower than that (switch-to-configuration "
+    "boot, then test) races the watchdog running the same rollback steps on the host",
+)
+def test_a_failed_guarded_switch_claims_the_verdict_before_undoing(world: World) -> None:
+    world.host.on(switching_to(NEW), 1)
+    with pytest.raises(ActivationFailed):
+        activate_with_rollback(world.session, request(), world.run, world.host, NEW)
+    argvs = world.host.argvs
+    claim = argvs.index(("mkdir", "-p", "--", f"{DIR}/verdict"))
+    first_undo = argvs.index(("nix-env", "-p", PROFILE, "--switch-generation", "41"))
+    assert claim < first_undo
+
+
+# ---- deploy_host: the lock around it all -------------------------------------------------------------------------------
+
+
+def test_deploy_host_takes_the_lock_first_and_releases_it_last(world: World) -> None:
+    world.run.spec = spec(build_on="local")
+    world.host.on(["nix-store", "--check-validity"], 0)
+    outcome = deploy_host(world.session, request(), world.run, NEW)
+    assert steps(world.host.calls) == expect(
+        (0, sh("lock_acquire", LOCK, HOLDER), True),
+        STATE,
+        (0, sh("free_space", "/nix", "/boot"), False),
+        (0, ("nix-store", "--check-validity", NEW), False),
+        VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH,
+        (0, sh("lock_clear_if_held_by", LOCK, HOLDER), True),
+    )
+    assert outcome.status == "ok" and outcome.copied is False
+
+
+def test_deploy_host_releases_the_lock_when_the_switch_fails(world: World) -> None:
+    world.run.spec = spec(build_on="local")
+    world.host.on(switching_to(NEW), 1)
+    with pytest.raises(ActivationFailed):
+        deploy_host(world.session, request(), world.run, NEW)
+    assert world.host.argvs[0] == sh("lock_acquire", LOCK, HOLDER)
+    assert world.host.argvs[-1] == sh("lock_clear_if_held_by", LOCK, HOLDER)
+
+
+def test_a_busy_host_gets_nothing_but_the_lock_attempt(world: World) -> None:
+    world.run.spec = spec(build_on="local")
+    world.host.on("lock_acquire", 'held\n3\n{"machine": "laptop", "pid": 7, "user": "bob"}\n')
+    with pytest.raises(HostBusy):
+        deploy_host(world.session, request(), world.run, NEW)
+    assert [call.script for call in world.host.calls] == ["lock_acquire"]
+
+
+def test_a_cleared_stale_lock_is_noted_on_the_hosts_output(world: World) -> None:
+    world.run.spec = spec(build_on="local")
+    world.host.on("lock_acquire", 'held\n600\n{"machine": "laptop", "pid": 7, "user": "bob"}\n', "acquired\n")
+    world.host.on("system_state", probe(42, NEW, NEW))
+    assert deploy_host(world.session, request(), world.run, NEW).status == "up-to-date"
+    assert "==> web1: cleared a stale deploy lock left by bob@laptop (pid 7, deploy, since ?)" in world.host.output.getvalue()
+
+
+@pytest.mark.parametrize("fields", [{"lock": False}, {"action": None}])
+def test_no_lock_without_an_action_or_with_locking_off(world: World, fields: dict[str, object]) -> None:
+    world.run.spec = spec(build_on="local")
+    world.host.on(["nix-store", "--check-validity"], 0)
+    deploy_host(world.session, request(**fields), world.run, NEW)
+    assert not any(call.script in ("lock_acquire", "lock_clear_if_held_by") for call in world.host.calls)
+
+
+# ---- dry run --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_dry_run_sends_nothing_and_echoes_the_whole_plan(monkeypatch: pytest.MonkeyPatch, deterministic: Clock) -> None:
+    dry = World(monkeypatch, dry_run=True, host_spec=spec(build_on="local"))
+    before = set(threading.enumerate())
+    outcome = deploy_host(dry.session, request(revision="abc123", dirty=False), dry.run, NEW)
+    # What the dry answers lead to: "acquired", a running system but no readable profile, a confirmation.
+    dry_running = "<running system>"
+    watchdog = (*sh("rollback_watchdog", DIR, "1800", "30"), f"'{dry_running}/bin/switch-to-configuration' test")
+    assert steps(dry.host.calls) == expect(
+        (0, sh("lock_acquire", LOCK, HOLDER), True),
+        (0, sh("free_space", "/nix", "/boot"), False),
+        (0, ("nix-store", "--check-validity", NEW), False),
+        VERSION, STATE, SET_PROFILE, READ_PROFILE,
+        (0, sh("mkdir_then_exec", DIR, "systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit=nixfab-watchdog-{TOKEN}", *watchdog), True),
+        MARKED_SWITCH,
+        (1, sh("confirm_activation", DIR), True),
+        (0, sh("lock_clear_if_held_by", LOCK, HOLDER), True),
+    )
+    assert dry.host.sent == [] and all(call.dry for call in dry.host.calls)
+    assert all(call.dry for call in dry.runner.calls)
+    assert [call.argv[3] for call in dry.runner.calls] == ["path-info", "copy"]
+    assert outcome == DeployOutcome("web1", NEW, "local", "ok", copied=True, generation=None)
+    assert deterministic.sleeps == []
+    assert not any(thread.name.startswith("lock-heartbeat-") for thread in set(threading.enumerate()) - before)  # no heartbeat for a dry lock

@@ -1,0 +1,384 @@
+"""deploy.fleet without hosts: waves, canary and batch stops, --fail-fast, the parallel limit, Ctrl-C, exit codes and JSON.
+
+Fleet calls pipeline.deploy_host once per host; here that is FakeDeploys,
+which records the order and overlap of the calls and answers each host as the
+test says (an outcome status, or an error to raise).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy import fleet
+from deploy.errors import ActivationFailed, HealthCheckFailed, HostBusy, HostUnreachable, NixfabError, NotConfirmed
+from deploy.fleet import Fleet, FleetOptions, HostResult, exit_code, results_json, waves
+from deploy.inventory import HostSpec, Inventory, SshTarget
+from deploy.output import Console
+from deploy.pipeline import DeployOutcome, DeployRequest, HostRun, Session
+from deploy.process import Echo
+
+Behaviour = str | NixfabError | Exception | Callable[[], str]
+
+
+class FakeDeploys:
+    """Stands in for pipeline.deploy_host: one call per host, `hold` seconds each.
+
+    With `together`, the first deploys also wait (up to 2 s) until that many
+    have run at once, so that overlap does not depend on the machine's speed.
+    """
+
+    def __init__(self, behaviour: dict[str, Behaviour] | None = None, *, hold: float = 0.0, together: int | None = None) -> None:
+        self.behaviour = behaviour or {}
+        self.hold = hold
+        self.together = together
+        self.started: list[str] = []
+        self.built_here: dict[str, str | None] = {}
+        self.active = 0
+        self.most_at_once = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, session: Session, request: DeployRequest, run: HostRun, built_here: str | None) -> DeployOutcome:
+        name = run.spec.name
+        with self.lock:
+            self.started.append(name)
+            self.built_here[name] = built_here
+            self.active += 1
+            self.most_at_once = max(self.most_at_once, self.active)
+        try:
+            if self.together is not None:
+                wait_for(lambda: self.most_at_once >= self.together, timeout=2.0)  # type: ignore[operator]
+            time.sleep(self.hold)
+            what = self.behaviour.get(name, "ok")
+            if callable(what) and not isinstance(what, BaseException):
+                what = what()
+            if isinstance(what, BaseException):
+                raise what
+            return DeployOutcome(name, f"/nix/store/{name}-system", "target", what, generation=7)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def hosts(*names: str) -> Inventory:
+    return Inventory(
+        hosts={name: HostSpec(name=name, ssh=SshTarget(f"{name}.example"), attr=name, build_on="target", tags=(), sudo=False, declared=True) for name in names}
+    )
+
+
+class Run:
+    """A Fleet over named hosts with FakeDeploys in place of deploy_host; quiet."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, names: str, deploys: FakeDeploys, **options: object) -> None:
+        self.deploys = deploys
+        self.machines = names.split()
+        self.echo_stream = io.StringIO()
+        self.session = Session(hosts(*{machine.partition("@")[2] or machine for machine in self.machines}), echo=Echo(stream=self.echo_stream))
+        self.seen: list[tuple[str, str]] = []
+        monkeypatch.setattr(fleet, "deploy_host", deploys)
+        self.fleet = Fleet(
+            self.session, DeployRequest(flake="/flake", action="switch"), self.machines, FleetOptions(**options),  # type: ignore[arg-type]
+            console=Console(io.StringIO()), on_result=lambda result, run: self.seen.append((result.host, run.spec.name)),
+        )
+
+    def __call__(self) -> dict[str, HostResult]:
+        try:
+            results = self.fleet.run()
+        except KeyboardInterrupt:
+            pytest.fail("a KeyboardInterrupt escaped Fleet.run")
+        assert [result.host for result in results] == self.machines  # in the order asked, whatever the order of finishing
+        return {result.host: result for result in results}
+
+    @property
+    def notes(self) -> str:
+        return self.echo_stream.getvalue()
+
+
+def outcomes(results: dict[str, HostResult]) -> dict[str, str]:
+    return {name: result.result for name, result in results.items()}
+
+
+# ---- waves ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("canary", "batch", "planned"),
+    [
+        (False, None, [["a", "b", "c", "d", "e"]]),
+        (True, None, [["a"], ["b", "c", "d", "e"]]),
+        (False, 2, [["a", "b"], ["c", "d"], ["e"]]),
+        (True, 2, [["a"], ["b", "c"], ["d", "e"]]),
+        (False, 1, [["a"], ["b"], ["c"], ["d"], ["e"]]),
+        (False, 9, [["a", "b", "c", "d", "e"]]),
+        (True, 9, [["a"], ["b", "c", "d", "e"]]),
+    ],
+)
+def test_waves(canary: bool, batch: int | None, planned: list[list[str]]) -> None:
+    assert waves(["a", "b", "c", "d", "e"], canary=canary, batch=batch) == planned
+
+
+def test_waves_of_one_host_and_of_none() -> None:
+    assert waves(["a"], canary=True, batch=None) == [["a"]]
+    assert waves(["a"], canary=True, batch=3) == [["a"]]
+    assert waves([], canary=True, batch=2) == []
+    assert waves([], canary=False, batch=None) == []
+
+
+# ---- canary, batch, fail-fast -------------------------------------------------------------------------------------------
+
+
+def test_a_canary_that_does_not_come_out_healthy_stops_the_rollout(monkeypatch: pytest.MonkeyPatch) -> None:
+    deploys = FakeDeploys({"a": ActivationFailed("a: switch-to-configuration switch failed (exit 1); rolled back: ...")})
+    run = Run(monkeypatch, "a b c", deploys, canary=True)
+    results = run()
+    assert outcomes(results) == {"a": "rolled-back", "b": "not started", "c": "not started"}
+    assert deploys.started == ["a"]
+    assert results["a"].exit_code == 6 and exit_code(list(results.values()), interrupted=False) == 6
+    assert "==> stopping the rollout: a did not come out healthy" in run.notes
+
+
+def test_a_healthy_canary_lets_the_rest_go_on_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    deploys = FakeDeploys({"a": "up-to-date"}, hold=0.05)
+    results = Run(monkeypatch, "a b c", deploys, canary=True)()
+    assert outcomes(results) == {"a": "up-to-date", "b": "ok", "c": "ok"}
+    assert deploys.started[0] == "a" and sorted(deploys.started[1:]) == ["b", "c"]
+    assert exit_code(list(results.values()), interrupted=False) == 0
+
+
+def test_a_batch_stops_after_the_first_wave_with_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    deploys = FakeDeploys({"d": NotConfirmed("d: not confirmed within 30s after activation")})
+    results = Run(monkeypatch, "a b c d e f g", deploys, batch=2)()
+    assert outcomes(results) == {
+        "a": "ok", "b": "ok", "c": "ok", "d": "rolled-back", "e": "not started", "f": "not started", "g": "not started",
+    }
+    assert sorted(deploys.started) == ["a", "b", "c", "d"]
+    assert exit_code(list(results.values()), interrupted=False) == 15
+
+
+def test_a_batch_that_stays_healthy_deploys_every_wave_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    deploys = FakeDeploys(hold=0.01)
+    results = Run(monkeypatch, "a b c d e", deploys, batch=2)()
+    assert set(outcomes(results).values()) == {"ok"}
+    assert [sorted(deploys.started[i : i + 2]) for i in (0, 2, 4)] == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_without_canary_or_batch_one_failure_does_not_stop_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    deploys = FakeDeploys({"a": HostUnreachable("a: no answer")})
+    results = Run(monkeypatch, "a b c", deploys, parallel=1)()
+    assert outcomes(results) == {"a": "failed", "b": "ok", "c": "ok"}
+    assert deploys.started == ["a", "b", "c"]
+    assert exit_code(list(results.values()), interrupted=False) == 4
+
+
+def test_fail_fast_starts_no_new_host_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    deploys = FakeDeploys({"b": HostBusy("b: another deploy is running")})
+    results = Run(monkeypatch, "a b c d", deploys, parallel=1, fail_fast=True)()
+    assert outcomes(results) == {"a": "ok", "b": "failed", "c": "not started", "d": "not started"}
+    assert deploys.started == ["a", "b"]
+    assert exit_code(list(results.values()), interrupted=False) == 14
+
+
+def test_fail_fast_holds_across_waves(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The canary succeeds; in the next wave a failure stops what has not started, even without --batch's own stop.
+    deploys = FakeDeploys({"b": HealthCheckFailed("b: health check failed")})
+    results = Run(monkeypatch, "a b c", deploys, canary=True, parallel=1, fail_fast=True)()
+    assert outcomes(results) == {"a": "ok", "b": "rolled-back", "c": "not started"}
+
+
+def test_a_bug_in_one_hosts_deploy_is_that_hosts_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    deploys = FakeDeploys({"a": KeyError("boom")})
+    results = Run(monkeypatch, "a b", deploys)()
+    assert outcomes(results) == {"a": "failed", "b": "ok"}
+    assert results["a"].error == "a: internal error: KeyError: 'boom'" and results["a"].exit_code == 1
+
+
+def test_each_result_is_reported_once_with_its_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = Run(monkeypatch, "a b c", FakeDeploys({"a": NixfabError("a: no")}), canary=True)
+    run()
+    assert sorted(run.seen) == [("a", "a"), ("b", "b"), ("c", "c")]
+
+
+def test_the_same_host_twice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(NixfabError, match="a is selected twice"):
+        Run(monkeypatch, "a root@a", FakeDeploys())
+
+
+# ---- the parallel limit -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("parallel", "most"), [(1, 1), (2, 2), (3, 3), (10, 6)])
+def test_no_more_hosts_at_once_than_parallel_allows(monkeypatch: pytest.MonkeyPatch, parallel: int, most: int) -> None:
+    # Each deploy lasts 20 ms, time enough for a host beyond the limit to start if the pool let it.
+    deploys = FakeDeploys(hold=0.02, together=most)
+    results = Run(monkeypatch, "a b c d e f", deploys, parallel=parallel)()
+    assert set(outcomes(results).values()) == {"ok"}
+    assert deploys.most_at_once == most
+
+
+def test_a_canary_runs_alone_whatever_parallel_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen_alone: list[bool] = []
+    deploys = FakeDeploys(hold=0.02)
+
+    def canary() -> str:
+        seen_alone.append(deploys.active == 1)
+        deploys.together = 3  # the next wave: b, c and d at once
+        return "ok"
+
+    deploys.behaviour["a"] = canary
+    Run(monkeypatch, "a b c d", deploys, canary=True, parallel=10)()
+    assert seen_alone == [True] and deploys.most_at_once == 3
+
+
+# ---- Ctrl-C ---------------------------------------------------------------------------------------------------------------
+
+
+def ctrl_c() -> None:
+    """What the terminal does on Ctrl-C: SIGINT to the main thread."""
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
+@pytest.fixture
+def main_thread_waiting(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once the main thread waits for a wave's deploys (all of them submitted): the moment a Ctrl-C is meant for."""
+    waiting = threading.Event()
+    real_wait = concurrent.futures.wait
+
+    def wait(*args: Any, **kwargs: Any) -> Any:
+        waiting.set()
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "wait", wait)
+    return waiting
+
+
+def ctrl_c_then_finish(run: Run, waiting: threading.Event, *, twice: bool = False) -> Callable[[], str]:
+    """A deploy during which the user presses Ctrl-C (once or twice), and which still finishes."""
+
+    def deploy() -> str:
+        assert waiting.wait(5)
+        ctrl_c()
+        assert wait_for(run.fleet.stop.is_set), "the fleet never noticed the interrupt"
+        if twice:
+            ctrl_c()
+            assert wait_for(lambda: "still waiting for running deploys" in run.notes)
+        return "ok"
+
+    return deploy
+
+
+def finish_after_the_interrupt(run: Run) -> Callable[[], str]:
+    def deploy() -> str:
+        assert wait_for(run.fleet.stop.is_set)
+        return "ok"
+
+    return deploy
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_ctrl_c_lets_running_deploys_finish_starts_no_other_and_exits_130(
+    monkeypatch: pytest.MonkeyPatch, main_thread_waiting: threading.Event, twice: bool
+) -> None:
+    deploys = FakeDeploys()
+    run = Run(monkeypatch, "a b c d", deploys, parallel=2)
+    deploys.behaviour["a"] = ctrl_c_then_finish(run, main_thread_waiting, twice=twice)
+    deploys.behaviour["b"] = finish_after_the_interrupt(run)
+    results = run()
+    assert outcomes(results) == {"a": "ok", "b": "ok", "c": "interrupted", "d": "interrupted"}
+    assert sorted(deploys.started) == ["a", "b"]
+    assert run.fleet.interrupted is True
+    assert exit_code(list(results.values()), interrupted=True) == 130
+    assert "==> interrupted: no new host starts; waiting for running deploys to finish or roll back" in run.notes
+
+
+def test_ctrl_c_during_the_canary_leaves_every_later_wave_interrupted(monkeypatch: pytest.MonkeyPatch, main_thread_waiting: threading.Event) -> None:
+    deploys = FakeDeploys()
+    run = Run(monkeypatch, "a b c", deploys, canary=True)
+    deploys.behaviour["a"] = ctrl_c_then_finish(run, main_thread_waiting)
+    results = run()
+    assert outcomes(results) == {"a": "ok", "b": "interrupted", "c": "interrupted"}
+    assert deploys.started == ["a"]
+    payload = json.loads(results_json(list(results.values()), interrupted=run.fleet.interrupted))
+    assert payload["exit_code"] == 130 and payload["interrupted"] is True
+
+
+# ---- exit codes and JSON --------------------------------------------------------------------------------------------------
+
+
+def result(host: str, outcome: str, code: int = 0) -> HostResult:
+    return HostResult(host, outcome, 1.0, exit_code=code)
+
+
+@pytest.mark.parametrize(
+    ("results", "code"),
+    [
+        ([], 0),
+        ([result("a", "ok"), result("b", "up-to-date"), result("c", "built"), result("d", "diffed")], 0),
+        ([result("a", "ok"), result("b", "rolled-back", 6), result("c", "rolled-back", 6)], 6),
+        ([result("a", "failed", 4), result("b", "not started")], 4),
+        ([result("a", "failed", 4), result("b", "rolled-back", 6)], 1),
+        ([result("a", "failed", 3), result("b", "failed", 15)], 1),
+        # Unhealthy without a code of its own (a host that never started): still not a success.
+        ([result("a", "ok"), result("b", "not started")], 1),
+        ([result("a", "interrupted")], 1),
+    ],
+)
+def test_exit_code(results: list[HostResult], code: int) -> None:
+    assert exit_code(results, interrupted=False) == code
+
+
+def test_an_interrupted_run_exits_130_whatever_the_hosts_did() -> None:
+    assert exit_code([result("a", "ok")], interrupted=True) == 130
+    assert exit_code([result("a", "failed", 4)], interrupted=True) == 130
+
+
+def test_results_json_shape() -> None:
+    results = [
+        HostResult("a", "ok", 12.345, "/nix/store/a-system", 7, log="/logs/a.log"),
+        HostResult("b", "rolled-back", 3.0, error="b: health check failed", exit_code=16),
+    ]
+    assert json.loads(results_json(results, interrupted=False)) == {
+        "exit_code": 16,
+        "interrupted": False,
+        "hosts": [
+            {"host": "a", "result": "ok", "generation": 7, "path": "/nix/store/a-system", "duration_seconds": 12.345,
+             "error": None, "exit_code": 0, "log": "/logs/a.log"},
+            {"host": "b", "result": "rolled-back", "generation": None, "path": None, "duration_seconds": 3.0,
+             "error": "b: health check failed", "exit_code": 16, "log": None},
+        ],
+    }
+
+
+def test_results_of_a_fleet_run_as_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    deploys = FakeDeploys({"b": ActivationFailed("b: switch-to-configuration switch failed (exit 1)")})
+    results = Run(monkeypatch, "a b", deploys, log_dir=tmp_path)()
+    payload = json.loads(results_json(list(results.values()), interrupted=False))
+    for host in payload["hosts"]:
+        assert isinstance(host.pop("duration_seconds"), float)
+    assert payload == {
+        "exit_code": 6,
+        "interrupted": False,
+        "hosts": [
+            {"host": "a", "result": "ok", "generation": 7, "path": "/nix/store/a-system", "error": None, "exit_code": 0,
+             "log": str(tmp_path / "a.log")},
+            {"host": "b", "result": "rolled-back", "generation": None, "path": None,
+             "error": "b: switch-to-configuration switch failed (exit 1)", "exit_code": 6, "log": str(tmp_path / "b.log")},
+        ],
+    }
+    assert "error: b: switch-to-configuration switch failed (exit 1)" in (tmp_path / "b.log").read_text()

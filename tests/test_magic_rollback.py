@@ -1,0 +1,280 @@
+"""deploy.magic_rollback: the watchdog's exact argv, how it is started and stopped, and confirmation with a fake clock."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+
+from deploy import magic_rollback
+from deploy.activation import Activation, SystemState
+from deploy.errors import HostUnreachable, LoginRefused, NixfabError, NotConfirmed
+from deploy.hosts import Host
+from deploy.magic_rollback import (
+    ACTIVATION_LIMIT_SECONDS,
+    STATE_DIR,
+    Watchdog,
+    arm,
+    await_self_rollback,
+    confirm,
+    detached,
+    disarm,
+    mark_activated,
+    new_watchdog,
+    watchdog_argv,
+)
+from fake_host import LOST, RecordingHost, Reply, sh
+
+PROFILE = "/nix/var/nix/profiles/system"
+OLD_GEN = "/nix/store/0000000000000000000000000000000a-nixos-system-web1-41"
+OLD_RUNNING = "/nix/store/0000000000000000000000000000000b-nixos-system-web1-running"
+NEW = "/nix/store/0000000000000000000000000000000c-nixos-system-web1-42"
+TOKEN = "0123456789ab"
+DIR = f"/run/nixfab/magic-rollback/{TOKEN}"
+WATCHDOG = Watchdog(DIR, f"nixfab-watchdog-{TOKEN}", 3)
+SWITCH = Activation(NEW, "switch", 42, SystemState(41, OLD_GEN, OLD_RUNNING))
+# The four steps that undo SWITCH, as the watchdog receives them: one shell word each.
+SWITCH_STEPS = (
+    f"nix-env -p {PROFILE} --switch-generation 41",
+    f"{OLD_GEN}/bin/switch-to-configuration boot",
+    f"nix-env -p {PROFILE} --delete-generations 42",
+    f"{OLD_RUNNING}/bin/switch-to-configuration test",
+)
+SYSTEMD_RUN_PROBE = (
+    "systemd-run", "-E", "LOCALE_ARCHIVE", "-E", "NIXOS_INSTALL_BOOTLOADER=", "--collect", "--no-ask-password", "--pipe", "--quiet",
+    "--service-type=exec", "--unit=nixfab-switch-to-configuration-probe", "--wait", "true",
+)
+
+
+class Clock:
+    """A monotonic clock that only moves when something sleeps (or a test moves it)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert len(self.sleeps) < 1000, "still sleeping after 1000 naps: a loop that never ends"
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+# ---- the watchdog's argv ------------------------------------------------------------------------------------------------
+
+
+def test_a_new_watchdog_names_its_directory_and_unit_after_one_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []
+    monkeypatch.setattr(magic_rollback, "secrets", SimpleNamespace(token_hex=lambda n: asked.append(n) or TOKEN))
+    assert new_watchdog(30.0) == Watchdog(f"{STATE_DIR}/{TOKEN}", f"nixfab-watchdog-{TOKEN}", 30)
+    assert asked == [6]
+    assert [new_watchdog(seconds).confirm_timeout for seconds in (0.0, 0.4, 1.6, 2.5, 29.9)] == [1, 1, 2, 2, 30]
+
+
+def test_watchdogs_do_not_share_a_directory() -> None:
+    first, second = new_watchdog(30), new_watchdog(30)
+    assert first.directory != second.directory and first.unit != second.unit
+    assert first.directory.rsplit("/", 1)[1] == first.unit.removeprefix("nixfab-watchdog-")
+    assert (first.activated_marker, first.verdict) == (f"{first.directory}/activated", f"{first.directory}/verdict")
+
+
+def test_watchdog_argv_is_the_script_its_limits_and_each_rollback_step_as_one_word() -> None:
+    assert ACTIVATION_LIMIT_SECONDS == 1800
+    assert watchdog_argv(WATCHDOG, SWITCH) == [*sh("rollback_watchdog", DIR, "1800", "3"), *SWITCH_STEPS]
+
+
+def test_watchdog_argv_quotes_steps_for_the_shell_it_hands_them_to() -> None:
+    odd = "/nix/store/0000000000000000000000000000000d-it's here"
+    activation = Activation(NEW, "test", None, SystemState(None, None, odd))
+    assert watchdog_argv(WATCHDOG, activation)[-1] == "'/nix/store/0000000000000000000000000000000d-it'\"'\"'s here/bin/switch-to-configuration' test"
+
+
+def test_watchdog_argv_for_an_activation_with_nothing_to_undo_has_no_steps() -> None:
+    nothing = Activation(NEW, "test", 41, SystemState(41, OLD_GEN, NEW))
+    assert watchdog_argv(WATCHDOG, nothing) == list(sh("rollback_watchdog", DIR, "1800", "3"))
+
+
+def test_detached_under_systemd_is_a_transient_unit_that_returns_at_once() -> None:
+    assert detached(["a", "b c"], unit="u1", use_systemd=True) == ["systemd-run", "--collect", "--quiet", "--no-ask-password", "--unit=u1", "a", "b c"]
+
+
+def test_detached_without_systemd_is_setsid_with_no_stdio_left_on_the_channel() -> None:
+    assert detached(["a", "b c"], unit="u1", use_systemd=False) == ["setsid", "-f", *sh("exec_without_stdio", "a", "b c")]
+
+
+def test_mark_activated_wraps_the_activation_argv() -> None:
+    argv = [f"{NEW}/bin/switch-to-configuration", "switch"]
+    assert mark_activated(WATCHDOG, argv) == [*sh("mark_activated", f"{DIR}/activated"), *argv]
+
+
+# ---- arm and disarm -----------------------------------------------------------------------------------------------------
+
+
+def test_arm_probes_systemd_run_once_then_starts_the_watchdog_as_a_unit_in_its_directory() -> None:
+    host = RecordingHost()
+    arm(host, WATCHDOG, SWITCH)
+    watchdog = [*sh("rollback_watchdog", DIR, "1800", "3"), *SWITCH_STEPS]
+    assert host.argvs == [
+        SYSTEMD_RUN_PROBE,
+        sh("mkdir_then_exec", DIR, "systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit=nixfab-watchdog-{TOKEN}", *watchdog),
+    ]
+    assert [call.sudo for call in host.calls] == [True, True]
+    assert host.facts == {"systemd-run": True}
+    arm(host, WATCHDOG, SWITCH)
+    assert len(host.calls) == 3  # the probe's answer is kept
+
+
+def test_arm_without_a_working_systemd_run_uses_setsid() -> None:
+    host = RecordingHost().on(["systemd-run"], Reply(1, "", "Failed to connect to bus: No such file or directory\n"))
+    arm(host, WATCHDOG, SWITCH)
+    watchdog = [*sh("rollback_watchdog", DIR, "1800", "3"), *SWITCH_STEPS]
+    assert host.argvs[1] == sh("mkdir_then_exec", DIR, "setsid", "-f", *sh("exec_without_stdio", *watchdog))
+    assert host.facts == {"systemd-run": False}
+
+
+def test_a_watchdog_that_cannot_start_stops_the_deploy() -> None:
+    host = RecordingHost(facts={"systemd-run": True}).on("mkdir_then_exec", Reply(1, "", "mkdir: Permission denied\n"))
+    with pytest.raises(NixfabError, match=r"^web1: cannot start the rollback watchdog: mkdir: Permission denied$"):
+        arm(host, WATCHDOG, SWITCH)
+    assert len(host.calls) == 1
+
+
+def test_disarm_claims_the_verdict_and_a_lost_host_is_left_to_its_watchdog() -> None:
+    host = RecordingHost()
+    disarm(host, WATCHDOG)
+    assert host.argvs == [("mkdir", "-p", "--", f"{DIR}/verdict")] and host.calls[0].sudo
+    gone = RecordingHost().on(["mkdir"], HostUnreachable("web1: gone"))
+    disarm(gone, WATCHDOG)  # no exception
+    assert len(gone.calls) == 1
+
+
+# ---- confirm ------------------------------------------------------------------------------------------------------------
+
+
+def confirming(host: RecordingHost, clock: Clock, *, connect_seconds: float = 0.0) -> Callable[[], Host]:
+    def open_fresh() -> Host:
+        clock.now += connect_seconds
+        return host.reconnect()
+
+    return open_fresh
+
+
+def test_confirm_asks_over_new_connections_until_the_activation_has_finished() -> None:
+    host = RecordingHost().on("confirm_activation", "pending\n", "pending\n", "confirmed\n")
+    clock = Clock()
+    confirm(confirming(host, clock), WATCHDOG, label="web1", sleep=clock.sleep, clock=clock)
+    assert [(call.connection, call.argv, call.sudo) for call in host.calls] == [
+        (1, sh("confirm_activation", DIR), True),
+        (2, sh("confirm_activation", DIR), True),
+        (3, sh("confirm_activation", DIR), True),
+    ]
+    assert [fresh.closed for fresh in host.opened] == [1, 1, 1]
+    assert clock.sleeps == [1.0, 1.0] and host.closed == 0  # the deploy's own connection is not used
+
+
+def test_confirm_gives_up_at_the_deadline_with_the_last_problem() -> None:
+    host = RecordingHost().on("confirm_activation", "pending\n")
+    clock = Clock()
+    with pytest.raises(NotConfirmed) as missed:
+        confirm(confirming(host, clock), WATCHDOG, label="web1", sleep=clock.sleep, clock=clock)
+    assert str(missed.value) == "web1: not confirmed within 3s after activation (the activation has not finished)"
+    assert missed.value.exit_code == 15
+    assert len(host.calls) == 3 and clock.sleeps == [1.0, 1.0, 1.0]
+
+
+def test_confirm_counts_the_time_spent_connecting_against_the_deadline() -> None:
+    host = RecordingHost().on("confirm_activation", HostUnreachable("web1: no answer from root@web1:22 within 10s"))
+    clock = Clock()
+    with pytest.raises(NotConfirmed, match=r"\(web1: no answer from root@web1:22 within 10s\)$"):
+        confirm(confirming(host, clock, connect_seconds=2.5), WATCHDOG, label="web1", sleep=clock.sleep, clock=clock)
+    assert len(host.calls) == 1 and host.opened[0].closed == 1
+
+
+@pytest.mark.parametrize(
+    ("verdict", "problem"),
+    [("failed 4\n", "the activation exited 4"), ("too-late\n", "the watchdog had already decided to roll back")],
+)
+def test_confirm_stops_asking_once_the_host_has_decided(verdict: str, problem: str) -> None:
+    host = RecordingHost().on("confirm_activation", verdict, "confirmed\n")
+    clock = Clock()
+    with pytest.raises(NotConfirmed) as missed:
+        confirm(confirming(host, clock), WATCHDOG, label="web1", sleep=clock.sleep, clock=clock)
+    assert str(missed.value) == f"web1: not confirmed within 3s after activation ({problem})"
+    assert len(host.calls) == 1 and clock.sleeps == []
+
+
+def test_confirm_retries_through_a_lost_channel_and_a_failing_command() -> None:
+    host = RecordingHost().on("confirm_activation", LOST, Reply(1, "", "sudo: a password is required\n"), "what?\n")
+    clock = Clock()
+    with pytest.raises(NotConfirmed, match=r"\(what\?\)$"):
+        confirm(confirming(host, clock), WATCHDOG, label="web1", sleep=clock.sleep, clock=clock)
+    assert len(host.calls) == 3
+    host, clock = RecordingHost().on("confirm_activation", "what?\n", Reply(1, "", "sudo: a password is required\n")), Clock()
+    with pytest.raises(NotConfirmed, match=r"\(error sudo: a password is required\)$"):
+        confirm(confirming(host, clock), WATCHDOG, label="web1", sleep=clock.sleep, clock=clock)
+
+
+def test_a_refused_login_is_final() -> None:
+    host = RecordingHost().on("confirm_activation", LoginRefused("web1: root@web1:22 refused our SSH key for user root"))
+    clock = Clock()
+    with pytest.raises(LoginRefused):
+        confirm(confirming(host, clock), WATCHDOG, label="web1", sleep=clock.sleep, clock=clock)
+    assert len(host.calls) == 1 and host.opened[0].closed == 1 and clock.sleeps == []
+
+
+def test_confirm_in_a_dry_run_is_the_dry_answer() -> None:
+    host = RecordingHost(dry_run=True)
+    clock = Clock()
+    confirm(confirming(host, clock), WATCHDOG, label="web1", sleep=clock.sleep, clock=clock)
+    assert host.argvs == [sh("confirm_activation", DIR)] and host.sent == []
+
+
+# ---- await_self_rollback ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """await_self_rollback reads time.monotonic itself: give the module this clock instead."""
+    fake = Clock()
+    monkeypatch.setattr(magic_rollback, "time", SimpleNamespace(monotonic=fake, sleep=fake.sleep))
+    return fake
+
+
+def test_await_self_rollback_waits_for_the_marker_then_reads_the_running_system(clock: Clock) -> None:
+    host = RecordingHost().on(["test"], 1, 0).on(["readlink"], f"{OLD_RUNNING}\n")
+    assert await_self_rollback(host.reconnect, WATCHDOG, timeout=63, sleep=clock.sleep) == OLD_RUNNING
+    assert [(call.connection, call.argv, call.sudo) for call in host.calls] == [
+        (1, ("test", "-e", f"{DIR}/rolled-back"), True),
+        (2, ("test", "-e", f"{DIR}/rolled-back"), True),
+        (2, ("readlink", "/run/current-system"), False),
+    ]
+    assert [fresh.closed for fresh in host.opened] == [1, 1] and clock.sleeps == [1.0]
+
+
+def test_await_self_rollback_that_sees_no_running_system_says_none(clock: Clock) -> None:
+    host = RecordingHost().on(["readlink"], 1)
+    assert await_self_rollback(host.reconnect, WATCHDOG, timeout=63, sleep=clock.sleep) is None
+    assert len(host.calls) == 2
+
+
+def test_await_self_rollback_gives_up_after_its_timeout(clock: Clock) -> None:
+    host = RecordingHost().on(["test"], 1, HostUnreachable("web1: gone"), LOST)
+    assert await_self_rollback(host.reconnect, WATCHDOG, timeout=5, sleep=clock.sleep) is None
+    assert len(host.calls) == 5 and clock.sleeps == [1.0] * 5
+    assert all(call.argv == ("test", "-e", f"{DIR}/rolled-back") for call in host.calls)
+    assert [fresh.closed for fresh in host.opened] == [1] * 5
+
+
+def test_await_self_rollback_with_no_time_left_connects_nowhere(clock: Clock) -> None:
+    host = RecordingHost()
+    assert await_self_rollback(host.reconnect, WATCHDOG, timeout=0, sleep=clock.sleep) is None
+    assert host.calls == [] and host.opened == []
+
+
+def test_await_self_rollback_stops_at_a_refused_login(clock: Clock) -> None:
+    host = RecordingHost().on(["test"], HostUnreachable("web1: gone"), LoginRefused("web1: refused"))
+    with pytest.raises(LoginRefused):
+        await_self_rollback(host.reconnect, WATCHDOG, timeout=60, sleep=clock.sleep)
+    assert len(host.calls) == 2 and [fresh.closed for fresh in host.opened] == [1, 1]
