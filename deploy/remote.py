@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from deploy.errors import HostKeyRejected, HostUnreachable, LoginRefused, SudoFailed
-from deploy.process import Echo, Result
+from deploy.process import Result
+from deploy.ui import Emitter
 
 if TYPE_CHECKING:
     from fabric import Connection
@@ -78,7 +79,7 @@ def _host_key_policy(checking: str, save_to: Path | None, host_label: str) -> Mi
 
 
 class RemoteHost:
-    """A host reached over SSH: `run` takes argv, echoes it, and runs it once connected."""
+    """A host reached over SSH: `run` takes argv, announces it (a CommandRun event), and runs it once connected."""
 
     def __init__(
         self,
@@ -87,7 +88,7 @@ class RemoteHost:
         *,
         port: int | None,
         ssh_config: Path | None,
-        echo: Echo,
+        echo: Emitter,
         dry_run: bool = False,
         use_sudo: bool = False,
         sudo_password: SudoPassword | None = None,
@@ -169,8 +170,10 @@ class RemoteHost:
 
         command = shlex.join(argv)
         options: dict[str, Any] = {"warn": True, "hide": not stream, "in_stream": False}
-        if stream:
-            options.update(out_stream=self.echo.stream, err_stream=self.echo.stream)
+        # Streamed output reaches the emitter line by line, stdout's and stderr's lines each whole.
+        writers = (self.echo.lines(), self.echo.lines()) if stream else ()
+        if writers:
+            options.update(out_stream=writers[0], err_stream=writers[1])
         try:
             if needs_sudo:
                 outcome = self.connection.sudo(command, password=self.sudo_password.get(), user="root", **options)
@@ -180,6 +183,9 @@ class RemoteHost:
             raise SudoFailed(f"{self.label}: sudo refused the password for {self.login_user}") from None
         except (OSError, EOFError) as error:
             raise HostUnreachable(f"{self.label}: connection lost while running {argv[0]}: {error}") from None
+        finally:
+            for writer in writers:
+                writer.close()
         if not stream:
             self.echo.record(outcome.stdout + outcome.stderr)
         return Result(tuple(argv), int(outcome.exited if outcome.exited is not None else 255), outcome.stdout, outcome.stderr)

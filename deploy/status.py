@@ -17,8 +17,9 @@ from deploy.activation import parse_generation
 from deploy.build import evaluate_out_paths
 from deploy.errors import BuildError, NixfabError
 from deploy.pipeline import Session
-from deploy.process import Echo, LocalRunner, tab_fields
+from deploy.process import LocalRunner, tab_fields
 from deploy.scripts import script
+from deploy.ui import Emitter
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class HostStatus:
 
 def probe(session: Session, machine: str, flake_system: str | None) -> HostStatus:
     spec = session.inventory.host(machine)
-    host = session.new_remote(spec.name, spec.ssh, use_sudo=False, echo=Echo(enabled=False))
+    host = session.new_remote(spec.name, spec.ssh, use_sudo=False, echo=Emitter.plain(show_commands=False))
     try:
         result = host.run(["sh", "-c", script("host_state"), "sh", commands.SYSTEM_PROFILE])
     except NixfabError as error:
@@ -71,7 +72,7 @@ def pending_reboot(current: str | None, booted: str | None, boot_default: str | 
 
 def host_status(session: Session, flake: str, machines: Sequence[str], extra: Sequence[str] = ()) -> list[HostStatus]:
     specs = [session.inventory.host(machine) for machine in machines]
-    quiet = LocalRunner(Echo(enabled=False))
+    quiet = LocalRunner(Emitter.plain(show_commands=False))
     try:
         wanted = evaluate_out_paths(quiet, flake, [spec.attr for spec in specs], extra)
     except BuildError as error:
