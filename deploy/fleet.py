@@ -22,7 +22,7 @@ from typing import TextIO
 from deploy.errors import BuildError, FleetFailed, NixfabError
 from deploy.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_here, build_location, deploy_host
 from deploy.process import LocalRunner
-from deploy.ui import Console, Progress, host_emitter, live_display, open_log, stream_prefix
+from deploy.ui import Console, Progress, host_emitter, live_display, open_log, show_summary, stream_prefix
 
 DEFAULT_PARALLEL = 10  # colmena's default too: enough for a homelab at once, gentle on a small machine
 
@@ -301,18 +301,5 @@ def format_summary(results: Sequence[HostResult]) -> str:
 
 
 def print_summary(results: Sequence[HostResult], *, rich: bool, stream: TextIO) -> None:
-    if not rich:
-        print(format_summary(results), file=stream, flush=True)
-        return
-    from rich.console import Console as RichConsole
-    from rich.table import Table
-
-    from deploy.ui import RESULT_STYLES
-
-    table = Table(title="nixfab", title_justify="left", show_lines=False)
-    for column in ("host", "result", "gen", "time", "error"):
-        table.add_column(column, overflow="fold")
-    for host, result, generation, duration, error in summary_rows(results):
-        table.add_row(host, f"[{RESULT_STYLES.get(result, '')}]{result}[/]", generation, duration, error)
-    RichConsole(file=stream).print(table)
+    show_summary(summary_rows(results), format_summary(results), rich=rich, stream=stream)
 

@@ -8,10 +8,8 @@ ssh_config lets an unknown key through.
 """
 from __future__ import annotations
 
-import getpass
 import os
 import shlex
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from deploy.errors import HostKeyRejected, HostUnreachable, LoginRefused, SudoFailed
 from deploy.process import Result
-from deploy.ui import Emitter
+from deploy.ui import Emitter, read_secret
 
 if TYPE_CHECKING:
     from fabric import Connection
@@ -39,11 +37,7 @@ class SudoPassword:
     def get(self) -> str:
         with self._lock:
             if self._value is None:
-                if sys.stdin.isatty():
-                    self._value = getpass.getpass(f"[nixfab] {self.prompt_for} password: ")
-                else:
-                    # Scripts pipe it in; it never touches argv or the environment.
-                    self._value = sys.stdin.readline().rstrip("\n")
+                self._value = read_secret(f"[nixfab] {self.prompt_for} password: ")
             return self._value
 
 

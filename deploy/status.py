@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -19,7 +18,7 @@ from deploy.errors import BuildError, NixfabError
 from deploy.pipeline import Session
 from deploy.process import LocalRunner, tab_fields
 from deploy.scripts import script
-from deploy.ui import Emitter
+from deploy.ui import Emitter, stdout_result
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def host_status(session: Session, flake: str, machines: Sequence[str], extra: Se
     try:
         wanted = evaluate_out_paths(quiet, flake, [spec.attr for spec in specs], extra)
     except BuildError as error:
-        print(f"warning: drift unknown: {error}", file=sys.stderr)
+        quiet.echo.warning(f"drift unknown: {error}")
         wanted = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         futures = [pool.submit(probe, session, machine, wanted.get(spec.attr)) for machine, spec in zip(machines, specs)]
@@ -115,9 +114,8 @@ HEADER = ("host", "reachable", "gen", "current system", "flake", "reboot", "upti
 
 def print_status(rows: Sequence[HostStatus], *, as_json: bool) -> None:
     if as_json:
-        print(json.dumps([asdict(row) for row in rows], indent=2))
+        stdout_result(json.dumps([asdict(row) for row in rows], indent=2))
         return
     table = [HEADER, *status_rows(rows)]
     widths = [max(len(line[column]) for line in table) for column in range(len(HEADER))]
-    for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    stdout_result("\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table))
