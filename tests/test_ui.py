@@ -60,6 +60,17 @@ def test_a_local_command_renders_with_its_environment_in_front_quoted() -> None:
     assert command_line(event) == "+ NIX_SSHOPTS='-F /tmp/ssh config' A=1 nix copy --to ssh://alpha '/nix/store/x y'"
 
 
+def test_a_script_s_lines_each_get_the_host_prefix() -> None:
+    terminal, alpha, _, alpha_log, _ = fleet_of_two()
+    alpha.command(["sh", "-c", "set -e\nrm -rf \"$1\"\n", "sh", "/run/nixfab/deploy.lock"], where="alpha")
+    assert terminal.getvalue().splitlines() == [
+        "alpha | + [alpha] sh -c 'set -e",
+        'alpha | rm -rf "$1"',
+        "alpha | ' sh /run/nixfab/deploy.lock",
+    ]
+    assert alpha_log.getvalue() == "+ [alpha] sh -c 'set -e\nrm -rf \"$1\"\n' sh /run/nixfab/deploy.lock\n"
+
+
 def test_the_emitter_turns_its_arguments_into_the_event() -> None:
     seen: list[ui_events.Event] = []
 
@@ -212,3 +223,17 @@ def test_the_live_table_follows_phase_and_finish_events() -> None:
     assert progress.hosts["alpha"].finished is None
     assert progress.hosts["beta"].phase == "failed" and progress.hosts["beta"].result == "failed"
     assert progress.hosts["beta"].elapsed(time.monotonic()) == pytest.approx(0.0)
+
+
+def test_while_the_live_table_is_drawn_every_line_for_stderr_goes_through_it(capsys: pytest.CaptureFixture[str]) -> None:
+    printed: list[str] = []
+    fleet_console = Console()  # the fleet's; live_display gives it rich's printer
+    fleet_console.printer = printed.append
+    try:
+        Emitter().note("==> building alpha on this machine")  # the run's own notes, on another console
+        host_emitter(fleet_console, "alpha | ").command(["true"], where="alpha")
+    finally:
+        fleet_console.printer = None
+    Emitter().note("after")
+    assert printed == ["==> building alpha on this machine", "alpha | + [alpha] true"]
+    assert capsys.readouterr().err == "after\n"

@@ -15,22 +15,46 @@ from deploy.ui import events
 from deploy.ui.events import CommandRun, Event, Events, Note, OutputText
 
 
-class Console:
-    """The one place lines reach the user's terminal (stderr); the live table swaps in its own printer while it runs."""
+class _Terminal:
+    """What consoles on one stream share: the lock that keeps lines whole, and the live table's printer while it runs."""
 
-    # Every console on the process's stderr shares one lock, so a fleet's hosts and the run's own notes never mix.
-    _stderr_lock: ClassVar[threading.Lock] = threading.Lock()
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.printer: Callable[[str], None] | None = None
+
+
+class Console:
+    """The one place lines reach the user's terminal (stderr); the live table swaps in its own printer while it runs.
+
+    Every console on the process's stderr (stream None) shares one _Terminal,
+    so a fleet's hosts and the run's own notes never mix, and all of them
+    scroll above the live table while it is drawn.
+    """
+
+    _stderr: ClassVar[_Terminal] = _Terminal()
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream  # None: whatever sys.stderr is when a line is written
-        self.lock = threading.Lock() if stream is not None else Console._stderr_lock
-        self.printer: Callable[[str], None] | None = None
+        self._terminal = _Terminal() if stream is not None else Console._stderr
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._terminal.lock
+
+    @property
+    def printer(self) -> Callable[[str], None] | None:
+        return self._terminal.printer
+
+    @printer.setter
+    def printer(self, printer: Callable[[str], None] | None) -> None:
+        self._terminal.printer = printer
 
     def write_lines(self, lines: Sequence[str]) -> None:
         with self.lock:
-            if self.printer is not None:
+            printer = self.printer
+            if printer is not None:
                 for line in lines:
-                    self.printer(line)
+                    printer(line)
                 return
             stream = self.stream or sys.stderr
             try:
@@ -62,7 +86,7 @@ def event_lines(event: Event) -> list[str]:
     """The lines an event reads as, without any host prefix; [] for events that are no line (phases, results)."""
     match event:
         case CommandRun():
-            return [command_line(event)]
+            return command_line(event).split("\n")  # a script sent with `sh -c` spans lines; each is prefixed
         case Note(text=text):
             return text.split("\n")  # as print() would: an empty note is an empty line
         case events.Warning(text=text):
