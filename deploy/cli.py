@@ -227,6 +227,7 @@ def run_fleet(session: Session, request: Any, machines: list[str], raw: dict[str
     from deploy.flake_ops import flake_check
     from deploy.fleet import Fleet, FleetOptions, exit_code, print_summary, results_json
     from deploy.history import Journal, journal_path, state_directory
+    from deploy.ui import stdout_result
 
     as_json = bool(raw.get("json"))
     batch = count("--batch", raw["batch"]) if raw.get("batch") else None
@@ -253,11 +254,11 @@ def run_fleet(session: Session, request: Any, machines: list[str], raw: dict[str
     results = fleet.run()
     print_summary(results, rich=sys.stderr.isatty(), stream=sys.stderr)
     if as_json:
-        print(results_json(results, interrupted=fleet.interrupted))
+        stdout_result(results_json(results, interrupted=fleet.interrupted))
     elif request.action is None:
         for result in results:
             if result.path:
-                print(result.path)
+                stdout_result(result.path)
     code = exit_code(results, interrupted=fleet.interrupted)
     if code:
         raise fleet_error(results, code, interrupted=fleet.interrupted)

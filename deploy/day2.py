@@ -6,11 +6,10 @@ cli.errors_as_exit_codes(), so bad input ends as one line and an exit code.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from deploy import cli, commands
+from deploy import cli, commands, ui
 from deploy.errors import UsageError
 from deploy.hosts import Host
 
@@ -56,7 +55,7 @@ def ssh_wait(context: Any, options: dict[str, Any]) -> None:
 
         def wait_then_run(target: Host) -> None:
             result = wait(target, options.get("command") or None, timeout=timeout, interval=interval)
-            print(result.stdout, end="")
+            ui.stdout_result(result.stdout, end="")
 
         cli.run_on_target(context, machine, inventory=options["inventory"], flake=options["flake"], dry_run=False, step=wait_then_run)
 
@@ -66,7 +65,7 @@ def generations(context: Any, options: dict[str, Any]) -> None:
 
     def show(target: Host) -> None:
         listed = list_generations(target)
-        print(generations_json(listed) if options["json"] else format_generations(listed), end="" if not options["json"] else "\n")
+        ui.stdout_result(generations_json(listed) if options["json"] else format_generations(listed), end="" if not options["json"] else "\n")
 
     cli.run_on_target(context, one_machine(options), inventory=options["inventory"], flake=options["flake"], dry_run=options["dry_run"], step=show)
 
@@ -113,7 +112,7 @@ def journal_day2(options: dict[str, Any], host: str, action: str, activation: An
 
 
 def print_note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    ui.note(message)
 
 
 def check(context: Any, options: dict[str, Any]) -> None:
@@ -162,7 +161,7 @@ def history(context: Any, options: dict[str, Any]) -> None:
         if hosts:
             wanted = set(hosts)
             records = [record for record in records if record.host in wanted]
-        print(history_json(records) if options["json"] else format_history(records), end="" if not options["json"] else "\n")
+        ui.stdout_result(history_json(records) if options["json"] else format_history(records), end="" if not options["json"] else "\n")
 
 
 def hosts(context: Any, options: dict[str, Any]) -> None:
@@ -176,9 +175,9 @@ def hosts(context: Any, options: dict[str, Any]) -> None:
         inventory = load_inventory(Path(options["inventory"]), required=options["inventory"] != "hosts.yaml")
         rows = host_listing(inventory, discover_systems(flake_dir))
         if options["json"]:
-            print(json.dumps([{**row.__dict__, "tags": list(row.tags), "problems": list(row.problems)} for row in rows], indent=2))
+            ui.stdout_result(json.dumps([{**row.__dict__, "tags": list(row.tags), "problems": list(row.problems)} for row in rows], indent=2))
         else:
-            print(format_host_listing(rows), end="")
+            ui.stdout_result(format_host_listing(rows), end="")
 
 
 # ---- Home Manager ---------------------------------------------------------------------------
@@ -207,7 +206,7 @@ def hm_build(context: Any, options: dict[str, Any]) -> None:
             LocalRunner(Echo(), dry_run=options["dry_run"]), cli.flake_reference(options["flake"]), user, name,
             out_link=Path("result"), extra=cli.extra_nix_options(),
         )
-        print(path)
+        ui.stdout_result(path)
 
 
 def hm_switch(context: Any, options: dict[str, Any]) -> None:

@@ -8,10 +8,9 @@ diff` where the target has nvd and `nix store diff-closures` elsewhere.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
-from deploy import commands
+from deploy import commands, ui
 from deploy.errors import RemoteCommandFailed
 from deploy.hosts import Host
 
@@ -78,12 +77,5 @@ def confirm(question: str, *, assume_yes: bool = False) -> bool:
     """
     if assume_yes:
         return True
-    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
-    if sys.stdin is None or sys.stdin.closed:
-        print(file=sys.stderr, flush=True)
-        return False
-    line = sys.stdin.readline()
-    if not sys.stdin.isatty():
-        # The answer was not echoed by a terminal; end the prompt's line.
-        print(line.rstrip("\n") if line else "", file=sys.stderr, flush=True)
-    return line.strip().lower() in ("y", "yes")
+    line = ui.ask(f"{question} [y/N] ")
+    return line is not None and line.strip().lower() in ("y", "yes")

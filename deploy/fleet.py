@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TextIO
 
 from deploy.errors import BuildError, FleetFailed, NixfabError
-from deploy.output import Console, HostStream, Progress, live_display, open_log, stream_prefix
 from deploy.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_here, build_location, deploy_host
-from deploy.process import Echo, LocalRunner
+from deploy.process import LocalRunner
+from deploy.ui import Console, Progress, host_emitter, live_display, open_log, show_summary, stream_prefix
 
 DEFAULT_PARALLEL = 10  # colmena's default too: enough for a homelab at once, gentle on a small machine
 
@@ -105,8 +105,7 @@ class Fleet:
             log = open_log(options.log_dir, spec.name)
             if log is not None:
                 self._logs.append(log)
-            stream = HostStream(self.console, stream_prefix(spec.name, width), log)
-            echo = Echo(stream=stream)
+            echo = host_emitter(self.console, stream_prefix(spec.name, width), log)
             self.runs[spec.name] = HostRun(
                 spec, echo, LocalRunner(echo, dry_run=session.dry_run),
                 on_phase=functools.partial(self.progress.phase, spec.name), ask_lock=self.ask_lock,
@@ -151,7 +150,7 @@ class Fleet:
         from deploy.disk import check_free_space
 
         for warning in check_free_space(self.session.runner, ["/nix"], "this machine"):
-            self.session.echo.note(f"warning: {warning}")
+            self.session.echo.warning(warning)
         self.session.echo.note(f"==> building {names} on this machine")
         started = time.monotonic()
         try:
@@ -241,7 +240,6 @@ class Fleet:
         self.results[name] = result
         self.progress.finish(name, result.result)
         run = self.runs[name]
-        run.echo.stream.flush()
         if self.on_result is not None:
             self.on_result(result, run)
 
@@ -303,18 +301,5 @@ def format_summary(results: Sequence[HostResult]) -> str:
 
 
 def print_summary(results: Sequence[HostResult], *, rich: bool, stream: TextIO) -> None:
-    if not rich:
-        print(format_summary(results), file=stream, flush=True)
-        return
-    from rich.console import Console as RichConsole
-    from rich.table import Table
-
-    from deploy.output import RESULT_STYLES
-
-    table = Table(title="nixfab", title_justify="left", show_lines=False)
-    for column in ("host", "result", "gen", "time", "error"):
-        table.add_column(column, overflow="fold")
-    for host, result, generation, duration, error in summary_rows(results):
-        table.add_row(host, f"[{RESULT_STYLES.get(result, '')}]{result}[/]", generation, duration, error)
-    RichConsole(file=stream).print(table)
+    show_summary(summary_rows(results), format_summary(results), rich=rich, stream=stream)
 

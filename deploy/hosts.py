@@ -53,8 +53,7 @@ class LocalHost:
             argv = [*sudo_prefix(), *argv]
         result = self.runner.run(argv, show_stderr=stream, dry_stdout=dry_stdout, dry_returncode=dry_returncode)
         if stream and result.stdout:
-            self.runner.echo.stream.write(result.stdout)
-            self.runner.echo.stream.flush()
+            self.runner.echo.output(result.stdout)
         return result
 
     def close(self) -> None:

@@ -98,7 +98,7 @@ class HostRun:
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
-        self.echo.note(f"warning: {message}")
+        self.echo.warning(message)
 
 
 @dataclass

@@ -1,19 +1,20 @@
 """The one layer that runs commands on this machine.
 
-Every command is echoed before it runs, as flakem's `set -x` did; with
-dry_run it is echoed and not run. argv lists go straight to the kernel: no
-shell ever sees them, and the echo uses shlex.join so it can be pasted.
+Every command is announced (a CommandRun event, shown as flakem's `set -x`
+did) before it runs; with dry_run it is announced and not run. argv lists go
+straight to the kernel: no shell ever sees them, and the shown line uses
+shlex.join so it can be pasted.
 """
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO
+
+from deploy.ui import Emitter
 
 
 @dataclass(frozen=True)
@@ -41,58 +42,24 @@ def tab_fields(stdout: str) -> dict[str, str]:
     return fields
 
 
-class TextSink(Protocol):
-    """What Echo writes to: a text stream such as sys.stderr, or a fleet host's output.HostStream."""
-
-    def write(self, text: str, /) -> int: ...
-
-    def flush(self) -> None: ...
+# The name the deploy steps knew it by before deploy.ui existed; pipeline.py and day2.py still say Echo.
+Echo = Emitter
 
 
-@dataclass
-class Echo:
-    """Where one deploy's `+ command` lines, notes and live command output go.
-
-    In a fleet, `stream` is the host's output.HostStream: it prefixes lines
-    with the host's name and keeps the full log, including output that is
-    captured rather than shown (see `record`).
-    """
-
-    stream: TextSink = field(default_factory=lambda: sys.stderr)
-    enabled: bool = True
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def command(self, argv: Sequence[str], *, where: str | None = None, env: Mapping[str, str] | None = None) -> None:
-        if not self.enabled:
-            return
-        prefix = f"+ [{where}] " if where else "+ "
-        assignments = [f"{key}={shlex.quote(value)}" for key, value in (env or {}).items()]
-        self.note(prefix + " ".join([*assignments, shlex.join(argv)]))
-
-    def note(self, message: str) -> None:
-        with self.lock:
-            print(message, file=self.stream, flush=True)
-
-    def record(self, text: str) -> None:
-        record = getattr(self.stream, "record", None)
-        if record is not None:
-            record(text)
-
-
-def _tee(source: IO[str], sink: TextSink | None, collected: list[str]) -> None:
+def _tee(source: IO[str], output: Emitter | None, collected: list[str]) -> None:
+    """Collect a child's stream line by line; each line is also live output when `output` is given."""
     for line in source:
         collected.append(line)
-        if sink is not None:
+        if output is not None:
             try:
-                sink.write(line)
-                sink.flush()
+                output.output(line)
             except (OSError, ValueError):
-                pass
+                pass  # a log that cannot be written must not stop the reader: the child would block on a full pipe
 
 
 @dataclass
 class LocalRunner:
-    echo: Echo
+    echo: Emitter
     dry_run: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -125,7 +92,7 @@ class LocalRunner:
         stderr: list[str] = []
         readers = [
             threading.Thread(target=_tee, args=(process.stdout, None, stdout)),
-            threading.Thread(target=_tee, args=(process.stderr, self.echo.stream if show_stderr else None, stderr)),
+            threading.Thread(target=_tee, args=(process.stderr, self.echo if show_stderr else None, stderr)),
         ]
         for reader in readers:
             reader.start()

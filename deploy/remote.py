@@ -8,10 +8,8 @@ ssh_config lets an unknown key through.
 """
 from __future__ import annotations
 
-import getpass
 import os
 import shlex
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +17,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from deploy.errors import HostKeyRejected, HostUnreachable, LoginRefused, SudoFailed
-from deploy.process import Echo, Result
+from deploy.process import Result
+from deploy.ui import Emitter, read_secret
 
 if TYPE_CHECKING:
     from fabric import Connection
@@ -38,11 +37,7 @@ class SudoPassword:
     def get(self) -> str:
         with self._lock:
             if self._value is None:
-                if sys.stdin.isatty():
-                    self._value = getpass.getpass(f"[nixfab] {self.prompt_for} password: ")
-                else:
-                    # Scripts pipe it in; it never touches argv or the environment.
-                    self._value = sys.stdin.readline().rstrip("\n")
+                self._value = read_secret(f"[nixfab] {self.prompt_for} password: ")
             return self._value
 
 
@@ -78,7 +73,7 @@ def _host_key_policy(checking: str, save_to: Path | None, host_label: str) -> Mi
 
 
 class RemoteHost:
-    """A host reached over SSH: `run` takes argv, echoes it, and runs it once connected."""
+    """A host reached over SSH: `run` takes argv, announces it (a CommandRun event), and runs it once connected."""
 
     def __init__(
         self,
@@ -87,7 +82,7 @@ class RemoteHost:
         *,
         port: int | None,
         ssh_config: Path | None,
-        echo: Echo,
+        echo: Emitter,
         dry_run: bool = False,
         use_sudo: bool = False,
         sudo_password: SudoPassword | None = None,
@@ -169,8 +164,10 @@ class RemoteHost:
 
         command = shlex.join(argv)
         options: dict[str, Any] = {"warn": True, "hide": not stream, "in_stream": False}
-        if stream:
-            options.update(out_stream=self.echo.stream, err_stream=self.echo.stream)
+        # Streamed output reaches the emitter line by line, stdout's and stderr's lines each whole.
+        writers = (self.echo.lines(), self.echo.lines()) if stream else ()
+        if writers:
+            options.update(out_stream=writers[0], err_stream=writers[1])
         try:
             if needs_sudo:
                 outcome = self.connection.sudo(command, password=self.sudo_password.get(), user="root", **options)
@@ -180,6 +177,9 @@ class RemoteHost:
             raise SudoFailed(f"{self.label}: sudo refused the password for {self.login_user}") from None
         except (OSError, EOFError) as error:
             raise HostUnreachable(f"{self.label}: connection lost while running {argv[0]}: {error}") from None
+        finally:
+            for writer in writers:
+                writer.close()
         if not stream:
             self.echo.record(outcome.stdout + outcome.stderr)
         return Result(tuple(argv), int(outcome.exited if outcome.exited is not None else 255), outcome.stdout, outcome.stderr)

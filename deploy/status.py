@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -17,8 +16,9 @@ from deploy.activation import parse_generation
 from deploy.build import evaluate_out_paths
 from deploy.errors import BuildError, NixfabError
 from deploy.pipeline import Session
-from deploy.process import Echo, LocalRunner, tab_fields
+from deploy.process import LocalRunner, tab_fields
 from deploy.scripts import script
+from deploy.ui import Emitter, stdout_result
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class HostStatus:
 
 def probe(session: Session, machine: str, flake_system: str | None) -> HostStatus:
     spec = session.inventory.host(machine)
-    host = session.new_remote(spec.name, spec.ssh, use_sudo=False, echo=Echo(enabled=False))
+    host = session.new_remote(spec.name, spec.ssh, use_sudo=False, echo=Emitter.plain(show_commands=False))
     try:
         result = host.run(["sh", "-c", script("host_state"), "sh", commands.SYSTEM_PROFILE])
     except NixfabError as error:
@@ -71,11 +71,11 @@ def pending_reboot(current: str | None, booted: str | None, boot_default: str | 
 
 def host_status(session: Session, flake: str, machines: Sequence[str], extra: Sequence[str] = ()) -> list[HostStatus]:
     specs = [session.inventory.host(machine) for machine in machines]
-    quiet = LocalRunner(Echo(enabled=False))
+    quiet = LocalRunner(Emitter.plain(show_commands=False))
     try:
         wanted = evaluate_out_paths(quiet, flake, [spec.attr for spec in specs], extra)
     except BuildError as error:
-        print(f"warning: drift unknown: {error}", file=sys.stderr)
+        quiet.echo.warning(f"drift unknown: {error}")
         wanted = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         futures = [pool.submit(probe, session, machine, wanted.get(spec.attr)) for machine, spec in zip(machines, specs)]
@@ -114,9 +114,8 @@ HEADER = ("host", "reachable", "gen", "current system", "flake", "reboot", "upti
 
 def print_status(rows: Sequence[HostStatus], *, as_json: bool) -> None:
     if as_json:
-        print(json.dumps([asdict(row) for row in rows], indent=2))
+        stdout_result(json.dumps([asdict(row) for row in rows], indent=2))
         return
     table = [HEADER, *status_rows(rows)]
     widths = [max(len(line[column]) for line in table) for column in range(len(HEADER))]
-    for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    stdout_result("\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table))

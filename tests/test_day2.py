@@ -45,8 +45,9 @@ from deploy.generations import (
     switch_generation,
 )
 from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
-from deploy.process import Echo, LocalRunner, Result
+from deploy.process import LocalRunner, Result
 from deploy.remote import RemoteHost, SudoPassword
+from deploy.ui import Emitter
 
 MIB = 1024 * 1024
 
@@ -140,7 +141,7 @@ def test_rollback_target_is_the_highest_generation_below_the_current_one() -> No
 
 def test_dry_run_switch_and_rollback_print_and_connect_nowhere() -> None:
     stream = io.StringIO()
-    host = RemoteHost("ghost", "root@127.0.0.1", port=1, ssh_config=None, echo=Echo(stream=stream), dry_run=True)
+    host = RemoteHost("ghost", "root@127.0.0.1", port=1, ssh_config=None, echo=Emitter.plain(stream), dry_run=True)
     switch_generation(host, 3)
     rollback(host)
     printed = stream.getvalue()
@@ -215,7 +216,7 @@ def test_space_thresholds_and_their_environment_overrides() -> None:
 
 
 def test_check_free_space_on_this_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    runner = LocalRunner(Echo(enabled=False))
+    runner = LocalRunner(Emitter.plain(show_commands=False))
     store = str(tmp_path)  # a store path of the test's own: this machine may never have run Nix
     monkeypatch.setenv("NIXFAB_MIN_FREE_NIX_MIB", "0")
     assert check_free_space(runner, [store], "this machine") == []
@@ -256,13 +257,13 @@ def test_nix_version_and_update_forms() -> None:
     assert commands.nix_flake_update("/f", ["a", "b"], inputs_are_arguments=False)[3:] == [
         "flake", "lock", "/f", "--update-input", "a", "--update-input", "b"]
     assert commands.nix_flake_update("/f", ["a"], inputs_are_arguments=True)[3:] == ["flake", "update", "--flake", "/f", "a"]
-    runner = LocalRunner(Echo(enabled=False))
+    runner = LocalRunner(Emitter.plain(show_commands=False))
     installed = nix_version(runner)
     assert installed is not None and installed == parse_nix_version(run(["nix", "--version"]).stdout)
 
 
 def test_flake_check_passes_on_the_fixture_and_fails_on_a_syntax_error(tmp_path: Path) -> None:
-    runner = LocalRunner(Echo(enabled=False))
+    runner = LocalRunner(Emitter.plain(show_commands=False))
     flake = write_fixture_flake(tmp_path / "good", ["alpha"])
     flake_check(runner, f"path:{flake}")
     broken = write_fixture_flake(tmp_path / "bad", ["alpha"])
@@ -300,7 +301,7 @@ def two_input_flake(tmp_path: Path) -> Path:
 
 
 def test_update_one_input_leaves_the_other(two_input_flake: Path) -> None:
-    main, runner = two_input_flake, LocalRunner(Echo(enabled=False))
+    main, runner = two_input_flake, LocalRunner(Emitter.plain(show_commands=False))
     before_one, before_two = lock_entry(main, "one"), lock_entry(main, "two")
     write_input_flake(main.parent / "one", "2")
     write_input_flake(main.parent / "two", "2")
@@ -317,7 +318,7 @@ def test_update_of_an_unknown_input_names_the_inputs_and_changes_nothing(two_inp
     lock_before = (two_input_flake / "flake.lock").read_text()
     write_input_flake(two_input_flake.parent / "one", "2")
     with pytest.raises(UsageError, match="no input 'nixpkgs'; its inputs are: one, two"):
-        flake_update(LocalRunner(Echo(enabled=False)), f"path:{two_input_flake}", ["one", "nixpkgs"])
+        flake_update(LocalRunner(Emitter.plain(show_commands=False)), f"path:{two_input_flake}", ["one", "nixpkgs"])
     assert (two_input_flake / "flake.lock").read_text() == lock_before
 
 
@@ -360,7 +361,7 @@ def fleet(lab: Lab, tmp_path: Path) -> Iterator[Fleet]:
     lab.up(["alpha", "beta"])
     flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta"])
     (tmp_path / "roots").mkdir()
-    fleet = Fleet(lab, flake, LocalRunner(Echo(stream=sys.stderr)), tmp_path / "roots", {})
+    fleet = Fleet(lab, flake, LocalRunner(Emitter.plain(sys.stderr)), tmp_path / "roots", {})
     try:
         yield fleet
     finally:

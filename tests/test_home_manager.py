@@ -12,8 +12,9 @@ import pytest
 from deploy import home_manager
 from deploy.errors import ActivationFailed, BuildError, NotInStore, UsageError
 from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
-from deploy.process import Echo, LocalRunner
+from deploy.process import LocalRunner
 from deploy.remote import RemoteHost, SudoPassword
+from deploy.ui import Emitter
 
 REPO = Path(__file__).resolve().parent.parent
 HM_PROFILE = "/home/deploy/.local/state/nix/profiles/home-manager"
@@ -58,7 +59,7 @@ class Rig:
         self.flake = f"path:{flake}"
         self.flake_dir = flake
         self.log = io.StringIO()
-        self.runner = LocalRunner(Echo(stream=self.log))
+        self.runner = LocalRunner(Emitter.plain(self.log))
         self.nix_env = {"NIX_SSHOPTS": f"-F {lab.ssh_config}"}
         self.targets: list[RemoteHost] = []
 
@@ -193,8 +194,9 @@ def test_switch_builds_and_activates_on_the_machine_it_runs_on(rig: Rig) -> None
     program = (
         "import sys\n"
         "from deploy.home_manager import switch_home\n"
-        "from deploy.process import Echo, LocalRunner\n"
-        "a = switch_home(LocalRunner(Echo()), sys.argv[1], 'deploy', 'alpha')\n"
+        "from deploy.process import LocalRunner\n"
+        "from deploy.ui import Emitter\n"
+        "a = switch_home(LocalRunner(Emitter()), sys.argv[1], 'deploy', 'alpha')\n"
         "print(a.generation, a.path)\n"
     )
     result = rig.lab.ssh("alpha", ["sh", "-c", f"cd {shlex.quote(str(REPO))} && exec \"$@\"", "sh",
@@ -207,7 +209,7 @@ def test_switch_builds_and_activates_on_the_machine_it_runs_on(rig: Rig) -> None
 
 def test_dry_run_push_prints_every_step_and_connects_nowhere() -> None:
     log = io.StringIO()
-    echo = Echo(stream=log)
+    echo = Emitter.plain(log)
     target = RemoteHost("box", "root@box.invalid", port=None, ssh_config=None, echo=echo, dry_run=True)
     activation = home_manager.push_home(
         LocalRunner(echo, dry_run=True), target, target_store="ssh://root@box.invalid", flake="path:/nowhere",

@@ -154,3 +154,94 @@ def test_the_lab_supervisor_runs_by_path_with_the_standard_library_only(tmp_path
     result = subprocess.run([sys.executable, "-I", "-c", probe, str(copy)], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[]"]
+
+
+# --- only deploy/ui/ prints --------------------------------------------------------------------------
+
+UI = DEPLOY / "ui"
+# Allowed to print, each for its reason:
+PRINTING_ALLOWED = {
+    UI: "the renderers: everything nixfab shows goes through deploy.ui",
+    LAB: "the simulated hosts of the tests and the demo, not the product",
+    DEPLOY / "completion.py": "Invoke's tab-completion protocol is candidates on stdout and usage on stderr",
+}
+# Not a module: sudo's password prompt is answered by Invoke/Fabric's responder, which writes to the SSH channel, not to the user.
+
+
+def quiet_modules() -> list[Path]:
+    """Every module of deploy/ that must not print, and the task declarations."""
+    def allowed(path: Path) -> bool:
+        return any(path == place or place in path.parents for place in PRINTING_ALLOWED)
+
+    return [*(path for path in sorted(DEPLOY.rglob("*.py")) if not allowed(path)), REPO / "tasks.py", REPO / "fabfile.py"]
+
+
+def is_std_stream(node: ast.expr, aliases: set[str]) -> bool:
+    """sys.stdout, sys.stderr (or their __dunder__ originals), or a name bound by `from sys import stderr`."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sys":
+        return node.attr in ("stdout", "stderr", "__stdout__", "__stderr__")
+    return isinstance(node, ast.Name) and node.id in aliases
+
+
+def printing_calls(source: str) -> list[str]:
+    """Where the source prints: print(), a rich console's .print(), a write to sys.stdout / sys.stderr, or a prompt (input, getpass)."""
+    tree = ast.parse(source)
+    aliases = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "sys"
+        for alias in node.names
+        if alias.name in ("stdout", "stderr", "__stdout__", "__stderr__")
+    }
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        function = node.func
+        if isinstance(function, ast.Name) and function.id in ("print", "input"):
+            found.append(f"line {node.lineno}: {function.id}()")
+        elif isinstance(function, ast.Attribute) and isinstance(function.value, ast.Name) and function.value.id == "getpass" and function.attr == "getpass":
+            found.append(f"line {node.lineno}: getpass.getpass()")
+        elif isinstance(function, ast.Attribute) and function.attr == "print":
+            found.append(f"line {node.lineno}: .print()")
+        elif isinstance(function, ast.Attribute) and function.attr in ("write", "writelines") and is_std_stream(function.value, aliases):
+            found.append(f"line {node.lineno}: {ast.unparse(function)}()")
+    return found
+
+
+@pytest.mark.parametrize("source", [
+    "print('x')",
+    "print('x', file=sys.stderr, flush=True)",
+    "def f():\n    print()",
+    "import sys\nsys.stdout.write('x')",
+    "import sys\nsys.stderr.write('x')",
+    "import sys\nsys.stderr.writelines(['x'])",
+    "import sys\nsys.__stderr__.write('x')",
+    "from sys import stderr\nstderr.write('x')",
+    "from sys import stdout as out\nout.write('x')",
+    "RichConsole(file=stream).print(table)",
+    "answer = input('continue? ')",
+    "import getpass\ngetpass.getpass('password: ')",
+])
+def test_the_print_check_sees_each_way_of_printing(source: str) -> None:
+    assert printing_calls(source), source
+
+
+@pytest.mark.parametrize("source", [
+    "known.write('host key')",
+    "print_summary(results)",
+    "ui.stdout_result(text)",
+    "sys.stderr.isatty()",
+    "log.write(sys.stderr.name)",
+    "stderr = open('f', 'w')\nstderr.write('x')",
+])
+def test_the_print_check_lets_other_calls_pass(source: str) -> None:
+    assert printing_calls(source) == [], source
+
+
+def test_no_module_outside_deploy_ui_prints() -> None:
+    """Output is events (deploy.ui.events) or a deploy.ui function, so one place decides what is shown and where."""
+    modules = quiet_modules()
+    assert DEPLOY / "pipeline.py" in modules and DEPLOY / "fleet.py" in modules and not any(UI in path.parents for path in modules)
+    offenders = {str(path.relative_to(REPO)): printing_calls(path.read_text()) for path in modules}
+    assert {path: calls for path, calls in offenders.items() if calls} == {}

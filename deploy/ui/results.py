@@ -1,0 +1,38 @@
+"""A task's result: what it prints on stdout for scripts to read, and the fleet's closing summary on stderr.
+
+stdout carries only results (a generations listing, build paths, the status
+table, JSON); everything else a run says goes to stderr.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from deploy.ui.live import RESULT_STYLES
+
+
+def stdout_result(text: str, *, end: str = "\n") -> None:
+    """The task's result on stdout, as print(text, end=end) would write it."""
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+SUMMARY_COLUMNS = ("host", "result", "gen", "time", "error")
+
+
+def show_summary(rows: Sequence[tuple[str, str, str, str, str]], plain: str, *, rich: bool, stream: TextIO) -> None:
+    """The fleet's summary: `plain` (pipes and logs), or on a terminal a rich table of the same rows."""
+    if not rich:
+        stream.write(plain + "\n")
+        stream.flush()
+        return
+    from rich.console import Console as RichConsole
+    from rich.table import Table
+
+    table = Table(title="nixfab", title_justify="left", show_lines=False)
+    for column in SUMMARY_COLUMNS:
+        table.add_column(column, overflow="fold")
+    for host, result, generation, duration, error in rows:
+        table.add_row(host, f"[{RESULT_STYLES.get(result, '')}]{result}[/]", generation, duration, error)
+    RichConsole(file=stream).print(table)

@@ -1,0 +1,239 @@
+"""deploy.ui: the renderers draw events as today's lines, whole, and the log keeps what the terminal does not show."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+
+from deploy.process import LocalRunner
+from deploy.ui import (
+    CommandRun,
+    Console,
+    Emitter,
+    HostFinished,
+    LogSink,
+    Note,
+    OutputText,
+    PhaseStarted,
+    PlainRenderer,
+    Progress,
+    Tee,
+    command_line,
+    host_emitter,
+    stream_prefix,
+)
+from deploy.ui import events as ui_events
+
+
+class SlowStream(io.StringIO):
+    """A terminal that takes its time: it writes a character at a time and lets other threads run in between."""
+
+    def write(self, text: str) -> int:
+        for character in text:
+            super().write(character)
+            time.sleep(0)
+        return len(text)
+
+
+def fleet_of_two() -> tuple[io.StringIO, Emitter, Emitter, io.StringIO, io.StringIO]:
+    terminal = SlowStream()
+    console = Console(terminal)
+    width = len("alpha")
+    alpha_log, beta_log = io.StringIO(), io.StringIO()
+    alpha = host_emitter(console, stream_prefix("alpha", width), alpha_log)
+    beta = host_emitter(console, stream_prefix("beta", width), beta_log)
+    return terminal, alpha, beta, alpha_log, beta_log
+
+
+# --- CommandRun: `+ [host] argv`, exactly as before -------------------------------------------------------------
+
+
+def test_a_remote_command_renders_as_plus_host_argv() -> None:
+    event = CommandRun(("nix-env", "-p", "/nix/var/nix/profiles/system", "--set", "/nix/store/abc-nixos-system"), where="alpha")
+    assert command_line(event) == "+ [alpha] nix-env -p /nix/var/nix/profiles/system --set /nix/store/abc-nixos-system"
+
+
+def test_a_local_command_renders_with_its_environment_in_front_quoted() -> None:
+    event = CommandRun(("nix", "copy", "--to", "ssh://alpha", "/nix/store/x y"), env=(("NIX_SSHOPTS", "-F /tmp/ssh config"), ("A", "1")))
+    assert command_line(event) == "+ NIX_SSHOPTS='-F /tmp/ssh config' A=1 nix copy --to ssh://alpha '/nix/store/x y'"
+
+
+def test_a_script_s_lines_each_get_the_host_prefix() -> None:
+    terminal, alpha, _, alpha_log, _ = fleet_of_two()
+    alpha.command(["sh", "-c", "set -e\nrm -rf \"$1\"\n", "sh", "/run/nixfab/deploy.lock"], where="alpha")
+    assert terminal.getvalue().splitlines() == [
+        "alpha | + [alpha] sh -c 'set -e",
+        'alpha | rm -rf "$1"',
+        "alpha | ' sh /run/nixfab/deploy.lock",
+    ]
+    assert alpha_log.getvalue() == "+ [alpha] sh -c 'set -e\nrm -rf \"$1\"\n' sh /run/nixfab/deploy.lock\n"
+
+
+def test_the_emitter_turns_its_arguments_into_the_event() -> None:
+    seen: list[ui_events.Event] = []
+
+    class Recorder:
+        def emit(self, event: ui_events.Event, /) -> None:
+            seen.append(event)
+
+    emitter = Emitter(Recorder())
+    emitter.command(["sudo", "true"], where="beta", env={"K": "v"})
+    emitter.note("==> beta: done")
+    emitter.warning("low on space")
+    emitter.output("live\n")
+    emitter.record("captured\n")
+    emitter.output("")
+    emitter.record("")
+    assert seen == [
+        CommandRun(("sudo", "true"), "beta", (("K", "v"),)),
+        Note("==> beta: done"),
+        ui_events.Warning("low on space"),
+        OutputText("live\n"),
+        OutputText("captured\n", captured=True),
+    ]
+
+
+def test_a_fleet_host_prefixes_every_line_and_logs_it_unprefixed() -> None:
+    terminal, alpha, beta, alpha_log, _ = fleet_of_two()
+    alpha.command(["nix-env", "-p", "/nix/var/nix/profiles/system", "--set", "/nix/store/abc"], where="alpha")
+    beta.note("==> beta: copying the closure")
+    alpha.warning("alpha has 1 MiB free on /nix")
+    alpha.note("alpha: /old -> /new (nvd)\n\n[U] firefox")
+    assert terminal.getvalue().splitlines() == [
+        "alpha | + [alpha] nix-env -p /nix/var/nix/profiles/system --set /nix/store/abc",
+        "beta  | ==> beta: copying the closure",
+        "alpha | warning: alpha has 1 MiB free on /nix",
+        "alpha | alpha: /old -> /new (nvd)",
+        "alpha | ",
+        "alpha | [U] firefox",
+    ]
+    assert alpha_log.getvalue() == (
+        "+ [alpha] nix-env -p /nix/var/nix/profiles/system --set /nix/store/abc\n"
+        "warning: alpha has 1 MiB free on /nix\n"
+        "alpha: /old -> /new (nvd)\n\n[U] firefox\n"
+    )
+
+
+def test_without_a_prefix_lines_are_as_print_wrote_them() -> None:
+    stream = io.StringIO()
+    emitter = Emitter.plain(stream)
+    emitter.command(["true"])
+    emitter.note("")
+    emitter.note("==> x: flake check passed")
+    emitter.output("no newline at the end")
+    assert stream.getvalue() == "+ true\n\n==> x: flake check passed\nno newline at the end\n"
+
+
+# --- captured output: the log only --------------------------------------------------------------------------------
+
+
+def test_captured_output_reaches_only_the_log() -> None:
+    terminal, alpha, _, alpha_log, beta_log = fleet_of_two()
+    alpha.record("generation\t3\t/nix/store/abc\nprofile\tsystem-3-link")
+    alpha.output("building '/nix/store/def.drv'...\n")
+    assert terminal.getvalue() == "alpha | building '/nix/store/def.drv'...\n"
+    assert alpha_log.getvalue() == "generation\t3\t/nix/store/abc\nprofile\tsystem-3-link\nbuilding '/nix/store/def.drv'...\n"
+    assert beta_log.getvalue() == ""
+
+
+def test_a_local_runner_shows_stderr_and_logs_the_captured_stdout() -> None:
+    terminal, log = io.StringIO(), io.StringIO()
+    runner = LocalRunner(host_emitter(Console(terminal), "here | ", log))
+    result = runner.run(["sh", "-c", "echo parsed; echo shown >&2"])
+    assert result.ok and result.stdout == "parsed\n" and result.stderr == "shown\n"
+    assert terminal.getvalue().splitlines() == ["here | + sh -c 'echo parsed; echo shown >&2'", "here | shown"]
+    assert log.getvalue().splitlines() == ["+ sh -c 'echo parsed; echo shown >&2'", "shown", "parsed"]
+
+
+# --- verbosity -------------------------------------------------------------------------------------------------
+
+
+def test_show_commands_false_hides_the_commands_but_not_the_notes_nor_the_log() -> None:
+    terminal, log = io.StringIO(), io.StringIO()
+    emitter = Emitter(Tee(PlainRenderer(Console(terminal), "a | ", show_commands=False), LogSink(log)))
+    emitter.command(["nix", "build"], where="a")
+    emitter.note("==> a: built")
+    emitter.output("error: oops\n")
+    assert terminal.getvalue() == "a | ==> a: built\na | error: oops\n"
+    assert log.getvalue() == "+ [a] nix build\n==> a: built\nerror: oops\n"
+
+
+# --- whole lines from threads ------------------------------------------------------------------------------------
+
+
+def test_prefixed_lines_from_two_threads_never_interleave_mid_line() -> None:
+    terminal, alpha, beta, _, _ = fleet_of_two()
+    start = threading.Barrier(2)
+
+    def chatter(emitter: Emitter, name: str) -> None:
+        writer = emitter.lines()  # as Fabric streams a remote command: chunks that split lines anywhere
+        start.wait()
+        for number in range(150):
+            line = f"{name} says line {number} " + "x" * (number % 17) + "\n"
+            for piece in (line[:3], line[3:11], line[11:]):
+                writer.write(piece)
+            emitter.note(f"==> {name}: note {number}")
+        writer.write(f"{name} ends without a newline")
+        writer.close()
+
+    threads = [threading.Thread(target=chatter, args=(emitter, name)) for emitter, name in ((alpha, "alpha"), (beta, "beta"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    lines = terminal.getvalue().split("\n")
+    assert lines.pop() == ""  # the output ends with a newline
+    by_host: dict[str, list[str]] = {"alpha": [], "beta": []}
+    for line in lines:
+        prefix, separator, rest = line.partition(" | ")
+        assert separator and prefix.strip() in by_host, line
+        by_host[prefix.strip()].append(rest)
+    for name, received in by_host.items():
+        expected = []
+        for number in range(150):
+            expected += [f"{name} says line {number} " + "x" * (number % 17), f"==> {name}: note {number}"]
+        assert received == [*expected, f"{name} ends without a newline"]
+
+
+def test_a_line_writer_hands_on_nothing_before_the_line_is_complete() -> None:
+    stream = io.StringIO()
+    writer = Emitter.plain(stream).lines()
+    writer.write("half a ")
+    writer.flush()  # Invoke flushes after every chunk; that must not cut the line
+    assert stream.getvalue() == ""
+    writer.write("line\nand the next\r\n")
+    assert stream.getvalue() == "half a line\nand the next\n"
+    writer.close()
+    assert stream.getvalue() == "half a line\nand the next\n"
+
+
+# --- the live table's model ----------------------------------------------------------------------------------------
+
+
+def test_the_live_table_follows_phase_and_finish_events() -> None:
+    progress = Progress(["alpha", "beta"])
+    progress.emit(PhaseStarted("alpha", "build"))
+    progress.phase("alpha", "copy")
+    progress.emit(Note("ignored"))
+    progress.emit(HostFinished("beta", "failed"))
+    assert progress.hosts["alpha"].phase == "copy" and progress.hosts["alpha"].started is not None
+    assert progress.hosts["alpha"].finished is None
+    assert progress.hosts["beta"].phase == "failed" and progress.hosts["beta"].result == "failed"
+    assert progress.hosts["beta"].elapsed(time.monotonic()) == pytest.approx(0.0)
+
+
+def test_while_the_live_table_is_drawn_every_line_for_stderr_goes_through_it(capsys: pytest.CaptureFixture[str]) -> None:
+    printed: list[str] = []
+    fleet_console = Console()  # the fleet's; live_display gives it rich's printer
+    fleet_console.printer = printed.append
+    try:
+        Emitter().note("==> building alpha on this machine")  # the run's own notes, on another console
+        host_emitter(fleet_console, "alpha | ").command(["true"], where="alpha")
+    finally:
+        fleet_console.printer = None
+    Emitter().note("after")
+    assert printed == ["==> building alpha on this machine", "alpha | + [alpha] true"]
+    assert capsys.readouterr().err == "after\n"
