@@ -163,7 +163,7 @@ class RecordingHost:
         self.closed = 0
         self.opened: list[RecordingHost] = []  # the fresh connections reconnect() made from this one
         self.output = io.StringIO()
-        self.echo = Echo(stream=self.output)  # where show_journal and host_lock write their notes
+        self.echo = Echo.plain(self.output)  # where show_journal and host_lock write their notes
 
     # ---- the Host protocol ----
 
@@ -227,7 +227,8 @@ class RecordingRunner:
 
     def __init__(self, *, dry_run: bool = False, echo: Echo | None = None) -> None:
         self.dry_run = dry_run
-        self.echo = echo or Echo(stream=io.StringIO())
+        self.notes = io.StringIO()  # what the default echo printed
+        self.echo = echo or Echo.plain(self.notes)
         self.env: dict[str, str] = {}
         self.table = Table()
 

@@ -138,7 +138,7 @@ class World:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, dry_run: bool = False, host_spec: HostSpec | None = None) -> None:
         self.spec = host_spec or spec()
-        self.session = Session(Inventory(hosts={"web1": self.spec}), echo=Echo(stream=io.StringIO()), dry_run=dry_run)
+        self.session = Session(Inventory(hosts={"web1": self.spec}), echo=Echo.plain(io.StringIO()), dry_run=dry_run)
         self.runner = RecordingRunner(dry_run=dry_run)
         self.run = HostRun(self.spec, self.runner.echo, self.runner)  # type: ignore[arg-type]
         self.host = RecordingHost(dry_run=dry_run, facts={"systemd-run": True})
@@ -149,7 +149,7 @@ class World:
 
     @property
     def notes(self) -> str:
-        return self.runner.echo.stream.getvalue()  # type: ignore[attr-defined]
+        return self.runner.notes.getvalue()
 
 
 @pytest.fixture
