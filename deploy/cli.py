@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from deploy.errors import NixfabError, UsageError
+from deploy.model import Action, Result
 
 if TYPE_CHECKING:
     from deploy.fleet import HostResult
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from deploy.pipeline import HostRun, Session
 
 T = TypeVar("T")
-ACTIVATING_ACTIONS = ("switch", "boot", "test", "dry-activate")
 # Positionals our handlers check themselves, so each can be left out or given by flag.
 OPTIONAL_POSITIONALS = frozenset({"machine", "generation", "command"})
 
@@ -132,10 +132,11 @@ def check_older_than(value: str) -> str:
     return value
 
 
-def check_action(action: str) -> str:
-    if action not in ACTIVATING_ACTIONS:
-        raise UsageError(f"--action must be one of {', '.join(ACTIVATING_ACTIONS)}, not {action!r}")
-    return action
+def check_action(action: str) -> Action:
+    try:
+        return Action(action)
+    except ValueError:
+        raise UsageError(f"--action must be one of {', '.join(Action)}, not {action!r}") from None
 
 
 def open_session(inventory: str, *, dry_run: bool, flake: str, ssh_config: Path | None = None) -> Session:
@@ -190,7 +191,7 @@ def deploy_request(options: dict[str, Any], flake: str, *, local: bool) -> Any:
     from deploy.pipeline import DeployRequest
 
     if options.get("action"):
-        check_action(options["action"])
+        options["action"] = check_action(options["action"])
     if options.get("delete_older_than"):
         check_older_than(options["delete_older_than"])
     for option in ("reboot_timeout", "confirm_timeout"):
@@ -246,7 +247,7 @@ def run_fleet(session: Session, request: Any, machines: list[str], raw: dict[str
     journal = Journal(journal_path(flake_dir)) if not session.dry_run else None
 
     def record(result: HostResult, run: HostRun) -> None:
-        if journal is not None and result.result not in ("not started",):
+        if journal is not None and result.result != Result.NOT_STARTED:
             journal_record(journal, request, run.spec, result)
 
     fleet = Fleet(session, request, machines, options, on_result=record)

@@ -13,6 +13,7 @@ from typing import Any
 from deploy import cli, commands
 from deploy.errors import UsageError
 from deploy.hosts import Host
+from deploy.model import Result
 
 
 def one_machine(options: dict[str, Any], shifted: str | None = None) -> str | None:
@@ -107,7 +108,7 @@ def journal_day2(options: dict[str, Any], host: str, action: str, activation: An
     Journal(journal_path(None)).record(
         DeployRecord(
             started_at=utc_now(), local_user=local_user(), host=host, action=action, flake="", revision=None, dirty=None,
-            store_path=activation.path, generation=activation.generation, result="ok", duration_seconds=0.0, error=None,
+            store_path=activation.path, generation=activation.generation, result=Result.OK, duration_seconds=0.0, error=None,
         )
     )
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-PHASES = ("check", "build", "lock", "copy", "diff", "activate", "confirm", "health", "reboot", "gc")
+from deploy.model import Phase, Result
 
 
 class Console:
@@ -85,10 +85,15 @@ def stream_prefix(name: str, width: int) -> str:
 @dataclass
 class HostProgress:
     name: str
-    phase: str = "waiting"
+    phase: Phase | None = None  # None: not started yet
     started: float | None = None
     finished: float | None = None
-    result: str | None = None
+    result: Result | None = None
+
+    @property
+    def shown(self) -> str:
+        """The progress table's phase column: the result once there is one, else the phase, else waiting."""
+        return self.result or self.phase or "waiting"
 
     def elapsed(self, now: float) -> float:
         if self.started is None:
@@ -107,31 +112,30 @@ class Progress:
     def __post_init__(self) -> None:
         self.hosts = {name: HostProgress(name) for name in self.names}
 
-    def phase(self, name: str, phase: str) -> None:
+    def phase(self, name: str, phase: Phase) -> None:
         with self.lock:
             host = self.hosts[name]
             if host.started is None:
                 host.started = time.monotonic()
             host.phase = phase
 
-    def finish(self, name: str, result: str) -> None:
+    def finish(self, name: str, result: Result) -> None:
         with self.lock:
             host = self.hosts[name]
             host.finished = time.monotonic()
             if host.started is None:
                 host.started = host.finished
             host.result = result
-            host.phase = result
 
 
-RESULT_STYLES = {
-    "ok": "green",
-    "up-to-date": "green",
-    "built": "green",
-    "failed": "bold red",
-    "rolled-back": "bold yellow",
-    "interrupted": "yellow",
-    "not started": "dim",
+RESULT_STYLES: dict[Result, str] = {
+    Result.OK: "green",
+    Result.UP_TO_DATE: "green",
+    Result.BUILT: "green",
+    Result.FAILED: "bold red",
+    Result.ROLLED_BACK: "bold yellow",
+    Result.INTERRUPTED: "yellow",
+    Result.NOT_STARTED: "dim",
 }
 
 
@@ -146,8 +150,8 @@ def progress_table(progress: Progress) -> Any:
     with progress.lock:
         rows = list(progress.hosts.values())
     for host in rows:
-        style = RESULT_STYLES.get(host.phase, "cyan" if host.started else "dim")
-        table.add_row(host.name, f"[{style}]{host.phase}[/]", f"{host.elapsed(now):.1f}s" if host.started else "")
+        style = (RESULT_STYLES.get(host.result) if host.result else None) or ("cyan" if host.started else "dim")
+        table.add_row(host.name, f"[{style}]{host.shown}[/]", f"{host.elapsed(now):.1f}s" if host.started else "")
     return table
 
 
