@@ -21,21 +21,10 @@ from typing import TextIO
 
 from deploy.errors import ActivationFailed, BuildError, FleetFailed, HealthCheckFailed, NixfabError, NotConfirmed
 from deploy.model import Phase, Result
+from deploy.options import FleetOptions
 from deploy.output import Console, HostStream, Progress, live_display, open_log, stream_prefix
 from deploy.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_here, build_location, deploy_host
 from deploy.process import Echo, LocalRunner
-
-DEFAULT_PARALLEL = 10  # colmena's default too: enough for a homelab at once, gentle on a small machine
-
-
-@dataclass(frozen=True)
-class FleetOptions:
-    parallel: int = DEFAULT_PARALLEL
-    fail_fast: bool = False
-    canary: bool = False
-    batch: int | None = None
-    log_dir: Path | None = None
-    live: bool = False
 
 
 @dataclass(frozen=True)
