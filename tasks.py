@@ -1,4 +1,7 @@
-"""nixfab's Invoke tasks: names, options and help only; the work happens in deploy/.
+"""nixfab's Invoke tasks: names, options and help, and for each task the two functions it runs:
+a builder of deploy/arguments.py, which turns the options into a typed dataclass
+(deploy/options.py), and the handler that takes it (cli.run_deploy, or one of
+deploy/day2.py); the work happens in deploy/.
 
 Task names mirror flakem's commands: `inv TASK [MACHINE]`, or select with
 `--host a,b` (repeatable, globs), `--tag web`, `--all`; with none of them a
