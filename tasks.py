@@ -1,4 +1,7 @@
-"""nixfab's Invoke tasks: names, options and help only; the work happens in deploy/.
+"""nixfab's Invoke tasks: names, options and help, and for each task the two functions it runs:
+a builder of deploy/arguments.py, which turns the options into a typed dataclass
+(deploy/options.py), and the handler that takes it (cli.run_deploy, or one of
+deploy/day2.py); the work happens in deploy/.
 
 Task names mirror flakem's commands: `inv TASK [MACHINE]`, or select with
 `--host a,b` (repeatable, globs), `--tag web`, `--all`; with none of them a
@@ -7,17 +10,24 @@ serves the same tasks to `fab -H user@host TASK`.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.tasks import Task, task
 
-from deploy import cli
+from deploy import arguments, cli, day2
+from deploy.arguments import DeployPreset
+from deploy.cli import Step
+from deploy.model import Action
 
 cli.allow_optional_machine()
+
+OptionsT = TypeVar("OptionsT")
 
 HELP = {
     "machine": "the machine (nixosConfigurations attribute and SSH destination, [user@]name); default: this machine",
@@ -61,14 +71,19 @@ ACTIVATING: dict[str, Any] = {
 RESET: dict[str, Any] = {"delete_older_than": "15d", "reboot_timeout": "300"}
 
 
+class StepTask(Task[Callable[..., None]]):
+    """A task whose body builds its typed options and runs its handler: `step` says with what (tests/test_model.py reads it)."""
+
+    step: Step[Any]
+
+
 def make_task(
-    name: str, doc: str, handler: Callable[..., None], parameters: dict[str, Any], fixed: dict[str, Any] | None = None,
-    positional: tuple[str, ...] = ("machine",),
-) -> Task[Callable[..., None]]:
-    """A Task whose options are `parameters` (name → default); `fixed` is passed to the handler as is."""
+    name: str, doc: str, step: Step[Any], parameters: dict[str, Any], positional: tuple[str, ...] = ("machine",)
+) -> StepTask:
+    """A Task whose options are `parameters` (name → default), handed to `step` as keyword arguments."""
 
     def body(c: Any, **options: Any) -> None:
-        handler(c, {**options, **(fixed or {})})
+        step(c, **options)
 
     body.__name__ = name.replace("-", "_")
     body.__doc__ = doc
@@ -81,78 +96,83 @@ def make_task(
     positional_names = [name for name in positional if name in parameters]
     help_text = {key: HELP[key] for key in (k.replace("_", "-") for k in parameters) if key in HELP}
     # Invoke would invent a short flag for every option, down to `--` itself once letters run out.
-    return Task(body, name=name, positional=positional_names, iterable=iterable, help=help_text, auto_shortflags=False)
+    made = StepTask(body, name=name, positional=positional_names, iterable=iterable, help=help_text, auto_shortflags=False)
+    made.step = step
+    return made
 
 
-def deploy_task(name: str, doc: str, *, options: dict[str, Any] | None = None, fixed: dict[str, Any]) -> Task[Callable[..., None]]:
-    activating = fixed.get("action", "switch") is not None
-    parameters = {**SELECTION, **FLEET, **(ACTIVATING if activating else {}), **(options or {})}
-    return make_task(name, doc, cli.run_deploy, parameters, fixed)
+def deploy_task(name: str, doc: str, preset: DeployPreset, *, options: dict[str, Any] | None = None) -> StepTask:
+    """A fleet deploy (cli.run_deploy): `preset` is what the task fixes, `options` what it asks besides the common ones."""
+    parameters = {**SELECTION, **FLEET, **(ACTIVATING if preset.action is not None else {}), **(options or {})}
+    return make_task(name, doc, Step(functools.partial(arguments.deploy, preset), cli.run_deploy), parameters)
 
 
-def local_step(name: str, doc: str, step: str, parameters: dict[str, Any], positional: tuple[str, ...] = ("machine",)) -> Task[Callable[..., None]]:
-    """A task that works on one host's connection (or this machine): the step is a function in deploy.day2."""
-
-    def handler(c: Any, options: dict[str, Any]) -> None:
-        from deploy import day2
-
-        getattr(day2, step)(c, options)
-
-    return make_task(name, doc, handler, parameters, positional=positional)
+def local_step(
+    name: str, doc: str, handler: Callable[[Any, OptionsT], None], build: Callable[..., OptionsT], parameters: dict[str, Any],
+    positional: tuple[str, ...] = ("machine",),
+) -> StepTask:
+    """A task that works on one host's connection (or this machine): `build` makes its options, `handler` (deploy.day2) runs."""
+    return make_task(name, doc, Step(build, handler), parameters, positional=positional)
 
 
 ONE_HOST = {"machine": None, "host": None, "flake": ".", "inventory": "hosts.yaml", "dry_run": False}
 
 DEPLOY_TASKS = [
     deploy_task("build", "Build a machine's system on this machine, leaving ./result (nothing is activated).",
-                fixed={"action": None, "build_on": "local", "out_link": "result"}),
+                DeployPreset(action=None, build_on="local", out_link=Path("result"))),
     deploy_task("build-there", "Build a machine's system on the machine itself (nothing is activated).",
-                fixed={"action": None, "build_on": "target"}),
+                DeployPreset(action=None, build_on="target")),
     deploy_task("switch", "Build a system here and activate it on this machine (sudo nixos-rebuild switch).",
-                options={"action": "switch"}, fixed={"local": True}),
-    deploy_task("switch-pull", "Build on the target and activate there.", options={"action": "switch"}, fixed={"build_on": "target"}),
+                DeployPreset(local=True), options={"action": "switch"}),
+    deploy_task("switch-pull", "Build on the target and activate there.", DeployPreset(build_on="target"), options={"action": "switch"}),
     deploy_task("switch-push", "Build here (or where hosts.yaml says), copy the closure, activate on the target(s).",
-                options={"action": "switch", "build_on": None, "substitute_on_destination": False}, fixed={}),
+                DeployPreset(), options={"action": "switch", "build_on": None, "substitute_on_destination": False}),
     deploy_task("boot", "Like switch-push, but only make it the boot default (nixos-rebuild boot).",
-                options={"build_on": None}, fixed={"action": "boot"}),
+                DeployPreset(action=Action.BOOT), options={"build_on": None}),
     deploy_task("test", "Like switch-push, but activate without making it the boot default (nixos-rebuild test).",
-                options={"build_on": None}, fixed={"action": "test"}),
+                DeployPreset(action=Action.TEST), options={"build_on": None}),
     deploy_task("dry-activate", "Build, copy, and show what activation would do (nixos-rebuild dry-activate).",
-                options={"build_on": None}, fixed={"action": "dry-activate"}),
+                DeployPreset(action=Action.DRY_ACTIVATE), options={"build_on": None}),
     deploy_task("diff", "Build, copy, and show what would change against the target's running system; activates nothing.",
-                options={"build_on": None}, fixed={"action": "switch", "diff_only": True}),
+                DeployPreset(action=Action.SWITCH, diff_only=True), options={"build_on": None}),
     deploy_task("switch-pull-reset", "switch-pull with the boot action, then reboot, wait for it, and collect garbage.",
-                options=RESET, fixed={"action": "boot", "build_on": "target", "reboot": True, "collect_garbage": True}),
+                DeployPreset(action=Action.BOOT, build_on="target", reboot=True, collect_garbage=True), options=RESET),
     deploy_task("switch-push-reset", "switch-push with the boot action, then reboot, wait for it, and collect garbage.",
-                options={**RESET, "build_on": None}, fixed={"action": "boot", "reboot": True, "collect_garbage": True}),
+                DeployPreset(action=Action.BOOT, reboot=True, collect_garbage=True), options={**RESET, "build_on": None}),
 ]
 
 DAY2_TASKS = [
-    local_step("reset", "Reboot the machine, wait until it is back, then collect garbage.", "reset", {**ONE_HOST, **RESET}),
-    local_step("ssh-wait", "Wait until the machine answers SSH, then run COMMAND there (flakem's ssh-wait).", "ssh_wait",
+    local_step("reset", "Reboot the machine, wait until it is back, then collect garbage.", day2.reset, arguments.reset,
+               {**ONE_HOST, **RESET}),
+    local_step("ssh-wait", "Wait until the machine answers SSH, then run COMMAND there (flakem's ssh-wait).", day2.ssh_wait, arguments.ssh_wait,
                {"machine": None, "command": None, "host": None, "flake": ".", "inventory": "hosts.yaml", "timeout": "300", "interval": "2"},
                positional=("machine", "command")),
-    local_step("generations", "List the system generations of the target (or this machine).", "generations", {**ONE_HOST, "json": False}),
-    local_step("switch-generation", "Make generation N current on the target and activate it.", "switch_generation",
-               {**ONE_HOST, "generation": None}, positional=("machine", "generation")),
-    local_step("rollback", "Go back to the previous generation and activate it (nixos-rebuild --rollback switch).", "rollback", ONE_HOST),
-    local_step("check", "Run `nix flake check` on the flake.", "check", {"flake": ".", "dry_run": False}),
-    local_step("update", "Update the flake's lock file: every input, or only --input NAME.", "update",
+    local_step("generations", "List the system generations of the target (or this machine).", day2.generations, arguments.generations,
+               {**ONE_HOST, "json": False}),
+    local_step("switch-generation", "Make generation N current on the target and activate it.", day2.switch_generation,
+               arguments.switch_generation, {**ONE_HOST, "generation": None}, positional=("machine", "generation")),
+    local_step("rollback", "Go back to the previous generation and activate it (nixos-rebuild --rollback switch).", day2.rollback,
+               arguments.one_host, ONE_HOST),
+    local_step("check", "Run `nix flake check` on the flake.", day2.check, arguments.flake_task, {"flake": ".", "dry_run": False}),
+    local_step("update", "Update the flake's lock file: every input, or only --input NAME.", day2.update, arguments.flake_task,
                {"flake": ".", "input": [], "dry_run": False}),
-    local_step("status", "One row per host: reachable, generation, drift from the flake, reboot pending, uptime.", "status",
+    local_step("status", "One row per host: reachable, generation, drift from the flake, reboot pending, uptime.", day2.status,
+               arguments.status,
                {"machine": None, "host": [], "tag": [], "all": False, "flake": ".", "inventory": "hosts.yaml", "json": False}),
-    local_step("history", "The local journal of deploys and rollbacks.", "history", {"machine": None, "host": [], "json": False, "flake": "."}),
-    local_step("hosts", "Every host nixfab knows: from systems/, hosts.yaml or both, with mismatches flagged.", "hosts",
+    local_step("history", "The local journal of deploys and rollbacks.", day2.history, arguments.history,
+               {"machine": None, "host": [], "json": False, "flake": "."}),
+    local_step("hosts", "Every host nixfab knows: from systems/, hosts.yaml or both, with mismatches flagged.", day2.hosts, arguments.hosts,
                {"flake": ".", "inventory": "hosts.yaml", "json": False}),
 ]
 
 HOME_TASKS = [
-    local_step("build", "Build a Home Manager configuration here (homeConfigurations.\"user@host\").", "hm_build",
+    local_step("build", "Build a Home Manager configuration here (homeConfigurations.\"user@host\").", day2.hm_build, arguments.home,
                {**ONE_HOST, "user": ""}),
-    local_step("switch", "Build and activate a Home Manager configuration on this machine.", "hm_switch", {"user": "", "flake": ".", "dry_run": False}),
-    local_step("push", "Build here, copy, and activate a Home Manager configuration on the target.", "hm_push",
+    local_step("switch", "Build and activate a Home Manager configuration on this machine.", day2.hm_switch, arguments.home,
+               {"user": "", "flake": ".", "dry_run": False}),
+    local_step("push", "Build here, copy, and activate a Home Manager configuration on the target.", day2.hm_push, arguments.home,
                {**ONE_HOST, "user": ""}),
-    local_step("pull", "Build and activate a Home Manager configuration on the target itself.", "hm_pull",
+    local_step("pull", "Build and activate a Home Manager configuration on the target itself.", day2.hm_pull, arguments.home,
                {**ONE_HOST, "user": ""}),
 ]
 

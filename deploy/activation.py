@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from deploy import commands
 from deploy.errors import ActivationFailed, NotInStore, RemoteCommandFailed
 from deploy.hosts import Host
+from deploy.model import Action
 from deploy.process import tab_fields
 from deploy.scripts import script
 
@@ -23,12 +24,16 @@ class SystemState:
 @dataclass(frozen=True)
 class Activation:
     path: str
-    action: str
+    action: Action
     generation: int | None
     previous: SystemState
     # False when an existing generation was made current (switch-generation,
     # rollback): undo must then not delete it.
     created_generation: bool = True
+
+    def __post_init__(self) -> None:
+        # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
+        object.__setattr__(self, "action", Action(self.action))
 
 
 def parse_generation(link_target: str) -> int | None:
@@ -58,15 +63,15 @@ def systemd_run_works(host: Host) -> bool:
     return host.facts["systemd-run"]
 
 
-def wrap_for_host(host: Host, argv: list[str], action: str) -> list[str]:
+def wrap_for_host(host: Host, argv: list[str], action: Action) -> list[str]:
     """nixos-rebuild's rule: use systemd-run where it works, a clean env elsewhere."""
-    install_bootloader = action in ("switch", "boot")
+    install_bootloader = action.changes_boot_default
     if systemd_run_works(host):
         return commands.systemd_run(argv, unit=commands.SWITCH_UNIT, install_bootloader=install_bootloader)
     return commands.plain_environment(argv, install_bootloader=install_bootloader)
 
 
-def run_switch_to_configuration(host: Host, path: str, action: str, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+def run_switch_to_configuration(host: Host, path: str, action: Action, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
     argv = commands.switch_to_configuration(path, action)
     result = host.run(wrap_for_host(host, wrap(argv) if wrap else argv, action), sudo=True, stream=True)
     if not result.ok:
@@ -89,7 +94,7 @@ def show_journal(host: Host) -> None:
 def activate(
     host: Host,
     path: str,
-    action: str,
+    action: Action,
     *,
     before_switch: Callable[[Activation], None] | None = None,
     wrap: Callable[[list[str]], list[str]] | None = None,
@@ -101,11 +106,12 @@ def activate(
     `before_switch` sees the prepared activation (magic rollback arms its
     watchdog there); `wrap` wraps the switch-to-configuration argv.
     """
+    action = Action(action)  # a caller's plain "switch" becomes the member; anything else is a ValueError
     if not host.run(commands.test_file(f"{path}/nixos-version")).ok:
         raise NotInStore(f"{host.label}: {path} is not a NixOS system on this host (no nixos-version); refusing to activate it")
     previous = system_state(host)
     generation = previous.generation
-    if action in ("switch", "boot"):
+    if action.changes_boot_default:
         result = host.run(commands.set_system_profile(path), sudo=True)
         if not result.ok:
             raise RemoteCommandFailed(f"{host.label}: nix-env --set failed: {result.tail(1)}")
@@ -128,7 +134,7 @@ class RollbackStep:
 
     says: str | None  # for the error message; None for steps not worth mentioning
     profile_argv: tuple[str, ...] = ()
-    reactivate: tuple[str, str] | None = None  # (system path, switch-to-configuration action)
+    reactivate: tuple[str, Action] | None = None  # (system path, switch-to-configuration action)
 
     def argv(self) -> list[str]:
         return commands.switch_to_configuration(*self.reactivate) if self.reactivate else list(self.profile_argv)
@@ -142,19 +148,19 @@ def rollback_steps(activation: Activation) -> list[RollbackStep]:
     """
     previous = activation.previous
     steps: list[RollbackStep] = []
-    if activation.action in ("switch", "boot") and activation.generation != previous.generation:
+    if activation.action.changes_boot_default and activation.generation != previous.generation:
         if previous.generation is not None and previous.generation_path:
             steps.append(RollbackStep(None, tuple(commands.switch_system_generation(previous.generation))))
             steps.append(
-                RollbackStep(f"profile and boot default back to generation {previous.generation}", reactivate=(previous.generation_path, "boot"))
+                RollbackStep(f"profile and boot default back to generation {previous.generation}", reactivate=(previous.generation_path, Action.BOOT))
             )
         if activation.generation is not None and activation.created_generation:
             if previous.generation is None:
                 steps.append(RollbackStep("removed the new profile (the host had none)", tuple(commands.remove_system_profile(activation.generation))))
             else:
                 steps.append(RollbackStep(None, tuple(commands.delete_system_generation(activation.generation))))
-    if activation.action in ("switch", "test") and previous.running and previous.running != activation.path:
-        steps.append(RollbackStep(f"running system back to {previous.running}", reactivate=(previous.running, "test")))
+    if activation.action.changes_running_system and previous.running and previous.running != activation.path:
+        steps.append(RollbackStep(f"running system back to {previous.running}", reactivate=(previous.running, Action.TEST)))
     return steps
 
 
@@ -172,7 +178,7 @@ def undo(host: Host, activation: Activation) -> str:
     return "rolled back: " + "; ".join(said) if said else "nothing to roll back"
 
 
-def restore(host: Host, path: str, action: str) -> str:
+def restore(host: Host, path: str, action: Action) -> str:
     """Reactivate an earlier system; an empty string when that worked."""
     try:
         run_switch_to_configuration(host, path, action)

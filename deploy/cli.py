@@ -1,7 +1,10 @@
 """The CLI edge: the only place where errors become messages and exit codes.
 
-tasks.py declares tasks and options and calls these functions. Everything
-heavy (Fabric, paramiko, rich, yaml) is imported inside them, so that
+tasks.py declares tasks and options; each task is a Step: a function of
+deploy/arguments.py builds its typed options (deploy/options.py) from
+Invoke's keyword arguments, and its handler (run_deploy here, or one in
+deploy/day2.py) gets them. Everything heavy
+(Fabric, paramiko, rich, yaml) is imported inside functions, so that
 Invoke's tab completion, which imports tasks.py on every TAB, stays fast.
 """
 from __future__ import annotations
@@ -9,21 +12,44 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from deploy.errors import NixfabError, UsageError
+from deploy.model import Result
 
 if TYPE_CHECKING:
     from deploy.fleet import HostResult
+    from deploy.history import Journal
     from deploy.hosts import Host
     from deploy.inventory import HostSpec
-    from deploy.pipeline import HostRun, Session
+    from deploy.options import DeployOptions, OneHostOptions, Selection
+    from deploy.pipeline import DeployRequest, HostRun, Session
 
 T = TypeVar("T")
-ACTIVATING_ACTIONS = ("switch", "boot", "test", "dry-activate")
+OptionsT = TypeVar("OptionsT")
 # Positionals our handlers check themselves, so each can be left out or given by flag.
 OPTIONAL_POSITIONALS = frozenset({"machine", "generation", "command"})
+
+
+class Step(Generic[OptionsT]):
+    """One task's work: `build` turns Invoke's keyword arguments into typed options (deploy.arguments), `run` acts on them.
+
+    mypy checks that what `build` returns is what `run` takes. (A plain class: a dataclass would cost
+    tab completion an exec at import.)
+    """
+
+    __slots__ = ("build", "run")
+
+    def __init__(self, build: Callable[..., OptionsT], run: Callable[[Any, OptionsT], None]) -> None:
+        self.build = build
+        self.run = run
+
+    def __call__(self, context: Any, **arguments: Any) -> None:
+        with errors_as_exit_codes():
+            options = self.build(**arguments)
+        self.run(context, options)
 
 
 def allow_optional_machine() -> None:
@@ -90,13 +116,6 @@ def fab_ssh_config(context: Any) -> Path | None:
     return Path(path).absolute() if path else None
 
 
-def flake_reference(flake: str) -> str:
-    """A local directory becomes an absolute reference, so ssh and cwd changes cannot confuse it."""
-    if ":" not in flake.split("#", 1)[0] and Path(flake).is_dir():
-        return str(Path(flake).absolute())
-    return flake
-
-
 def flake_directory(flake: str) -> Path | None:
     from deploy.flakeref import local_flake_directory
 
@@ -104,47 +123,11 @@ def flake_directory(flake: str) -> Path | None:
     return Path(directory) if directory else None
 
 
-def seconds(option: str, value: str | float) -> float:
-    """Invoke would turn a bad number into a traceback; this says which option was wrong."""
-    try:
-        parsed = float(value)
-    except ValueError:
-        raise UsageError(f"{option} takes a number of seconds, not {value!r}") from None
-    if parsed <= 0:
-        raise UsageError(f"{option} must be more than 0 seconds, not {value!r}")
-    return parsed
-
-
-def count(option: str, value: str | int) -> int:
-    try:
-        parsed = int(str(value))
-    except ValueError:
-        raise UsageError(f"{option} takes a whole number, not {value!r}") from None
-    if parsed < 1:
-        raise UsageError(f"{option} must be at least 1, not {value!r}")
-    return parsed
-
-
-def check_older_than(value: str) -> str:
-    """`all` or `<days>d`, the only forms nix-collect-garbage takes; checked before any reboot."""
-    if value != "all" and not (value.endswith("d") and value[:-1].isdigit() and value[:-1].isascii()):
-        raise UsageError(f"--delete-older-than takes a number of days such as 15d, or all, not {value!r}")
-    return value
-
-
-def check_action(action: str) -> str:
-    if action not in ACTIVATING_ACTIONS:
-        raise UsageError(f"--action must be one of {', '.join(ACTIVATING_ACTIONS)}, not {action!r}")
-    return action
-
-
 def open_session(inventory: str, *, dry_run: bool, flake: str, ssh_config: Path | None = None) -> Session:
     """The run's shared state; hosts that only the flake's systems/ knows join the inventory with their meta.nix.
 
     Every task opens its session here, so a name means the same machine to all of them.
     """
-    from dataclasses import replace
-
     from deploy.inventory import load_inventory
     from deploy.pipeline import Session
 
@@ -171,89 +154,90 @@ def systems_of(flake: str) -> dict[str, tuple[str, ...]]:
     return {name: tuple(info.tags or ()) for name, info in discover_systems(directory).items()}
 
 
-def selected_machines(context: Any, session: Session, flake: str, options: dict[str, Any]) -> tuple[list[str], bool]:
-    """(machines, local): what --host/--tag/--all/the positional name; nothing means this machine."""
+def selected_machines(context: Any, session: Session, selection: Selection) -> tuple[list[str], bool]:
+    """(machines, local): what --host/--tag/--all/the positional name select; nothing means this machine."""
     from deploy.selection import select_hosts, this_machine
 
-    names = [name for name in [options.pop("machine", None) or fab_machine(context), *options.pop("host", [])] if name]
-    tags, everything = options.pop("tag", []), options.pop("all", False)
-    if not names and not tags and not everything:
+    names = [name for name in [selection.machine or fab_machine(context), *selection.hosts] if name]
+    if not names and not selection.tags and not selection.everything:
         return [this_machine()], True
-    machines = select_hosts(session.inventory, systems_of(flake), names=names, tags=tags, everything=everything)
+    machines = select_hosts(
+        session.inventory, systems_of(selection.flake), names=names, tags=selection.tags, everything=selection.everything
+    )
     here = this_machine()
     is_here = len(machines) == 1 and machines[0] == here and session.inventory.host(here).ssh.address == here
     return machines, is_here
 
 
-def deploy_request(options: dict[str, Any], flake: str, *, local: bool) -> Any:
+def deploy_request(options: DeployOptions, *, local: bool, extra_nix: tuple[str, ...]) -> DeployRequest:
     from deploy.history import flake_revision
     from deploy.pipeline import DeployRequest
 
-    if options.get("action"):
-        check_action(options["action"])
-    if options.get("delete_older_than"):
-        check_older_than(options["delete_older_than"])
-    for option in ("reboot_timeout", "confirm_timeout"):
-        if option in options:
-            options[option] = seconds("--" + option.replace("_", "-"), options[option])
-    if options.get("out_link"):
-        options["out_link"] = Path(options["out_link"])
+    flake = options.selection.flake
     revision, dirty = flake_revision(flake)
-    show_diff = options.pop("diff", False)
-    local = options.pop("local", False) or local
-    return DeployRequest(flake=flake, local=local, show_diff=show_diff, revision=revision, dirty=dirty, **options)
+    return DeployRequest(
+        flake=flake,
+        action=options.action,
+        build_on=options.build_on,
+        local=options.local or local,
+        reboot=options.reboot,
+        collect_garbage=options.collect_garbage,
+        delete_older_than=options.delete_older_than,
+        substitute_on_destination=options.substitute_on_destination,
+        extra_nix=extra_nix,
+        out_link=options.out_link,
+        reboot_timeout=options.reboot_timeout,
+        force=options.force,
+        magic_rollback=options.magic_rollback,
+        confirm_timeout=options.confirm_timeout,
+        health_checks=options.health_checks,
+        show_diff=options.show_diff,
+        ask=options.ask,
+        diff_only=options.diff_only,
+        revision=revision,
+        dirty=dirty,
+    )
 
 
-FLEET_OPTIONS = ("parallel", "fail_fast", "canary", "batch", "json", "log_dir", "skip_checks")
-
-
-def run_deploy(context: Any, options: dict[str, Any]) -> None:
+def run_deploy(context: Any, options: DeployOptions) -> None:
     """Every deploy task: select hosts, check the flake, then build and deploy them as a fleet."""
     with errors_as_exit_codes():
-        fleet_options = {key: options.pop(key) for key in FLEET_OPTIONS if key in options}
-        inventory, dry_run = options.pop("inventory"), options.pop("dry_run")
-        options.setdefault("extra_nix", extra_nix_options() if not hasattr(context, "original_host") else ())
-        flake = flake_reference(options.pop("flake"))
-        session = open_session(inventory, dry_run=dry_run, ssh_config=fab_ssh_config(context), flake=flake)
+        extra_nix = extra_nix_options() if not hasattr(context, "original_host") else ()
+        selection = options.selection
+        session = open_session(selection.inventory, dry_run=options.dry_run, ssh_config=fab_ssh_config(context), flake=selection.flake)
         try:
-            machines, local = selected_machines(context, session, flake, options)
-            request = deploy_request(options, flake, local=local)
-            run_fleet(session, request, machines, fleet_options)
+            machines, local = selected_machines(context, session, selection)
+            request = deploy_request(options, local=local, extra_nix=extra_nix)
+            run_fleet(session, request, machines, options)
         finally:
             session.close()
 
 
-def run_fleet(session: Session, request: Any, machines: list[str], raw: dict[str, Any]) -> None:
+def run_fleet(session: Session, request: DeployRequest, machines: list[str], options: DeployOptions) -> None:
     from deploy.flake_ops import flake_check
-    from deploy.fleet import Fleet, FleetOptions, exit_code, print_summary, results_json
+    from deploy.fleet import Fleet, exit_code, print_summary, results_json
     from deploy.history import Journal, journal_path, state_directory
     from deploy.ui import stdout_result
 
-    as_json = bool(raw.get("json"))
-    batch = count("--batch", raw["batch"]) if raw.get("batch") else None
     flake_dir = flake_directory(request.flake)
-    log_dir = Path(raw["log_dir"]) if raw.get("log_dir") else state_directory(flake_dir) / "logs" / run_stamp()
-    options = FleetOptions(
-        parallel=count("--parallel", raw.get("parallel", 10)),
-        fail_fast=bool(raw.get("fail_fast")),
-        canary=bool(raw.get("canary")),
-        batch=batch,
-        log_dir=log_dir,
+    fleet_options = replace(
+        options.fleet,
+        log_dir=options.fleet.log_dir or state_directory(flake_dir) / "logs" / run_stamp(),
         live=sys.stderr.isatty() and not request.ask and not session.dry_run,
     )
-    if request.action is not None and not raw.get("skip_checks"):
+    if request.action is not None and not options.skip_checks:
         session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
         flake_check(session.runner, request.flake, request.extra_nix)
     journal = Journal(journal_path(flake_dir)) if not session.dry_run else None
 
     def record(result: HostResult, run: HostRun) -> None:
-        if journal is not None and result.result not in ("not started",):
+        if journal is not None and result.result != Result.NOT_STARTED:
             journal_record(journal, request, run.spec, result)
 
-    fleet = Fleet(session, request, machines, options, on_result=record)
+    fleet = Fleet(session, request, machines, fleet_options, on_result=record)
     results = fleet.run()
     print_summary(results, rich=sys.stderr.isatty(), stream=sys.stderr)
-    if as_json:
+    if options.as_json:
         stdout_result(results_json(results, interrupted=fleet.interrupted))
     elif request.action is None:
         for result in results:
@@ -277,7 +261,7 @@ def fleet_error(results: Sequence[HostResult], code: int, *, interrupted: bool) 
     return error
 
 
-def journal_record(journal: Any, request: Any, spec: HostSpec, result: HostResult) -> None:
+def journal_record(journal: Journal, request: DeployRequest, spec: HostSpec, result: HostResult) -> None:
     from datetime import UTC, datetime, timedelta
 
     from deploy.history import DeployRecord, local_user
@@ -300,15 +284,12 @@ def run_stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
 
 
-def run_on_target(
-    context: Any, machine: str | None, *, inventory: str, flake: str, dry_run: bool, step: Callable[[Host], T]
-) -> T:
+def run_on_target(context: Any, target: OneHostOptions, step: Callable[[Host], T]) -> T:
     """Run one step (reset, ssh-wait, generations, …) against one host, or this machine without one."""
     with errors_as_exit_codes():
-        flake = flake_reference(flake)
-        session = open_session(inventory, dry_run=dry_run, flake=flake, ssh_config=fab_ssh_config(context))
+        session = open_session(target.inventory, dry_run=target.dry_run, flake=target.flake, ssh_config=fab_ssh_config(context))
         try:
-            return step(single_target(context, session, machine, flake))
+            return step(single_target(context, session, target.machine, target.flake))
         finally:
             session.close()
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from deploy.model import Action
 from deploy.scripts import script
 
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
-ACTIONS = ("switch", "boot", "test", "dry-activate")
 # Flakes may be off in the user's nix.conf; nixos-rebuild enables them per call too.
 NIX = ["nix", "--extra-experimental-features", "nix-command flakes"]
 SWITCH_UNIT = "nixfab-switch-to-configuration"
@@ -143,10 +143,12 @@ def remove_system_profile(generation: int) -> list[str]:
     return ["rm", "-f", "--", SYSTEM_PROFILE, f"{SYSTEM_PROFILE}-{generation}-link"]
 
 
-def switch_to_configuration(path: str, action: str) -> list[str]:
-    if action not in ACTIONS:
-        raise ValueError(f"unknown action {action!r}")
-    return [f"{path}/bin/switch-to-configuration", action]
+def switch_to_configuration(path: str, action: Action) -> list[str]:
+    try:
+        checked = Action(action)
+    except ValueError:
+        raise ValueError(f"unknown action {action!r}") from None
+    return [f"{path}/bin/switch-to-configuration", checked.value]
 
 
 def systemd_run(argv: Sequence[str], *, unit: str, install_bootloader: bool) -> list[str]:

@@ -1,93 +1,96 @@
 """Handlers of the tasks that are not fleet deploys: reset, ssh-wait, generations, rollback, check,
 update, status, history, hosts, and Home Manager's hm.* tasks.
 
-Each takes the Invoke context and the task's options and runs inside
-cli.errors_as_exit_codes(), so bad input ends as one line and an exit code.
+Each takes the Invoke context and the task's typed options (deploy/options.py,
+built by deploy/arguments.py) and runs inside cli.errors_as_exit_codes(), so bad input
+ends as one line and an exit code. tasks.py names these functions, so this
+module imports only light things at module level; the work's imports are
+inside the functions.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploy import cli, commands, ui
 from deploy.errors import UsageError
-from deploy.hosts import Host
+from deploy.model import Result
+
+if TYPE_CHECKING:
+    from deploy.activation import Activation
+    from deploy.hosts import Host
+    from deploy.options import (
+        FlakeOptions,
+        GenerationsOptions,
+        HistoryOptions,
+        HomeOptions,
+        HostsOptions,
+        OneHostOptions,
+        ResetOptions,
+        SshWaitOptions,
+        StatusOptions,
+        SwitchGenerationOptions,
+    )
 
 
-def one_machine(options: dict[str, Any], shifted: str | None = None) -> str | None:
-    """`--host X` or the positional MACHINE; with --host, a positional slot holds the next argument."""
-    if options.get("host"):
-        if shifted and options.get("machine") and not options.get(shifted):
-            options[shifted] = options["machine"]
-        return str(options["host"])
-    return options.get("machine") or None
-
-
-def require_machine(context: Any, options: dict[str, Any], task: str, shifted: str | None = None) -> str:
-    machine = one_machine(options, shifted) or cli.fab_machine(context)
+def require_machine(context: Any, target: OneHostOptions, task: str) -> OneHostOptions:
+    """The target with its machine named (by MACHINE, --host or `fab -H`): these tasks never act on this machine by default."""
+    machine = target.machine or cli.fab_machine(context)
     if not machine:
         raise UsageError(f"name the machine: `inv {task} MACHINE` (this task never acts on this machine by default)")
-    return str(machine)
+    return replace(target, machine=machine)
 
 
-def reset(context: Any, options: dict[str, Any]) -> None:
+def reset(context: Any, options: ResetOptions) -> None:
     from deploy.gc import collect_garbage
     from deploy.reboot import reboot_and_wait
 
     with cli.errors_as_exit_codes():
-        machine = require_machine(context, options, "reset")
-        timeout = cli.seconds("--reboot-timeout", options["reboot_timeout"])
-        cli.check_older_than(options["delete_older_than"])
+        target = require_machine(context, options.target, "reset")
 
-        def reboot_then_collect(target: Host) -> None:
-            reboot_and_wait(target, expected_system=None, timeout=timeout)
-            collect_garbage(target, options["delete_older_than"])
+        def reboot_then_collect(host: Host) -> None:
+            reboot_and_wait(host, expected_system=None, timeout=options.reboot_timeout)
+            collect_garbage(host, options.delete_older_than)
 
-        cli.run_on_target(context, machine, inventory=options["inventory"], flake=options["flake"], dry_run=options["dry_run"], step=reboot_then_collect)
+        cli.run_on_target(context, target, reboot_then_collect)
 
 
-def ssh_wait(context: Any, options: dict[str, Any]) -> None:
+def ssh_wait(context: Any, options: SshWaitOptions) -> None:
     from deploy.reboot import ssh_wait as wait
 
     with cli.errors_as_exit_codes():
-        machine = require_machine(context, options, "ssh-wait", shifted="command")
-        timeout, interval = cli.seconds("--timeout", options["timeout"]), cli.seconds("--interval", options["interval"])
+        target = require_machine(context, options.target, "ssh-wait")
 
-        def wait_then_run(target: Host) -> None:
-            result = wait(target, options.get("command") or None, timeout=timeout, interval=interval)
+        def wait_then_run(host: Host) -> None:
+            result = wait(host, options.command, timeout=options.timeout, interval=options.interval)
             ui.stdout_result(result.stdout, end="")
 
-        cli.run_on_target(context, machine, inventory=options["inventory"], flake=options["flake"], dry_run=False, step=wait_then_run)
+        cli.run_on_target(context, target, wait_then_run)
 
 
-def generations(context: Any, options: dict[str, Any]) -> None:
+def generations(context: Any, options: GenerationsOptions) -> None:
     from deploy.generations import format_generations, generations_json, list_generations
 
     def show(target: Host) -> None:
         listed = list_generations(target)
-        ui.stdout_result(generations_json(listed) if options["json"] else format_generations(listed), end="" if not options["json"] else "\n")
+        ui.stdout_result(generations_json(listed) if options.as_json else format_generations(listed), end="" if not options.as_json else "\n")
 
-    cli.run_on_target(context, one_machine(options), inventory=options["inventory"], flake=options["flake"], dry_run=options["dry_run"], step=show)
+    cli.run_on_target(context, options.target, show)
 
 
-def switch_generation(context: Any, options: dict[str, Any]) -> None:
+def switch_generation(context: Any, options: SwitchGenerationOptions) -> None:
     from deploy.generations import switch_generation as switch
 
-    machine = one_machine(options, shifted="generation")
-    with cli.errors_as_exit_codes():
-        text = str(options.get("generation") or "")
-        if not text.isdigit():
-            raise UsageError(f"switch-generation takes a generation number (see `inv generations`), not {text!r}")
-
     def run(target: Host) -> None:
-        activation = switch(target, int(text), note=print_note)
+        activation = switch(target, options.generation, note=print_note)
         print_note(f"==> {target.label}: generation {activation.generation} is current and running ({activation.path})")
-        journal_day2(options, target.label, "switch-generation", activation)
+        journal_day2(options.target, target.label, "switch-generation", activation)
 
-    cli.run_on_target(context, machine, inventory=options["inventory"], flake=options["flake"], dry_run=options["dry_run"], step=run)
+    cli.run_on_target(context, options.target, run)
 
 
-def rollback(context: Any, options: dict[str, Any]) -> None:
+def rollback(context: Any, options: OneHostOptions) -> None:
     from deploy.generations import rollback as roll_back
 
     def run(target: Host) -> None:
@@ -95,18 +98,18 @@ def rollback(context: Any, options: dict[str, Any]) -> None:
         print_note(f"==> {target.label}: rolled back to generation {activation.generation} ({activation.path})")
         journal_day2(options, target.label, "rollback", activation)
 
-    cli.run_on_target(context, one_machine(options), inventory=options["inventory"], flake=options["flake"], dry_run=options["dry_run"], step=run)
+    cli.run_on_target(context, options, run)
 
 
-def journal_day2(options: dict[str, Any], host: str, action: str, activation: Any) -> None:
-    if options.get("dry_run"):
+def journal_day2(options: OneHostOptions, host: str, action: str, activation: Activation) -> None:
+    if options.dry_run:
         return
     from deploy.history import DeployRecord, Journal, journal_path, local_user, utc_now
 
     Journal(journal_path(None)).record(
         DeployRecord(
             started_at=utc_now(), local_user=local_user(), host=host, action=action, flake="", revision=None, dirty=None,
-            store_path=activation.path, generation=activation.generation, result="ok", duration_seconds=0.0, error=None,
+            store_path=activation.path, generation=activation.generation, result=Result.OK, duration_seconds=0.0, error=None,
         )
     )
 
@@ -115,66 +118,61 @@ def print_note(message: str) -> None:
     ui.note(message)
 
 
-def check(context: Any, options: dict[str, Any]) -> None:
+def check(context: Any, options: FlakeOptions) -> None:
     from deploy.flake_ops import flake_check
     from deploy.process import Echo, LocalRunner
 
     with cli.errors_as_exit_codes():
-        flake = cli.flake_reference(options["flake"])
-        flake_check(LocalRunner(Echo(), dry_run=options["dry_run"]), flake, cli.extra_nix_options())
-        print_note(f"==> {flake}: nix flake check passed")
+        flake_check(LocalRunner(Echo(), dry_run=options.dry_run), options.flake, cli.extra_nix_options())
+        print_note(f"==> {options.flake}: nix flake check passed")
 
 
-def update(context: Any, options: dict[str, Any]) -> None:
+def update(context: Any, options: FlakeOptions) -> None:
     from deploy.flake_ops import flake_update
     from deploy.process import Echo, LocalRunner
     from deploy.selection import split_names
 
     with cli.errors_as_exit_codes():
-        flake = cli.flake_reference(options["flake"])
-        flake_update(LocalRunner(Echo(), dry_run=options["dry_run"]), flake, split_names(options["input"]), cli.extra_nix_options())
+        flake_update(LocalRunner(Echo(), dry_run=options.dry_run), options.flake, split_names(options.inputs), cli.extra_nix_options())
 
 
-def status(context: Any, options: dict[str, Any]) -> None:
+def status(context: Any, options: StatusOptions) -> None:
     from deploy.status import host_status, print_status
 
     with cli.errors_as_exit_codes():
-        flake = cli.flake_reference(options["flake"])
-        session = cli.open_session(options["inventory"], dry_run=False, ssh_config=cli.fab_ssh_config(context), flake=flake)
+        selection = options.selection
+        session = cli.open_session(selection.inventory, dry_run=False, ssh_config=cli.fab_ssh_config(context), flake=selection.flake)
         try:
-            names = [options["machine"]] if options.get("machine") else []
-            selecting = dict(host=[*names, *options["host"]], tag=options["tag"], all=options["all"] or not (names or options["host"] or options["tag"]))
-            machines, _local = cli.selected_machines(context, session, flake, selecting)
-            rows = host_status(session, flake, machines, cli.extra_nix_options())
+            machines, _local = cli.selected_machines(context, session, selection)
+            rows = host_status(session, selection.flake, machines, cli.extra_nix_options())
         finally:
             session.close()
-        print_status(rows, as_json=options["json"])
+        print_status(rows, as_json=options.as_json)
 
 
-def history(context: Any, options: dict[str, Any]) -> None:
+def history(context: Any, options: HistoryOptions) -> None:
     from deploy.history import Journal, format_history, history_json, journal_path
 
     with cli.errors_as_exit_codes():
-        hosts = [name for name in [options.get("machine"), *options["host"]] if name]
-        path = journal_path(cli.flake_directory(cli.flake_reference(options["flake"])))
+        path = journal_path(cli.flake_directory(options.flake))
         records = Journal(path).records() if path.exists() else []
-        if hosts:
-            wanted = set(hosts)
+        if options.hosts:
+            wanted = set(options.hosts)
             records = [record for record in records if record.host in wanted]
-        ui.stdout_result(history_json(records) if options["json"] else format_history(records), end="" if not options["json"] else "\n")
+        ui.stdout_result(history_json(records) if options.as_json else format_history(records), end="" if not options.as_json else "\n")
 
 
-def hosts(context: Any, options: dict[str, Any]) -> None:
+def hosts(context: Any, options: HostsOptions) -> None:
     import json
 
     from deploy.discovery import discover_systems, format_host_listing, host_listing
     from deploy.inventory import load_inventory
 
     with cli.errors_as_exit_codes():
-        flake_dir = cli.flake_directory(cli.flake_reference(options["flake"])) or Path(".")
-        inventory = load_inventory(Path(options["inventory"]), required=options["inventory"] != "hosts.yaml")
+        flake_dir = cli.flake_directory(options.flake) or Path(".")
+        inventory = load_inventory(Path(options.inventory), required=options.inventory != "hosts.yaml")
         rows = host_listing(inventory, discover_systems(flake_dir))
-        if options["json"]:
+        if options.as_json:
             ui.stdout_result(json.dumps([{**row.__dict__, "tags": list(row.tags), "problems": list(row.problems)} for row in rows], indent=2))
         else:
             ui.stdout_result(format_host_listing(rows), end="")
@@ -183,65 +181,65 @@ def hosts(context: Any, options: dict[str, Any]) -> None:
 # ---- Home Manager ---------------------------------------------------------------------------
 
 
-def home_user(options: dict[str, Any], target: Host | None) -> str:
+def home_user(options: HomeOptions, target: Host | None) -> str:
     import getpass
 
-    user = options.get("user") or (getattr(target, "login_user", None) if target is not None else None) or getpass.getuser()
+    user = options.user or (getattr(target, "login_user", None) if target is not None else None) or getpass.getuser()
     return str(user)
 
 
-def hm_build(context: Any, options: dict[str, Any]) -> None:
+def hm_build(context: Any, options: HomeOptions) -> None:
     from deploy.home_manager import build_home
     from deploy.inventory import load_inventory
     from deploy.process import Echo, LocalRunner
     from deploy.selection import this_machine
 
     with cli.errors_as_exit_codes():
+        target = options.target
         # It builds here and needs no host, but an --inventory named on the command line must exist and parse.
-        load_inventory(Path(options["inventory"]), required=options["inventory"] != "hosts.yaml")
-        machine = one_machine(options) or this_machine()
+        load_inventory(Path(target.inventory), required=target.inventory != "hosts.yaml")
+        machine = target.machine or this_machine()
         name = machine.rpartition("@")[2]
-        user = options.get("user") or (machine.partition("@")[0] if "@" in machine else home_user(options, None))
+        user = options.user or (machine.partition("@")[0] if "@" in machine else home_user(options, None))
         path = build_home(
-            LocalRunner(Echo(), dry_run=options["dry_run"]), cli.flake_reference(options["flake"]), user, name,
-            out_link=Path("result"), extra=cli.extra_nix_options(),
+            LocalRunner(Echo(), dry_run=target.dry_run), target.flake, user, name, out_link=Path("result"), extra=cli.extra_nix_options(),
         )
         ui.stdout_result(path)
 
 
-def hm_switch(context: Any, options: dict[str, Any]) -> None:
+def hm_switch(context: Any, options: HomeOptions) -> None:
     from deploy.home_manager import switch_home
     from deploy.process import Echo, LocalRunner
     from deploy.selection import this_machine
 
     with cli.errors_as_exit_codes():
-        runner = LocalRunner(Echo(), dry_run=options["dry_run"])
-        activation = switch_home(runner, cli.flake_reference(options["flake"]), home_user(options, None), this_machine(), extra=cli.extra_nix_options())
+        runner = LocalRunner(Echo(), dry_run=options.target.dry_run)
+        activation = switch_home(runner, options.target.flake, home_user(options, None), this_machine(), extra=cli.extra_nix_options())
         print_note(f"==> {activation.user}: Home Manager generation {activation.generation} is active ({activation.path})")
 
 
-def hm_push(context: Any, options: dict[str, Any]) -> None:
+def hm_push(context: Any, options: HomeOptions) -> None:
     home_remote(context, options, "push")
 
 
-def hm_pull(context: Any, options: dict[str, Any]) -> None:
+def hm_pull(context: Any, options: HomeOptions) -> None:
     home_remote(context, options, "pull")
 
 
-def home_remote(context: Any, options: dict[str, Any], how: str) -> None:
+def home_remote(context: Any, options: HomeOptions, how: str) -> None:
     from deploy import home_manager
 
     with cli.errors_as_exit_codes():
-        machine = require_machine(context, options, f"hm.{how}")
-        flake = cli.flake_reference(options["flake"])
-        session = cli.open_session(options["inventory"], dry_run=options["dry_run"], flake=flake, ssh_config=cli.fab_ssh_config(context))
+        target = require_machine(context, options.target, f"hm.{how}")
+        assert target.machine is not None
+        session = cli.open_session(target.inventory, dry_run=target.dry_run, flake=target.flake, ssh_config=cli.fab_ssh_config(context))
         try:
-            spec = session.inventory.host(machine)
-            target = session.target(spec)
-            user = options.get("user") or spec.ssh.user or target.login_user
+            spec = session.inventory.host(target.machine)
+            remote = session.target(spec)
+            user = options.user or spec.ssh.user or remote.login_user
             deploy_home = home_manager.push_home if how == "push" else home_manager.pull_home
             activation = deploy_home(
-                session.runner, target, target_store=commands.ssh_store_uri(spec.ssh.destination()), flake=flake, user=user,
+                session.runner, remote, target_store=commands.ssh_store_uri(spec.ssh.destination()), flake=target.flake, user=user,
                 host=spec.name, nix_env=session.nix_env(spec.ssh), extra=cli.extra_nix_options(),
             )
             print_note(f"==> {spec.name}: {user}'s Home Manager generation {activation.generation} is active ({activation.path})")

@@ -19,28 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from deploy.errors import BuildError, FleetFailed, NixfabError
+from deploy.errors import ActivationFailed, BuildError, FleetFailed, HealthCheckFailed, NixfabError, NotConfirmed
+from deploy.model import Phase, Result
+from deploy.options import FleetOptions
 from deploy.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_here, build_location, deploy_host
 from deploy.process import LocalRunner
 from deploy.ui import Console, Progress, host_emitter, live_display, open_log, show_summary, stream_prefix
-
-DEFAULT_PARALLEL = 10  # colmena's default too: enough for a homelab at once, gentle on a small machine
-
-
-@dataclass(frozen=True)
-class FleetOptions:
-    parallel: int = DEFAULT_PARALLEL
-    fail_fast: bool = False
-    canary: bool = False
-    batch: int | None = None
-    log_dir: Path | None = None
-    live: bool = False
 
 
 @dataclass(frozen=True)
 class HostResult:
     host: str
-    result: str  # ok, built, up-to-date, failed, rolled-back, not started, interrupted
+    result: Result
     duration_seconds: float
     path: str | None = None
     generation: int | None = None
@@ -48,16 +38,21 @@ class HostResult:
     exit_code: int = 0
     log: str | None = None
 
+    def __post_init__(self) -> None:
+        # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
+        object.__setattr__(self, "result", Result(self.result))
+
     @property
     def healthy(self) -> bool:
-        return self.result in ("ok", "built", "up-to-date", "diffed")
+        return self.result.healthy
 
 
-ROLLED_BACK_ERRORS = ("ActivationFailed", "NotConfirmed", "HealthCheckFailed")
+# A deploy that ends with one of these has put the host back where it was (activation.undo, the magic-rollback watchdog).
+ROLLED_BACK_ERRORS = (ActivationFailed, NotConfirmed, HealthCheckFailed)
 
 
-def result_of_error(error: NixfabError) -> str:
-    return "rolled-back" if type(error).__name__ in ROLLED_BACK_ERRORS else "failed"
+def result_of_error(error: NixfabError) -> Result:
+    return Result.ROLLED_BACK if type(error) in ROLLED_BACK_ERRORS else Result.FAILED
 
 
 def waves(names: Sequence[str], *, canary: bool, batch: int | None) -> list[list[str]]:
@@ -126,7 +121,7 @@ class Fleet:
                 self.interrupted = True
             for name in self.runs:
                 if name not in self.results:
-                    self.finish(name, HostResult(name, "interrupted" if self.interrupted else "not started", 0.0))
+                    self.finish(name, HostResult(name, Result.INTERRUPTED if self.interrupted else Result.NOT_STARTED, 0.0))
         return [self.results[name] for name in self.runs]
 
     @contextmanager
@@ -145,7 +140,7 @@ class Fleet:
         if not local:
             return {}
         for run in local:
-            self.progress.phase(run.spec.name, "build")
+            self.progress.phase(run.spec.name, Phase.BUILD)
         names = ", ".join(run.spec.attr for run in local)
         from deploy.disk import check_free_space
 
@@ -205,10 +200,10 @@ class Fleet:
         if name in self.results:
             return
         if self.stop.is_set():
-            self.finish(name, HostResult(name, "interrupted" if self.interrupted else "not started", 0.0))
+            self.finish(name, HostResult(name, Result.INTERRUPTED if self.interrupted else Result.NOT_STARTED, 0.0))
             return
         started = time.monotonic()
-        self.progress.phase(name, "lock" if self.request.action else "build")
+        self.progress.phase(name, Phase.LOCK if self.request.action else Phase.BUILD)
         try:
             outcome = deploy_host(self.session, self.request, run, built_here)
         except NixfabError as error:
@@ -277,7 +272,7 @@ def results_json(results: Sequence[HostResult], *, interrupted: bool) -> str:
     )
 
 
-def summary_rows(results: Sequence[HostResult]) -> list[tuple[str, str, str, str, str]]:
+def summary_rows(results: Sequence[HostResult]) -> list[tuple[str, Result, str, str, str]]:
     return [
         (r.host, r.result, "" if r.generation is None else str(r.generation), f"{r.duration_seconds:.1f}s", first_line(r.error or ""))
         for r in results

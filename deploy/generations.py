@@ -16,6 +16,7 @@ from deploy import commands
 from deploy.activation import Activation, SystemState, parse_generation, run_switch_to_configuration, undo
 from deploy.errors import ActivationFailed, NotInStore, RemoteCommandFailed, UsageError
 from deploy.hosts import Host
+from deploy.model import Action
 
 Note = Callable[[str], None]
 
@@ -166,9 +167,9 @@ def _switch_to(host: Host, listing: GenerationListing, generation: Generation, n
     switched = host.run(commands.switch_system_generation(generation.number), sudo=True)
     if not switched.ok:
         raise RemoteCommandFailed(f"{host.label}: nix-env --switch-generation {generation.number} failed: {switched.tail(1)}")
-    activation = Activation(generation.path, "switch", generation.number, previous, created_generation=False)
+    activation = Activation(generation.path, Action.SWITCH, generation.number, previous, created_generation=False)
     try:
-        run_switch_to_configuration(host, generation.path, "switch")
+        run_switch_to_configuration(host, generation.path, Action.SWITCH)
     except ActivationFailed as failure:
         undone = undo(host, activation)
         raise ActivationFailed(f"{failure}; {undone}") from None
@@ -183,8 +184,8 @@ def _dry_run_switch(host: Host, number: int | None) -> Activation:
     else:
         host.run(commands.switch_system_generation(number), sudo=True)
         path = f"<generation {number}>"
-    run_switch_to_configuration(host, path, "switch")
-    return Activation(path, "switch", number, SystemState(None, None, None), created_generation=False)
+    run_switch_to_configuration(host, path, Action.SWITCH)
+    return Activation(path, Action.SWITCH, number, SystemState(None, None, None), created_generation=False)
 
 
 def switch_generation(host: Host, number: int, *, note: Note | None = None) -> Activation:

@@ -35,6 +35,7 @@ from typing import Any
 
 from deploy import flakeref
 from deploy.errors import JournalError
+from deploy.model import Result
 from deploy.scripts import script
 
 STATE_DIRECTORY_VARIABLE = "NIXFAB_STATE_DIR"
@@ -45,7 +46,6 @@ SCHEMA_VERSION = 1
 # one-row transactions; short enough that a wedged lock still surfaces.
 BUSY_TIMEOUT_SECONDS = 30.0
 
-RESULTS = ("ok", "failed", "rolled-back", "up-to-date", "interrupted")
 TARGET_REVISIONS_DIRECTORY = "/nix/var/nix/nixfab/generations"
 
 _GENERATION_LINE = re.compile(r"\A([0-9]+)\t(.*)\Z")
@@ -62,9 +62,17 @@ class DeployRecord:
     dirty: bool | None
     store_path: str | None
     generation: int | None
-    result: str
+    result: Result
     duration_seconds: float
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        # Only Result's strings go into the journal (and come out of it as members); anything else is a bug, refused here.
+        try:
+            result = Result(self.result)
+        except ValueError:
+            raise ValueError(f"a deploy's result is one of {', '.join(map(repr, Result))}, not {self.result!r}") from None
+        object.__setattr__(self, "result", result)
 
 
 _COLUMNS = tuple(field.name for field in dataclasses.fields(DeployRecord))
@@ -219,7 +227,10 @@ class Journal:
             parameters.append(max(limit, 0))
         with self._connection() as connection:
             rows = connection.execute(query, parameters).fetchall()
-        return [_record_from_row(row) for row in reversed(rows)]
+        try:
+            return [_record_from_row(row) for row in reversed(rows)]
+        except ValueError as error:
+            raise JournalError(f"deploy journal {self.path}: {error}") from None
 
 
 def connection_path(connection: sqlite3.Connection) -> str:
@@ -238,7 +249,7 @@ class DeployInProgress:
 
     store_path: str | None = None
     generation: int | None = None
-    result: str = "ok"
+    result: Result = Result.OK
 
 
 @contextmanager
@@ -257,11 +268,11 @@ def recording(
     try:
         yield progress
     except KeyboardInterrupt:
-        progress.result, error_text = "interrupted", "interrupted"
+        progress.result, error_text = Result.INTERRUPTED, "interrupted"
         raise
     except BaseException as error:
-        if progress.result == "ok":
-            progress.result = "failed"
+        if progress.result == Result.OK:
+            progress.result = Result.FAILED
         error_text = str(error) or type(error).__name__
         raise
     finally:

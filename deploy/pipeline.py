@@ -24,6 +24,7 @@ from deploy.errors import ActivationFailed, HealthCheckFailed, HostUnreachable, 
 from deploy.gc import collect_garbage
 from deploy.hosts import Host, LocalHost
 from deploy.inventory import HostSpec, Inventory, SshTarget
+from deploy.model import Action, Phase, Result
 from deploy.process import Echo, LocalRunner
 from deploy.reboot import reboot_and_wait
 from deploy.remote import RemoteHost, SudoPassword
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DeployRequest:
     flake: str
-    action: str | None  # None builds only
+    action: Action | None  # None builds only
     build_on: str | None = None  # overrides hosts.yaml: local, target, or a builder's name
     local: bool = False  # the target is this machine (`switch`, or no --host)
     reboot: bool = False
@@ -57,6 +58,11 @@ class DeployRequest:
     revision: str | None = None  # the flake's git revision, recorded on the target per generation
     dirty: bool | None = None
 
+    def __post_init__(self) -> None:
+        # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
+        if self.action is not None:
+            object.__setattr__(self, "action", Action(self.action))
+
 
 @dataclass(frozen=True)
 class Built:
@@ -72,11 +78,15 @@ class DeployOutcome:
     host: str
     path: str
     built_on: str
-    status: str  # "ok", "built", "up-to-date", "diffed"
+    status: Result  # ok, built, up-to-date or diffed: a deploy that fails raises instead
     copied: bool = False
     generation: int | None = None
     boot_id: str | None = None
     warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
+        object.__setattr__(self, "status", Result(self.status))
 
 
 @dataclass
@@ -86,11 +96,11 @@ class HostRun:
     spec: HostSpec
     echo: Echo
     runner: LocalRunner
-    on_phase: Callable[[str], None] = lambda phase: None
+    on_phase: Callable[[Phase], None] = lambda phase: None
     ask_lock: threading.Lock | None = None  # questions to the user, one host at a time
     warnings: list[str] = field(default_factory=list)
 
-    def phase(self, phase: str) -> None:
+    def phase(self, phase: Phase) -> None:
         self.on_phase(phase)
 
     def note(self, message: str) -> None:
@@ -211,7 +221,7 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
         assert built_here is not None
         with host_lock(request, target):
             return finish(session, request, run, target, Built(built_here, "local"))
-    run.phase("build")
+    run.phase(Phase.BUILD)
     builder: RemoteHost = session.target(spec, run.echo) if build_on == "target" else session.builder(build_on)
     run.note(f"{spec.name}: building {spec.attr} on {builder.label}")
     evaluation = evaluate(run.runner, request.flake, spec.attr, request.extra_nix)
@@ -246,26 +256,28 @@ def host_lock(request: DeployRequest, target: Host) -> Iterator[None]:
 def up_to_date(request: DeployRequest, target: Host, path: str) -> SystemState | None:
     """The host's state when it already has this system where the action would put it, else None."""
     state = system_state(target)
-    profile_matches = state.generation_path == path
-    running_matches = state.running == path
-    matches = {"switch": profile_matches and running_matches, "boot": profile_matches, "test": running_matches}
-    return state if matches.get(request.action or "", False) else None
+    action = request.action
+    if action is None or not action.changes_system:
+        return None  # dry-activate is never "already done"
+    profile_matches = state.generation_path == path or not action.changes_boot_default
+    running_matches = state.running == path or not action.changes_running_system
+    return state if profile_matches and running_matches else None
 
 
 def finish(session: Session, request: DeployRequest, run: HostRun, target: Host, built: Built) -> DeployOutcome:
     spec, path = run.spec, built.path
     if request.action is None:
         run.note(f"{spec.name}: built {path}")
-        return DeployOutcome(spec.name, path, built.built_on, "built")
+        return DeployOutcome(spec.name, path, built.built_on, Result.BUILT)
 
     current = None if request.force or request.diff_only or target.dry_run else up_to_date(request, target, path)
     if current is not None:
         run.note(f"{spec.name}: up to date (already {request.action} {path}); nothing copied or activated (--force to redo)")
-        return DeployOutcome(spec.name, path, built.built_on, "up-to-date", generation=current.generation, warnings=tuple(run.warnings))
+        return DeployOutcome(spec.name, path, built.built_on, Result.UP_TO_DATE, generation=current.generation, warnings=tuple(run.warnings))
 
     copied = False
     if not request.local and built.built_on != "target":
-        run.phase("copy")
+        run.phase(Phase.COPY)
         check_space(run, target, path, action=request.action)
         run.note(f"{spec.name}: copying the closure")
         sources = [spec.ssh] + ([session.ssh_of(built.built_on)] if built.source_store else [])
@@ -282,18 +294,18 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
             raise
 
     if request.show_diff or request.ask or request.diff_only:
-        run.phase("diff")
+        run.phase(Phase.DIFF)
         show_diff_and_ask(run, target, path, ask=request.ask)
     if request.diff_only:
-        return DeployOutcome(spec.name, path, built.built_on, "diffed", copied, warnings=tuple(run.warnings))
+        return DeployOutcome(spec.name, path, built.built_on, Result.DIFFED, copied, warnings=tuple(run.warnings))
 
-    run.phase("activate")
+    run.phase(Phase.ACTIVATE)
     run.note(f"{spec.name}: activating ({request.action})")
     activation = activate_with_rollback(session, request, run, target, path)
     record_revision(request, target, activation)
 
-    if request.health_checks and spec.health is not None and request.action in ("switch", "test"):
-        run.phase("health")
+    if request.health_checks and spec.health is not None and request.action.changes_running_system:
+        run.phase(Phase.HEALTH)
         from deploy.health import run_health_check
 
         problem = run_health_check(target, spec.health)
@@ -303,22 +315,22 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
 
     boot_id = None
     if request.reboot:
-        run.phase("reboot")
+        run.phase(Phase.REBOOT)
         run.note(f"{spec.name}: rebooting and waiting for it to come back")
         boot_id = reboot_and_wait(target, expected_system=path, timeout=request.reboot_timeout, interval=request.reboot_interval)
     if request.collect_garbage:
-        run.phase("gc")
+        run.phase(Phase.GC)
         run.note(f"{spec.name}: collecting garbage")
         collect_garbage(target, request.delete_older_than)
     generation = "a new generation" if activation.generation is None else f"generation {activation.generation}"
     run.note(f"{spec.name}: done: {generation} is {path}")
-    return DeployOutcome(spec.name, path, built.built_on, "ok", copied, activation.generation, boot_id, tuple(run.warnings))
+    return DeployOutcome(spec.name, path, built.built_on, Result.OK, copied, activation.generation, boot_id, tuple(run.warnings))
 
 
-def check_space(run: HostRun, target: Host, path: str, *, action: str | None) -> None:
+def check_space(run: HostRun, target: Host, path: str, *, action: Action) -> None:
     from deploy.disk import check_free_space, closure_size
 
-    paths = ["/nix"] + (["/boot"] if action in ("switch", "boot") else [])
+    paths = ["/nix"] + (["/boot"] if action.changes_boot_default else [])
     for warning in check_free_space(target, paths, run.spec.name, closure_size(run.runner, path)):
         run.warn(warning)
 
@@ -337,7 +349,7 @@ def show_diff_and_ask(run: HostRun, target: Host, path: str, *, ask: bool) -> No
 def activate_with_rollback(session: Session, request: DeployRequest, run: HostRun, target: Host, path: str) -> Activation:
     """activate(), guarded by the magic-rollback watchdog when the action changes what runs."""
     assert request.action is not None
-    guarded = request.magic_rollback and request.action in ("switch", "test") and isinstance(target, RemoteHost)
+    guarded = request.magic_rollback and request.action.changes_running_system and isinstance(target, RemoteHost)
     if not guarded:
         return activate(target, path, request.action)
     from deploy import magic_rollback
@@ -362,7 +374,7 @@ def activate_with_rollback(session: Session, request: DeployRequest, run: HostRu
             raise
         run.note(f"{run.spec.name}: lost the connection during activation ({lost}); confirming over a new one")
         target.close()
-    run.phase("confirm")
+    run.phase(Phase.CONFIRM)
     try:
         magic_rollback.confirm(open_fresh, watchdog, label=run.spec.name)
     except NotConfirmed as missed:
@@ -383,7 +395,7 @@ def self_rollback(run: HostRun, open_fresh: Callable[[], Host], watchdog: Watchd
 
 def record_revision(request: DeployRequest, target: Host, activation: Activation) -> None:
     """Leave the flake's revision next to the generation, for `generations` to show."""
-    if activation.generation is None or request.action not in ("switch", "boot") or request.revision is None:
+    if activation.generation is None or not activation.action.changes_boot_default or request.revision is None:
         return
     from deploy.history import deployed_by, revision_payload, revision_record_argv
 

@@ -42,7 +42,7 @@ def tab_fields(stdout: str) -> dict[str, str]:
     return fields
 
 
-# The name the deploy steps knew it by before deploy.ui existed; pipeline.py and day2.py still say Echo.
+# The name the deploy steps knew it by before deploy.ui existed.
 Echo = Emitter
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from deploy import commands
 from deploy.activation import parse_generation
-from deploy.cli import extra_nix_options, flake_reference, seconds
+from deploy.arguments import flake_reference, seconds
+from deploy.cli import extra_nix_options
 from deploy.errors import UsageError
 
 

@@ -221,7 +221,7 @@ def test_the_live_table_follows_phase_and_finish_events() -> None:
     progress.emit(HostFinished("beta", "failed"))
     assert progress.hosts["alpha"].phase == "copy" and progress.hosts["alpha"].started is not None
     assert progress.hosts["alpha"].finished is None
-    assert progress.hosts["beta"].phase == "failed" and progress.hosts["beta"].result == "failed"
+    assert progress.hosts["beta"].shown == "failed" and progress.hosts["beta"].result == "failed"
     assert progress.hosts["beta"].elapsed(time.monotonic()) == pytest.approx(0.0)
 
 

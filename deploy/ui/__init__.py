@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from deploy.ui.emitter import Emitter, LineWriter, host_emitter
 from deploy.ui.events import CommandRun, Event, Events, HostFinished, Note, OutputText, PhaseStarted
-from deploy.ui.live import PHASES, RESULT_STYLES, Progress, live_display, progress_table
+from deploy.ui.live import RESULT_STYLES, Progress, live_display, progress_table
 from deploy.ui.log import LogSink, open_log
 from deploy.ui.plain import STDERR, Console, PlainRenderer, Tee, command_line, event_lines, stream_prefix
 from deploy.ui.prompt import ask, read_secret
@@ -27,7 +27,7 @@ def note(text: str) -> None:
 
 
 __all__ = [
-    "PHASES", "RESULT_STYLES", "STDERR", "CommandRun", "Console", "Emitter", "Event", "Events", "HostFinished", "LineWriter",
+    "RESULT_STYLES", "STDERR", "CommandRun", "Console", "Emitter", "Event", "Events", "HostFinished", "LineWriter",
     "LogSink", "Note", "OutputText", "PhaseStarted", "PlainRenderer", "Progress", "Tee", "ask", "command_line", "event_lines",
     "host_emitter", "live_display", "note", "open_log", "progress_table", "read_secret", "show_summary", "stdout_result",
     "stream_prefix",

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
+from deploy.model import Phase, Result
+
 
 @dataclass(frozen=True)
 class CommandRun:
@@ -48,18 +50,18 @@ class OutputText:
 
 @dataclass(frozen=True)
 class PhaseStarted:
-    """A host entered a phase of its deploy (build, lock, copy, diff, activate, confirm, health, reboot, gc)."""
+    """A host entered a phase of its deploy."""
 
     host: str
-    phase: str
+    phase: Phase
 
 
 @dataclass(frozen=True)
 class HostFinished:
-    """A host is done: its result (ok, built, up-to-date, diffed, failed, rolled-back, not started, interrupted)."""
+    """A host is done, with its result."""
 
     host: str
-    result: str
+    result: Result
 
 
 Event: TypeAlias = CommandRun | Note | Warning | OutputText | PhaseStarted | HostFinished

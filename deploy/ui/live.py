@@ -13,29 +13,33 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploy.model import Phase, Result
 from deploy.ui.events import Event, HostFinished, PhaseStarted
 from deploy.ui.plain import Console
 
-PHASES = ("check", "build", "lock", "copy", "diff", "activate", "confirm", "health", "reboot", "gc")
-
-RESULT_STYLES = {
-    "ok": "green",
-    "up-to-date": "green",
-    "built": "green",
-    "failed": "bold red",
-    "rolled-back": "bold yellow",
-    "interrupted": "yellow",
-    "not started": "dim",
+RESULT_STYLES: dict[Result, str] = {
+    Result.OK: "green",
+    Result.UP_TO_DATE: "green",
+    Result.BUILT: "green",
+    Result.FAILED: "bold red",
+    Result.ROLLED_BACK: "bold yellow",
+    Result.INTERRUPTED: "yellow",
+    Result.NOT_STARTED: "dim",
 }
 
 
 @dataclass
 class HostProgress:
     name: str
-    phase: str = "waiting"
+    phase: Phase | None = None  # None: not started yet
     started: float | None = None
     finished: float | None = None
-    result: str | None = None
+    result: Result | None = None
+
+    @property
+    def shown(self) -> str:
+        """The progress table's phase column: the result once there is one, else the phase, else waiting."""
+        return self.result or self.phase or "waiting"
 
     def elapsed(self, now: float) -> float:
         if self.started is None:
@@ -69,15 +73,14 @@ class Progress:
                     if host.started is None:
                         host.started = host.finished
                     host.result = result
-                    host.phase = result
             case _:
                 pass
 
-    def phase(self, name: str, phase: str) -> None:
+    def phase(self, name: str, phase: Phase) -> None:
         """emit(PhaseStarted(name, phase)): the fleet hands this to each host's HostRun as its on_phase."""
         self.emit(PhaseStarted(name, phase))
 
-    def finish(self, name: str, result: str) -> None:
+    def finish(self, name: str, result: Result) -> None:
         """emit(HostFinished(name, result))."""
         self.emit(HostFinished(name, result))
 
@@ -93,8 +96,8 @@ def progress_table(progress: Progress) -> Any:
     with progress.lock:
         rows = list(progress.hosts.values())
     for host in rows:
-        style = RESULT_STYLES.get(host.phase, "cyan" if host.started else "dim")
-        table.add_row(host.name, f"[{style}]{host.phase}[/]", f"{host.elapsed(now):.1f}s" if host.started else "")
+        style = (RESULT_STYLES.get(host.result) if host.result else None) or ("cyan" if host.started else "dim")
+        table.add_row(host.name, f"[{style}]{host.shown}[/]", f"{host.elapsed(now):.1f}s" if host.started else "")
     return table
 
 

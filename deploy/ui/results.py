@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from deploy.model import Result
 from deploy.ui.live import RESULT_STYLES
 
 
@@ -34,5 +35,5 @@ def show_summary(rows: Sequence[tuple[str, str, str, str, str]], plain: str, *, 
     for column in SUMMARY_COLUMNS:
         table.add_column(column, overflow="fold")
     for host, result, generation, duration, error in rows:
-        table.add_row(host, f"[{RESULT_STYLES.get(result, '')}]{result}[/]", generation, duration, error)
+        table.add_row(host, f"[{RESULT_STYLES.get(Result(result), '')}]{result}[/]", generation, duration, error)
     RichConsole(file=stream).print(table)
