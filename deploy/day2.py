@@ -120,20 +120,22 @@ def print_note(message: str) -> None:
 
 def check(context: Any, options: FlakeOptions) -> None:
     from deploy.flake_ops import flake_check
-    from deploy.process import Echo, LocalRunner
+    from deploy.process import LocalRunner
+    from deploy.ui import Emitter
 
     with cli.errors_as_exit_codes():
-        flake_check(LocalRunner(Echo(), dry_run=options.dry_run), options.flake, cli.extra_nix_options())
+        flake_check(LocalRunner(Emitter(), dry_run=options.dry_run), options.flake, cli.extra_nix_options())
         print_note(f"==> {options.flake}: nix flake check passed")
 
 
 def update(context: Any, options: FlakeOptions) -> None:
     from deploy.flake_ops import flake_update
-    from deploy.process import Echo, LocalRunner
+    from deploy.process import LocalRunner
     from deploy.selection import split_names
+    from deploy.ui import Emitter
 
     with cli.errors_as_exit_codes():
-        flake_update(LocalRunner(Echo(), dry_run=options.dry_run), options.flake, split_names(options.inputs), cli.extra_nix_options())
+        flake_update(LocalRunner(Emitter(), dry_run=options.dry_run), options.flake, split_names(options.inputs), cli.extra_nix_options())
 
 
 def status(context: Any, options: StatusOptions) -> None:
@@ -191,8 +193,9 @@ def home_user(options: HomeOptions, target: Host | None) -> str:
 def hm_build(context: Any, options: HomeOptions) -> None:
     from deploy.home_manager import build_home
     from deploy.inventory import load_inventory
-    from deploy.process import Echo, LocalRunner
+    from deploy.process import LocalRunner
     from deploy.selection import this_machine
+    from deploy.ui import Emitter
 
     with cli.errors_as_exit_codes():
         target = options.target
@@ -202,18 +205,19 @@ def hm_build(context: Any, options: HomeOptions) -> None:
         name = machine.rpartition("@")[2]
         user = options.user or (machine.partition("@")[0] if "@" in machine else home_user(options, None))
         path = build_home(
-            LocalRunner(Echo(), dry_run=target.dry_run), target.flake, user, name, out_link=Path("result"), extra=cli.extra_nix_options(),
+            LocalRunner(Emitter(), dry_run=target.dry_run), target.flake, user, name, out_link=Path("result"), extra=cli.extra_nix_options(),
         )
         ui.stdout_result(path)
 
 
 def hm_switch(context: Any, options: HomeOptions) -> None:
     from deploy.home_manager import switch_home
-    from deploy.process import Echo, LocalRunner
+    from deploy.process import LocalRunner
     from deploy.selection import this_machine
+    from deploy.ui import Emitter
 
     with cli.errors_as_exit_codes():
-        runner = LocalRunner(Echo(), dry_run=options.target.dry_run)
+        runner = LocalRunner(Emitter(), dry_run=options.target.dry_run)
         activation = switch_home(runner, options.target.flake, home_user(options, None), this_machine(), extra=cli.extra_nix_options())
         print_note(f"==> {activation.user}: Home Manager generation {activation.generation} is active ({activation.path})")
 

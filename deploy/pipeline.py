@@ -25,9 +25,10 @@ from deploy.gc import collect_garbage
 from deploy.hosts import Host, LocalHost
 from deploy.inventory import HostSpec, Inventory, SshTarget
 from deploy.model import Action, Phase, Result
-from deploy.process import Echo, LocalRunner
+from deploy.process import LocalRunner
 from deploy.reboot import reboot_and_wait
 from deploy.remote import RemoteHost, SudoPassword
+from deploy.ui import Emitter
 
 if TYPE_CHECKING:
     from deploy.magic_rollback import Watchdog
@@ -94,7 +95,7 @@ class HostRun:
     """One host's part of a run: its spec, its output, its phases."""
 
     spec: HostSpec
-    echo: Echo
+    echo: Emitter
     runner: LocalRunner
     on_phase: Callable[[Phase], None] = lambda phase: None
     ask_lock: threading.Lock | None = None  # questions to the user, one host at a time
@@ -116,7 +117,7 @@ class Session:
     """What one run shares between hosts: the inventory, dry-run, the sudo password, connections."""
 
     inventory: Inventory
-    echo: Echo = field(default_factory=Echo)
+    echo: Emitter = field(default_factory=Emitter)
     dry_run: bool = False
     sudo_password: SudoPassword = field(default_factory=SudoPassword)
     _remotes: dict[tuple[str, int | None], RemoteHost] = field(default_factory=dict)
@@ -125,7 +126,7 @@ class Session:
     def __post_init__(self) -> None:
         self.runner = LocalRunner(self.echo, dry_run=self.dry_run)
 
-    def new_remote(self, label: str, ssh: SshTarget, *, use_sudo: bool, echo: Echo | None = None) -> RemoteHost:
+    def new_remote(self, label: str, ssh: SshTarget, *, use_sudo: bool, echo: Emitter | None = None) -> RemoteHost:
         return RemoteHost(
             label,
             ssh.destination(),
@@ -137,7 +138,7 @@ class Session:
             sudo_password=self.sudo_password,
         )
 
-    def remote(self, label: str, ssh: SshTarget, *, use_sudo: bool, echo: Echo | None = None) -> RemoteHost:
+    def remote(self, label: str, ssh: SshTarget, *, use_sudo: bool, echo: Emitter | None = None) -> RemoteHost:
         """The connection to a host or builder, opened once per run and shared."""
         key = (ssh.destination(), ssh.port)
         with self._lock:
@@ -145,10 +146,10 @@ class Session:
                 self._remotes[key] = self.new_remote(label, ssh, use_sudo=use_sudo, echo=echo)
             return self._remotes[key]
 
-    def target(self, spec: HostSpec, echo: Echo | None = None) -> RemoteHost:
+    def target(self, spec: HostSpec, echo: Emitter | None = None) -> RemoteHost:
         return self.remote(spec.name, spec.ssh, use_sudo=spec.sudo, echo=echo)
 
-    def fresh_target(self, spec: HostSpec, echo: Echo | None = None) -> RemoteHost:
+    def fresh_target(self, spec: HostSpec, echo: Emitter | None = None) -> RemoteHost:
         """A new connection, never shared: magic rollback's proof that SSH still works."""
         return self.new_remote(spec.name, spec.ssh, use_sudo=spec.sudo, echo=echo)
 

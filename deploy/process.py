@@ -42,8 +42,6 @@ def tab_fields(stdout: str) -> dict[str, str]:
     return fields
 
 
-# The name the deploy steps knew it by before deploy.ui existed.
-Echo = Emitter
 
 
 def _tee(source: IO[str], output: Emitter | None, collected: list[str]) -> None:

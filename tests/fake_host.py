@@ -27,8 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.process import Echo, Result
+from deploy.process import Result
 from deploy.scripts import script
+from deploy.ui import Emitter
 
 SCRIPT_NAMES = tuple(sorted(path.stem for path in (Path(__file__).resolve().parent.parent / "deploy" / "scripts").glob("*.sh")))
 
@@ -163,7 +164,7 @@ class RecordingHost:
         self.closed = 0
         self.opened: list[RecordingHost] = []  # the fresh connections reconnect() made from this one
         self.output = io.StringIO()
-        self.echo = Echo.plain(self.output)  # where show_journal and host_lock write their notes
+        self.echo = Emitter.plain(self.output)  # where show_journal and host_lock write their notes
 
     # ---- the Host protocol ----
 
@@ -225,10 +226,10 @@ class RecordingHost:
 class RecordingRunner:
     """deploy.process.LocalRunner for tests: the commands a step runs on this machine (nix path-info, nix copy)."""
 
-    def __init__(self, *, dry_run: bool = False, echo: Echo | None = None) -> None:
+    def __init__(self, *, dry_run: bool = False, echo: Emitter | None = None) -> None:
         self.dry_run = dry_run
         self.notes = io.StringIO()  # what the default echo printed
-        self.echo = echo or Echo.plain(self.notes)
+        self.echo = echo or Emitter.plain(self.notes)
         self.env: dict[str, str] = {}
         self.table = Table()
 

@@ -31,7 +31,7 @@ from deploy.pipeline import (
     finish,
     up_to_date,
 )
-from deploy.process import Echo
+from deploy.ui import Emitter
 from fake_host import LOST, Call, RecordingHost, RecordingRunner, Reply, sh, shown
 
 PROFILE = "/nix/var/nix/profiles/system"
@@ -138,7 +138,7 @@ class World:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, dry_run: bool = False, host_spec: HostSpec | None = None) -> None:
         self.spec = host_spec or spec()
-        self.session = Session(Inventory(hosts={"web1": self.spec}), echo=Echo.plain(io.StringIO()), dry_run=dry_run)
+        self.session = Session(Inventory(hosts={"web1": self.spec}), echo=Emitter.plain(io.StringIO()), dry_run=dry_run)
         self.runner = RecordingRunner(dry_run=dry_run)
         self.run = HostRun(self.spec, self.runner.echo, self.runner)  # type: ignore[arg-type]
         self.host = RecordingHost(dry_run=dry_run, facts={"systemd-run": True})

@@ -23,7 +23,7 @@ from deploy.errors import ActivationFailed, HealthCheckFailed, HostBusy, HostUnr
 from deploy.fleet import Fleet, FleetOptions, HostResult, exit_code, results_json, waves
 from deploy.inventory import HostSpec, Inventory, SshTarget
 from deploy.pipeline import DeployOutcome, DeployRequest, HostRun, Session
-from deploy.process import Echo
+from deploy.ui import Emitter
 from deploy.ui.plain import Console
 
 Behaviour = str | NixfabError | Exception | Callable[[], str]
@@ -81,7 +81,7 @@ class Run:
         self.deploys = deploys
         self.machines = names.split()
         self.echo_stream = io.StringIO()
-        self.session = Session(hosts(*{machine.partition("@")[2] or machine for machine in self.machines}), echo=Echo.plain(self.echo_stream))
+        self.session = Session(hosts(*{machine.partition("@")[2] or machine for machine in self.machines}), echo=Emitter.plain(self.echo_stream))
         self.seen: list[tuple[str, str]] = []
         monkeypatch.setattr(fleet, "deploy_host", deploys)
         self.fleet = Fleet(
