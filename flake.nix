@@ -12,7 +12,7 @@
   # Layout (README.md, "The homelab flake"):
   #   systems/<host>/default.nix   required: the NixOS configuration of <host>
   #   systems/<host>/meta.nix      optional: { system; users; tags; targetHost; buildOn; }, in any Nix
-  #                                (nixfab evaluates it too: deploy/discovery.py)
+  #                                (nixfab evaluates it too: deploy/config/discovery.py)
   #   systems/<host>/hardware.nix  optional: imported when present
   #   homes/<user>/                Home Manager base config of <user>
   #   homes/<user>@<host>/         overrides for <user> on <host>
@@ -126,7 +126,7 @@
           dependencies = with pkgs.python3Packages; [ invoke fabric rich pyyaml pydantic ];
           # The suite needs root, sshd and a nix-daemon (the lab); it runs in CI, not in the sandbox.
           doCheck = false;
-          pythonImportsCheck = [ "deploy.program" "tasks" ];
+          pythonImportsCheck = [ "deploy.cli.program" "tasks" ];
           # Fallbacks only: the machine's own ssh and git come first.
           makeWrapperArgs = [ "--suffix" "PATH" ":" (lib.makeBinPath [ pkgs.openssh pkgs.git ]) ];
           meta = {

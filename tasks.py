@@ -1,7 +1,7 @@
 """nixfab's Invoke tasks: names, options and help, and for each task the two functions it runs:
-a builder of deploy/arguments.py, which turns the options into a typed dataclass
-(deploy/options.py), and the handler that takes it (cli.run_deploy, or one of
-deploy/day2.py); the work happens in deploy/.
+a builder of deploy/cli/arguments.py, which turns the options into a typed dataclass
+(deploy/cli/options.py), and the handler that takes it (cli.run_deploy, or one of
+deploy/cli/day2.py); the work happens in deploy/.
 
 Task names mirror flakem's commands: `inv TASK [MACHINE]`, or select with
 `--host a,b` (repeatable, globs), `--tag web`, `--all`; with none of them a
@@ -20,9 +20,9 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.tasks import Task, task
 
-from deploy import arguments, cli, day2
-from deploy.arguments import DeployPreset
-from deploy.cli import Step
+from deploy.cli import arguments, cli, day2
+from deploy.cli.arguments import DeployPreset
+from deploy.cli.cli import Step
 from deploy.model import Action
 
 cli.allow_optional_machine()
@@ -111,7 +111,7 @@ def local_step(
     name: str, doc: str, handler: Callable[[Any, OptionsT], None], build: Callable[..., OptionsT], parameters: dict[str, Any],
     positional: tuple[str, ...] = ("machine",),
 ) -> StepTask:
-    """A task that works on one host's connection (or this machine): `build` makes its options, `handler` (deploy.day2) runs."""
+    """A task that works on one host's connection (or this machine): `build` makes its options, `handler` (deploy.cli.day2) runs."""
     return make_task(name, doc, Step(build, handler), parameters, positional=positional)
 
 

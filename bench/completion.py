@@ -59,9 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append((label, mine, empty_time))
             verdicts.append(mine / empty_time <= GOAL_RATIO)
         own = [
-            ("python -m deploy.completion hosts", [python, "-m", "deploy.completion", "hosts"]),
-            ("python -m deploy.completion tags", [python, "-m", "deploy.completion", "tags"]),
-            ("python -m deploy.completion words -- switch-push", [python, "-m", "deploy.completion", "words", "--", "switch-push"]),
+            ("python -m deploy.cli.completion hosts", [python, "-m", "deploy.cli.completion", "hosts"]),
+            ("python -m deploy.cli.completion tags", [python, "-m", "deploy.cli.completion", "tags"]),
+            ("python -m deploy.cli.completion words -- switch-push", [python, "-m", "deploy.cli.completion", "words", "--", "switch-push"]),
             ("python -c pass (interpreter start)", [python, "-c", "pass"]),
         ]
         for label, command in own:

@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from deploy import commands  # noqa: E402
 from deploy.lab import Lab, set_fixture_revision, write_fixture_flake  # noqa: E402
+from deploy.nix import commands  # noqa: E402
 
 INV = [str(Path(sys.executable).parent / "inv"), "--search-root", str(REPO)]
 revisions = count(100)

@@ -8,7 +8,7 @@
 # Python that has nixfab installed if it cannot be found from the command's
 # own #! line (it can for a virtualenv's inv).
 
-# The Python interpreter that runs `binary` (its #! line), where deploy.completion lives.
+# The Python interpreter that runs `binary` (its #! line), where deploy.cli.completion lives.
 _nixfab_python() {
     if [[ -n ${NIXFAB_COMPLETION_PYTHON:-} ]]; then
         printf '%s\n' "$NIXFAB_COMPLETION_PYTHON"
@@ -76,9 +76,9 @@ _nixfab_complete() {
                 --flake=*) options+=(--flake "${words[i]#--flake=}") ;;
             esac
         done
-        candidates=$("$python" -m deploy.completion "$mode" "${options[@]}" "$cur" 2>/dev/null)
+        candidates=$("$python" -m deploy.cli.completion "$mode" "${options[@]}" "$cur" 2>/dev/null)
     else
-        candidates=$("$python" -m deploy.completion words --binary "$binary" --current "$cur" -- "${words[@]}" 2>/dev/null)
+        candidates=$("$python" -m deploy.cli.completion words --binary "$binary" --current "$cur" -- "${words[@]}" 2>/dev/null)
     fi
     # One candidate per line; names never contain spaces, so plain splitting on newlines is exact.
     local line

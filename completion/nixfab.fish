@@ -69,9 +69,9 @@ function __nixfab_complete
                     set -a options --flake (string replace -- '--flake=' '' $before[$i])
             end
         end
-        set candidates ($python -m deploy.completion $mode $options $cur 2>/dev/null)
+        set candidates ($python -m deploy.cli.completion $mode $options $cur 2>/dev/null)
     else
-        set candidates ($python -m deploy.completion words --binary $binary --current $cur -- $before 2>/dev/null)
+        set candidates ($python -m deploy.cli.completion words --binary $binary --current $cur -- $before 2>/dev/null)
     end
     if test (count $candidates) -gt 0
         for candidate in $candidates

@@ -57,9 +57,9 @@ _nixfab() {
                 --flake=*) options+=(--flake "${before[i]#--flake=}") ;;
             esac
         done
-        candidates=(${(f)"$("$python" -m deploy.completion "$mode" "${options[@]}" "$cur" 2>/dev/null)"})
+        candidates=(${(f)"$("$python" -m deploy.cli.completion "$mode" "${options[@]}" "$cur" 2>/dev/null)"})
     else
-        candidates=(${(f)"$("$python" -m deploy.completion words --binary "$binary" --current "$cur" -- "${before[@]}" 2>/dev/null)"})
+        candidates=(${(f)"$("$python" -m deploy.cli.completion words --binary "$binary" --current "$cur" -- "${before[@]}" 2>/dev/null)"})
     fi
     if (( ${#candidates} )); then
         # The candidates already carry the comma list's head, so they match the word as typed.

@@ -1,4 +1,4 @@
-"""A recording, scripted stand-in for the transport: RecordingHost fits deploy.hosts.Host, RecordingRunner fits LocalRunner.
+"""A recording, scripted stand-in for the transport: RecordingHost fits deploy.transport.hosts.Host, RecordingRunner fits LocalRunner.
 
 In the spirit of nixos-rebuild-ng's tests: the engine runs against a fake
 that records every argv it is asked to run, in order, and answers from a
@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.process import Result
 from deploy.scripts import script
+from deploy.transport.process import Result
 from deploy.ui import Emitter
 
 SCRIPT_NAMES = tuple(sorted(path.stem for path in (Path(__file__).resolve().parent.parent / "deploy" / "scripts").glob("*.sh")))
@@ -145,7 +145,7 @@ class Table:
 
 
 class RecordingHost:
-    """deploy.hosts.Host for tests: records argv, answers from a table, opens "fresh connections" that share both."""
+    """deploy.transport.hosts.Host for tests: records argv, answers from a table, opens "fresh connections" that share both."""
 
     def __init__(
         self,
@@ -224,7 +224,7 @@ class RecordingHost:
 
 
 class RecordingRunner:
-    """deploy.process.LocalRunner for tests: the commands a step runs on this machine (nix path-info, nix copy)."""
+    """deploy.transport.process.LocalRunner for tests: the commands a step runs on this machine (nix path-info, nix copy)."""
 
     def __init__(self, *, dry_run: bool = False, echo: Emitter | None = None) -> None:
         self.dry_run = dry_run

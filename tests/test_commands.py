@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from deploy import commands
-from deploy.activation import parse_generation
-from deploy.arguments import flake_reference, seconds
-from deploy.cli import extra_nix_options
+from deploy.activate.activation import parse_generation
+from deploy.cli.arguments import flake_reference, seconds
+from deploy.cli.cli import extra_nix_options
 from deploy.errors import UsageError
+from deploy.nix import commands
 
 
 def test_installable_quotes_the_attribute() -> None:

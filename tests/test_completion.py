@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import completion
+from deploy.cli import completion
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -49,7 +49,7 @@ TASKS_PY = textwrap.dedent(
     """\
     from invoke import Collection, Task
 
-    from deploy import cli
+    from deploy.cli import cli
 
     cli.allow_optional_machine()
 
@@ -84,7 +84,7 @@ def write_systems(flake: Path, systems: dict[str, str | None]) -> None:
 
 def evaluate_systems(flake: Path) -> None:
     """What a task (a deploy, `inv hosts`) does before completion can offer meta.nix tags: evaluate and cache them."""
-    from deploy.discovery import discover_systems
+    from deploy.config.discovery import discover_systems
 
     discover_systems(flake)
 
@@ -150,7 +150,7 @@ def test_a_broken_inventory_offers_nothing_and_succeeds(tmp_path: Path, text: st
     assert completion.read_inventory(str(inventory)) == ([], [])
     for mode in ("hosts", "tags"):
         result = subprocess.run(
-            [sys.executable, "-m", "deploy.completion", mode, "--inventory", str(inventory), "--flake", str(tmp_path)],
+            [sys.executable, "-m", "deploy.cli.completion", mode, "--inventory", str(inventory), "--flake", str(tmp_path)],
             capture_output=True, text=True, cwd=REPO,
         )
         assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
@@ -189,8 +189,8 @@ def test_completion_never_runs_nix(tmp_path: Path) -> None:
     """On a cache miss the completer offers directory names; it does not even import subprocess."""
     write_systems(tmp_path, {"solo": '{ tags = [ "lonely" ]; }\n'})
     probe = (
-        "import sys; from deploy import completion; completion.main(['hosts']); completion.main(['tags']); "
-        "print(sorted(set(sys.modules) & {'subprocess', 'tempfile', 'deploy.discovery', 'deploy.history', 'sqlite3'}))"
+        "import sys; from deploy.cli import completion; completion.main(['hosts']); completion.main(['tags']); "
+        "print(sorted(set(sys.modules) & {'subprocess', 'tempfile', 'deploy.config.discovery', 'deploy.record.history', 'sqlite3'}))"
     )
     env = {key: value for key, value in os.environ.items() if key != "NIXFAB_STATE_DIR"}
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
@@ -199,7 +199,7 @@ def test_completion_never_runs_nix(tmp_path: Path) -> None:
 
 def test_the_command_line_of_the_value_completer(project: Path) -> None:
     def run(*argv: str) -> list[str]:
-        result = subprocess.run([sys.executable, "-m", "deploy.completion", *argv], capture_output=True, text=True, cwd=project)
+        result = subprocess.run([sys.executable, "-m", "deploy.cli.completion", *argv], capture_output=True, text=True, cwd=project)
         assert (result.returncode, result.stderr) == (0, "")
         return result.stdout.splitlines()
 
@@ -207,7 +207,7 @@ def test_the_command_line_of_the_value_completer(project: Path) -> None:
     assert run("hosts", "--inventory=hosts.yaml", "--flake", ".", "de") == ["delta"]
     assert run("tags", "e") == ["edge"]
     assert run("hosts", "alpha,root@") == ["alpha,root@beta", "alpha,root@delta", "alpha,root@epsilon", "alpha,root@gamma"]
-    assert subprocess.run([sys.executable, "-m", "deploy.completion"], capture_output=True, cwd=project).returncode == 2
+    assert subprocess.run([sys.executable, "-m", "deploy.cli.completion"], capture_output=True, cwd=project).returncode == 2
 
 
 def test_comma_lists_complete_their_last_element() -> None:
@@ -222,7 +222,7 @@ def test_comma_lists_complete_their_last_element() -> None:
 
 def test_the_value_completer_imports_neither_invoke_nor_yaml(project: Path) -> None:
     probe = (
-        "import sys; from deploy import completion; completion.main(['hosts']); "
+        "import sys; from deploy.cli import completion; completion.main(['hosts']); "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'yaml', 'invoke', 'fabric', 'paramiko', 'rich', 'pydantic', 'pydantic_core'}))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=project, check=True)

@@ -1,6 +1,6 @@
 """Day-2 operations: generations, switch-generation, rollback, diff, disk space, flake check and update.
 
-Lab tests call the functions directly over deploy.remote.RemoteHost and
+Lab tests call the functions directly over deploy.transport.remote.RemoteHost and
 assert on the simulated hosts' state; the rest run the real commands
 (sh, df, nix) on this machine against temporary directories.
 """
@@ -18,11 +18,23 @@ from pathlib import Path
 
 import pytest
 
-from deploy import commands
-from deploy.activation import activate
-from deploy.build import build_locally
-from deploy.diff import DIFF_CLOSURES, NO_RUNNING_SYSTEM, NVD, closure_diff, confirm, format_diff, parse_diff_probe
-from deploy.disk import (
+from deploy.activate.activation import activate
+from deploy.activate.generations import (
+    format_generations,
+    generations_json,
+    list_generations,
+    parse_generation_listing,
+    previous_generation,
+    rollback,
+    switch_generation,
+)
+from deploy.build.build import build_locally
+from deploy.errors import ActivationFailed, BuildError, DiskFull, UsageError
+from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
+from deploy.nix import commands
+from deploy.nix.flake_ops import flake_check, flake_update, inputs_are_arguments, nix_version, parse_nix_version
+from deploy.plan.diff import DIFF_CLOSURES, NO_RUNNING_SYSTEM, NVD, closure_diff, confirm, format_diff, parse_diff_probe
+from deploy.plan.disk import (
     DiskSpace,
     check_free_space,
     closure_size,
@@ -33,20 +45,8 @@ from deploy.disk import (
     raise_if_disk_full,
     space_warnings,
 )
-from deploy.errors import ActivationFailed, BuildError, DiskFull, UsageError
-from deploy.flake_ops import flake_check, flake_update, inputs_are_arguments, nix_version, parse_nix_version
-from deploy.generations import (
-    format_generations,
-    generations_json,
-    list_generations,
-    parse_generation_listing,
-    previous_generation,
-    rollback,
-    switch_generation,
-)
-from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
-from deploy.process import LocalRunner, Result
-from deploy.remote import RemoteHost, SudoPassword
+from deploy.transport.process import LocalRunner, Result
+from deploy.transport.remote import RemoteHost, SudoPassword
 from deploy.ui import Emitter
 
 MIB = 1024 * 1024

@@ -1,4 +1,4 @@
-"""systems/ discovery (deploy/discovery.py): meta.nix read by Nix, the cache, and the rows of `inv hosts`."""
+"""systems/ discovery (deploy/config/discovery.py): meta.nix read by Nix, the cache, and the rows of `inv hosts`."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from deploy import discovery, history, systems_cache
-from deploy.discovery import (
+from deploy.config import discovery, systems_cache
+from deploy.config.discovery import (
     HostRow,
     SystemInfo,
     discover_systems,
@@ -21,8 +21,9 @@ from deploy.discovery import (
     inventory_with_systems,
     parse_nix_error,
 )
+from deploy.config.inventory import Inventory, SshTarget, load_inventory
 from deploy.errors import InventoryError
-from deploy.inventory import Inventory, SshTarget, load_inventory
+from deploy.record import history
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
-"""deploy.activation against RecordingHost: the exact commands of a switch, and of putting a host back after a failed one.
+"""deploy.activate.activation against RecordingHost: the exact commands of a switch, and of putting a host back after a failed one.
 
 Expected argv are written out word for word rather than rebuilt with
-deploy.commands, so that a changed builder shows up here. Comparisons go
+deploy.nix.commands, so that a changed builder shows up here. Comparisons go
 through fake_host.shown(), which only abbreviates a remote script's *exact*
 text to <name.sh>, to keep failure diffs readable.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.activation import Activation, SystemState, activate, rollback_steps, system_state, undo
+from deploy.activate.activation import Activation, SystemState, activate, rollback_steps, system_state, undo
 from deploy.errors import ActivationFailed, NixfabError, NotInStore, RemoteCommandFailed
 from fake_host import LOST, RecordingHost, Reply, sh, shown
 

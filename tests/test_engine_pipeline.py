@@ -1,4 +1,4 @@
-"""deploy.pipeline against RecordingHost: one host's deploy, step by step, with the exact commands it sends.
+"""deploy.engine.pipeline against RecordingHost: one host's deploy, step by step, with the exact commands it sends.
 
 RecordingHost is not a RemoteHost, so activate_with_rollback() guards it with
 the magic-rollback watchdog only where a test makes pipeline.RemoteHost the
@@ -16,11 +16,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from deploy import history, lock, magic_rollback, pipeline
-from deploy.activation import Activation, SystemState
-from deploy.errors import ActivationFailed, HealthCheckFailed, HostBusy, HostUnreachable, NotConfirmed
-from deploy.inventory import HealthCheck, HostSpec, Inventory, SshTarget
-from deploy.pipeline import (
+from deploy.activate.activation import Activation, SystemState
+from deploy.config.inventory import HealthCheck, HostSpec, Inventory, SshTarget
+from deploy.confirm import magic_rollback
+from deploy.engine import lock, pipeline
+from deploy.engine.pipeline import (
     Built,
     DeployOutcome,
     DeployRequest,
@@ -31,6 +31,8 @@ from deploy.pipeline import (
     finish,
     up_to_date,
 )
+from deploy.errors import ActivationFailed, HealthCheckFailed, HostBusy, HostUnreachable, NotConfirmed
+from deploy.record import history
 from deploy.ui import Emitter
 from fake_host import LOST, Call, RecordingHost, RecordingRunner, Reply, sh, shown
 
@@ -40,7 +42,7 @@ OLD_RUNNING = "/nix/store/0000000000000000000000000000000b-nixos-system-web1-run
 NEW = "/nix/store/0000000000000000000000000000000c-nixos-system-web1-42"
 TOKEN = "0123456789ab"
 DIR = f"/run/nixfab/magic-rollback/{TOKEN}"
-LOCK = "/run/nixfab/deploy.lock"
+LOCK = "/run/nixfab/deploy.engine.lock"
 HOLDER = '{"action": "switch", "machine": "deployer", "pid": 4242, "since": 1700000000, "start": "777", "token": "0badf00d", "user": "alice"}'
 REVISION = '{"deployed_by": "alice@deployer", "dirty": false, "revision": "abc123", "time": "2024-01-02T03:04:05+00:00"}'
 

@@ -1,4 +1,4 @@
-"""The fake transport the engine tests run against: it must keep fitting deploy.hosts.Host and answer as documented."""
+"""The fake transport the engine tests run against: it must keep fitting deploy.transport.hosts.Host and answer as documented."""
 from __future__ import annotations
 
 import inspect
@@ -6,8 +6,8 @@ import inspect
 import pytest
 
 from deploy.errors import HostUnreachable
-from deploy.hosts import Host, LocalHost
 from deploy.scripts import script
+from deploy.transport.hosts import Host, LocalHost
 from fake_host import LOST, RecordingHost, Reply, script_name, sh, shown
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from deploy.discovery import discover_systems
+from deploy.config.discovery import discover_systems
 
 REPO = Path(__file__).resolve().parent.parent
 STUB_NIXPKGS = REPO / "tests/fixtures/stub-nixpkgs"
@@ -218,13 +218,13 @@ def test_repository_flake_outputs(tmp_path: Path) -> None:
     assert package["args"]["build-system"] == ["python3.12-setuptools-75.1.0"]
     assert [name.split("-")[1] for name in package["args"]["dependencies"]] == ["invoke", "fabric", "rich", "pyyaml", "pydantic"]
     assert package["args"]["meta"]["mainProgram"] == "nixfab"
-    assert package["args"]["pythonImportsCheck"] == ["deploy.program", "tasks"]
+    assert package["args"]["pythonImportsCheck"] == ["deploy.cli.program", "tasks"]
     assert outputs["shell"][1:] == ["openssh-9.8p1"] and outputs["shell"][0].startswith("python3-")
 
     # The package's source is what setuptools needs, and nothing of the homelab or the tests.
     source = Path(_evaluate(flake, 'flake: flake.packages.x86_64-linux.nixfab.src'))
     assert sorted(entry.name for entry in source.iterdir()) == ["README.md", "deploy", "pyproject.toml", "tasks.py"]
-    assert (source / "deploy/program.py").is_file()
+    assert (source / "deploy/cli/program.py").is_file()
     assert not list(source.rglob("__pycache__"))
 
     module = outputs["module"]
@@ -311,10 +311,10 @@ def test_nix_run_passes_arguments_to_the_task_unchanged(tmp_path: Path) -> None:
 
 
 def test_nixfab_program_serves_the_tasks_of_tasks_py() -> None:
-    version = subprocess.run([sys.executable, "-m", "deploy.program", "--version"], capture_output=True, text=True, cwd="/")
+    version = subprocess.run([sys.executable, "-m", "deploy.cli.program", "--version"], capture_output=True, text=True, cwd="/")
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == "nixfab 0.1.0"
-    listing = subprocess.run([sys.executable, "-m", "deploy.program", "--list"], capture_output=True, text=True, cwd="/")
+    listing = subprocess.run([sys.executable, "-m", "deploy.cli.program", "--list"], capture_output=True, text=True, cwd="/")
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.startswith("Subcommands:")
     listed = {line.split()[0] for line in listing.stdout.splitlines()[1:] if line.startswith("  ") and line.split()}

@@ -26,7 +26,7 @@ from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HOSTS = ("alpha", "beta", "gamma")
-LOCK_DIR = "/run/nixfab/deploy.lock"
+LOCK_DIR = "/run/nixfab/deploy.engine.lock"
 
 
 def inv_argv(*args: str) -> list[str]:

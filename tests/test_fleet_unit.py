@@ -1,4 +1,4 @@
-"""deploy.fleet without hosts: waves, canary and batch stops, --fail-fast, the parallel limit, Ctrl-C, exit codes and JSON.
+"""deploy.engine.fleet without hosts: waves, canary and batch stops, --fail-fast, the parallel limit, Ctrl-C, exit codes and JSON.
 
 Fleet calls pipeline.deploy_host once per host; here that is FakeDeploys,
 which records the order and overlap of the calls and answers each host as the
@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from deploy import fleet
+from deploy.config.inventory import HostSpec, Inventory, SshTarget
+from deploy.engine import fleet
+from deploy.engine.fleet import Fleet, FleetOptions, HostResult, exit_code, results_json, waves
+from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session
 from deploy.errors import ActivationFailed, HealthCheckFailed, HostBusy, HostUnreachable, NixfabError, NotConfirmed
-from deploy.fleet import Fleet, FleetOptions, HostResult, exit_code, results_json, waves
-from deploy.inventory import HostSpec, Inventory, SshTarget
-from deploy.pipeline import DeployOutcome, DeployRequest, HostRun, Session
 from deploy.ui import Emitter
 from deploy.ui.plain import Console
 

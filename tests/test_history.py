@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import history
-from deploy.history import DeployRecord, Journal
+from deploy.record import history
+from deploy.record.history import DeployRecord, Journal
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = "a'b\"c $(touch pwned) `touch pwned2` ; rm -rf x \\ \n second line\t%s %n *"
@@ -125,7 +125,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from deploy.history import DeployRecord, Journal
+    from deploy.record.history import DeployRecord, Journal
 
     journal = Journal(Path(sys.argv[1]))
     sys.stdin.read()  # the start gate: every writer waits until the test closes its stdin

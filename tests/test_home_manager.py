@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy import home_manager
+from deploy.activate import home_manager
 from deploy.errors import ActivationFailed, BuildError, NotInStore, UsageError
 from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
-from deploy.process import LocalRunner
-from deploy.remote import RemoteHost, SudoPassword
+from deploy.transport.process import LocalRunner
+from deploy.transport.remote import RemoteHost, SudoPassword
 from deploy.ui import Emitter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ def test_a_non_root_login_reaches_runuser_through_sudo(rig: Rig, lab: Lab) -> No
     # The lab has one unprivileged user, so this checks the composition that
     # activate_home uses for another user (sudo's root runs runuser) on deploy itself.
     path = home_manager.build_home(rig.runner, rig.flake, "deploy", "alpha", out_link=None)
-    from deploy.closure import copy_closure
+    from deploy.copy.closure import copy_closure
 
     copy_closure(rig.runner, path, target=rig.target(), target_store="ssh://root@alpha", nix_env=rig.nix_env)
     result = rig.target("deploy").run(home_manager.run_as_user_argv("deploy", home_manager.activate_argv(path)), sudo=True)
@@ -193,8 +193,8 @@ def test_switch_builds_and_activates_on_the_machine_it_runs_on(rig: Rig) -> None
     # Run inside the simulated host, so "this machine" is alpha and never the real one.
     program = (
         "import sys\n"
-        "from deploy.home_manager import switch_home\n"
-        "from deploy.process import LocalRunner\n"
+        "from deploy.activate.home_manager import switch_home\n"
+        "from deploy.transport.process import LocalRunner\n"
         "from deploy.ui import Emitter\n"
         "a = switch_home(LocalRunner(Emitter()), sys.argv[1], 'deploy', 'alpha')\n"
         "print(a.generation, a.path)\n"

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.errors import InventoryError, UsageError
-from deploy.inventory import (
+from deploy.config.inventory import (
     ATTR_PATTERN,
     NAME_PATTERN,
     BuilderSpec,
@@ -20,6 +19,7 @@ from deploy.inventory import (
     load_inventory,
     parse_ssh_target,
 )
+from deploy.errors import InventoryError, UsageError
 
 INJECTION_NAMES = ["a;touch x", "$(id)", "a\nb", "-oProxyCommand=x", "a b", "`id`", "alpha\n", "a|b", "a&b", "a>b"]
 

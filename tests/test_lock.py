@@ -1,4 +1,4 @@
-"""deploy.lock: when a holder is stale, and what acquire() sends and makes of the answers."""
+"""deploy.engine.lock: when a holder is stale, and what acquire() sends and makes of the answers."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from deploy import lock
+from deploy.engine import lock
+from deploy.engine.lock import LOCK_DIR, STALE_AFTER_SECONDS, acquire, describe_holder, is_stale, process_start_time
 from deploy.errors import HostBusy, HostUnreachable, NixfabError
-from deploy.lock import LOCK_DIR, STALE_AFTER_SECONDS, acquire, describe_holder, is_stale, process_start_time
 from fake_host import LOST, RecordingHost, Reply, sh
 
 ME = "deployer"
@@ -126,7 +126,7 @@ def test_acquire_sends_the_lock_script_with_who_we_are_and_release_clears_only_o
     host = RecordingHost().on("lock_acquire", "acquired\n")
     taken = acquire(host, "switch")
     try:
-        assert host.argvs == [sh("lock_acquire", "/run/nixfab/deploy.lock", OUR_HOLDER)]
+        assert host.argvs == [sh("lock_acquire", "/run/nixfab/deploy.engine.lock", OUR_HOLDER)]
         assert [call.sudo for call in host.calls] == [True]
         assert json.loads(OUR_HOLDER)["since"] == 1700000000
         assert taken.holder_text == OUR_HOLDER and taken.cleared_stale is None

@@ -1,4 +1,4 @@
-"""deploy.magic_rollback: the watchdog's exact argv, how it is started and stopped, and confirmation with a fake clock."""
+"""deploy.confirm.magic_rollback: the watchdog's exact argv, how it is started and stopped, and confirmation with a fake clock."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,11 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from deploy import magic_rollback
-from deploy.activation import Activation, SystemState
-from deploy.errors import HostUnreachable, LoginRefused, NixfabError, NotConfirmed
-from deploy.hosts import Host
-from deploy.magic_rollback import (
+from deploy.activate.activation import Activation, SystemState
+from deploy.confirm import magic_rollback
+from deploy.confirm.magic_rollback import (
     ACTIVATION_LIMIT_SECONDS,
     STATE_DIR,
     Watchdog,
@@ -23,6 +21,8 @@ from deploy.magic_rollback import (
     new_watchdog,
     watchdog_argv,
 )
+from deploy.errors import HostUnreachable, LoginRefused, NixfabError, NotConfirmed
+from deploy.transport.hosts import Host
 from fake_host import LOST, RecordingHost, Reply, sh
 
 PROFILE = "/nix/var/nix/profiles/system"

@@ -1,4 +1,4 @@
-"""The domain values (deploy/model.py) and the typed options every task builds (deploy/options.py, deploy/arguments.py)."""
+"""The domain values (deploy/model.py) and the typed options every task builds (deploy/cli/options.py, deploy/cli/arguments.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,12 +14,13 @@ from invoke.exceptions import Exit
 from invoke.tasks import Task
 
 import tasks
-from deploy import arguments, cli, commands, day2, options
-from deploy.arguments import DeployPreset
+from deploy.cli import arguments, cli, day2, options
+from deploy.cli.arguments import DeployPreset
+from deploy.engine.fleet import HostResult, results_json
 from deploy.errors import UsageError
-from deploy.fleet import HostResult, results_json
-from deploy.history import DeployRecord, Journal
 from deploy.model import Action, Phase, Result
+from deploy.nix import commands
+from deploy.record.history import DeployRecord, Journal
 
 # --- Action ----------------------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ def every_task() -> list[tuple[str, tasks.StepTask]]:
 
 
 def handler_options_type(handler: Any) -> Any:
-    # The handlers name their options' types for mypy only (TYPE_CHECKING); resolve them in deploy.options.
+    # The handlers name their options' types for mypy only (TYPE_CHECKING); resolve them in deploy.cli.options.
     return typing.get_type_hints(handler, localns=vars(options))["options"]
 
 

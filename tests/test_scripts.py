@@ -16,7 +16,7 @@ NAMES = sorted(path.stem for path in SCRIPTS.glob("*.sh"))
 
 
 def resolve(dotted: str) -> Callable[..., object]:
-    """`deploy.lock.HostLock.release` -> that function: the longest importable prefix, then attributes."""
+    """`deploy.engine.lock.HostLock.release` -> that function: the longest importable prefix, then attributes."""
     parts = dotted.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         try:
@@ -63,5 +63,5 @@ def test_a_header_names_the_code_that_sends_and_parses_the_script(name: str) -> 
 
 
 def test_every_script_file_is_sent_by_some_module_and_every_name_sent_has_a_file() -> None:
-    source = "\n".join(path.read_text() for path in SCRIPTS.parent.glob("*.py"))
+    source = "\n".join(path.read_text() for path in SCRIPTS.parent.rglob("*.py"))
     assert set(re.findall(r'\bscript\("([a-z_]+)"\)', source)) == set(NAMES)

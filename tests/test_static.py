@@ -118,7 +118,7 @@ def test_the_import_check_lets_other_modules_pass(source: str) -> None:
 def test_no_product_module_imports_the_lab() -> None:
     """deploy.lab is for the tests, the demo (tasks.py's lab tasks) and bench/ only."""
     modules = product_modules()
-    assert DEPLOY / "pipeline.py" in modules and not any(LAB in path.parents for path in modules)
+    assert DEPLOY / "engine" / "pipeline.py" in modules and not any(LAB in path.parents for path in modules)
     offenders = {
         str(path.relative_to(REPO)): sorted(name for name in imported_modules(path) if is_lab(name))
         for path in modules
@@ -163,7 +163,7 @@ UI = DEPLOY / "ui"
 PRINTING_ALLOWED = {
     UI: "the renderers: everything nixfab shows goes through deploy.ui",
     LAB: "the simulated hosts of the tests and the demo, not the product",
-    DEPLOY / "completion.py": "Invoke's tab-completion protocol is candidates on stdout and usage on stderr",
+    DEPLOY / "cli" / "completion.py": "Invoke's tab-completion protocol is candidates on stdout and usage on stderr",
 }
 # Not a module: sudo's password prompt is answered by Invoke/Fabric's responder, which writes to the SSH channel, not to the user.
 
@@ -242,6 +242,6 @@ def test_the_print_check_lets_other_calls_pass(source: str) -> None:
 def test_no_module_outside_deploy_ui_prints() -> None:
     """Output is events (deploy.ui.events) or a deploy.ui function, so one place decides what is shown and where."""
     modules = quiet_modules()
-    assert DEPLOY / "pipeline.py" in modules and DEPLOY / "fleet.py" in modules and not any(UI in path.parents for path in modules)
+    assert DEPLOY / "engine" / "pipeline.py" in modules and DEPLOY / "engine" / "fleet.py" in modules and not any(UI in path.parents for path in modules)
     offenders = {str(path.relative_to(REPO)): printing_calls(path.read_text()) for path in modules}
     assert {path: calls for path, calls in offenders.items() if calls} == {}

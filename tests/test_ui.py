@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from deploy.process import LocalRunner
+from deploy.transport.process import LocalRunner
 from deploy.ui import (
     CommandRun,
     Console,
@@ -62,13 +62,13 @@ def test_a_local_command_renders_with_its_environment_in_front_quoted() -> None:
 
 def test_a_script_s_lines_each_get_the_host_prefix() -> None:
     terminal, alpha, _, alpha_log, _ = fleet_of_two()
-    alpha.command(["sh", "-c", "set -e\nrm -rf \"$1\"\n", "sh", "/run/nixfab/deploy.lock"], where="alpha")
+    alpha.command(["sh", "-c", "set -e\nrm -rf \"$1\"\n", "sh", "/run/nixfab/deploy.engine.lock"], where="alpha")
     assert terminal.getvalue().splitlines() == [
         "alpha | + [alpha] sh -c 'set -e",
         'alpha | rm -rf "$1"',
-        "alpha | ' sh /run/nixfab/deploy.lock",
+        "alpha | ' sh /run/nixfab/deploy.engine.lock",
     ]
-    assert alpha_log.getvalue() == "+ [alpha] sh -c 'set -e\nrm -rf \"$1\"\n' sh /run/nixfab/deploy.lock\n"
+    assert alpha_log.getvalue() == "+ [alpha] sh -c 'set -e\nrm -rf \"$1\"\n' sh /run/nixfab/deploy.engine.lock\n"
 
 
 def test_the_emitter_turns_its_arguments_into_the_event() -> None:

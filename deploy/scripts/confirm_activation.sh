@@ -1,6 +1,6 @@
 # shellcheck shell=sh
-# Used by: deploy.magic_rollback.confirm
-# Parsed by: deploy.magic_rollback.confirm
+# Used by: deploy.confirm.magic_rollback.confirm
+# Parsed by: deploy.confirm.magic_rollback.confirm
 # $1: the watchdog's state directory. The deployer's claim, in one round trip:
 # only a finished, successful activation is confirmed. Prints pending,
 # "failed STATUS", confirmed or too-late.

@@ -1,5 +1,5 @@
 # shellcheck shell=sh
-# Used by: deploy.magic_rollback.detached
+# Used by: deploy.confirm.magic_rollback.detached
 # $@: the argv to run, under `setsid -f` where systemd-run does not work.
 # With none of its stdio left on our SSH channel, the session can end while
 # argv goes on.

@@ -1,6 +1,6 @@
 # shellcheck shell=sh
-# Used by: deploy.commands.df_argv
-# Parsed by: deploy.disk.parse_df
+# Used by: deploy.nix.commands.df_argv
+# Parsed by: deploy.plan.disk.parse_df
 # $@: the paths to ask about. df for each path on its own, so that a missing
 # path (no /boot) cannot shift the others' lines; each output line is
 # "PATH<TAB>df -P line".

@@ -1,6 +1,6 @@
 # shellcheck shell=sh
-# Used by: deploy.status.probe
-# Parsed by: deploy.status.probe
+# Used by: deploy.plan.status.probe
+# Parsed by: deploy.plan.status.probe
 # $1: the system profile. One `key<TAB>value` line per fact; readlink prints
 # nothing when a link is missing, so a host without a system still answers.
 

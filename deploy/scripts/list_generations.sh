@@ -1,6 +1,6 @@
 # shellcheck shell=sh
-# Used by: deploy.commands.list_generations
-# Parsed by: deploy.generations.parse_generation_listing
+# Used by: deploy.nix.commands.list_generations
+# Parsed by: deploy.activate.generations.parse_generation_listing
 # $1: the system profile; $2: nixfab's directory of <N>.json revision records.
 # One line per generation: "generation N MTIME TARGET =VERSION =REVISION_JSON"
 # (tab-separated; a field without "=" means the file is missing), then the

@@ -1,6 +1,6 @@
 # shellcheck shell=sh
-# Used by: deploy.lock.acquire
-# Parsed by: deploy.lock.acquire
+# Used by: deploy.engine.lock.acquire
+# Parsed by: deploy.engine.lock.acquire
 # $1: the lock directory; $2: the holder, one line of JSON.
 # mkdir is the test-and-set that two deployers cannot both win. Prints
 # "acquired", or "held", the lock's age in seconds and the holder's line, so

@@ -1,11 +1,11 @@
 # shellcheck shell=sh
-# Used by: deploy.magic_rollback.watchdog_argv
+# Used by: deploy.confirm.magic_rollback.watchdog_argv
 # $1: its state directory; $2: how long to wait for the activation to end;
 # $3: how long to wait after that for the deployer's confirmation (seconds);
 # the rest: the rollback steps, each an argv quoted with shlex.join.
 # It answers through files, not stdout: whoever creates $1/verdict first
 # decides (confirm_activation.sh races for it), and $1/rolled-back is what
-# deploy.magic_rollback.await_self_rollback waits for.
+# deploy.confirm.magic_rollback.await_self_rollback waits for.
 
 dir=$1 activation_limit=$2 confirm_timeout=$3
 shift 3

@@ -1,6 +1,6 @@
 # shellcheck shell=sh
-# Used by: deploy.commands.running_system_and_nvd
-# Parsed by: deploy.diff.parse_diff_probe
+# Used by: deploy.nix.commands.running_system_and_nvd
+# Parsed by: deploy.plan.diff.parse_diff_probe
 # No arguments. What a diff compares against, and whether nvd can show it,
 # in one round trip.
 

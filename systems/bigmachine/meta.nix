@@ -1,4 +1,4 @@
-# Imported by flake.nix and evaluated by nixfab (deploy/discovery.py): any Nix
+# Imported by flake.nix and evaluated by nixfab (deploy/config/discovery.py): any Nix
 # that evaluates to this attribute set, in the flake's pure evaluation.
 {
   system = "x86_64-linux";

@@ -1,4 +1,4 @@
-# Imported by flake.nix and evaluated by nixfab (deploy/discovery.py): any Nix.
+# Imported by flake.nix and evaluated by nixfab (deploy/config/discovery.py): any Nix.
 {
   system = "aarch64-linux";
   users = [ "alice" ];

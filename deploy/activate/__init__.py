@@ -1,0 +1,1 @@
+"""Making a system current: profile generations, switch-to-configuration, rollback steps, Home Manager."""

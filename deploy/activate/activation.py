@@ -1,0 +1,187 @@
+"""Make a system current on its host: profile, switch-to-configuration, and undo on failure."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from deploy.errors import ActivationFailed, NotInStore, RemoteCommandFailed
+from deploy.model import Action
+from deploy.nix import commands
+from deploy.scripts import script
+from deploy.transport.hosts import Host
+from deploy.transport.process import tab_fields
+
+
+@dataclass(frozen=True)
+class SystemState:
+    """Enough of a host's state to put it back."""
+
+    generation: int | None
+    generation_path: str | None
+    running: str | None
+
+
+@dataclass(frozen=True)
+class Activation:
+    path: str
+    action: Action
+    generation: int | None
+    previous: SystemState
+    # False when an existing generation was made current (switch-generation,
+    # rollback): undo must then not delete it.
+    created_generation: bool = True
+
+    def __post_init__(self) -> None:
+        # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
+        object.__setattr__(self, "action", Action(self.action))
+
+
+def parse_generation(link_target: str) -> int | None:
+    # The profile points at "system-42-link".
+    parts = link_target.strip().rsplit("/", 1)[-1].split("-")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def read_link(host: Host, path: str) -> str | None:
+    result = host.run(commands.read_link(path), dry_stdout=f"<{path}>")
+    if not result.ok:
+        return None
+    return result.stdout.strip() or None
+
+
+def system_state(host: Host) -> SystemState:
+    result = host.run(["sh", "-c", script("system_state"), "sh", commands.SYSTEM_PROFILE], dry_stdout="running\t<running system>\n")
+    facts = tab_fields(result.stdout) if result.ok else {}
+    generation = parse_generation(facts["profile"]) if facts.get("profile") else None
+    return SystemState(generation, facts.get("generation") or None, facts.get("running") or None)
+
+
+def systemd_run_works(host: Host) -> bool:
+    if "systemd-run" not in host.facts:
+        probe = commands.systemd_run(["true"], unit=f"{commands.SWITCH_UNIT}-probe", install_bootloader=False)
+        host.facts["systemd-run"] = host.run(probe, sudo=True).ok
+    return host.facts["systemd-run"]
+
+
+def wrap_for_host(host: Host, argv: list[str], action: Action) -> list[str]:
+    """nixos-rebuild's rule: use systemd-run where it works, a clean env elsewhere."""
+    install_bootloader = action.changes_boot_default
+    if systemd_run_works(host):
+        return commands.systemd_run(argv, unit=commands.SWITCH_UNIT, install_bootloader=install_bootloader)
+    return commands.plain_environment(argv, install_bootloader=install_bootloader)
+
+
+def run_switch_to_configuration(host: Host, path: str, action: Action, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+    argv = commands.switch_to_configuration(path, action)
+    result = host.run(wrap_for_host(host, wrap(argv) if wrap else argv, action), sudo=True, stream=True)
+    if not result.ok:
+        show_journal(host)
+        raise ActivationFailed(f"{host.label}: switch-to-configuration {action} failed (exit {result.returncode}): {result.tail(1)}")
+
+
+def show_journal(host: Host) -> None:
+    """The unit's journal says more than the exit code, as `nixos-rebuild` users expect to see."""
+    if not host.facts.get("systemd-run"):
+        return
+    journal = host.run(commands.journal_tail(commands.SWITCH_UNIT))
+    echo = getattr(host, "echo", None) or getattr(getattr(host, "runner", None), "echo", None)
+    if journal.ok and journal.stdout.strip() and echo is not None:
+        echo.note(f"journalctl -u {commands.SWITCH_UNIT} (last lines):")
+        for line in journal.stdout.rstrip().splitlines():
+            echo.note(f"  {line}")
+
+
+def activate(
+    host: Host,
+    path: str,
+    action: Action,
+    *,
+    before_switch: Callable[[Activation], None] | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+) -> Activation:
+    """Set the profile (for switch and boot) and run switch-to-configuration.
+
+    On failure the host goes back to its previous generation, boot default
+    and running system, and ActivationFailed says what went wrong.
+    `before_switch` sees the prepared activation (magic rollback arms its
+    watchdog there); `wrap` wraps the switch-to-configuration argv.
+    """
+    action = Action(action)  # a caller's plain "switch" becomes the member; anything else is a ValueError
+    if not host.run(commands.test_file(f"{path}/nixos-version")).ok:
+        raise NotInStore(f"{host.label}: {path} is not a NixOS system on this host (no nixos-version); refusing to activate it")
+    previous = system_state(host)
+    generation = previous.generation
+    if action.changes_boot_default:
+        result = host.run(commands.set_system_profile(path), sudo=True)
+        if not result.ok:
+            raise RemoteCommandFailed(f"{host.label}: nix-env --set failed: {result.tail(1)}")
+        generation = parse_generation(read_link(host, commands.SYSTEM_PROFILE) or "")
+    activation = Activation(path, action, generation, previous)
+    if before_switch is not None:
+        before_switch(activation)
+    try:
+        run_switch_to_configuration(host, path, action, wrap)
+    except ActivationFailed as failure:
+        error_output = failure
+        undone = undo(host, activation)
+        raise ActivationFailed(f"{error_output}; {undone}") from None
+    return activation
+
+
+@dataclass(frozen=True)
+class RollbackStep:
+    """One step of putting a host back: a profile command as root, or reactivating an earlier system."""
+
+    says: str | None  # for the error message; None for steps not worth mentioning
+    profile_argv: tuple[str, ...] = ()
+    reactivate: tuple[str, Action] | None = None  # (system path, switch-to-configuration action)
+
+    def argv(self) -> list[str]:
+        return commands.switch_to_configuration(*self.reactivate) if self.reactivate else list(self.profile_argv)
+
+
+def rollback_steps(activation: Activation) -> list[RollbackStep]:
+    """What puts back what activate() changed, in order.
+
+    undo() runs these over the deploy's connection; the magic-rollback
+    watchdog runs the same steps on the host when no confirmation comes.
+    """
+    previous = activation.previous
+    steps: list[RollbackStep] = []
+    if activation.action.changes_boot_default and activation.generation != previous.generation:
+        if previous.generation is not None and previous.generation_path:
+            steps.append(RollbackStep(None, tuple(commands.switch_system_generation(previous.generation))))
+            steps.append(
+                RollbackStep(f"profile and boot default back to generation {previous.generation}", reactivate=(previous.generation_path, Action.BOOT))
+            )
+        if activation.generation is not None and activation.created_generation:
+            if previous.generation is None:
+                steps.append(RollbackStep("removed the new profile (the host had none)", tuple(commands.remove_system_profile(activation.generation))))
+            else:
+                steps.append(RollbackStep(None, tuple(commands.delete_system_generation(activation.generation))))
+    if activation.action.changes_running_system and previous.running and previous.running != activation.path:
+        steps.append(RollbackStep(f"running system back to {previous.running}", reactivate=(previous.running, Action.TEST)))
+    return steps
+
+
+def undo(host: Host, activation: Activation) -> str:
+    """Put back what activate() changed; says what it did, for the error message."""
+    said = []
+    for step in rollback_steps(activation):
+        if step.reactivate:
+            problem = restore(host, *step.reactivate)
+            said.append(f"{step.says}{problem}")
+        else:
+            host.run(step.profile_argv, sudo=True)
+            if step.says:
+                said.append(step.says)
+    return "rolled back: " + "; ".join(said) if said else "nothing to roll back"
+
+
+def restore(host: Host, path: str, action: Action) -> str:
+    """Reactivate an earlier system; an empty string when that worked."""
+    try:
+        run_switch_to_configuration(host, path, action)
+    except ActivationFailed as failure:
+        return f" (but its switch-to-configuration {action} failed too: {failure})"
+    return ""

@@ -1,0 +1,1 @@
+"""Building a system: here, on the target, or on a builder."""

@@ -1,0 +1,112 @@
+"""Evaluate and build toplevels: here, on the target, or on a builder."""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.errors import BuildError
+from deploy.nix import commands
+from deploy.transport.hosts import Host
+from deploy.transport.process import LocalRunner
+
+TRACE_HINT = "run again with `-- --show-trace` for Nix's full trace"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    derivation: str
+    out_path: str
+
+
+def placeholder(attr: str) -> str:
+    return f"<toplevel of {attr}>"
+
+
+def nix_error(stderr: str) -> str:
+    """The line of Nix's output that says what went wrong."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("error:") and line != "error:":
+            return line
+    return lines[-1] if lines else "no output"
+
+
+def build_locally(
+    runner: LocalRunner, flake: str, attrs: Sequence[str], *, out_link: Path | None, extra: Sequence[str] = ()
+) -> dict[str, str]:
+    """One `nix build` for every attr; out_link holds the results as GC roots."""
+    installables = [commands.toplevel_installable(flake, attr) for attr in attrs]
+    dry = json.dumps([{"outputs": {"out": placeholder(attr)}} for attr in attrs])
+    result = runner.run(commands.nix_build(installables, out_link=out_link, extra=extra), dry_stdout=dry)
+    if not result.ok:
+        raise BuildError(f"building {', '.join(attrs)} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+    outputs = [item["outputs"]["out"] for item in json.loads(result.stdout)]
+    if len(attrs) == 1 or runner.dry_run:
+        return dict(zip(attrs, outputs, strict=True))
+    # Nix 2.8 does not keep the installables' order in its JSON, so pair them by out path.
+    expected = evaluate_out_paths(runner, flake, attrs, extra)
+    built = set(outputs)
+    missing = [attr for attr in attrs if expected.get(attr) not in built]
+    if missing:
+        raise BuildError(f"nix build did not report a result for {', '.join(missing)}")
+    return {attr: str(expected[attr]) for attr in attrs}
+
+
+def evaluate_out_paths(runner: LocalRunner, flake: str, attrs: Sequence[str], extra: Sequence[str] = ()) -> dict[str, str | None]:
+    """The toplevel out path of each attr in one `nix eval` (None where the flake has no such system); builds nothing."""
+    # The attribute names were checked against ATTR_PATTERN, so as JSON strings they are also Nix strings.
+    names = " ".join(json.dumps(attr) for attr in attrs)
+    apply = (
+        f"cs: builtins.listToAttrs (map (n: {{ name = n; value = if cs ? ${{n}} "
+        f"then cs.${{n}}.config.system.build.toplevel.outPath else null; }}) [ {names} ])"
+    )
+    result = runner.run([*commands.NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", apply, *extra], show_stderr=False)
+    if not result.ok:
+        raise BuildError(f"evaluating {flake} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+    return dict(json.loads(result.stdout))
+
+
+def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = ()) -> Evaluation:
+    installable = commands.toplevel_installable(flake, attr)
+    dry = json.dumps({"drv": f"<derivation of {attr}>", "out": placeholder(attr)})
+    result = runner.run(commands.nix_eval_derivation(installable, extra), dry_stdout=dry)
+    if not result.ok:
+        raise BuildError(f"evaluating {attr} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+    data = json.loads(result.stdout)
+    return Evaluation(data["drv"], data["out"])
+
+
+@dataclass(frozen=True)
+class RemoteBuild:
+    out_path: str
+    gc_root_dir: str  # on the builder; remove it once the result has been copied
+
+
+def build_remotely(
+    runner: LocalRunner,
+    builder: Host,
+    builder_store: str,
+    evaluation: Evaluation,
+    *,
+    nix_env: Mapping[str, str],
+    extra: Sequence[str] = (),
+) -> RemoteBuild:
+    """Copy the derivation's closure to the builder and realise it there.
+
+    The result stays rooted in a temporary directory on the builder until the
+    caller removes it, so it cannot be collected halfway through a deploy.
+    """
+    copy = runner.run(commands.nix_copy([evaluation.derivation], to=builder_store, derivation=True, extra=extra), env=nix_env)
+    if not copy.ok:
+        raise BuildError(f"copying the derivation to {builder.label} failed: {nix_error(copy.stderr)}")
+    temporary = builder.run(commands.make_temp_dir(), dry_stdout="<temporary directory>")
+    if not temporary.ok:
+        raise BuildError(f"{builder.label}: cannot create a temporary directory: {temporary.tail(1)}")
+    root_dir = temporary.stdout.strip()
+    realise = builder.run(commands.nix_store_realise(evaluation.derivation, f"{root_dir}/result", extra), stream=True)
+    if not realise.ok:
+        builder.run(commands.remove_tree(root_dir))
+        raise BuildError(f"building on {builder.label} failed: {nix_error(realise.stderr)}; {TRACE_HINT}")
+    return RemoteBuild(evaluation.out_path, root_dir)

@@ -1,0 +1,1 @@
+"""The command-line edge: tasks' handlers, errors as exit codes, the nixfab program, completion."""

@@ -1,0 +1,279 @@
+"""From Invoke's keyword arguments to typed options (deploy/cli/options.py): one function per task family.
+
+tasks.py declares each task's options (name → default) and pairs one of
+these functions with the handler that gets what it returns (cli.Step, which
+mypy checks). Each function takes exactly the keyword arguments its tasks
+declare, never `**kwargs`, and does every conversion and check there is
+(seconds, counts, --action, --delete-older-than, a generation number), so a
+bad value is refused in one line before any work starts. An option that a
+task declares and its function does not take is a TypeError, which
+tests/test_model.py looks for in every task.
+
+tasks.py imports this on every TAB: the standard library, deploy.model and
+deploy.errors only; the dataclasses of deploy.cli.options load when a task runs.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from deploy.errors import UsageError
+from deploy.model import Action
+
+if TYPE_CHECKING:
+    from deploy.cli.options import (
+        DeployOptions,
+        FlakeOptions,
+        GenerationsOptions,
+        HistoryOptions,
+        HomeOptions,
+        HostsOptions,
+        OneHostOptions,
+        ResetOptions,
+        Selection,
+        SshWaitOptions,
+        StatusOptions,
+        SwitchGenerationOptions,
+    )
+
+
+# --- conversions and checks: each says which option was wrong, in one line -------------------------
+
+
+def seconds(option: str, value: str | float) -> float:
+    """Invoke would turn a bad number into a traceback; this says which option was wrong."""
+    try:
+        parsed = float(value)
+    except ValueError:
+        raise UsageError(f"{option} takes a number of seconds, not {value!r}") from None
+    if parsed <= 0:
+        raise UsageError(f"{option} must be more than 0 seconds, not {value!r}")
+    return parsed
+
+
+def count(option: str, value: str | int) -> int:
+    try:
+        parsed = int(str(value))
+    except ValueError:
+        raise UsageError(f"{option} takes a whole number, not {value!r}") from None
+    if parsed < 1:
+        raise UsageError(f"{option} must be at least 1, not {value!r}")
+    return parsed
+
+
+def check_older_than(value: str) -> str:
+    """`all` or `<days>d`, the only forms nix-collect-garbage takes; checked before any reboot."""
+    if value != "all" and not (value.endswith("d") and value[:-1].isdigit() and value[:-1].isascii()):
+        raise UsageError(f"--delete-older-than takes a number of days such as 15d, or all, not {value!r}")
+    return value
+
+
+def check_action(action: str) -> Action:
+    try:
+        return Action(action)
+    except ValueError:
+        raise UsageError(f"--action must be one of {', '.join(Action)}, not {action!r}") from None
+
+
+def check_generation(value: str | int | None) -> int:
+    text = str(value or "")
+    if not (text.isdigit() and text.isascii()):
+        raise UsageError(f"switch-generation takes a generation number (see `inv generations`), not {text!r}")
+    return int(text)
+
+
+def flake_reference(flake: str) -> str:
+    """A local directory becomes an absolute reference, so ssh and cwd changes cannot confuse it."""
+    if ":" not in flake.split("#", 1)[0] and Path(flake).is_dir():
+        return str(Path(flake).absolute())
+    return flake
+
+
+def shifted(machine: str | None, host: str | None, slot: str | int | None) -> str | int | None:
+    """With --host, the positional MACHINE slot holds the next positional argument (`inv ssh-wait --host a CMD`)."""
+    return machine if host and machine and not slot else slot
+
+
+# --- hosts -----------------------------------------------------------------------------------------
+
+
+def selection(
+    *, machine: str | None, host: Sequence[str], tag: Sequence[str], all: bool, flake: str, inventory: str  # noqa: A002 - the --all option
+) -> Selection:
+    from deploy.cli.options import Selection
+
+    return Selection(machine or None, tuple(host), tuple(tag), bool(all), flake_reference(flake), inventory)
+
+
+def one_host(*, machine: str | None, host: str | None, flake: str, inventory: str, dry_run: bool) -> OneHostOptions:
+    """--host NAME wins over the positional MACHINE."""
+    from deploy.cli.options import OneHostOptions
+
+    return OneHostOptions(host or machine or None, flake_reference(flake), inventory, bool(dry_run))
+
+
+# --- deploys -------------------------------------------------------------------------------------
+
+
+class DeployPreset(NamedTuple):
+    """What a deploy task fixes rather than asks: its action, where it builds, what follows activation.
+
+    A NamedTuple, immutable like the options, but cheaper to create than a dataclass at tasks.py's import.
+    """
+
+    action: Action | None = Action.SWITCH  # None builds only; a task with an --action option overrides it
+    build_on: str | None = None  # local, target; a task with a --build-on option overrides it
+    local: bool = False  # the target is this machine (`switch`)
+    out_link: Path | None = None
+    diff_only: bool = False
+    reboot: bool = False
+    collect_garbage: bool = False
+
+
+def deploy(
+    preset: DeployPreset,
+    *,
+    # Every deploy task: the selection, and the fleet.
+    machine: str | None,
+    host: Sequence[str],
+    tag: Sequence[str],
+    all: bool,  # noqa: A002 - the --all option
+    flake: str,
+    inventory: str,
+    dry_run: bool,
+    parallel: str | int,
+    fail_fast: bool,
+    canary: bool,
+    batch: str,
+    json: bool,
+    log_dir: str,
+    skip_checks: bool,
+    # Tasks that activate.
+    force: bool = False,
+    magic_rollback: bool = True,
+    confirm_timeout: str | float = 30.0,
+    health_checks: bool = True,
+    diff: bool = False,
+    ask: bool = False,
+    # Some tasks only.
+    action: str | None = None,
+    build_on: str | None = None,
+    substitute_on_destination: bool = False,
+    delete_older_than: str | None = None,
+    reboot_timeout: str | float = 300.0,
+) -> DeployOptions:
+    from deploy.cli.options import DeployOptions, FleetOptions
+
+    checked_action = check_action(action) if action is not None else preset.action
+    older_than = check_older_than(delete_older_than) if delete_older_than else None
+    reboot_seconds = seconds("--reboot-timeout", reboot_timeout)
+    confirm_seconds = seconds("--confirm-timeout", confirm_timeout)
+    fleet = FleetOptions(
+        batch=count("--batch", batch) if batch else None,
+        parallel=count("--parallel", parallel),
+        fail_fast=bool(fail_fast),
+        canary=bool(canary),
+        log_dir=Path(log_dir) if log_dir else None,
+    )
+    return DeployOptions(
+        selection=selection(machine=machine, host=host, tag=tag, all=all, flake=flake, inventory=inventory),
+        dry_run=bool(dry_run),
+        fleet=fleet,
+        as_json=bool(json),
+        skip_checks=bool(skip_checks),
+        action=checked_action,
+        build_on=build_on or preset.build_on,
+        local=preset.local,
+        out_link=preset.out_link,
+        diff_only=preset.diff_only,
+        reboot=preset.reboot,
+        collect_garbage=preset.collect_garbage,
+        delete_older_than=older_than,
+        reboot_timeout=reboot_seconds,
+        substitute_on_destination=bool(substitute_on_destination),
+        force=bool(force),
+        magic_rollback=bool(magic_rollback),
+        confirm_timeout=confirm_seconds,
+        health_checks=bool(health_checks),
+        show_diff=bool(diff),
+        ask=bool(ask),
+    )
+
+
+# --- the other tasks (deploy/cli/day2.py) ------------------------------------------------------------
+
+
+def reset(
+    *, machine: str | None, host: str | None, flake: str, inventory: str, dry_run: bool, delete_older_than: str, reboot_timeout: str | float
+) -> ResetOptions:
+    from deploy.cli.options import ResetOptions
+
+    timeout = seconds("--reboot-timeout", reboot_timeout)
+    older_than = check_older_than(delete_older_than)
+    return ResetOptions(one_host(machine=machine, host=host, flake=flake, inventory=inventory, dry_run=dry_run), older_than, timeout)
+
+
+def ssh_wait(
+    *, machine: str | None, command: str | None, host: str | None, flake: str, inventory: str, timeout: str | float, interval: str | float
+) -> SshWaitOptions:
+    from deploy.cli.options import SshWaitOptions
+
+    run = str(shifted(machine, host, command) or "") or None
+    timeout_seconds, interval_seconds = seconds("--timeout", timeout), seconds("--interval", interval)
+    target = one_host(machine=machine, host=host, flake=flake, inventory=inventory, dry_run=False)
+    return SshWaitOptions(target, run, timeout_seconds, interval_seconds)
+
+
+def generations(*, machine: str | None, host: str | None, flake: str, inventory: str, dry_run: bool, json: bool) -> GenerationsOptions:
+    from deploy.cli.options import GenerationsOptions
+
+    return GenerationsOptions(one_host(machine=machine, host=host, flake=flake, inventory=inventory, dry_run=dry_run), bool(json))
+
+
+def switch_generation(
+    *, machine: str | None, host: str | None, flake: str, inventory: str, dry_run: bool, generation: str | int | None
+) -> SwitchGenerationOptions:
+    from deploy.cli.options import SwitchGenerationOptions
+
+    target = one_host(machine=machine, host=host, flake=flake, inventory=inventory, dry_run=dry_run)
+    return SwitchGenerationOptions(target, check_generation(shifted(machine, host, generation)))
+
+
+def flake_task(*, flake: str, dry_run: bool, input: Sequence[str] = ()) -> FlakeOptions:  # noqa: A002 - the --input option
+    """check and update."""
+    from deploy.cli.options import FlakeOptions
+
+    return FlakeOptions(flake_reference(flake), bool(dry_run), tuple(input))
+
+
+def status(
+    *, machine: str | None, host: Sequence[str], tag: Sequence[str], all: bool, flake: str, inventory: str, json: bool  # noqa: A002 - the --all option
+) -> StatusOptions:
+    """No MACHINE, --host or --tag means every host here, not this machine."""
+    from deploy.cli.options import StatusOptions
+
+    names = (machine,) if machine else ()
+    everything = bool(all) or not (names or host or tag)
+    return StatusOptions(selection(machine=None, host=[*names, *host], tag=tag, all=everything, flake=flake, inventory=inventory), bool(json))
+
+
+def history(*, machine: str | None, host: Sequence[str], json: bool, flake: str) -> HistoryOptions:
+    from deploy.cli.options import HistoryOptions
+
+    return HistoryOptions(tuple(name for name in [machine, *host] if name), flake_reference(flake), bool(json))
+
+
+def hosts(*, flake: str, inventory: str, json: bool) -> HostsOptions:
+    from deploy.cli.options import HostsOptions
+
+    return HostsOptions(flake_reference(flake), inventory, bool(json))
+
+
+def home(
+    *, user: str, flake: str, dry_run: bool, machine: str | None = None, host: str | None = None, inventory: str = "hosts.yaml"
+) -> HomeOptions:
+    """hm.*; hm.switch has no MACHINE, --host or --inventory."""
+    from deploy.cli.options import HomeOptions
+
+    return HomeOptions(one_host(machine=machine, host=host, flake=flake, inventory=inventory, dry_run=dry_run), user or None)

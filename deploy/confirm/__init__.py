@@ -1,0 +1,1 @@
+"""Magic rollback: the watchdog on the host and the confirmation over a new connection."""

@@ -1,0 +1,1 @@
+"""Copying a closure to the host that lacks it."""

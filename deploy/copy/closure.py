@@ -1,0 +1,84 @@
+"""Move a system closure to its target.
+
+From this machine, the closure goes as `nix-store --export | nix-store
+--import` over the deploy's own SSH connection: only the paths the target
+lacks, and no second connection. From a builder, or with substitution on
+the target, it goes with `nix copy`, which can do both.
+"""
+from __future__ import annotations
+
+import io
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from deploy.build.build import nix_error
+from deploy.errors import RemoteCommandFailed
+from deploy.nix import commands
+from deploy.transport.hosts import Host
+from deploy.transport.process import LocalRunner
+from deploy.transport.remote import RemoteHost
+
+
+def copy_closure(
+    runner: LocalRunner,
+    path: str,
+    *,
+    target: Host,
+    target_store: str,
+    source_store: str | None = None,
+    substitute_on_destination: bool = False,
+    nix_env: Mapping[str, str],
+    extra: Sequence[str] = (),
+) -> bool:
+    """Copy path's closure to target (from source_store, or this machine); False if it was there."""
+    if source_store is None and not substitute_on_destination and isinstance(target, RemoteHost):
+        return stream_closure(runner, target, path)
+    if target.run(commands.check_store_path_valid(path), dry_returncode=1).ok:
+        runner.echo.note(f"[{target.label}] {path} is already in the store; nothing to copy")
+        return False
+    argv = commands.nix_copy(
+        [path], to=target_store, source=source_store, substitute_on_destination=substitute_on_destination, extra=extra
+    )
+    result = runner.run(argv, env=nix_env)
+    if not result.ok:
+        raise RemoteCommandFailed(f"copying {path} to {target.label} failed: {nix_error(result.stderr)}")
+    return True
+
+
+def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[str]:
+    """The closure of path, dependencies first, less what the target already has."""
+    closure = runner.run(commands.nix_store_requisites(path), dry_stdout=f"{path}\n")
+    if not closure.ok:
+        raise RemoteCommandFailed(f"cannot list the closure of {path}: {nix_error(closure.stderr)}")
+    paths = closure.stdout.split()
+    invalid = target.run(commands.nix_store_print_invalid(paths), dry_stdout="\n".join(paths))
+    if not invalid.ok:
+        raise RemoteCommandFailed(f"{target.label}: cannot check which paths it has: {invalid.tail(1)}")
+    wanted = set(invalid.stdout.split())
+    return [item for item in paths if item in wanted]
+
+
+def stream_closure(runner: LocalRunner, target: RemoteHost, path: str) -> bool:
+    """Export what the target lacks into its nix-store --import; False when it lacked nothing."""
+    missing = missing_paths(runner, target, path)
+    if not missing:
+        runner.echo.note(f"[{target.label}] {path} is already in the store; nothing to copy")
+        return False
+    export = commands.nix_store_export(missing)
+    runner.echo.command(export)
+    if runner.dry_run:
+        target.feed(commands.nix_store_import(), io.BytesIO(), describe_source="(the export above)")
+        return True
+    producer = subprocess.Popen(export, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert producer.stdout is not None
+    try:
+        imported = target.feed(commands.nix_store_import(), producer.stdout, describe_source="(the export above)")
+    finally:
+        producer.stdout.close()
+        export_error = producer.stderr.read().decode("utf-8", "replace") if producer.stderr else ""
+        producer.wait()
+    if producer.returncode != 0:
+        raise RemoteCommandFailed(f"exporting {path} failed: {nix_error(export_error)}")
+    if not imported.ok:
+        raise RemoteCommandFailed(f"{target.label}: importing {path} failed: {nix_error(imported.stdout)}")
+    return True

@@ -1,0 +1,119 @@
+"""One deploy per host at a time: a lock directory on the target, with who holds it.
+
+The lock lives on the host, in /run, so that deploys from two laptops see
+each other and a reboot clears it. The holder refreshes its timestamp while
+it works. A lock is stale when its holder is a process on this machine that
+no longer exists, or when nobody has refreshed it for STALE_AFTER seconds
+(a deploy from another machine that died); a stale lock is cleared and taken.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from deploy.errors import HostBusy, NixfabError
+from deploy.scripts import script
+from deploy.transport.hosts import Host
+
+LOCK_DIR = "/run/nixfab/deploy.engine.lock"
+HEARTBEAT_SECONDS = 15.0
+STALE_AFTER_SECONDS = 90
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of pid (field 22 of /proc/pid/stat), so a reused pid is not mistaken for ours."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def describe_holder(holder: dict[str, object]) -> str:
+    since = holder.get("since")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(since))) if isinstance(since, (int, float)) else "?"
+    return f"{holder.get('user', '?')}@{holder.get('machine', '?')} (pid {holder.get('pid', '?')}, {holder.get('action', 'deploy')}, since {when})"
+
+
+def is_stale(holder: dict[str, object], age_seconds: int, this_machine: str) -> bool:
+    if age_seconds > STALE_AFTER_SECONDS:
+        return True
+    pid = holder.get("pid")
+    # bool is an int too, but `"pid": true` names no process.
+    if holder.get("machine") == this_machine and isinstance(pid, int) and not isinstance(pid, bool):
+        return process_start_time(pid) != holder.get("start")
+    return False
+
+
+@dataclass
+class HostLock:
+    host: Host
+    holder_text: str
+    cleared_stale: str | None = None
+    _stop: threading.Event | None = None
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        try:
+            self.host.run(["sh", "-c", script("lock_clear_if_held_by"), "sh", LOCK_DIR, self.holder_text], sudo=True)
+        except NixfabError:
+            pass  # a host that went away (rebooted) lost its /run, and with it the lock
+
+
+def acquire(host: Host, action: str) -> HostLock:
+    """Take the host's lock or raise HostBusy naming the holder; clears a stale lock first."""
+    machine = socket.gethostname()
+    me = {
+        "user": getpass.getuser(),
+        "machine": machine,
+        "pid": os.getpid(),
+        "start": process_start_time(os.getpid()),
+        "action": action,
+        "since": int(time.time()),
+        "token": secrets.token_hex(4),
+    }
+    holder_text = json.dumps(me, sort_keys=True)
+    cleared: str | None = None
+    for _attempt in range(2):
+        result = host.run(["sh", "-c", script("lock_acquire"), "sh", LOCK_DIR, holder_text], sudo=True, dry_stdout="acquired\n")
+        if not result.ok:
+            raise NixfabError(f"{host.label}: cannot take the deploy lock {LOCK_DIR}: {result.tail(1)}")
+        lines = result.stdout.splitlines()
+        if lines and lines[0] == "acquired":
+            lock = HostLock(host, holder_text, cleared)
+            if not host.dry_run:
+                lock._stop = start_heartbeat(host)
+            return lock
+        age = int(lines[1]) if len(lines) > 1 and lines[1].lstrip("-").isdigit() else 0
+        held_by = lines[2] if len(lines) > 2 else ""
+        try:
+            holder = json.loads(held_by)
+        except ValueError:
+            holder = {}
+        if not isinstance(holder, dict):
+            holder = {}
+        if not is_stale(holder, age, machine):
+            raise HostBusy(f"{host.label}: another deploy is running: {describe_holder(holder)}; lock {LOCK_DIR}")
+        host.run(["sh", "-c", script("lock_clear_if_held_by"), "sh", LOCK_DIR, held_by], sudo=True)
+        cleared = describe_holder(holder)
+    raise HostBusy(f"{host.label}: the deploy lock {LOCK_DIR} changed hands while a stale one was cleared; try again")
+
+
+def start_heartbeat(host: Host) -> threading.Event:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                host.run(["touch", "--", LOCK_DIR], sudo=True)
+            except NixfabError:
+                return
+
+    threading.Thread(target=beat, name=f"lock-heartbeat-{host.label}", daemon=True).start()
+    return stop

@@ -1,0 +1,121 @@
+"""`inv status`: for each host, what runs there, and whether it is what the flake builds now.
+
+Drift is found from evaluated out-paths (one `nix eval` for every host),
+never by building. Each host answers in one round trip; hosts are asked in
+parallel, and one that cannot be reached is a row, not an error.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from deploy.activate.activation import parse_generation
+from deploy.build.build import evaluate_out_paths
+from deploy.engine.pipeline import Session
+from deploy.errors import BuildError, NixfabError
+from deploy.nix import commands
+from deploy.scripts import script
+from deploy.transport.process import LocalRunner, tab_fields
+from deploy.ui import Emitter, stdout_result
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host: str
+    reachable: bool
+    generation: int | None = None
+    current_system: str | None = None
+    flake_system: str | None = None  # what the flake evaluates to now
+    drift: bool | None = None  # None when either side is unknown
+    reboot_pending: bool | None = None
+    uptime_seconds: float | None = None
+    error: str | None = None
+
+
+def probe(session: Session, machine: str, flake_system: str | None) -> HostStatus:
+    spec = session.inventory.host(machine)
+    host = session.new_remote(spec.name, spec.ssh, use_sudo=False, echo=Emitter.plain(show_commands=False))
+    try:
+        result = host.run(["sh", "-c", script("host_state"), "sh", commands.SYSTEM_PROFILE])
+    except NixfabError as error:
+        return HostStatus(spec.name, False, flake_system=flake_system, error=str(error))
+    finally:
+        host.close()
+    if not result.ok:
+        return HostStatus(spec.name, True, flake_system=flake_system, error=result.tail(1))
+    facts = tab_fields(result.stdout)
+    current = facts.get("current") or None
+    booted = facts.get("booted") or None
+    uptime = facts.get("uptime") or ""
+    return HostStatus(
+        host=spec.name,
+        reachable=True,
+        generation=parse_generation(facts.get("profile", "")) if facts.get("profile") else None,
+        current_system=current,
+        flake_system=flake_system,
+        drift=None if current is None or flake_system is None else current != flake_system,
+        reboot_pending=pending_reboot(current, booted, facts.get("boot") or None),
+        uptime_seconds=float(uptime) if uptime.replace(".", "", 1).isdigit() else None,
+    )
+
+
+def pending_reboot(current: str | None, booted: str | None, boot_default: str | None) -> bool | None:
+    """A reboot would change what runs: the boot default is not the running system (after `boot` or `test`),
+    or the running system is not the one booted (after `switch`). None when nothing runs."""
+    if current is None:
+        return None
+    return (boot_default is not None and boot_default != current) or (booted is not None and booted != current)
+
+
+def host_status(session: Session, flake: str, machines: Sequence[str], extra: Sequence[str] = ()) -> list[HostStatus]:
+    specs = [session.inventory.host(machine) for machine in machines]
+    quiet = LocalRunner(Emitter.plain(show_commands=False))
+    try:
+        wanted = evaluate_out_paths(quiet, flake, [spec.attr for spec in specs], extra)
+    except BuildError as error:
+        quiet.echo.warning(f"drift unknown: {error}")
+        wanted = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [pool.submit(probe, session, machine, wanted.get(spec.attr)) for machine, spec in zip(machines, specs)]
+        return [future.result() for future in futures]
+
+
+def human_uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, _ = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h" if days else f"{hours}h {minutes}m" if hours else f"{minutes}m"
+
+
+def yes_no(value: bool | None, yes: str, no: str) -> str:
+    return "?" if value is None else yes if value else no
+
+
+def status_rows(rows: Sequence[HostStatus]) -> list[tuple[str, ...]]:
+    table: list[tuple[str, ...]] = []
+    for row in rows:
+        if not row.reachable:
+            table.append((row.host, "unreachable", "", "", "", "", row.error or ""))
+            continue
+        table.append((
+            row.host, "up", "" if row.generation is None else str(row.generation), row.current_system or "none",
+            yes_no(row.drift, "DRIFT", "in sync") if row.flake_system else "not in flake",
+            yes_no(row.reboot_pending, "reboot pending", "no"), human_uptime(row.uptime_seconds),
+        ))
+    return table
+
+
+HEADER = ("host", "reachable", "gen", "current system", "flake", "reboot", "uptime")
+
+
+def print_status(rows: Sequence[HostStatus], *, as_json: bool) -> None:
+    if as_json:
+        stdout_result(json.dumps([asdict(row) for row in rows], indent=2))
+        return
+    table = [HEADER, *status_rows(rows)]
+    widths = [max(len(line[column]) for line in table) for column in range(len(HEADER))]
+    stdout_result("\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table))

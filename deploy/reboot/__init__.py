@@ -1,0 +1,1 @@
+"""Rebooting a host and waiting for its new boot."""

@@ -1,0 +1,1 @@
+"""The local journal of deploys and the revision recorded on the host."""

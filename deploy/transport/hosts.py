@@ -1,0 +1,60 @@
+"""What the steps need from a machine: run argv, maybe as root, and say who it is.
+
+RemoteHost (Fabric, in remote.py) and LocalHost (this machine, for `switch`)
+both fit, so activation, GC and generation handling are written once.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+from deploy.nix.commands import sudo_prefix
+from deploy.transport.process import LocalRunner, Result
+
+
+class Host(Protocol):
+    label: str
+    dry_run: bool
+    facts: dict[str, bool]  # what probes found out about the host, such as a working systemd-run
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        sudo: bool = False,
+        stream: bool = False,
+        dry_stdout: str = "",
+        dry_returncode: int = 0,
+    ) -> Result: ...
+
+    def close(self) -> None: ...
+
+
+class LocalHost:
+    """This machine as a deploy target (`inv switch`), with sudo when not root."""
+
+    def __init__(self, runner: LocalRunner, label: str = "localhost") -> None:
+        self.runner = runner
+        self.label = label
+        self.dry_run = runner.dry_run
+        self.facts: dict[str, bool] = {}
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        sudo: bool = False,
+        stream: bool = False,
+        dry_stdout: str = "",
+        dry_returncode: int = 0,
+    ) -> Result:
+        if sudo and os.geteuid() != 0:
+            argv = [*sudo_prefix(), *argv]
+        result = self.runner.run(argv, show_stderr=stream, dry_stdout=dry_stdout, dry_returncode=dry_returncode)
+        if stream and result.stdout:
+            self.runner.echo.output(result.stdout)
+        return result
+
+    def close(self) -> None:
+        pass
