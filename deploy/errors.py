@@ -106,6 +106,10 @@ class FleetFailed(NixfabError):
 
 
 class JournalError(NixfabError):
-    """The deploy journal could not be opened or written (a full disk, a read-only state directory)."""
+    """The deploy journal could not be opened or written (a corrupt file, a full disk, a read-only state directory).
 
-    exit_code = 1
+    A deploy goes on without it (it is not the host's failure, and does not stop --fail-fast), warns, and exits 17
+    unless a host's own failure gives the run another code.
+    """
+
+    exit_code = 17

@@ -7,12 +7,13 @@ test says (an outcome status, or an error to raise).
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import io
 import json
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from deploy.config.inventory import HostSpec, Inventory, SshTarget
 from deploy.engine import fleet
 from deploy.engine.fleet import Fleet, FleetOptions, HostResult, exit_code, results_json, waves
 from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session
-from deploy.errors import ActivationFailed, HealthCheckFailed, HostBusy, HostUnreachable, NixfabError, NotConfirmed
+from deploy.errors import ActivationFailed, HealthCheckFailed, HostBusy, HostUnreachable, JournalError, NixfabError, NotConfirmed
 from deploy.ui import Emitter
 from deploy.ui.plain import Console
 
@@ -382,3 +383,202 @@ def test_results_of_a_fleet_run_as_json(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ],
     }
     assert "error: b: switch-to-configuration switch failed (exit 1)" in (tmp_path / "b.log").read_text()
+
+
+# ---- the journal: a warning and a mark on the run, never a host's failure ---------------------------------------------------
+
+
+def failing_journal(*args: object) -> None:
+    raise JournalError("deploy journal /state/history.sqlite: file is not a database")
+
+
+def test_a_journal_that_cannot_be_written_is_a_warning_and_exit_17_not_silence(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = Run(monkeypatch, "a b", FakeDeploys())
+    run.fleet.on_result = failing_journal
+    results = run()
+    assert outcomes(results) == {"a": "ok", "b": "ok"}  # the hosts deployed: the journal is not their failure
+    assert run.fleet.journal_errors and "file is not a database" in run.fleet.journal_errors[0]
+    assert "warning: deploy journal /state/history.sqlite: file is not a database" in run.notes
+    assert run.notes.count("file is not a database") == 1  # one warning per run, not one per host
+    journal_failed = bool(run.fleet.journal_errors)
+    assert exit_code(list(results.values()), interrupted=False, journal_failed=journal_failed) == 17 == JournalError.exit_code
+    payload = json.loads(results_json(list(results.values()), interrupted=False, journal_errors=run.fleet.journal_errors))
+    assert payload["exit_code"] == 17 and "file is not a database" in payload["journal_error"]
+    # A host's own failure keeps its code; the journal's is only warned about then.
+    assert exit_code([result("a", "failed", 4)], interrupted=False, journal_failed=True) == 4
+
+
+@pytest.mark.parametrize("journal_fails_on", ["start", "result"])
+def test_a_journal_failure_does_not_change_fail_fast(monkeypatch: pytest.MonkeyPatch, journal_fails_on: str) -> None:
+    # a's journal fails: not a host failure, so fail-fast goes on; b's deploy fails: fail-fast stops, journal or not.
+    deploys = FakeDeploys({"b": HostUnreachable("b: unreachable")})
+    run = Run(monkeypatch, "a b c d", deploys, parallel=1, fail_fast=True)
+    setattr(run.fleet, "on_" + journal_fails_on, failing_journal)
+    results = run()
+    assert outcomes(results) == {"a": "ok", "b": "failed", "c": "not started", "d": "not started"}
+    assert deploys.started == ["a", "b"]
+    assert run.fleet.journal_errors
+
+
+def test_the_journal_hears_of_a_host_when_it_starts_and_when_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, str]] = []
+    deploys = FakeDeploys({"b": lambda: events.append(("b", "deploying")) or "ok"})  # type: ignore[func-returns-value]
+    run = Run(monkeypatch, "a b", deploys, parallel=1)
+    run.fleet.on_start = lambda host_run: events.append((host_run.spec.name, "started"))
+    run.fleet.on_result = lambda result, host_run: events.append((result.host, str(result.result)))
+    run()
+    assert events == [("a", "started"), ("a", "ok"), ("b", "started"), ("b", "deploying"), ("b", "ok")]
+
+
+def test_a_host_that_fails_after_activation_keeps_its_path_and_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    def deploy_that_fails_its_health_check(session: Session, request: DeployRequest, run: HostRun, built_here: str | None) -> DeployOutcome:
+        run.path = "/nix/store/a-system"  # what pipeline.finish learns as it goes
+        run.generation = 8
+        raise HealthCheckFailed("a: health check failed")
+
+    monkeypatch.setattr(fleet, "deploy_host", deploy_that_fails_its_health_check)
+    run = Run(monkeypatch, "a", FakeDeploys())
+    monkeypatch.setattr(fleet, "deploy_host", deploy_that_fails_its_health_check)
+    results = run()
+    assert results["a"].result == "rolled-back"
+    assert (results["a"].path, results["a"].generation) == ("/nix/store/a-system", 8)
+
+
+# ---- what a run holds grows with --parallel, not with the fleet ----------------------------------------------------------
+
+
+class CountedRemote:
+    """A RemoteHost stand-in that counts the connections open at once."""
+
+    open_now = 0
+    most = 0
+    lock = threading.Lock()
+
+    def __init__(self) -> None:
+        with CountedRemote.lock:
+            CountedRemote.open_now += 1
+            CountedRemote.most = max(CountedRemote.most, CountedRemote.open_now)
+        self.closed = False
+
+    def close(self) -> None:
+        with CountedRemote.lock:
+            if not self.closed:
+                CountedRemote.open_now -= 1
+            self.closed = True
+
+
+def open_files_under(directory: Path) -> int:
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            if str(fd.readlink()).startswith(str(directory)):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def test_open_logs_and_connections_are_bounded_by_parallel_not_by_the_fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(CountedRemote, "open_now", 0)
+    monkeypatch.setattr(CountedRemote, "most", 0)
+    monkeypatch.setattr(Session, "new_remote", lambda self, *args, **kwargs: CountedRemote())
+    most_logs = 0
+
+    def deploy() -> str:
+        nonlocal most_logs
+        most_logs = max(most_logs, open_files_under(tmp_path))
+        return "ok"
+
+    names = [f"h{index:02d}" for index in range(32)]
+    deploys = FakeDeploys({name: deploy for name in names}, hold=0.01, together=3)
+    real_call = deploys.__call__
+
+    def deploy_with_a_connection(session: Session, request: DeployRequest, run: HostRun, built_here: str | None) -> DeployOutcome:
+        session.target(run.spec, run.echo)  # the host's connection, opened and cached as pipeline.deploy_host does
+        return real_call(session, request, run, built_here)
+
+    run = Run(monkeypatch, " ".join(names), deploys, parallel=3, log_dir=tmp_path)
+    monkeypatch.setattr(fleet, "deploy_host", deploy_with_a_connection)
+    results = run()
+    assert set(outcomes(results).values()) == {"ok"}
+    assert deploys.most_at_once == 3
+    assert 1 <= most_logs <= 3, f"{most_logs} host logs open at once with --parallel 3"
+    assert 1 <= CountedRemote.most <= 3, f"{CountedRemote.most} connections open at once with --parallel 3"
+    assert CountedRemote.open_now == 0 and open_files_under(tmp_path) == 0
+    assert all((tmp_path / f"{name}.log").exists() for name in names)
+
+
+def test_a_connection_shared_as_a_builder_stays_open_until_its_last_user_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[str] = []
+    monkeypatch.setattr(Session, "release", lambda self, destination, port: closed.append(destination))
+    inventory = Inventory(
+        hosts={
+            name: HostSpec(name=name, ssh=SshTarget(f"{name}.example"), attr=name, build_on=build_on, tags=(), sudo=False, declared=True)
+            for name, build_on in [("a", "a"), ("b", "b"), ("c", "a")]
+        }
+    )
+    deploys = FakeDeploys()
+    monkeypatch.setattr(fleet, "deploy_host", deploys)
+    session = Session(inventory, echo=Emitter.plain(io.StringIO()))
+    order: list[str] = []
+    run = Fleet(
+        session, DeployRequest(flake="/flake", action="switch"), ["a", "b", "c"], FleetOptions(parallel=1),
+        console=Console(io.StringIO()), on_result=lambda result, host_run: order.append(f"{result.host} done, closed {sorted(closed)}"),
+    )
+    run.run()
+    # a's own connection is c's builder: b's closes once b is done, a's only once c is done too.
+    assert order == ["a done, closed []", "b done, closed []", "c done, closed ['b.example']"]
+    assert sorted(closed) == ["a.example", "b.example", "c.example"]
+
+
+def test_running_out_of_file_descriptors_is_the_hosts_one_line_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    out_of_fds = OSError(errno.EMFILE, "Too many open files")
+    results = Run(monkeypatch, "a b", FakeDeploys({"a": out_of_fds}))()
+    assert outcomes(results) == {"a": "failed", "b": "ok"}
+    assert results["a"].error == "a: out of file descriptors (Too many open files): raise the limit (`ulimit -n`) or lower --parallel"
+
+
+def test_a_log_that_cannot_be_opened_is_a_warning_and_the_deploys_go_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def no_log(log_dir: Path | None, name: str) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(fleet, "open_log", no_log)
+    run = Run(monkeypatch, "a b", FakeDeploys(), log_dir=tmp_path)
+    results = run()
+    assert outcomes(results) == {"a": "ok", "b": "ok"}
+    assert f"warning: cannot write host logs in {tmp_path}: Too many open files; going on without them" in run.notes
+    assert results["a"].log is None
+
+
+# ---- SIGHUP is an interruption, like Ctrl-C ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sighup_caught() -> Iterator[list[int]]:
+    """A SIGHUP handler of the test's own, so that a fleet that does not handle it cannot kill pytest."""
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: caught.append(signum))
+    yield caught
+    signal.signal(signal.SIGHUP, previous)
+
+
+def test_sighup_lets_running_deploys_finish_starts_no_other_and_exits_129(
+    monkeypatch: pytest.MonkeyPatch, main_thread_waiting: threading.Event, sighup_caught: list[int]
+) -> None:
+    deploys = FakeDeploys()
+    run = Run(monkeypatch, "a b c", deploys, parallel=1)
+
+    def hang_up() -> str:
+        assert main_thread_waiting.wait(5)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGHUP)
+        wait_for(run.fleet.stop.is_set)
+        return "ok"
+
+    deploys.behaviour["a"] = hang_up
+    results = run()
+    assert outcomes(results) == {"a": "ok", "b": "interrupted", "c": "interrupted"}
+    assert sighup_caught == [], "the fleet's own handler took SIGHUP while it ran"
+    assert signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL  # and gave the previous one back
+    assert run.fleet.hangup and run.fleet.interrupted
+    assert exit_code(list(results.values()), interrupted=True, hangup=True) == 129
+    assert "==> hung up (SIGHUP): no new host starts" in run.notes

@@ -96,6 +96,48 @@ def test_an_unwritable_journal_is_a_nixfab_error(tmp_path: Path) -> None:
         Journal(tmp_path / "a-file" / "history.sqlite").record(make_record())
 
 
+def test_a_corrupt_journal_is_a_journal_error_with_exit_17(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    path.write_bytes(b"this is not an SQLite database, just garbage\x00\xff" * 100)
+    with pytest.raises(history.JournalError, match="file is not a database") as raised:
+        Journal(path).record(make_record())
+    assert raised.value.exit_code == 17
+    with pytest.raises(history.JournalError, match="file is not a database"):
+        Journal(path).records()
+
+
+def test_a_fleet_hosts_row_is_unfinished_from_its_start_until_it_ends(tmp_path: Path) -> None:
+    from deploy.cli.cli import FleetJournal
+    from deploy.config.inventory import HostSpec, SshTarget
+    from deploy.engine.fleet import HostResult
+    from deploy.engine.pipeline import DeployRequest, HostRun
+    from deploy.transport.process import LocalRunner
+    from deploy.ui import Emitter
+
+    journal = Journal(tmp_path / "history.sqlite")
+    fleet_journal = FleetJournal(journal, DeployRequest(flake="/src/flake", action="switch", revision="abc", dirty=False))
+    runs = {
+        name: HostRun(HostSpec(name=name, ssh=SshTarget(name), attr=name, build_on=name, tags=(), sudo=False, declared=True), Emitter(), LocalRunner(Emitter()))
+        for name in ("alpha", "beta", "gamma")
+    }
+    fleet_journal.started(runs["alpha"])
+    fleet_journal.started(runs["beta"])
+    # The run is killed here: what the journal holds says so.
+    unfinished = journal.records()
+    assert [(r.host, r.result, r.action, r.revision) for r in unfinished] == [("alpha", "unfinished", "switch", "abc"), ("beta", "unfinished", "switch", "abc")]
+    assert "unfinished" in history.format_history(unfinished)
+
+    fleet_journal.finished(HostResult("alpha", "ok", 3.5, "/nix/store/a-system", 4), runs["alpha"])
+    fleet_journal.finished(HostResult("beta", "rolled-back", 2.0, "/nix/store/b-system", 5, error="beta: health check failed"), runs["beta"])
+    fleet_journal.finished(HostResult("gamma", "not started", 0.0), runs["gamma"])  # never started: no row
+    ended = journal.records()
+    assert [(r.host, r.result, r.store_path, r.generation, r.duration_seconds, r.error) for r in ended] == [
+        ("alpha", "ok", "/nix/store/a-system", 4, 3.5, None),
+        ("beta", "rolled-back", "/nix/store/b-system", 5, 2.0, "beta: health check failed"),
+    ]
+    assert [r.started_at for r in ended] == [r.started_at for r in unfinished]  # the same rows, rewritten
+
+
 def test_threads_sharing_one_journal_lose_nothing(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "history.sqlite")
     start = threading.Barrier(8)

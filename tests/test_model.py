@@ -53,7 +53,7 @@ def test_switch_to_configuration_gets_the_plain_string() -> None:
 
 # --- Result ----------------------------------------------------------------------------------------
 
-RESULT_STRINGS = ["ok", "built", "diffed", "up-to-date", "failed", "rolled-back", "interrupted", "not started"]
+RESULT_STRINGS = ["ok", "built", "diffed", "up-to-date", "failed", "rolled-back", "interrupted", "not started", "unfinished"]
 
 
 def test_results_keep_the_strings_printed_and_recorded_today() -> None:

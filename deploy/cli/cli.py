@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from deploy.errors import NixfabError, UsageError
+from deploy.errors import JournalError, NixfabError, UsageError
 from deploy.model import Result
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from deploy.config.inventory import HostSpec
     from deploy.engine.fleet import HostResult
     from deploy.engine.pipeline import DeployRequest, HostRun, Session
-    from deploy.record.history import Journal
+    from deploy.record.history import DeployRecord, Journal
     from deploy.transport.hosts import Host
 
 T = TypeVar("T")
@@ -93,6 +93,13 @@ def errors_as_exit_codes() -> Iterator[None]:
         raise Exit(f"nixfab: error: {one_line(str(error))}", code=error.exit_code) from None
     except KeyboardInterrupt:
         raise Exit("nixfab: interrupted", code=130) from None
+    except OSError as error:
+        import errno
+
+        if error.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        # Out of file descriptors outside any one host's deploy: still one line, never a traceback.
+        raise Exit(f"nixfab: error: out of file descriptors ({error.strerror}): raise the limit (`ulimit -n`) or lower --parallel", code=1) from None
 
 
 def extra_nix_options(argv: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -228,30 +235,69 @@ def run_fleet(session: Session, request: DeployRequest, machines: list[str], opt
     if request.action is not None and not options.skip_checks:
         session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
         flake_check(session.runner, request.flake, request.extra_nix)
-    journal = Journal(journal_path(flake_dir)) if not session.dry_run else None
+    journal = FleetJournal(Journal(journal_path(flake_dir)), request) if not session.dry_run else None
 
-    def record(result: HostResult, run: HostRun) -> None:
-        if journal is not None and result.result != Result.NOT_STARTED:
-            journal_record(journal, request, run.spec, result)
-
-    fleet = Fleet(session, request, machines, fleet_options, on_result=record)
+    fleet = Fleet(
+        session, request, machines, fleet_options,
+        on_start=journal.started if journal else None, on_result=journal.finished if journal else None,
+    )
     results = fleet.run()
     print_summary(results, rich=sys.stderr.isatty(), stream=sys.stderr)
     if options.as_json:
-        stdout_result(results_json(results, interrupted=fleet.interrupted))
+        stdout_result(results_json(results, interrupted=fleet.interrupted, hangup=fleet.hangup, journal_errors=fleet.journal_errors))
     elif request.action is None:
         for result in results:
             if result.path:
                 stdout_result(result.path)
-    code = exit_code(results, interrupted=fleet.interrupted)
+    code = exit_code(results, interrupted=fleet.interrupted, hangup=fleet.hangup, journal_failed=bool(fleet.journal_errors))
+    if fleet.journal_errors and code != JournalError.exit_code:
+        # The hosts' own code wins; the journal's failure is still said, after the summary.
+        session.echo.warning(f"the deploy journal was not written: {fleet.journal_errors[0]}")
+    if code == JournalError.exit_code and fleet.journal_errors:
+        raise JournalError(f"every host deployed, but the deploy journal was not written: {fleet.journal_errors[0]}")
     if code:
         raise fleet_error(results, code, interrupted=fleet.interrupted)
+
+
+class FleetJournal:
+    """A fleet's rows in the journal: `unfinished` when a host starts, rewritten with its result when it ends.
+
+    A run killed halfway thus leaves its hosts' rows unfinished, for `inv history` to show. A host that ends
+    without having started (failed in the shared build, interrupted before its turn) gets its one row then.
+    """
+
+    def __init__(self, journal: Journal, request: DeployRequest) -> None:
+        import threading
+
+        self.journal = journal
+        self.request = request
+        self.rows: dict[str, tuple[int, str]] = {}
+        self._lock = threading.Lock()
+
+    def started(self, run: HostRun) -> None:
+        from deploy.engine.fleet import HostResult
+
+        record = journal_entry(self.request, run.spec, HostResult(run.spec.name, Result.UNFINISHED, 0.0))
+        row = self.journal.record(record)
+        with self._lock:
+            self.rows[run.spec.name] = (row, record.started_at)
+
+    def finished(self, result: HostResult, run: HostRun) -> None:
+        with self._lock:
+            row = self.rows.pop(run.spec.name, None)
+        if result.result == Result.NOT_STARTED and row is None:
+            return
+        if row is None:
+            self.journal.record(journal_entry(self.request, run.spec, result))
+        else:
+            self.journal.update(row[0], replace(journal_entry(self.request, run.spec, result), started_at=row[1]))
 
 
 def fleet_error(results: Sequence[HostResult], code: int, *, interrupted: bool) -> NixfabError:
     failed = [result for result in results if not result.healthy]
     if interrupted:
-        message = f"interrupted; {len(failed)} host(s) not deployed: {', '.join(r.host for r in failed)}"
+        how = "hung up (SIGHUP)" if code == 129 else "interrupted"
+        message = f"{how}; {len(failed)} host(s) not deployed: {', '.join(r.host for r in failed)}"
     elif len(results) == 1 and failed and failed[0].error:
         message = failed[0].error
     else:
@@ -262,18 +308,20 @@ def fleet_error(results: Sequence[HostResult], code: int, *, interrupted: bool) 
 
 
 def journal_record(journal: Journal, request: DeployRequest, spec: HostSpec, result: HostResult) -> None:
+    journal.record(journal_entry(request, spec, result))
+
+
+def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult) -> DeployRecord:
     from datetime import UTC, datetime, timedelta
 
     from deploy.record.history import DeployRecord, local_user
 
     started = datetime.now(UTC) - timedelta(seconds=result.duration_seconds)
-    journal.record(
-        DeployRecord(
-            started_at=started.isoformat(timespec="seconds"), local_user=local_user(), host=spec.name,
-            action=request.action or "build", flake=request.flake, revision=request.revision, dirty=request.dirty,
-            store_path=result.path, generation=result.generation, result=result.result,
-            duration_seconds=result.duration_seconds, error=result.error,
-        )
+    return DeployRecord(
+        started_at=started.isoformat(timespec="seconds"), local_user=local_user(), host=spec.name,
+        action=request.action or "build", flake=request.flake, revision=request.revision, dirty=request.dirty,
+        store_path=result.path, generation=result.generation, result=result.result,
+        duration_seconds=result.duration_seconds, error=result.error,
     )
 
 

@@ -2,14 +2,25 @@
 
 A host that fails does not stop the others (unless --fail-fast). --canary
 deploys one host first; --batch N deploys in waves of N; either stops at the
-first wave with a failed or rolled-back host. Ctrl-C stops hosts that have
-not started, lets running ones finish (or roll back), and still summarizes.
+first wave with a failed or rolled-back host. Ctrl-C (or SIGHUP) stops hosts
+that have not started, lets running ones finish (or roll back), and still
+summarizes.
+
+What a run holds grows with --parallel, not with the fleet: a host's log file
+is opened when its deploy starts and closed when it ends, and its SSH
+connection is closed as soon as no unfinished host needs it.
+
+The journal (the on_start and on_result callbacks) failing is never a host's
+failure: it becomes a warning and `journal_errors`, which the CLI turns into
+a non-zero exit; it neither stops the run nor escapes a deploy thread.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import functools
 import json
+import signal
 import threading
 import time
 import traceback
@@ -17,14 +28,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TextIO
 
 from deploy.cli.options import FleetOptions
 from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_here, build_location, deploy_host
-from deploy.errors import ActivationFailed, BuildError, FleetFailed, HealthCheckFailed, NixfabError, NotConfirmed
+from deploy.errors import ActivationFailed, BuildError, FleetFailed, HealthCheckFailed, JournalError, NixfabError, NotConfirmed
 from deploy.model import Phase, Result
 from deploy.transport.process import LocalRunner
-from deploy.ui import Console, Progress, host_emitter, live_display, open_log, show_summary, stream_prefix
+from deploy.ui import Console, Emitter, Progress, host_emitter, live_display, open_log, show_summary, stream_prefix
 
 
 @dataclass(frozen=True)
@@ -77,34 +89,52 @@ class Fleet:
         *,
         console: Console | None = None,
         on_result: Callable[[HostResult, HostRun], None] | None = None,
+        on_start: Callable[[HostRun], None] | None = None,
     ) -> None:
         self.session = session
         self.request = request
         self.options = options
         self.console = console or Console()
         self.on_result = on_result
+        self.on_start = on_start
         specs = [session.inventory.host(machine) for machine in machines]
         seen: set[str] = set()
         for spec in specs:
             if spec.name in seen:
                 raise NixfabError(f"{spec.name} is selected twice (as different users?); name it once")
             seen.add(spec.name)
-        width = max(len(spec.name) for spec in specs)
+        self.width = max(len(spec.name) for spec in specs)
         self.progress = Progress([spec.name for spec in specs])
         self.stop = threading.Event()
         self.interrupted = False
+        self.hangup = False  # the interruption was SIGHUP (exit 129), not Ctrl-C (130)
         self.ask_lock = threading.Lock()
-        self._logs: list[TextIO] = []
+        self.journal_errors: list[str] = []
+        self._state_lock = threading.Lock()
+        self._logs: dict[str, TextIO] = {}  # only the hosts deploying right now
+        self._logs_failed = False
         self.runs: dict[str, HostRun] = {}
         for spec in specs:
-            log = open_log(options.log_dir, spec.name)
-            if log is not None:
-                self._logs.append(log)
-            echo = host_emitter(self.console, stream_prefix(spec.name, width), log)
+            echo = host_emitter(self.console, stream_prefix(spec.name, self.width))
             self.runs[spec.name] = HostRun(
                 spec, echo, LocalRunner(echo, dry_run=session.dry_run),
                 on_phase=functools.partial(self.progress.phase, spec.name), ask_lock=self.ask_lock,
             )
+        # Which unfinished hosts need each SSH connection (their own, their builder's): the last one to end closes it.
+        self._connection_users: dict[tuple[str, int | None], set[str]] = {}
+        self._connections_of: dict[str, list[tuple[str, int | None]]] = {}
+        for spec in specs:
+            keys = [] if request.local else [(spec.ssh.destination(), spec.ssh.port)]
+            build_on = build_location(request, spec)
+            if build_on not in ("local", "target"):
+                try:
+                    builder = session.ssh_of(build_on)
+                    keys.append((builder.destination(), builder.port))
+                except NixfabError:
+                    pass  # the deploy itself reports an unknown builder
+            self._connections_of[spec.name] = keys
+            for key in keys:
+                self._connection_users.setdefault(key, set()).add(spec.name)
         self.results: dict[str, HostResult] = {}
 
     # ---- stages -----------------------------------------------------------------------------
@@ -112,6 +142,7 @@ class Fleet:
     def run(self) -> list[HostResult]:
         with ExitStack() as stack:
             stack.callback(self._close_logs)
+            stack.enter_context(self._hangup_is_an_interrupt())
             stack.enter_context(live_display(self.console, self.progress, enabled=self.options.live))
             gc_root = stack.enter_context(self._out_link())
             try:
@@ -123,6 +154,23 @@ class Fleet:
                 if name not in self.results:
                     self.finish(name, HostResult(name, Result.INTERRUPTED if self.interrupted else Result.NOT_STARTED, 0.0))
         return [self.results[name] for name in self.runs]
+
+    @contextmanager
+    def _hangup_is_an_interrupt(self) -> Iterator[None]:
+        """SIGHUP (the terminal or the SSH session went away) stops the run as Ctrl-C does: no half-deployed host."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def hangup(signum: int, frame: FrameType | None) -> None:
+            self.hangup = True
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGHUP, hangup)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGHUP, previous)
 
     @contextmanager
     def _out_link(self) -> Iterator[Path]:
@@ -154,12 +202,18 @@ class Fleet:
             if len(local) == 1:
                 self.fail(local[0], batch_error, started)
                 return {}
+        except OSError as error:
+            for run in local:
+                self.fail(run, os_error(run.spec.name, error), started)
+            return {}
         built: dict[str, str] = {}
         for index, run in enumerate(local):
             try:
                 built |= build_here(self.session, self.request, [run], gc_root.with_name(f"{gc_root.name}-single-{index}"))
             except BuildError as error:
                 self.fail(run, error, started)
+            except OSError as error:
+                self.fail(run, os_error(run.spec.name, error), started)
         return built
 
     def deploy_in_waves(self, built: dict[str, str]) -> None:
@@ -184,8 +238,11 @@ class Fleet:
             except KeyboardInterrupt:
                 self.interrupted = True
                 self.stop.set()
-                self.session.echo.note("==> interrupted: no new host starts; waiting for running deploys to finish or roll back")
+                what = "hung up (SIGHUP)" if self.hangup else "interrupted"
+                self.session.echo.note(f"==> {what}: no new host starts; waiting for running deploys to finish or roll back")
                 self.wait_despite_interrupts(futures)
+        for future in futures:
+            future.result()  # deploy_one catches what a host's deploy raises; anything else is a bug, not to be lost
 
     def wait_despite_interrupts(self, futures: Sequence[concurrent.futures.Future[None]]) -> None:
         # A deploy stopped between activation and confirmation is exactly the half-deployed host we never leave.
@@ -205,15 +262,25 @@ class Fleet:
         started = time.monotonic()
         self.progress.phase(name, Phase.LOCK if self.request.action else Phase.BUILD)
         try:
-            outcome = deploy_host(self.session, self.request, run, built_here)
-        except NixfabError as error:
-            self.fail(run, error, started)
-            return
-        except Exception as error:  # noqa: BLE001 - one host's bug must not take down the fleet's summary
-            run.echo.record(traceback.format_exc())
-            self.fail(run, NixfabError(f"{name}: internal error: {type(error).__name__}: {error}"), started)
-            return
-        self.finish(name, self.result_of(outcome, started))
+            self._open_log(run)
+            if self.on_start is not None:
+                self._journal(functools.partial(self.on_start, run))
+            try:
+                outcome = deploy_host(self.session, self.request, run, built_here)
+            except NixfabError as error:
+                self.fail(run, error, started)
+                return
+            except OSError as error:
+                run.echo.record(traceback.format_exc())
+                self.fail(run, os_error(name, error), started)
+                return
+            except Exception as error:  # noqa: BLE001 - one host's bug must not take down the fleet's summary
+                run.echo.record(traceback.format_exc())
+                self.fail(run, NixfabError(f"{name}: internal error: {type(error).__name__}: {error}"), started)
+                return
+            self.finish(name, self.result_of(outcome, started))
+        finally:
+            self._close_log(name)
 
     def result_of(self, outcome: DeployOutcome, started: float) -> HostResult:
         return HostResult(
@@ -222,54 +289,132 @@ class Fleet:
 
     def fail(self, run: HostRun, error: NixfabError, started: float) -> None:
         message = str(error)
-        run.echo.note(f"error: {message}")
-        result = HostResult(
-            run.spec.name, result_of_error(error), round(time.monotonic() - started, 3),
-            error=message, exit_code=error.exit_code, log=self.log_path(run.spec.name),
-        )
-        self.finish(run.spec.name, result)
         if self.options.fail_fast:
             self.stop.set()
+        name = run.spec.name
+        opened_here = name not in self._logs and self._open_log(run)  # a host that failed in the shared build
+        try:
+            run.echo.note(f"error: {message}")
+        finally:
+            if opened_here:
+                self._close_log(name)
+        result = HostResult(
+            name, result_of_error(error), round(time.monotonic() - started, 3),
+            path=run.path, generation=run.generation, error=message, exit_code=error.exit_code, log=self.log_path(name),
+        )
+        self.finish(name, result)
 
     def finish(self, name: str, result: HostResult) -> None:
         self.results[name] = result
         self.progress.finish(name, result.result)
         run = self.runs[name]
-        if self.on_result is not None:
-            self.on_result(result, run)
+        try:
+            if self.on_result is not None:
+                self._journal(functools.partial(self.on_result, result, run))
+        finally:
+            self._release_connections(name)
+
+    def _journal(self, record: Callable[[], None]) -> None:
+        """Run a journal callback; its failure is a warning and a mark on the run, never a host's failure."""
+        try:
+            record()
+        except JournalError as error:
+            with self._state_lock:
+                first = not self.journal_errors
+                self.journal_errors.append(str(error))
+            if first:
+                self.session.echo.warning(f"{error}; the deploys go on, but this run is not (fully) in `inv history`")
+
+    def _release_connections(self, name: str) -> None:
+        closing = []
+        with self._state_lock:
+            for key in self._connections_of.get(name, []):
+                users = self._connection_users.get(key, set())
+                users.discard(name)
+                if not users:
+                    closing.append(key)
+        for destination, port in closing:
+            self.session.release(destination, port)
 
     def log_path(self, name: str) -> str | None:
-        return str(self.options.log_dir / f"{name}.log") if self.options.log_dir else None
+        if self.options.log_dir is None or self._logs_failed:
+            return None
+        return str(self.options.log_dir / f"{name}.log")
+
+    def _open_log(self, run: HostRun) -> bool:
+        """Open the host's log for the length of its deploy; a log that cannot be opened is a warning, not a failure."""
+        name = run.spec.name
+        if self._logs_failed:
+            return False
+        try:
+            log = open_log(self.options.log_dir, name)
+        except OSError as error:
+            with self._state_lock:
+                first, self._logs_failed = not self._logs_failed, True
+            if first:
+                self.session.echo.warning(f"cannot write host logs in {self.options.log_dir}: {error.strerror or error}; going on without them")
+            return False
+        if log is None:
+            return False
+        with self._state_lock:
+            self._logs[name] = log
+        self._set_echo(run, host_emitter(self.console, stream_prefix(name, self.width), log))
+        return True
+
+    def _close_log(self, name: str) -> None:
+        with self._state_lock:
+            log = self._logs.pop(name, None)
+        if log is None:
+            return
+        run = self.runs[name]
+        self._set_echo(run, host_emitter(self.console, stream_prefix(name, self.width)))
+        log.close()
+
+    def _set_echo(self, run: HostRun, echo: Emitter) -> None:
+        run.echo = echo
+        run.runner = LocalRunner(echo, dry_run=self.session.dry_run)
 
     def _close_logs(self) -> None:
-        for log in self._logs:
-            log.close()
+        for name in list(self._logs):
+            self._close_log(name)
 
 
-def exit_code(results: Sequence[HostResult], *, interrupted: bool) -> int:
+def os_error(name: str, error: OSError) -> NixfabError:
+    """An OSError in a host's deploy as that host's one-line failure; running out of descriptors says what to do."""
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        return NixfabError(f"{name}: out of file descriptors ({error.strerror}): raise the limit (`ulimit -n`) or lower --parallel")
+    return NixfabError(f"{name}: {type(error).__name__}: {error}")
+
+
+def exit_code(results: Sequence[HostResult], *, interrupted: bool, hangup: bool = False, journal_failed: bool = False) -> int:
+    """The run's exit code: an interruption's, else the hosts' failure's, else the journal's (17), else 0."""
     if interrupted:
-        return 130
+        return 129 if hangup else 130
     codes = {result.exit_code for result in results if not result.healthy and result.exit_code}
     if not codes:
-        return 0 if all(result.healthy for result in results) else 1
+        if not all(result.healthy for result in results):
+            return 1
+        return JournalError.exit_code if journal_failed else 0
     return codes.pop() if len(codes) == 1 else FleetFailed.exit_code
 
 
-def results_json(results: Sequence[HostResult], *, interrupted: bool) -> str:
-    return json.dumps(
-        {
-            "exit_code": exit_code(results, interrupted=interrupted),
-            "interrupted": interrupted,
-            "hosts": [
-                {
-                    "host": r.host, "result": r.result, "generation": r.generation, "path": r.path,
-                    "duration_seconds": r.duration_seconds, "error": r.error, "exit_code": r.exit_code, "log": r.log,
-                }
-                for r in results
-            ],
-        },
-        indent=2,
-    )
+def results_json(
+    results: Sequence[HostResult], *, interrupted: bool, hangup: bool = False, journal_errors: Sequence[str] = ()
+) -> str:
+    document: dict[str, object] = {
+        "exit_code": exit_code(results, interrupted=interrupted, hangup=hangup, journal_failed=bool(journal_errors)),
+        "interrupted": interrupted,
+        "hosts": [
+            {
+                "host": r.host, "result": r.result, "generation": r.generation, "path": r.path,
+                "duration_seconds": r.duration_seconds, "error": r.error, "exit_code": r.exit_code, "log": r.log,
+            }
+            for r in results
+        ],
+    }
+    if journal_errors:
+        document["journal_error"] = journal_errors[0]  # only then, so the document keeps its shape otherwise
+    return json.dumps(document, indent=2)
 
 
 def summary_rows(results: Sequence[HostResult]) -> list[tuple[str, Result, str, str, str]]:

@@ -100,6 +100,8 @@ class HostRun:
     on_phase: Callable[[Phase], None] = lambda phase: None
     ask_lock: threading.Lock | None = None  # questions to the user, one host at a time
     warnings: list[str] = field(default_factory=list)
+    path: str | None = None  # what is known so far, for the journal of a deploy that fails later: the system built
+    generation: int | None = None  # and the generation it activated
 
     def phase(self, phase: Phase) -> None:
         self.on_phase(phase)
@@ -172,6 +174,13 @@ class Session:
                 "one nix copy cannot reach both: name them as Host aliases in the inventory's ssh_config"
             )
         return {"NIX_SSHOPTS": commands.nix_sshopts(self.inventory.ssh_config, ports.pop() if ports else None)}
+
+    def release(self, destination: str, port: int | None) -> None:
+        """Close the shared connection to destination:port, if one is open (a fleet host is done with it)."""
+        with self._lock:
+            remote = self._remotes.pop((destination, port), None)
+        if remote is not None:
+            remote.close()
 
     def close(self) -> None:
         with self._lock:
@@ -267,6 +276,7 @@ def up_to_date(request: DeployRequest, target: Host, path: str) -> SystemState |
 
 def finish(session: Session, request: DeployRequest, run: HostRun, target: Host, built: Built) -> DeployOutcome:
     spec, path = run.spec, built.path
+    run.path = path
     if request.action is None:
         run.note(f"{spec.name}: built {path}")
         return DeployOutcome(spec.name, path, built.built_on, Result.BUILT)
@@ -303,6 +313,7 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
     run.phase(Phase.ACTIVATE)
     run.note(f"{spec.name}: activating ({request.action})")
     activation = activate_with_rollback(session, request, run, target, path)
+    run.generation = activation.generation
     record_revision(request, target, activation)
 
     if request.health_checks and spec.health is not None and request.action.changes_running_system:

@@ -49,6 +49,7 @@ class Result(StrEnum):
     ROLLED_BACK = "rolled-back"
     INTERRUPTED = "interrupted"
     NOT_STARTED = "not started"
+    UNFINISHED = "unfinished"  # the journal's row while a host deploys; one left so means the run was killed
 
     @property
     def healthy(self) -> bool:

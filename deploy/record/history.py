@@ -204,13 +204,22 @@ class Journal:
                     f"this nixfab knows up to {SCHEMA_VERSION} (a newer nixfab wrote it)"
                 )
 
-    def record(self, record: DeployRecord) -> None:
-        values = dataclasses.astuple(record)
-        values = tuple(int(value) if isinstance(value, bool) else value for value in values)
+    def record(self, record: DeployRecord) -> int:
+        """Add one row; returns its id, for update()."""
         placeholders = ", ".join("?" for _ in _COLUMNS)
         with self._connection() as connection:
             with _immediate_transaction(connection):
-                connection.execute(f"INSERT INTO deploys ({', '.join(_COLUMNS)}) VALUES ({placeholders})", values)
+                cursor = connection.execute(f"INSERT INTO deploys ({', '.join(_COLUMNS)}) VALUES ({placeholders})", _values(record))
+                return int(cursor.lastrowid or 0)
+
+    def update(self, row: int, record: DeployRecord) -> None:
+        """Rewrite row `row` (from record()): how a deploy recorded as unfinished when it started ends."""
+        assignments = ", ".join(f"{column} = ?" for column in _COLUMNS)
+        with self._connection() as connection:
+            with _immediate_transaction(connection):
+                cursor = connection.execute(f"UPDATE deploys SET {assignments} WHERE id = ?", (*_values(record), row))
+                if cursor.rowcount != 1:
+                    raise JournalError(f"deploy journal {self.path}: row {row} is gone; cannot record how the deploy ended")
 
     def records(self, host: str | None = None, limit: int | None = None) -> list[DeployRecord]:
         """Records in the order they were written, oldest first; `limit` keeps the newest."""
@@ -231,6 +240,10 @@ class Journal:
             return [_record_from_row(row) for row in reversed(rows)]
         except ValueError as error:
             raise JournalError(f"deploy journal {self.path}: {error}") from None
+
+
+def _values(record: DeployRecord) -> tuple[Any, ...]:
+    return tuple(int(value) if isinstance(value, bool) else value for value in dataclasses.astuple(record))
 
 
 def connection_path(connection: sqlite3.Connection) -> str:

@@ -25,6 +25,7 @@ RESULT_STYLES: dict[Result, str] = {
     Result.ROLLED_BACK: "bold yellow",
     Result.INTERRUPTED: "yellow",
     Result.NOT_STARTED: "dim",
+    Result.UNFINISHED: "bold red",
 }
 
 

@@ -26,6 +26,8 @@ class LogSink:
         if not lines:
             return
         with self._lock:
+            if self.file.closed:
+                return  # its host is done; a connection it opened, shared with a host still deploying, may still speak
             self.file.write("".join(line + "\n" for line in lines))
             self.file.flush()
 
