@@ -606,3 +606,49 @@ def test_a_host_only_systems_knows_is_the_same_machine_for_every_task(lab: Lab, 
     set_fixture_revision(flake, "3")
     refused(inv("switch-push", "foo", "--flake", str(flake), "--inventory", str(sick), "--skip-checks"), 16)
     assert (lab.state("alpha").current_generation, lab.state("alpha").current_system) == (2, second)
+
+
+# --- D: the journal never lies about a host ------------------------------------
+
+
+def summary_result(stderr: str, host: str) -> str | None:
+    """The result column of the fleet summary's row for host (the plain text table on stderr)."""
+    for line in stderr.splitlines():
+        cells = line.split()
+        if len(cells) >= 2 and cells[0] == host and cells[1] in {"ok", "failed", "rolled-back", "up-to-date", "not", "interrupted"}:
+            return cells[1]
+    return None
+
+
+def test_a_corrupt_journal_is_a_warning_and_exit_17_and_does_not_change_fail_fast(site: Site, state_directory: Path) -> None:
+    state_directory.mkdir(parents=True)
+    (state_directory / "history.sqlite").write_bytes(b"garbage, not an SQLite database\n" * 64)
+    path = site.path("1")
+    result = site.deploy("switch-push", "--host", "alpha,beta", "--parallel", "1", "--fail-fast", "--json")
+    last = refused(result, 17)
+    assert "every host deployed, but the deploy journal was not written" in last and "file is not a database" in last
+    assert "warning: deploy journal" in result.stderr  # said when it happened, not only at the end
+    assert summary_result(result.stderr, "alpha") == "ok" and summary_result(result.stderr, "beta") == "ok"  # the summary
+    document = json.loads(result.stdout)
+    # A journal failure is not a host failure: --fail-fast went on to beta.
+    assert {host["host"]: host["result"] for host in document["hosts"]} == {"alpha": "ok", "beta": "ok"}
+    assert document["exit_code"] == 17 and "file is not a database" in document["journal_error"]
+    assert site.lab.state("alpha").current_system == path and site.lab.state("beta").current_generation == 1
+    assert "file is not a database" in refused(inv("history"), 17, only_line=True)
+
+
+def test_an_unusable_state_directory_is_a_warning_and_exit_17_not_a_traceback(site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As root, a chmod'ed directory stays writable: a state directory below a regular file cannot be created by anyone.
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("NIXFAB_STATE_DIR", str(tmp_path / "a-file" / "state"))
+    path = site.path("1")
+    result = site.deploy("switch-push", "alpha")
+    last = refused(result, 17)
+    assert "cannot open the deploy journal" in last
+    assert "warning: cannot write host logs in" in result.stderr
+    assert summary_result(result.stderr, "alpha") == "ok"
+    assert site.lab.state("alpha").current_system == path
+
+
+def test_switch_generation_with_a_non_ascii_digit_is_a_usage_error(site: Site) -> None:
+    assert "not '²'" in refused(site.day2("switch-generation", "alpha", "²"), 2, only_line=True)
