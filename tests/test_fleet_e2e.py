@@ -446,3 +446,72 @@ def test_ctrl_c_finishes_the_running_host_and_starts_no_other(make_fleet, backgr
     beta = lab.state("beta")
     assert beta.generations == () and beta.current_system is None
     assert lab.accepted_ssh_logins("beta") == beta_logins
+
+
+# ---- 8. the journal of a killed run; what a run holds ---------------------------------------------------------------
+
+
+def test_a_killed_run_leaves_an_unfinished_row_in_history(make_fleet, background, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet(["alpha"], slow_seconds=20)
+    inventory = fleet.inventory("hosts:\n  alpha: { attr: alpha-slow }\n")
+    output = tmp_path / "killed.err"
+    deploy = start_in_background(background, ["switch-push", "alpha", *fleet.args(inventory), "--skip-checks"], output)
+    wait_for("alpha to be activating", lambda: "alpha | activating slowly" in output.read_text() or deploy.poll() is not None)
+    assert deploy.poll() is None, output.read_text()
+    os.killpg(deploy.pid, signal.SIGKILL)  # no handler runs: only what was written before is left
+    deploy.wait(timeout=30)
+    history = ok(inv("history", "--flake", str(fleet.flake)))
+    rows = [line.split() for line in history.stdout.splitlines()[1:]]
+    assert [(row[2], row[3], row[4]) for row in rows] == [("alpha", "switch", "unfinished")], history.stdout
+
+
+def sample_usage(pid: int, usage: dict[str, int]) -> None:
+    """The process's open fds, sockets and threads right now; the most seen so far stay in usage."""
+    try:
+        fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return  # it just ended
+    now = {"fds": len(fds), "sockets": sum(link.startswith("socket:") for link in fds), "threads": threads}
+    for key, value in now.items():
+        usage[key] = max(usage.get(key, 0), value)
+
+
+def deploy_sampled(background: list[subprocess.Popen[bytes]], args: Sequence[str], output: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+    deploy = start_in_background(background, args, output)
+    usage: dict[str, int] = {}
+    while deploy.poll() is None:
+        sample_usage(deploy.pid, usage)
+        time.sleep(0.02)
+    return finished(deploy, output), usage
+
+
+EIGHT = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
+
+
+def test_what_a_run_holds_is_bounded_by_parallel_not_by_the_fleet(make_fleet, background, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet(list(EIGHT))
+    inventory = fleet.inventory("hosts:\n" + "".join(f"  {name}: {{}}\n" for name in EIGHT))
+    args = ["switch-push", "--all", "--parallel", "2", *fleet.args(inventory), "--skip-checks", "--json", "--no-magic-rollback"]
+    result, usage = deploy_sampled(background, args, tmp_path / "eight.err")
+    assert {host["result"] for host in results_of(ok(result)).values()} == {"ok"}
+    # Two hosts at once: two SSH connections (and their transport threads), whatever the size of the fleet.
+    assert usage["sockets"] <= 4, usage
+    assert usage["threads"] <= 12, usage
+
+
+def test_running_out_of_file_descriptors_ends_in_one_line_and_the_summary(make_fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import resource
+
+    fleet = make_fleet(["alpha", "beta"])
+    inventory = fleet.inventory("hosts:\n  alpha: {}\n  beta: {}\n")
+    limit = int(os.environ.get("NIXFAB_TEST_FD_LIMIT", "14"))
+    result = subprocess.run(
+        inv_argv("switch-push", "--host", "alpha,beta", *fleet.args(inventory), "--skip-checks"),
+        cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("nixfab: error: "), result.stderr
+    assert "out of file descriptors" in result.stderr, result.stderr
+    assert re.search(r"^host +result\b", result.stderr, re.MULTILINE), result.stderr  # the summary
