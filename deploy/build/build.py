@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.errors import BuildError
+from deploy.errors import BuildError, HostKeyRejected
 from deploy.nix import commands
 from deploy.transport.hosts import Host
 from deploy.transport.process import LocalRunner
@@ -22,6 +22,10 @@ class Evaluation:
 
 def placeholder(attr: str) -> str:
     return f"<toplevel of {attr}>"
+
+
+# What OpenSSH says when it refuses a host's key (changed, or unknown under StrictHostKeyChecking yes).
+HOST_KEY_REFUSALS = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED")
 
 
 def nix_error(stderr: str) -> str:
@@ -100,6 +104,9 @@ def build_remotely(
     """
     copy = runner.run(commands.nix_copy([evaluation.derivation], to=builder_store, derivation=True, extra=extra), env=nix_env)
     if not copy.ok:
+        if any(sign in copy.stderr for sign in HOST_KEY_REFUSALS):
+            # ssh (under nix copy) is the pull's first contact with the host: a bad host key is exit 5, as for push.
+            raise HostKeyRejected(f"{builder.label}: SSH host key unknown or changed (ssh refused it while copying the derivation); check known_hosts")
         raise BuildError(f"copying the derivation to {builder.label} failed: {nix_error(copy.stderr)}")
     temporary = builder.run(commands.make_temp_dir(), dry_stdout="<temporary directory>")
     if not temporary.ok:
