@@ -109,3 +109,9 @@ class JournalError(NixfabError):
     """The deploy journal could not be opened or written (a full disk, a read-only state directory)."""
 
     exit_code = 1
+
+
+class ActivationUnknown(NixfabError):
+    """The connection dropped during switch-to-configuration and nixfab cannot tell how it ended; nothing was undone over a guess."""
+
+    exit_code = 17
