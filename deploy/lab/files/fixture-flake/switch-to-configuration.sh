@@ -84,9 +84,14 @@ if [ "$action" = switch ] || [ "$action" = test ]; then
       exit 4
       ;;
     netdrop)
-      # As a network restart would: every live SSH session drops, and the
-      # switch goes on in its unit and succeeds; sshd answers again soon.
+      # As a network restart would: the SSH session that waits for this
+      # switch dies (the deployer sees its channel close without an exit
+      # status), every other session drops too, and the switch goes on in its
+      # unit and succeeds; sshd answers again soon.
       echo "restarting network-addresses-eth0.service..." >&2
+      client=/run/nixfab-lab/units/${LAB_UNIT:-none}.client
+      if [ -e "$client" ]; then kill -KILL "$(cat "$client")" 2>/dev/null || true; fi
+      sleep 1
       /usr/local/sbin/lab-sshd cut-off
       sleep 2
       /usr/local/sbin/lab-sshd start
