@@ -518,3 +518,16 @@ def test_a_dry_run_sends_nothing_and_echoes_the_whole_plan(monkeypatch: pytest.M
     assert outcome == DeployOutcome("web1", NEW, "local", "ok", copied=True, generation=None)
     assert deterministic.sleeps == []
     assert not any(thread.name.startswith("lock-heartbeat-") for thread in set(threading.enumerate()) - before)  # no heartbeat for a dry lock
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_host_that_cannot_be_reached_after_a_lost_switch_is_left_to_its_watchdog(world: World) -> None:
+    world.host.on(switching_to(NEW), LOST).on("activation_status", HostUnreachable("web1: no answer"))
+    world.host.on(["test", "-e", f"{DIR}/rolled-back"], 0).on(["readlink", "/run/current-system"], f"{OLD_RUNNING}\n")
+    with pytest.raises(NotConfirmed) as missed:
+        activate_with_rollback(world.session, request(confirm_timeout=3), world.run, world.host, NEW)
+    assert str(missed.value) == (
+        "web1: not confirmed within 3s after the connection dropped during activation (web1: no answer); "
+        f"the host rolled itself back and runs {OLD_RUNNING} again"
+    )
+    assert not any(call.argv[:1] == ("mkdir",) for call in world.host.calls)

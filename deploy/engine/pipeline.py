@@ -428,8 +428,10 @@ def settle_lost_switch(
     """The channel closed during the switch: ask the host, over new connections, how it ended, then decide.
 
     Succeeded: go on (health checks, confirmation). Failed: claim the verdict
-    and undo. Still running at the deadline, or no record of it: raise
-    ActivationUnknown and leave the armed watchdog to put back what it guards.
+    and undo. No new connection works: NotConfirmed, after waiting for the
+    watchdog's rollback. Still running at the deadline, or no record of it:
+    raise ActivationUnknown and leave the armed watchdog to put back what it
+    guards.
     The deploy's own connection is dropped and opened again when next used.
     """
     from deploy.activate.activation import lost_activation, parse_generation, read_link
@@ -439,6 +441,13 @@ def settle_lost_switch(
     run.note(f"{name}: lost the connection during activation; asking the host over a new one how the switch ended")
     target.close()
     answer = magic_rollback.activation_status(open_fresh, watchdog, timeout=request.confirm_timeout)
+    if answer.startswith("unreachable: "):
+        # No new connection works: the case magic rollback exists for. The watchdog decides; wait for its verdict.
+        missed = NotConfirmed(
+            f"{name}: not confirmed within {watchdog.confirm_timeout}s after the connection dropped during activation "
+            f"({answer.removeprefix('unreachable: ')})"
+        )
+        raise self_rollback(run, open_fresh, watchdog, request, missed)
     if not answer.startswith("finished"):
         where = {"running": "it is still running", "unknown": "the host has no record of how it ended"}.get(answer, answer)
         guarded = (
