@@ -113,3 +113,9 @@ class JournalError(NixfabError):
     """
 
     exit_code = 17
+
+
+class ActivationUnknown(NixfabError):
+    """The connection dropped during switch-to-configuration and nixfab cannot tell how it ended; nothing was undone over a guess."""
+
+    exit_code = 18

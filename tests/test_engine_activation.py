@@ -7,10 +7,13 @@ text to <name.sh>, to keep failure diffs readable.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from deploy.activate import activation as activation_module
 from deploy.activate.activation import Activation, SystemState, activate, rollback_steps, system_state, undo
-from deploy.errors import ActivationFailed, NixfabError, NotInStore, RemoteCommandFailed
+from deploy.errors import ActivationFailed, ActivationUnknown, NixfabError, NotInStore, RemoteCommandFailed
 from fake_host import LOST, RecordingHost, Reply, sh, shown
 
 PROFILE = "/nix/var/nix/profiles/system"
@@ -26,11 +29,22 @@ def probe(generation: int | None = 41, generation_path: str | None = OLD_GEN, ru
     return "\n".join(lines) + "\n"
 
 
-def unit(path: str, action: str, *, bootloader: bool) -> tuple[str, ...]:
-    """switch-to-configuration under systemd-run, as activation runs it where systemd-run works."""
+TOKEN = "0123456789ab"
+UNIT = f"nixfab-switch-{TOKEN}"
+
+
+@pytest.fixture(autouse=True)
+def fixed_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each activation's unit is named after a random token: make it this one."""
+    monkeypatch.setattr(activation_module, "secrets", SimpleNamespace(token_hex=lambda n: TOKEN))
+
+
+def unit(path: str, action: str, *, bootloader: bool, name: str = "") -> tuple[str, ...]:
+    """switch-to-configuration under systemd-run, as activation runs it where systemd-run works: in the run's own unit, or its undo's."""
+    name = name or (UNIT if path == NEW else f"{UNIT}-undo-{action}")
     return (
         "systemd-run", "-E", "LOCALE_ARCHIVE", "-E", f"NIXOS_INSTALL_BOOTLOADER={'1' if bootloader else ''}", "--collect",
-        "--no-ask-password", "--pipe", "--quiet", "--service-type=exec", "--unit=nixfab-switch-to-configuration", "--wait",
+        "--no-ask-password", "--pipe", "--quiet", "--service-type=exec", f"--unit={name}", "--wait",
         f"{path}/bin/switch-to-configuration", action,
     )
 
@@ -55,7 +69,7 @@ VERSION = (("test", "-e", f"{NEW}/nixos-version"), False)
 STATE = (sh("system_state", PROFILE), False)
 SET_PROFILE = (("nix-env", "-p", PROFILE, "--set", NEW), True)
 READ_PROFILE = (("readlink", PROFILE), False)
-JOURNAL = (("journalctl", "--no-pager", "-n", "30", "-u", "nixfab-switch-to-configuration"), False)
+JOURNAL = (("journalctl", "--no-pager", "-n", "30", "-u", UNIT), False)
 
 
 def web1(**facts: bool) -> RecordingHost:
@@ -115,11 +129,14 @@ def test_a_profile_that_cannot_be_set_stops_before_the_switch() -> None:
     assert steps(host) == expect(VERSION, STATE, SET_PROFILE)
 
 
-def test_before_switch_sees_the_prepared_activation_and_wrap_wraps_the_argv() -> None:
+def test_before_switch_sees_the_prepared_activation_before_the_profile_changes_and_wrap_wraps_the_argv() -> None:
+    # It used to run after `nix-env --set` (seeing generation 42): a deployer killed in between left a never-activated
+    # generation as the boot default with no watchdog to put it back. The generation is not known yet.
     host = web1()
     seen: list[tuple[Activation, int]] = []
     activate(host, NEW, "switch", before_switch=lambda prepared: seen.append((prepared, len(host.calls))), wrap=lambda argv: ["wrapped", *argv])
-    assert seen == [(Activation(NEW, "switch", 42, SystemState(41, OLD_GEN, OLD_RUNNING)), 4)]
+    assert seen == [(Activation(NEW, "switch", None, SystemState(41, OLD_GEN, OLD_RUNNING)), 2)]
+    assert seen[0][0].token == TOKEN and seen[0][0].unit == UNIT
     assert host.argvs[-1][-3:] == ("wrapped", f"{NEW}/bin/switch-to-configuration", "switch")
 
 
@@ -143,7 +160,7 @@ def test_a_failed_switch_restores_generation_boot_default_and_running_system() -
         "web1: switch-to-configuration switch failed (exit 4): warning: the following units failed: nginx.service; "
         f"rolled back: profile and boot default back to generation 41; running system back to {OLD_RUNNING}"
     )
-    assert "journalctl -u nixfab-switch-to-configuration (last lines):\n  nginx: bad config\n" in host.output.getvalue()
+    assert f"journalctl -u {UNIT} (last lines):\n  nginx: bad config\n" in host.output.getvalue()
 
 
 def test_a_failed_boot_restores_the_profile_and_boot_default_but_not_the_running_system() -> None:
@@ -243,13 +260,6 @@ def test_system_state_reads_generation_path_and_running_system_in_one_round_trip
     assert system_state(RecordingHost().on("system_state", "profile\t\nrunning\t\n")) == SystemState(None, None, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="activate() takes a failed state probe (a lost channel, exit -1, or any error) for a host without a profile: when "
-    "the switch then fails, undo runs `rm -f -- /nix/var/nix/profiles/system ...` on a host that had generations "
-    "(and the magic-rollback watchdog would get the same step). It should refuse to activate without knowing what to restore.",
-)
 @pytest.mark.parametrize("probe_failure", [LOST, Reply(1, "", "readlink: Input/output error\n")], ids=["lost", "error"])
 def test_a_failed_state_probe_never_leads_to_removing_the_system_profile(probe_failure: Reply) -> None:
     host = RecordingHost(facts={"systemd-run": True}).on("system_state", probe_failure)
@@ -257,3 +267,15 @@ def test_a_failed_state_probe_never_leads_to_removing_the_system_profile(probe_f
     with pytest.raises(NixfabError):
         activate(host, NEW, "switch")
     assert not any(call.argv[:3] == ("rm", "-f", "--") and PROFILE in call.argv for call in host.calls), steps(host)
+    assert steps(host) == expect(VERSION, STATE)  # refused before anything changed
+
+
+def test_a_lost_channel_during_the_switch_is_unknown_and_nothing_is_undone() -> None:
+    # Fabric's exit -1 used to be "switch-to-configuration failed": undo then ran against a switch still going on in its unit.
+    host = web1().on(switching_to(NEW), LOST)
+    with pytest.raises(ActivationUnknown) as unknown:
+        activate(host, NEW, "switch")
+    assert unknown.value.exit_code == 18
+    assert "cannot tell whether it finished and undid nothing" in str(unknown.value)
+    assert f"journalctl -u {UNIT}" in str(unknown.value)
+    assert steps(host) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, (unit(NEW, "switch", bootloader=True), True))

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from deploy.activate import activation
 from deploy.activate.activation import Activation, SystemState
 from deploy.config.inventory import HealthCheck, HostSpec, Inventory, SshTarget
 from deploy.confirm import magic_rollback
@@ -31,7 +32,7 @@ from deploy.engine.pipeline import (
     finish,
     up_to_date,
 )
-from deploy.errors import ActivationFailed, HealthCheckFailed, HostBusy, HostUnreachable, NotConfirmed
+from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, HostBusy, HostUnreachable, NotConfirmed
 from deploy.record import history
 from deploy.ui import Emitter
 from fake_host import LOST, Call, RecordingHost, RecordingRunner, Reply, sh, shown
@@ -51,10 +52,15 @@ def probe(generation: int = 41, generation_path: str = OLD_GEN, running: str = O
     return f"profile\tsystem-{generation}-link\ngeneration\t{generation_path}\nrunning\t{running}\n"
 
 
-def unit(*argv: str, bootloader: bool) -> tuple[str, ...]:
+UNIT = f"nixfab-switch-{TOKEN}"
+VERDICTS = "/nix/var/nix/nixfab/verdicts"
+WATCHDOGS = "/run/nixfab/magic-rollback"
+
+
+def unit(*argv: str, bootloader: bool, name: str = UNIT) -> tuple[str, ...]:
     return (
         "systemd-run", "-E", "LOCALE_ARCHIVE", "-E", f"NIXOS_INSTALL_BOOTLOADER={'1' if bootloader else ''}", "--collect",
-        "--no-ask-password", "--pipe", "--quiet", "--service-type=exec", "--unit=nixfab-switch-to-configuration", "--wait", *argv,
+        "--no-ask-password", "--pipe", "--quiet", "--service-type=exec", f"--unit={name}", "--wait", *argv,
     )
 
 
@@ -83,17 +89,15 @@ SET_PROFILE = (0, ("nix-env", "-p", PROFILE, "--set", NEW), True)
 READ_PROFILE = (0, ("readlink", PROFILE), False)
 SWITCH = (0, unit(*stc(NEW, "switch"), bootloader=True), True)
 RECORD_REVISION = (0, sh("write_revision", "/nix/var/nix/nixfab/generations", REVISION, "42"), True)
-WATCHDOG = (*sh("rollback_watchdog", DIR, "1800", "30"),
-            f"nix-env -p {PROFILE} --switch-generation 41", f"{OLD_GEN}/bin/switch-to-configuration boot",
-            f"nix-env -p {PROFILE} --delete-generations 42", f"{OLD_RUNNING}/bin/switch-to-configuration test")
+WATCHDOG = (*sh("rollback_watchdog", DIR, "1800", "30"), VERDICTS, PROFILE, NEW, "41", OLD_GEN, OLD_RUNNING, "1", "1", "1")
 ARM = (0, sh("mkdir_then_exec", DIR, "systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit=nixfab-watchdog-{TOKEN}", *WATCHDOG), True)
 MARKED_SWITCH = (0, unit(*sh("mark_activated", f"{DIR}/activated", *stc(NEW, "switch")), bootloader=True), True)
 UNDO = (
-    (0, ("journalctl", "--no-pager", "-n", "30", "-u", "nixfab-switch-to-configuration"), False),
+    (0, ("journalctl", "--no-pager", "-n", "30", "-u", UNIT), False),
     (0, ("nix-env", "-p", PROFILE, "--switch-generation", "41"), True),
-    (0, unit(*stc(OLD_GEN, "boot"), bootloader=True), True),
+    (0, unit(*stc(OLD_GEN, "boot"), bootloader=True, name=f"{UNIT}-undo-boot"), True),
     (0, ("nix-env", "-p", PROFILE, "--delete-generations", "42"), True),
-    (0, unit(*stc(OLD_RUNNING, "test"), bootloader=False), True),
+    (0, unit(*stc(OLD_RUNNING, "test"), bootloader=False, name=f"{UNIT}-undo-test"), True),
 )
 ROLLED_BACK = f"rolled back: profile and boot default back to generation 41; running system back to {OLD_RUNNING}"
 
@@ -126,11 +130,14 @@ def deterministic(monkeypatch: pytest.MonkeyPatch) -> Clock:
     monkeypatch.setattr(lock, "secrets", SimpleNamespace(token_hex=lambda n: "0badf00d"))
     monkeypatch.setattr(lock, "time", SimpleNamespace(time=lambda: 1700000000.5, strftime=lock.time.strftime, localtime=lock.time.localtime))
     monkeypatch.setattr(magic_rollback, "secrets", SimpleNamespace(token_hex=lambda n: TOKEN))
+    monkeypatch.setattr(activation, "secrets", SimpleNamespace(token_hex=lambda n: TOKEN))
     monkeypatch.setattr(history, "deployed_by", lambda: "alice@deployer")
     monkeypatch.setattr(history, "utc_now", lambda: "2024-01-02T03:04:05+00:00")
     clock = Clock()
     monkeypatch.setattr(magic_rollback, "confirm", functools.partial(magic_rollback.confirm, sleep=clock.sleep, clock=clock))
     monkeypatch.setattr(magic_rollback, "await_self_rollback", functools.partial(magic_rollback.await_self_rollback, sleep=clock.sleep))
+    monkeypatch.setattr(magic_rollback, "activation_status", functools.partial(magic_rollback.activation_status, sleep=clock.sleep, clock=clock))
+    monkeypatch.setattr(magic_rollback, "settle_leftovers", functools.partial(magic_rollback.settle_leftovers, sleep=clock.sleep, clock=clock))
     monkeypatch.setattr(magic_rollback, "time", SimpleNamespace(monotonic=clock, sleep=clock.sleep))
     return clock
 
@@ -281,8 +288,8 @@ def test_boot_skips_the_health_check(world: World) -> None:
 def test_a_guarded_switch_arms_the_watchdog_marks_the_activation_and_confirms_over_a_new_connection(world: World) -> None:
     outcome = finish(world.session, request(), world.run, world.host, Built(NEW, "target"))
     assert steps(world.host.calls) == expect(
-        STATE, VERSION, STATE, SET_PROFILE, READ_PROFILE, ARM, MARKED_SWITCH,
-        (1, sh("confirm_activation", DIR), True),
+        STATE, VERSION, STATE, ARM, SET_PROFILE, READ_PROFILE, MARKED_SWITCH,
+        (1, sh("confirm_activation", DIR, VERDICTS), True),
     )
     assert outcome.status == "ok" and outcome.generation == 42
     assert [fresh.closed for fresh in world.host.opened] == [1] and world.host.closed == 0
@@ -302,21 +309,29 @@ def test_a_failed_guarded_switch_is_undone_here_and_the_watchdog_disarmed(world:
     world.host.on(switching_to(NEW), 1)
     with pytest.raises(ActivationFailed, match=f"; {ROLLED_BACK}$"):
         activate_with_rollback(world.session, request(), world.run, world.host, NEW)
+    # The verdict is claimed before undo, so that the watchdog cannot run the same steps meanwhile (it used to come after).
     assert steps(world.host.calls) == expect(
-        VERSION, STATE, SET_PROFILE, READ_PROFILE, ARM, MARKED_SWITCH, *UNDO,
+        VERSION, STATE, ARM, SET_PROFILE, READ_PROFILE, MARKED_SWITCH, UNDO[0],
         (0, ("mkdir", "-p", "--", f"{DIR}/verdict"), True),
+        *UNDO[1:],
     )
     assert world.host.opened == []
 
 
 @pytest.mark.usefixtures("guarded")
-def test_a_connection_lost_during_the_switch_is_confirmed_over_a_new_one(world: World) -> None:
+def test_a_connection_lost_during_the_switch_asks_the_host_then_confirms_over_a_new_one(world: World) -> None:
     world.host.on(switching_to(NEW), HostUnreachable("web1: connection lost while running systemd-run: Socket is closed"))
+    world.host.on("activation_status", "running\n", "finished 0\n")
     activation = activate_with_rollback(world.session, request(), world.run, world.host, NEW)
     assert activation == Activation(NEW, "switch", 42, SystemState(41, OLD_GEN, OLD_RUNNING))
-    assert steps(world.host.calls) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, ARM, MARKED_SWITCH, (1, sh("confirm_activation", DIR), True))
+    assert steps(world.host.calls) == expect(
+        VERSION, STATE, ARM, SET_PROFILE, READ_PROFILE, MARKED_SWITCH,
+        (1, sh("activation_status", DIR), True), (2, sh("activation_status", DIR), True),
+        READ_PROFILE,  # the deploy's own connection, opened again
+        (3, sh("confirm_activation", DIR, VERDICTS), True),
+    )
     assert world.host.closed == 1  # the lost connection is dropped, not reused
-    assert "lost the connection during activation (web1: connection lost while running systemd-run: Socket is closed)" in world.notes
+    assert "lost the connection during activation; asking the host over a new one how the switch ended" in world.notes
 
 
 @pytest.mark.usefixtures("guarded")
@@ -340,7 +355,7 @@ def test_no_confirmation_waits_for_the_host_to_roll_itself_back(world: World, de
     assert missed.value.exit_code == 15
     after_switch = steps(world.host.calls)[6:]
     assert after_switch == expect(
-        *[(n, sh("confirm_activation", DIR), True) for n in (1, 2, 3)],
+        *[(n, sh("confirm_activation", DIR, VERDICTS), True) for n in (1, 2, 3)],
         *[(n, ("test", "-e", f"{DIR}/rolled-back"), True) for n in (4, 5, 6)],
         (6, ("readlink", "/run/current-system"), False),
     )
@@ -357,28 +372,63 @@ def test_a_self_rollback_that_cannot_be_seen_is_said_so(world: World, determinis
 
 
 @pytest.mark.usefixtures("guarded")
-@pytest.mark.xfail(
-    strict=True,
-    raises=ActivationFailed,
-    reason="Fabric reports a channel that closed mid-command as exit -1, and RemoteHost passes it on as the returncode; "
-    "activation takes that for a failed switch and undoes it over the same connection (while the switch may still run in "
-    "its systemd unit, so the restore collides with the unit) and then disarms the watchdog, instead of confirming over "
-    "a new connection as it does for HostUnreachable",
-)
 def test_a_lost_channel_during_the_switch_is_confirmed_over_a_new_connection(world: World) -> None:
-    world.host.on(switching_to(NEW), LOST)
+    world.host.on(switching_to(NEW), LOST).on("activation_status", "finished 0\n")
     activate_with_rollback(world.session, request(), world.run, world.host, NEW)
     assert not any(call.argv[:1] == ("mkdir",) for call in world.host.calls)
+    assert not any(switching_to(OLD_GEN)(call.argv) or switching_to(OLD_RUNNING)(call.argv) for call in world.host.calls)  # type: ignore[operator]
 
 
 @pytest.mark.usefixtures("guarded")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="after a failed guarded switch, undo() runs before disarm() claims the verdict, yet the watchdog's confirm_timeout "
-    "(30 s by default) started when the failed switch wrote its marker: an undo slower than that (switch-to-configuration "
-    "boot, then test) races the watchdog running the same rollback steps on the host",
-)
+def test_a_switch_that_failed_while_we_were_away_is_claimed_then_undone(world: World) -> None:
+    world.host.on(switching_to(NEW), LOST).on("activation_status", "finished 4\n")
+    with pytest.raises(ActivationFailed) as failed:
+        activate_with_rollback(world.session, request(), world.run, world.host, NEW)
+    assert str(failed.value) == f"web1: switch-to-configuration switch failed (exit 4) after the connection dropped; {ROLLED_BACK}"
+    assert steps(world.host.calls)[6:] == expect(
+        (1, sh("activation_status", DIR), True), READ_PROFILE, (0, ("mkdir", "-p", "--", f"{DIR}/verdict"), True), *UNDO[1:],
+    )
+    assert failed.value.exit_code == 6
+
+
+@pytest.mark.usefixtures("guarded")
+@pytest.mark.parametrize(("answer", "said"), [("running\n", "it is still running"), ("unknown\n", "the host has no record of how it ended")])
+def test_a_switch_whose_end_cannot_be_told_is_never_undone_over_a_guess(world: World, answer: str, said: str) -> None:
+    world.host.on(switching_to(NEW), LOST).on("activation_status", answer)
+    with pytest.raises(ActivationUnknown) as unknown:
+        activate_with_rollback(world.session, request(confirm_timeout=3), world.run, world.host, NEW)
+    assert unknown.value.exit_code == 18
+    message = str(unknown.value)
+    assert f"({said}); nixfab cannot tell whether it finished and undid nothing; the rollback watchdog {TOKEN} puts back" in message
+    assert f"journalctl -u {UNIT}" in message and f"{VERDICTS}/{TOKEN}" in message
+    after_switch = steps(world.host.calls)[6:]
+    assert {call[1] for call in after_switch} == {shown(sh("activation_status", DIR))}  # no undo, no disarm, no confirmation
+
+
+@pytest.mark.usefixtures("guarded")
+def test_health_checks_run_before_the_confirmation(world: World) -> None:
+    world.run.spec = spec(health=HealthCheck(command="true", retries=0))
+    finish(world.session, request(), world.run, world.host, Built(NEW, "target"))
+    scripts = [call.argv[0] if call.script is None else call.script for call in world.host.calls]
+    assert scripts.index("timeout") < scripts.index("confirm_activation")
+    # The watchdog's window covers the checks: 30 s for the confirmation, 15 for one attempt.
+    arm = next(call for call in world.host.calls if call.script == "mkdir_then_exec")
+    assert arm.argv[arm.argv.index(DIR, 5) + 2] == "45"
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_failed_health_check_claims_the_verdict_undoes_and_never_confirms(world: World) -> None:
+    world.run.spec = spec(health=HealthCheck(command="false", retries=0))
+    world.host.on(["timeout"], 1)
+    with pytest.raises(HealthCheckFailed, match=f"; {ROLLED_BACK}$"):
+        finish(world.session, request(), world.run, world.host, Built(NEW, "target"))
+    assert steps(world.host.calls)[7:] == expect(
+        (0, ("timeout", "10", "sh", "-c", "false"), False), (0, ("mkdir", "-p", "--", f"{DIR}/verdict"), True), *UNDO[1:],
+    )
+    assert world.host.opened == []
+
+
+@pytest.mark.usefixtures("guarded")
 def test_a_failed_guarded_switch_claims_the_verdict_before_undoing(world: World) -> None:
     world.host.on(switching_to(NEW), 1)
     with pytest.raises(ActivationFailed):
@@ -397,7 +447,7 @@ def test_deploy_host_takes_the_lock_first_and_releases_it_last(world: World) -> 
     world.host.on(["nix-store", "--check-validity"], 0)
     outcome = deploy_host(world.session, request(), world.run, NEW)
     assert steps(world.host.calls) == expect(
-        (0, sh("lock_acquire", LOCK, HOLDER), True),
+        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS), True),
         STATE,
         (0, sh("free_space", "/nix", "/boot"), False),
         (0, ("nix-store", "--check-validity", NEW), False),
@@ -412,7 +462,7 @@ def test_deploy_host_releases_the_lock_when_the_switch_fails(world: World) -> No
     world.host.on(switching_to(NEW), 1)
     with pytest.raises(ActivationFailed):
         deploy_host(world.session, request(), world.run, NEW)
-    assert world.host.argvs[0] == sh("lock_acquire", LOCK, HOLDER)
+    assert world.host.argvs[0] == sh("lock_acquire", LOCK, HOLDER, WATCHDOGS)
     assert world.host.argvs[-1] == sh("lock_clear_if_held_by", LOCK, HOLDER)
 
 
@@ -450,15 +500,16 @@ def test_a_dry_run_sends_nothing_and_echoes_the_whole_plan(monkeypatch: pytest.M
     outcome = deploy_host(dry.session, request(revision="abc123", dirty=False), dry.run, NEW)
     # What the dry answers lead to: "acquired", a running system but no readable profile, a confirmation.
     dry_running = "<running system>"
-    watchdog = (*sh("rollback_watchdog", DIR, "1800", "30"), f"'{dry_running}/bin/switch-to-configuration' test")
+    watchdog = (*sh("rollback_watchdog", DIR, "1800", "30"), VERDICTS, PROFILE, NEW, "", "", dry_running, "1", "1", "1")
     assert steps(dry.host.calls) == expect(
-        (0, sh("lock_acquire", LOCK, HOLDER), True),
+        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS), True),
         (0, sh("free_space", "/nix", "/boot"), False),
         (0, ("nix-store", "--check-validity", NEW), False),
-        VERSION, STATE, SET_PROFILE, READ_PROFILE,
+        VERSION, STATE,
         (0, sh("mkdir_then_exec", DIR, "systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit=nixfab-watchdog-{TOKEN}", *watchdog), True),
+        SET_PROFILE, READ_PROFILE,
         MARKED_SWITCH,
-        (1, sh("confirm_activation", DIR), True),
+        (1, sh("confirm_activation", DIR, VERDICTS), True),
         (0, sh("lock_clear_if_held_by", LOCK, HOLDER), True),
     )
     assert dry.host.sent == [] and all(call.dry for call in dry.host.calls)
@@ -467,3 +518,16 @@ def test_a_dry_run_sends_nothing_and_echoes_the_whole_plan(monkeypatch: pytest.M
     assert outcome == DeployOutcome("web1", NEW, "local", "ok", copied=True, generation=None)
     assert deterministic.sleeps == []
     assert not any(thread.name.startswith("lock-heartbeat-") for thread in set(threading.enumerate()) - before)  # no heartbeat for a dry lock
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_host_that_cannot_be_reached_after_a_lost_switch_is_left_to_its_watchdog(world: World) -> None:
+    world.host.on(switching_to(NEW), LOST).on("activation_status", HostUnreachable("web1: no answer"))
+    world.host.on(["test", "-e", f"{DIR}/rolled-back"], 0).on(["readlink", "/run/current-system"], f"{OLD_RUNNING}\n")
+    with pytest.raises(NotConfirmed) as missed:
+        activate_with_rollback(world.session, request(confirm_timeout=3), world.run, world.host, NEW)
+    assert str(missed.value) == (
+        "web1: not confirmed within 3s after the connection dropped during activation (web1: no answer); "
+        f"the host rolled itself back and runs {OLD_RUNNING} again"
+    )
+    assert not any(call.argv[:1] == ("mkdir",) for call in world.host.calls)

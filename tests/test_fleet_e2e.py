@@ -515,3 +515,65 @@ def test_running_out_of_file_descriptors_ends_in_one_line_and_the_summary(make_f
     assert result.stderr.rstrip().splitlines()[-1].startswith("nixfab: error: "), result.stderr
     assert "out of file descriptors" in result.stderr, result.stderr
     assert re.search(r"^host +result\b", result.stderr, re.MULTILINE), result.stderr  # the summary
+
+
+# ---- 9. the activation protocol: after every fault the host agrees with what nixfab said ------------------------------
+
+
+def profile_target(lab: Lab, name: str) -> str:
+    return lab.inside(name, ["readlink", "-f", "/nix/var/nix/profiles/system"]).stdout.strip()
+
+
+def assert_consistent(lab: Lab, name: str, path: str) -> None:
+    """Running system, profile and boot default all name `path`."""
+    state = lab.state(name)
+    assert state.current_system == path, state
+    assert profile_target(lab, name) == path
+    assert state.boot_default == f"nixos-generation-{state.current_generation}.conf", state
+    assert dict(generations(lab, name))[state.current_generation] == path
+
+
+def test_a_session_dropped_mid_switch_is_asked_about_not_rolled_back(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    # It used to be reported "rolled back" (exit 6) while the new system ran, with the profile back on generation 1
+    # and generation 2 deleted: undo ran against the switch still going on in its unit.
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    ok(inv("switch-push", "alpha", *fleet.args(fleet.inventory("hosts:\n  alpha: {}\n")), "--skip-checks"))
+    netdrop = fleet.inventory("hosts:\n  alpha: { attr: alpha-netdrop }\n", "netdrop.yaml")
+    result = ok(inv("switch-push", "alpha", *fleet.args(netdrop), "--skip-checks", "--json"))
+    assert results_of(result)["alpha"]["result"] == "ok"
+    assert "lost the connection during activation" in result.stderr and "the switch finished (exit 0)" in result.stderr
+    path = toplevel_of(fleet.flake, "alpha-netdrop")
+    assert [number for number, _ in generations(lab, "alpha")] == [1, 2]
+    assert_consistent(lab, "alpha", path)
+    time.sleep(4)  # past the watchdog's window: it was confirmed, so nothing changes
+    assert_consistent(lab, "alpha", path)
+
+
+def test_a_killed_deploy_is_settled_by_its_watchdog_before_the_next_one(make_fleet, background, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # The killed deploy's lock is stale at once, but its watchdog used to live on and, after the next deploy
+    # succeeded, revert it; or the next deploy collided with the still running switch's fixed unit name.
+    fleet = make_fleet(["alpha"], slow_seconds=4)
+    lab = fleet.lab
+    good = fleet.inventory("hosts:\n  alpha: {}\n")
+    ok(inv("switch-push", "alpha", *fleet.args(good), "--skip-checks"))
+    first = toplevel_of(fleet.flake, "alpha")
+    slow = fleet.inventory("hosts:\n  alpha: { attr: alpha-slow }\n", "slow.yaml")
+    output = tmp_path / "killed.err"
+    killed = start_in_background(background, ["switch-push", "alpha", *fleet.args(slow), "--skip-checks", "--confirm-timeout", "3"], output)
+    wait_for("the switch to be under way", lambda: "alpha | activating slowly" in output.read_text() or killed.poll() is not None)
+    assert killed.poll() is None, output.read_text()
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=30)
+
+    set_fixture_revision(fleet.flake, "2")
+    second = ok(inv("switch-push", "alpha", *fleet.args(good), "--skip-checks", "--json"))
+    assert results_of(second)["alpha"]["result"] == "ok"
+    path = toplevel_of(fleet.flake, "alpha")
+    assert_consistent(lab, "alpha", path)
+    time.sleep(8)  # longer than the killed deploy's watchdog would have waited
+    assert_consistent(lab, "alpha", path)
+    assert generations(lab, "alpha") == [(1, first), (2, path)]
+    assert "rolled back by the watchdog" in second.stderr
+    verdicts = lab.inside("alpha", ["sh", "-c", "cat /nix/var/nix/nixfab/verdicts/*"]).stdout
+    assert "rolled back by the watchdog: profile and boot default back to generation 1" in verdicts

@@ -14,6 +14,8 @@ from deploy.engine.lock import LOCK_DIR, STALE_AFTER_SECONDS, acquire, describe_
 from deploy.errors import HostBusy, HostUnreachable, NixfabError
 from fake_host import LOST, RecordingHost, Reply, sh
 
+WATCHDOGS = "/run/nixfab/magic-rollback"
+
 ME = "deployer"
 OUR_HOLDER = '{"action": "switch", "machine": "deployer", "pid": 4242, "since": 1700000000, "start": "777", "token": "0badf00d", "user": "alice"}'
 
@@ -126,7 +128,7 @@ def test_acquire_sends_the_lock_script_with_who_we_are_and_release_clears_only_o
     host = RecordingHost().on("lock_acquire", "acquired\n")
     taken = acquire(host, "switch")
     try:
-        assert host.argvs == [sh("lock_acquire", "/run/nixfab/deploy.engine.lock", OUR_HOLDER)]
+        assert host.argvs == [sh("lock_acquire", "/run/nixfab/deploy.engine.lock", OUR_HOLDER, "/run/nixfab/magic-rollback")]
         assert [call.sudo for call in host.calls] == [True]
         assert json.loads(OUR_HOLDER)["since"] == 1700000000
         assert taken.holder_text == OUR_HOLDER and taken.cleared_stale is None
@@ -143,7 +145,7 @@ def test_a_fresh_foreign_holder_makes_the_host_busy_with_exit_14(deployer: None)
         acquire(host, "switch")
     assert busy.value.exit_code == 14
     assert f"web1: another deploy is running: {describe_holder(holder())}; lock {LOCK_DIR}" == str(busy.value)
-    assert host.argvs == [sh("lock_acquire", LOCK_DIR, OUR_HOLDER)]  # nothing cleared
+    assert host.argvs == [sh("lock_acquire", LOCK_DIR, OUR_HOLDER, WATCHDOGS)]  # nothing cleared
 
 
 def test_a_stale_holder_is_cleared_by_its_exact_line_and_the_lock_taken(deployer: None) -> None:
@@ -153,9 +155,9 @@ def test_a_stale_holder_is_cleared_by_its_exact_line_and_the_lock_taken(deployer
     taken.release()
     ours = OUR_HOLDER.replace('"switch"', '"boot"')
     assert host.argvs == [
-        sh("lock_acquire", LOCK_DIR, ours),
+        sh("lock_acquire", LOCK_DIR, ours, WATCHDOGS),
         sh("lock_clear_if_held_by", LOCK_DIR, theirs),
-        sh("lock_acquire", LOCK_DIR, ours),
+        sh("lock_acquire", LOCK_DIR, ours, WATCHDOGS),
         sh("lock_clear_if_held_by", LOCK_DIR, ours),
     ]
     assert taken.cleared_stale == describe_holder(holder())
@@ -233,7 +235,7 @@ def test_dry_run_takes_the_lock_without_a_heartbeat(deployer: None) -> None:
     host = RecordingHost(dry_run=True)
     taken = acquire(host, "switch")
     assert taken._stop is None and host.sent == []
-    assert host.argvs == [sh("lock_acquire", LOCK_DIR, OUR_HOLDER)]
+    assert host.argvs == [sh("lock_acquire", LOCK_DIR, OUR_HOLDER, WATCHDOGS)]
 
 
 def test_the_heartbeat_touches_the_lock_until_release(deployer: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -268,15 +270,16 @@ def test_the_heartbeat_stops_when_the_host_goes_away(deployer: None, monkeypatch
     taken.release()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(OverflowError, ValueError),
-    reason="describe_holder() passes any number in the holder's `since` to time.localtime(), which raises OverflowError "
-    "(1e300) or ValueError (NaN, which json.loads accepts): acquire() then crashes instead of raising HostBusy (exit 14)",
-)
 @pytest.mark.parametrize("since", ["1e300", "NaN"])
 def test_a_malformed_since_still_makes_the_host_busy(deployer: None, since: str) -> None:
     theirs = json.dumps(holder()).replace('"since": 1700000000', f'"since": {since}')
     host = RecordingHost().on("lock_acquire", held(5, theirs))
     with pytest.raises(HostBusy):
         acquire(host, "switch")
+
+
+def test_taking_the_lock_lists_the_watchdogs_that_have_no_verdict_yet(deployer: None) -> None:
+    host = RecordingHost().on("lock_acquire", "acquired\n0123456789ab\t42\nfedcba987654\t7\n")
+    taken = acquire(host, "switch")
+    assert taken.pending_watchdogs == {"0123456789ab": 42, "fedcba987654": 7}
+    taken.release()

@@ -33,13 +33,10 @@ TOKEN = "0123456789ab"
 DIR = f"/run/nixfab/magic-rollback/{TOKEN}"
 WATCHDOG = Watchdog(DIR, f"nixfab-watchdog-{TOKEN}", 3)
 SWITCH = Activation(NEW, "switch", 42, SystemState(41, OLD_GEN, OLD_RUNNING))
-# The four steps that undo SWITCH, as the watchdog receives them: one shell word each.
-SWITCH_STEPS = (
-    f"nix-env -p {PROFILE} --switch-generation 41",
-    f"{OLD_GEN}/bin/switch-to-configuration boot",
-    f"nix-env -p {PROFILE} --delete-generations 42",
-    f"{OLD_RUNNING}/bin/switch-to-configuration test",
-)
+VERDICTS = "/nix/var/nix/nixfab/verdicts"
+# What the watchdog guards and what it restores for SWITCH: it is armed before the profile changes, so it gets no
+# generation number (it reads the profile when it acts) but the system it guards, then changes boot, running, created.
+SWITCH_STEPS = (VERDICTS, PROFILE, NEW, "41", OLD_GEN, OLD_RUNNING, "1", "1", "1")
 SYSTEMD_RUN_PROBE = (
     "systemd-run", "-E", "LOCALE_ARCHIVE", "-E", "NIXOS_INSTALL_BOOTLOADER=", "--collect", "--no-ask-password", "--pipe", "--quiet",
     "--service-type=exec", "--unit=nixfab-switch-to-configuration-probe", "--wait", "true",
@@ -80,20 +77,20 @@ def test_watchdogs_do_not_share_a_directory() -> None:
     assert (first.activated_marker, first.verdict) == (f"{first.directory}/activated", f"{first.directory}/verdict")
 
 
-def test_watchdog_argv_is_the_script_its_limits_and_each_rollback_step_as_one_word() -> None:
+def test_watchdog_argv_is_the_script_its_limits_what_it_guards_and_what_it_restores() -> None:
     assert ACTIVATION_LIMIT_SECONDS == 1800
     assert watchdog_argv(WATCHDOG, SWITCH) == [*sh("rollback_watchdog", DIR, "1800", "3"), *SWITCH_STEPS]
 
 
-def test_watchdog_argv_quotes_steps_for_the_shell_it_hands_them_to() -> None:
+def test_watchdog_argv_passes_paths_as_words_and_the_unknown_as_empty() -> None:
     odd = "/nix/store/0000000000000000000000000000000d-it's here"
     activation = Activation(NEW, "test", None, SystemState(None, None, odd))
-    assert watchdog_argv(WATCHDOG, activation)[-1] == "'/nix/store/0000000000000000000000000000000d-it'\"'\"'s here/bin/switch-to-configuration' test"
+    assert watchdog_argv(WATCHDOG, activation)[-7:] == [NEW, "", "", odd, "0", "1", "1"]
 
 
-def test_watchdog_argv_for_an_activation_with_nothing_to_undo_has_no_steps() -> None:
-    nothing = Activation(NEW, "test", 41, SystemState(41, OLD_GEN, NEW))
-    assert watchdog_argv(WATCHDOG, nothing) == list(sh("rollback_watchdog", DIR, "1800", "3"))
+def test_the_watchdog_window_includes_the_health_checks() -> None:
+    slow = Watchdog(DIR, f"nixfab-watchdog-{TOKEN}", 3, health_seconds=40)
+    assert watchdog_argv(slow, SWITCH)[3:7] == ["sh", DIR, "1800", "43"]
 
 
 def test_detached_under_systemd_is_a_transient_unit_that_returns_at_once() -> None:
@@ -166,9 +163,9 @@ def test_confirm_asks_over_new_connections_until_the_activation_has_finished() -
     clock = Clock()
     confirm(confirming(host, clock), WATCHDOG, label="web1", sleep=clock.sleep, clock=clock)
     assert [(call.connection, call.argv, call.sudo) for call in host.calls] == [
-        (1, sh("confirm_activation", DIR), True),
-        (2, sh("confirm_activation", DIR), True),
-        (3, sh("confirm_activation", DIR), True),
+        (1, sh("confirm_activation", DIR, VERDICTS), True),
+        (2, sh("confirm_activation", DIR, VERDICTS), True),
+        (3, sh("confirm_activation", DIR, VERDICTS), True),
     ]
     assert [fresh.closed for fresh in host.opened] == [1, 1, 1]
     assert clock.sleeps == [1.0, 1.0] and host.closed == 0  # the deploy's own connection is not used
@@ -228,7 +225,7 @@ def test_confirm_in_a_dry_run_is_the_dry_answer() -> None:
     host = RecordingHost(dry_run=True)
     clock = Clock()
     confirm(confirming(host, clock), WATCHDOG, label="web1", sleep=clock.sleep, clock=clock)
-    assert host.argvs == [sh("confirm_activation", DIR)] and host.sent == []
+    assert host.argvs == [sh("confirm_activation", DIR, VERDICTS)] and host.sent == []
 
 
 # ---- await_self_rollback ------------------------------------------------------------------------------------------------
@@ -278,3 +275,52 @@ def test_await_self_rollback_stops_at_a_refused_login(clock: Clock) -> None:
     with pytest.raises(LoginRefused):
         await_self_rollback(host.reconnect, WATCHDOG, timeout=60, sleep=clock.sleep)
     assert len(host.calls) == 2 and [fresh.closed for fresh in host.opened] == [1, 1]
+
+
+# ---- after a lost channel: how did the switch end? ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("replies", "answer", "asked"),
+    [
+        (["finished 0\n"], "finished 0", 1),
+        (["finished 4\n"], "finished 4", 1),
+        (["unknown\n"], "unknown", 1),
+        ([HostUnreachable("web1: no answer"), "running\n", "finished 0\n"], "finished 0", 3),
+        (["running\n"], "running", 4),
+    ],
+)
+def test_activation_status_asks_until_the_switch_has_ended_or_the_deadline(replies: list[object], answer: str, asked: int) -> None:
+    from deploy.confirm.magic_rollback import activation_status
+
+    host = RecordingHost().on("activation_status", *replies)  # type: ignore[arg-type]
+    clock = Clock()
+    assert activation_status(confirming(host, clock), WATCHDOG, timeout=3, sleep=clock.sleep, clock=clock) == answer
+    assert [call.argv for call in host.calls] == [sh("activation_status", DIR)] * asked
+    assert all(fresh.closed == 1 for fresh in host.opened)
+
+
+def test_settling_leftovers_hurries_each_watchdog_and_waits_for_its_verdict() -> None:
+    from deploy.confirm.magic_rollback import settle_leftovers
+
+    host = RecordingHost().on("watchdogs_pending", f"{TOKEN}\t30\n", "")
+    host.on(["cat"], "rolled back by the watchdog: profile and boot default back to generation 1\n")
+    clock, notes = Clock(), []
+    settle_leftovers(host, {TOKEN: 30}, timeout=60, note=notes.append, sleep=clock.sleep, clock=clock)
+    assert host.argvs == [
+        ("touch", "--", f"{DIR}/hurry"),
+        sh("watchdogs_pending", STATE_DIR),
+        sh("watchdogs_pending", STATE_DIR),
+        ("cat", "--", f"{VERDICTS}/{TOKEN}"),
+    ]
+    assert notes[-1] == f"web1: watchdog {TOKEN}: rolled back by the watchdog: profile and boot default back to generation 1"
+
+
+def test_a_leftover_watchdog_that_does_not_decide_keeps_the_host_busy() -> None:
+    from deploy.confirm.magic_rollback import settle_leftovers
+    from deploy.errors import HostBusy
+
+    host = RecordingHost().on("watchdogs_pending", f"{TOKEN}\t30\n")
+    clock = Clock()
+    with pytest.raises(HostBusy, match=f"rollback watchdog {TOKEN} \\(armed 30s ago\\)"):
+        settle_leftovers(host, {TOKEN: 30}, timeout=5, note=lambda message: None, sleep=clock.sleep, clock=clock)

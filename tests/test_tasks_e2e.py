@@ -20,7 +20,7 @@ import pytest
 from deploy.lab import Lab, nix_system, set_fixture_revision, write_fixture_flake
 from lab_helpers import BIN, REPO, inv, ok, toplevel_of, write_inventory
 
-SWITCH_UNIT_HINT = "journalctl -u nixfab-switch-to-configuration"
+SWITCH_UNIT_HINT = "journalctl -u nixfab-switch-"  # each run has its own unit, nixfab-switch-<token>
 
 
 # --- helpers -----------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Make a system current on its host: profile, switch-to-configuration, and undo on failure."""
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from deploy.errors import ActivationFailed, NotInStore, RemoteCommandFailed
+from deploy.errors import ActivationFailed, ActivationUnknown, HostUnreachable, NotInStore, RemoteCommandFailed
 from deploy.model import Action
 from deploy.nix import commands
 from deploy.scripts import script
@@ -30,6 +31,12 @@ class Activation:
     # False when an existing generation was made current (switch-generation,
     # rollback): undo must then not delete it.
     created_generation: bool = True
+    # Names the switch's own unit (nixfab-switch-<token>) and, when guarded, the watchdog.
+    token: str = field(default="", compare=False)
+
+    @property
+    def unit(self) -> str:
+        return commands.switch_unit(self.token or "0")
 
     def __post_init__(self) -> None:
         # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
@@ -49,10 +56,26 @@ def read_link(host: Host, path: str) -> str | None:
     return result.stdout.strip() or None
 
 
+def new_token() -> str:
+    return secrets.token_hex(6)
+
+
 def system_state(host: Host) -> SystemState:
+    """What activate() would restore; a probe that fails or is cut off is an error, never "the host has nothing"."""
     result = host.run(["sh", "-c", script("system_state"), "sh", commands.SYSTEM_PROFILE], dry_stdout="running\t<running system>\n")
-    facts = tab_fields(result.stdout) if result.ok else {}
+    if not result.ok:
+        why = f"exit {result.returncode}" if result.returncode != -1 else "the connection dropped"
+        raise RemoteCommandFailed(
+            f"{host.label}: cannot read the system profile and the running system ({why}: {result.tail(1)}); "
+            "refusing to activate without knowing what to restore"
+        )
+    facts = tab_fields(result.stdout)
     generation = parse_generation(facts["profile"]) if facts.get("profile") else None
+    if facts.get("profile") and (generation is None or not facts.get("generation")) and not host.dry_run:
+        raise RemoteCommandFailed(
+            f"{host.label}: the system profile points at {facts['profile']!r}, whose system cannot be read; "
+            "refusing to activate without knowing what to restore"
+        )
     return SystemState(generation, facts.get("generation") or None, facts.get("running") or None)
 
 
@@ -63,30 +86,48 @@ def systemd_run_works(host: Host) -> bool:
     return host.facts["systemd-run"]
 
 
-def wrap_for_host(host: Host, argv: list[str], action: Action) -> list[str]:
+def wrap_for_host(host: Host, argv: list[str], action: Action, unit: str) -> list[str]:
     """nixos-rebuild's rule: use systemd-run where it works, a clean env elsewhere."""
     install_bootloader = action.changes_boot_default
     if systemd_run_works(host):
-        return commands.systemd_run(argv, unit=commands.SWITCH_UNIT, install_bootloader=install_bootloader)
+        return commands.systemd_run(argv, unit=unit, install_bootloader=install_bootloader)
     return commands.plain_environment(argv, install_bootloader=install_bootloader)
 
 
-def run_switch_to_configuration(host: Host, path: str, action: Action, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+class SwitchLost(Exception):
+    """The channel closed before switch-to-configuration's exit status came back: how it ended is unknown."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def run_switch_to_configuration(
+    host: Host, path: str, action: Action, wrap: Callable[[list[str]], list[str]] | None = None, *, unit: str | None = None
+) -> None:
+    """Raises ActivationFailed for a switch that exited non-zero, SwitchLost when its exit status never came back."""
     argv = commands.switch_to_configuration(path, action)
-    result = host.run(wrap_for_host(host, wrap(argv) if wrap else argv, action), sudo=True, stream=True)
+    unit = unit or commands.switch_unit(new_token())
+    try:
+        result = host.run(wrap_for_host(host, wrap(argv) if wrap else argv, action, unit), sudo=True, stream=True)
+    except HostUnreachable as lost:
+        raise SwitchLost(str(lost)) from None
+    if result.returncode == -1:
+        # Fabric's exit status for a channel that closed without one: the switch may well go on in its unit.
+        raise SwitchLost(f"{host.label}: the SSH channel closed during switch-to-configuration {action} without an exit status")
     if not result.ok:
-        show_journal(host)
+        show_journal(host, unit)
         raise ActivationFailed(f"{host.label}: switch-to-configuration {action} failed (exit {result.returncode}): {result.tail(1)}")
 
 
-def show_journal(host: Host) -> None:
+def show_journal(host: Host, unit: str) -> None:
     """The unit's journal says more than the exit code, as `nixos-rebuild` users expect to see."""
     if not host.facts.get("systemd-run"):
         return
-    journal = host.run(commands.journal_tail(commands.SWITCH_UNIT))
+    journal = host.run(commands.journal_tail(unit))
     echo = getattr(host, "echo", None) or getattr(getattr(host, "runner", None), "echo", None)
     if journal.ok and journal.stdout.strip() and echo is not None:
-        echo.note(f"journalctl -u {commands.SWITCH_UNIT} (last lines):")
+        echo.note(f"journalctl -u {unit} (last lines):")
         for line in journal.stdout.rstrip().splitlines():
             echo.note(f"  {line}")
 
@@ -98,34 +139,55 @@ def activate(
     *,
     before_switch: Callable[[Activation], None] | None = None,
     wrap: Callable[[list[str]], list[str]] | None = None,
+    before_undo: Callable[[], None] | None = None,
+    token: str | None = None,
 ) -> Activation:
     """Set the profile (for switch and boot) and run switch-to-configuration.
 
     On failure the host goes back to its previous generation, boot default
-    and running system, and ActivationFailed says what went wrong.
-    `before_switch` sees the prepared activation (magic rollback arms its
-    watchdog there); `wrap` wraps the switch-to-configuration argv.
+    and running system, and ActivationFailed says what went wrong. A
+    connection lost during the switch is not a failure: ActivationUnknown
+    carries the activation, and nothing is undone over a guess.
+    `before_switch` sees the prepared activation before the profile changes
+    (magic rollback arms its watchdog there; its generation is not known
+    yet); `wrap` wraps the switch-to-configuration argv; `before_undo` runs
+    before undo() (magic rollback claims its verdict there).
     """
     action = Action(action)  # a caller's plain "switch" becomes the member; anything else is a ValueError
     if not host.run(commands.test_file(f"{path}/nixos-version")).ok:
         raise NotInStore(f"{host.label}: {path} is not a NixOS system on this host (no nixos-version); refusing to activate it")
     previous = system_state(host)
-    generation = previous.generation
+    activation = Activation(path, action, previous.generation, previous, token=token or new_token())
+    if before_switch is not None:
+        before_switch(replace(activation, generation=None) if action.changes_boot_default else activation)
     if action.changes_boot_default:
         result = host.run(commands.set_system_profile(path), sudo=True)
         if not result.ok:
+            if before_undo is not None:
+                before_undo()
             raise RemoteCommandFailed(f"{host.label}: nix-env --set failed: {result.tail(1)}")
-        generation = parse_generation(read_link(host, commands.SYSTEM_PROFILE) or "")
-    activation = Activation(path, action, generation, previous)
-    if before_switch is not None:
-        before_switch(activation)
+        activation = replace(activation, generation=parse_generation(read_link(host, commands.SYSTEM_PROFILE) or ""))
     try:
-        run_switch_to_configuration(host, path, action, wrap)
+        run_switch_to_configuration(host, path, action, wrap, unit=activation.unit)
     except ActivationFailed as failure:
-        error_output = failure
+        if before_undo is not None:
+            before_undo()
         undone = undo(host, activation)
-        raise ActivationFailed(f"{error_output}; {undone}") from None
+        raise ActivationFailed(f"{failure}; {undone}") from None
+    except SwitchLost as lost:
+        raise lost_activation(host.label, activation, lost.why) from None
     return activation
+
+
+def lost_activation(label: str, activation: Activation, why: str, *, guarded: str = "") -> ActivationUnknown:
+    """What to say when nixfab cannot tell how the switch ended, and what to check."""
+    unknown = ActivationUnknown(
+        f"{label}: lost the connection during switch-to-configuration {activation.action} of {activation.path} ({why}); "
+        f"nixfab cannot tell whether it finished and undid nothing{guarded}. On the host, check `systemctl status {activation.unit}`, "
+        f"`journalctl -u {activation.unit}`, `readlink /run/current-system` and `readlink {commands.SYSTEM_PROFILE}`"
+    )
+    unknown.activation = activation  # type: ignore[attr-defined]
+    return unknown
 
 
 @dataclass(frozen=True)
@@ -169,7 +231,7 @@ def undo(host: Host, activation: Activation) -> str:
     said = []
     for step in rollback_steps(activation):
         if step.reactivate:
-            problem = restore(host, *step.reactivate)
+            problem = restore(host, *step.reactivate, unit=f"{activation.unit}-undo-{step.reactivate[1]}")
             said.append(f"{step.says}{problem}")
         else:
             host.run(step.profile_argv, sudo=True)
@@ -178,10 +240,12 @@ def undo(host: Host, activation: Activation) -> str:
     return "rolled back: " + "; ".join(said) if said else "nothing to roll back"
 
 
-def restore(host: Host, path: str, action: Action) -> str:
+def restore(host: Host, path: str, action: Action, *, unit: str | None = None) -> str:
     """Reactivate an earlier system; an empty string when that worked."""
     try:
-        run_switch_to_configuration(host, path, action)
+        run_switch_to_configuration(host, path, action, unit=unit)
     except ActivationFailed as failure:
         return f" (but its switch-to-configuration {action} failed too: {failure})"
+    except SwitchLost as lost:
+        return f" (but the connection dropped during its switch-to-configuration {action}: {lost.why}; check the host)"
     return ""

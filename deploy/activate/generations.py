@@ -12,7 +12,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from deploy.activate.activation import Activation, SystemState, parse_generation, run_switch_to_configuration, undo
+from deploy.activate.activation import (
+    Activation,
+    SwitchLost,
+    SystemState,
+    lost_activation,
+    new_token,
+    parse_generation,
+    run_switch_to_configuration,
+    undo,
+)
 from deploy.errors import ActivationFailed, NotInStore, RemoteCommandFailed, UsageError
 from deploy.model import Action
 from deploy.nix import commands
@@ -167,12 +176,14 @@ def _switch_to(host: Host, listing: GenerationListing, generation: Generation, n
     switched = host.run(commands.switch_system_generation(generation.number), sudo=True)
     if not switched.ok:
         raise RemoteCommandFailed(f"{host.label}: nix-env --switch-generation {generation.number} failed: {switched.tail(1)}")
-    activation = Activation(generation.path, Action.SWITCH, generation.number, previous, created_generation=False)
+    activation = Activation(generation.path, Action.SWITCH, generation.number, previous, created_generation=False, token=new_token())
     try:
-        run_switch_to_configuration(host, generation.path, Action.SWITCH)
+        run_switch_to_configuration(host, generation.path, Action.SWITCH, unit=activation.unit)
     except ActivationFailed as failure:
         undone = undo(host, activation)
         raise ActivationFailed(f"{failure}; {undone}") from None
+    except SwitchLost as lost:
+        raise lost_activation(host.label, activation, lost.why) from None
     return activation
 
 

@@ -5,24 +5,29 @@ is a *new* SSH connection made after activation. Before activating, a
 watchdog is started on the host, detached from our session (a systemd-run
 unit where that works). It waits until the activation has finished, then
 gives the deployer `confirm_timeout` seconds. Whoever first creates
-`<dir>/verdict` decides: the deployer's new connection (confirmed) or the
-watchdog (it runs the same rollback steps undo() would).
+`<dir>/verdict` decides: the deployer's new connection (confirmed), the
+deployer's own undo (disarm) or the watchdog, which puts back what
+undo() would, but only what still is the system it guards. Its verdict is
+left in VERDICTS_DIR/<token>. The README's "The activation protocol" is the
+state machine this follows.
 """
 from __future__ import annotations
 
 import secrets
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from deploy.activate.activation import Activation, rollback_steps, systemd_run_works
+from deploy.activate.activation import Activation, systemd_run_works
 from deploy.errors import HostUnreachable, LoginRefused, NixfabError, NotConfirmed
 from deploy.nix import commands
 from deploy.scripts import script
 from deploy.transport.hosts import Host
+from deploy.transport.process import tab_fields
 
 STATE_DIR = "/run/nixfab/magic-rollback"
+# Verdicts outlive the run (and a reboot): status, history and the next deploy read them.
+VERDICTS_DIR = "/nix/var/nix/nixfab/verdicts"
 # How long the watchdog waits for the activation itself to end before giving up on it and rolling back.
 ACTIVATION_LIMIT_SECONDS = 1800
 
@@ -31,6 +36,12 @@ class Watchdog:
     directory: str
     unit: str
     confirm_timeout: int
+    # Seconds the deployer's health checks may take between the activation and the confirmation.
+    health_seconds: int = 0
+
+    @property
+    def token(self) -> str:
+        return self.directory.rsplit("/", 1)[1]
 
     @property
     def activated_marker(self) -> str:
@@ -41,14 +52,26 @@ class Watchdog:
         return f"{self.directory}/verdict"
 
 
-def new_watchdog(confirm_timeout: float) -> Watchdog:
+def new_watchdog(confirm_timeout: float, health_seconds: float = 0) -> Watchdog:
     token = secrets.token_hex(6)
-    return Watchdog(f"{STATE_DIR}/{token}", f"nixfab-watchdog-{token}", max(1, round(confirm_timeout)))
+    return Watchdog(f"{STATE_DIR}/{token}", f"nixfab-watchdog-{token}", max(1, round(confirm_timeout)), max(0, round(health_seconds)))
 
 
 def watchdog_argv(watchdog: Watchdog, activation: Activation) -> list[str]:
-    steps = [shlex.join(step.argv()) for step in rollback_steps(activation)]
-    return ["sh", "-c", script("rollback_watchdog"), "sh", watchdog.directory, str(ACTIVATION_LIMIT_SECONDS), str(watchdog.confirm_timeout), *steps]
+    """The watchdog and what it guards: the new system, and the generation and running system it restores.
+
+    It is armed before the profile changes, so it cannot know the new
+    generation's number: it reads the profile when it acts, and undoes only
+    what still is the system it guards (see rollback_watchdog.sh).
+    """
+    previous = activation.previous
+    flags = [activation.action.changes_boot_default, activation.action.changes_running_system, activation.created_generation]
+    return [
+        "sh", "-c", script("rollback_watchdog"), "sh", watchdog.directory, str(ACTIVATION_LIMIT_SECONDS),
+        str(watchdog.confirm_timeout + watchdog.health_seconds), VERDICTS_DIR, commands.SYSTEM_PROFILE, activation.path,
+        "" if previous.generation is None else str(previous.generation), previous.generation_path or "", previous.running or "",
+        *("1" if flag else "0" for flag in flags),
+    ]
 
 
 def detached(argv: Sequence[str], *, unit: str, use_systemd: bool) -> list[str]:
@@ -72,7 +95,7 @@ def arm(host: Host, watchdog: Watchdog, activation: Activation) -> None:
 
 
 def disarm(host: Host, watchdog: Watchdog) -> None:
-    """After a failed activation that undo() already handled: the watchdog must not roll back again."""
+    """Before the deployer's own undo(): claim the verdict, so that the watchdog cannot run the same steps at the same time."""
     try:
         host.run(["mkdir", "-p", "--", watchdog.verdict], sudo=True)
     except NixfabError:
@@ -93,7 +116,7 @@ def confirm(
     while clock() < deadline:
         fresh = open_fresh()
         try:
-            answer = fresh.run(["sh", "-c", script("confirm_activation"), "sh", watchdog.directory], sudo=True, dry_stdout="confirmed\n")
+            answer = fresh.run(["sh", "-c", script("confirm_activation"), "sh", watchdog.directory, VERDICTS_DIR], sudo=True, dry_stdout="confirmed\n")
             verdict = answer.stdout.strip() if answer.ok else f"error {answer.tail(1)}"
             if verdict == "confirmed":
                 return
@@ -130,3 +153,88 @@ def await_self_rollback(open_fresh: Callable[[], Host], watchdog: Watchdog, *, t
             fresh.close()
         sleep(1.0)
     return None
+
+
+def activation_status(
+    open_fresh: Callable[[], Host],
+    watchdog: Watchdog,
+    *,
+    timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """After a lost channel: ask the host, over new connections, what became of the activation.
+
+    "finished N" (its recorded exit status), "running" (still so at the
+    deadline), "unknown" (no record and no process) or "unreachable: why".
+    """
+    deadline = clock() + timeout
+    answer = "unreachable: no attempt"
+    while True:
+        fresh = open_fresh()
+        try:
+            reply = fresh.run(["sh", "-c", script("activation_status"), "sh", watchdog.directory], sudo=True, dry_stdout="finished 0\n")
+            answer = reply.stdout.strip() if reply.ok and reply.stdout.strip() else f"unreachable: {reply.tail(1) or 'no answer'}"
+        except LoginRefused:
+            raise
+        except HostUnreachable as problem:
+            answer = f"unreachable: {problem}"
+        finally:
+            fresh.close()
+        if answer.startswith("finished") or answer == "unknown" or clock() >= deadline:
+            return answer
+        sleep(1.0)
+
+
+def parse_pending(stdout: str) -> dict[str, int]:
+    """`TOKEN<TAB>AGE` lines (watchdogs_pending.sh, and lock_acquire.sh after "acquired")."""
+    return {token: int(age) if age.lstrip("-").isdigit() else 0 for token, age in tab_fields(stdout).items() if token}
+
+
+def pending_watchdogs(host: Host) -> dict[str, int]:
+    """Watchdogs on the host without a verdict yet, by token, with their age in seconds."""
+    result = host.run(["sh", "-c", script("watchdogs_pending"), "sh", STATE_DIR], sudo=True)
+    if not result.ok:
+        raise NixfabError(f"{host.label}: cannot list rollback watchdogs in {STATE_DIR}: {result.tail(1)}")
+    return parse_pending(result.stdout)
+
+
+def settle_leftovers(
+    host: Host,
+    pending: dict[str, int],
+    *,
+    timeout: float,
+    note: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """With the host's lock held: let any watchdog an earlier, gone deploy left behind decide now, and wait for it.
+
+    Nobody else can still confirm it (its deployer would hold the lock), so
+    the watchdog is told to hurry: it decides as soon as no activation runs,
+    and undoes only what still is the system it guards. Raises HostBusy
+    naming the watchdog when it has not decided within `timeout`.
+    """
+    from deploy.errors import HostBusy
+
+    if not pending:
+        return
+    for token in pending:
+        note(f"{host.label}: an earlier deploy's rollback watchdog {token} has no verdict; asking it to decide now")
+        host.run(["touch", "--", f"{STATE_DIR}/{token}/hurry"], sudo=True)
+    deadline = clock() + timeout
+    while True:
+        still = pending_watchdogs(host)
+        for token in [token for token in pending if token not in still]:
+            verdict = host.run(["cat", "--", f"{VERDICTS_DIR}/{token}"], sudo=True)
+            note(f"{host.label}: watchdog {token}: {verdict.stdout.strip() if verdict.ok and verdict.stdout.strip() else 'decided'}")
+        pending = still
+        if not pending:
+            return
+        if clock() >= deadline:
+            names = ", ".join(f"{token} (armed {age}s ago)" for token, age in pending.items())
+            raise HostBusy(
+                f"{host.label}: the rollback watchdog {names} of an earlier deploy has no verdict yet; "
+                f"see {STATE_DIR}/<token> and journalctl -u nixfab-watchdog-<token>, then try again"
+            )
+        sleep(1.0)

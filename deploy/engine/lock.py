@@ -5,18 +5,26 @@ each other and a reboot clears it. The holder refreshes its timestamp while
 it works. A lock is stale when its holder is a process on this machine that
 no longer exists, or when nobody has refreshed it for STALE_AFTER seconds
 (a deploy from another machine that died); a stale lock is cleared and taken.
+
+Taking the lock also lists the rollback watchdogs that have no verdict yet
+(a deploy that died left one behind): the new holder lets them decide before
+it changes anything (pipeline.host_lock), so a lock is never free for a
+change while a watchdog may still revert the host.
 """
 from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from deploy.confirm.magic_rollback import STATE_DIR as WATCHDOG_DIR
+from deploy.confirm.magic_rollback import parse_pending
 from deploy.errors import HostBusy, NixfabError
 from deploy.scripts import script
 from deploy.transport.hosts import Host
@@ -36,7 +44,13 @@ def process_start_time(pid: int) -> str | None:
 
 def describe_holder(holder: dict[str, object]) -> str:
     since = holder.get("since")
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(since))) if isinstance(since, (int, float)) else "?"
+    when = "?"
+    # json.loads takes NaN and 1e300: neither is a time localtime() can show.
+    if isinstance(since, (int, float)) and not isinstance(since, bool) and math.isfinite(since):
+        try:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(since)))
+        except (OverflowError, ValueError, OSError):
+            when = "?"
     return f"{holder.get('user', '?')}@{holder.get('machine', '?')} (pid {holder.get('pid', '?')}, {holder.get('action', 'deploy')}, since {when})"
 
 
@@ -55,6 +69,8 @@ class HostLock:
     host: Host
     holder_text: str
     cleared_stale: str | None = None
+    # Rollback watchdogs without a verdict, by token, with their age: the holder lets them decide first.
+    pending_watchdogs: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event | None = None
 
     def release(self) -> None:
@@ -81,12 +97,12 @@ def acquire(host: Host, action: str) -> HostLock:
     holder_text = json.dumps(me, sort_keys=True)
     cleared: str | None = None
     for _attempt in range(2):
-        result = host.run(["sh", "-c", script("lock_acquire"), "sh", LOCK_DIR, holder_text], sudo=True, dry_stdout="acquired\n")
+        result = host.run(["sh", "-c", script("lock_acquire"), "sh", LOCK_DIR, holder_text, WATCHDOG_DIR], sudo=True, dry_stdout="acquired\n")
         if not result.ok:
             raise NixfabError(f"{host.label}: cannot take the deploy lock {LOCK_DIR}: {result.tail(1)}")
         lines = result.stdout.splitlines()
         if lines and lines[0] == "acquired":
-            lock = HostLock(host, holder_text, cleared)
+            lock = HostLock(host, holder_text, cleared, parse_pending("\n".join(lines[1:])))
             if not host.dry_run:
                 lock._stop = start_heartbeat(host)
             return lock

@@ -8,6 +8,8 @@ hosts at once.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +22,7 @@ from deploy.activate.activation import Activation, SystemState, activate, system
 from deploy.build.build import build_locally, build_remotely, evaluate
 from deploy.config.inventory import HostSpec, Inventory, SshTarget
 from deploy.copy.closure import copy_closure
-from deploy.errors import ActivationFailed, HealthCheckFailed, HostUnreachable, NixfabError, NotConfirmed, UsageError
+from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, NixfabError, NotConfirmed, UsageError
 from deploy.gc.gc import collect_garbage
 from deploy.model import Action, Phase, Result
 from deploy.nix import commands
@@ -245,6 +247,10 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
         return finish(session, request, run, target, Built(remote.out_path, build_on, source_store))
 
 
+# How long a deploy waits for an earlier deploy's watchdog to decide (it first lets a still running switch end).
+LEFTOVER_WATCHDOG_WAIT_SECONDS = 300.0
+
+
 @contextmanager
 def host_lock(request: DeployRequest, target: Host) -> Iterator[None]:
     if request.action is None or not request.lock or isinstance(target, LocalHost):
@@ -253,11 +259,20 @@ def host_lock(request: DeployRequest, target: Host) -> Iterator[None]:
     from deploy.engine.lock import acquire
 
     lock = acquire(target, request.action)
-    if lock.cleared_stale:
-        target_echo = getattr(target, "echo", None)
+    target_echo = getattr(target, "echo", None)
+
+    def note(message: str) -> None:
         if target_echo is not None:
-            target_echo.note(f"==> {target.label}: cleared a stale deploy lock left by {lock.cleared_stale}")
+            target_echo.note(f"==> {message}")
+
+    if lock.cleared_stale:
+        note(f"{target.label}: cleared a stale deploy lock left by {lock.cleared_stale}")
     try:
+        if lock.pending_watchdogs:
+            from deploy.confirm import magic_rollback
+
+            # Nobody can confirm them any more: their deployer would hold the lock. Let them decide before anything changes.
+            magic_rollback.settle_leftovers(target, lock.pending_watchdogs, timeout=LEFTOVER_WATCHDOG_WAIT_SECONDS, note=note)
         yield
     finally:
         lock.release()
@@ -316,15 +331,6 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
     run.generation = activation.generation
     record_revision(request, target, activation)
 
-    if request.health_checks and spec.health is not None and request.action.changes_running_system:
-        run.phase(Phase.HEALTH)
-        from deploy.health.health import run_health_check
-
-        problem = run_health_check(target, spec.health)
-        if problem is not None:
-            undone = undo(target, activation)
-            raise HealthCheckFailed(f"{spec.name}: health check failed: {problem}; {undone}")
-
     boot_id = None
     if request.reboot:
         run.phase(Phase.REBOOT)
@@ -358,48 +364,125 @@ def show_diff_and_ask(run: HostRun, target: Host, path: str, *, ask: bool) -> No
             raise UsageError(f"{run.spec.name}: not activated: the answer was no")
 
 
+def health_budget(request: DeployRequest, spec: HostSpec) -> float:
+    """The longest the health checks may take: the watchdog's window grows by this much."""
+    if not request.health_checks or spec.health is None:
+        return 0.0
+    check = spec.health
+    return (check.retries + 1) * (check.timeout + 5.0) + check.retries * check.interval
+
+
+def check_health(request: DeployRequest, run: HostRun, target: Host, activation: Activation, before_undo: Callable[[], None] | None = None) -> None:
+    """The new system's health checks; on failure the host is put back (HealthCheckFailed)."""
+    spec = run.spec
+    if not (request.health_checks and spec.health is not None and activation.action.changes_running_system):
+        return
+    run.phase(Phase.HEALTH)
+    from deploy.health.health import run_health_check
+
+    problem = run_health_check(target, spec.health)
+    if problem is not None:
+        if before_undo is not None:
+            before_undo()
+        undone = undo(target, activation)
+        raise HealthCheckFailed(f"{spec.name}: health check failed: {problem}; {undone}")
+
+
 def activate_with_rollback(session: Session, request: DeployRequest, run: HostRun, target: Host, path: str) -> Activation:
-    """activate(), guarded by the magic-rollback watchdog when the action changes what runs."""
+    """activate() and the health checks, guarded by the magic-rollback watchdog when the action changes what runs.
+
+    The activation protocol (README, "The activation protocol"): probe; arm
+    the watchdog (it knows the system it guards and what to restore); set the
+    profile; switch in the run's own unit; on a lost channel ask the host how
+    the switch ended; health checks; confirm over a new connection. Whoever
+    claims the verdict first decides: the deployer's undo, its confirmation
+    or the watchdog.
+    """
     assert request.action is not None
     guarded = request.magic_rollback and request.action.changes_running_system and isinstance(target, RemoteHost)
     if not guarded:
-        return activate(target, path, request.action)
+        activation = activate(target, path, request.action)
+        check_health(request, run, target, activation)
+        return activation
     from deploy.confirm import magic_rollback
 
-    watchdog = magic_rollback.new_watchdog(request.confirm_timeout)
-    prepared: list[Activation] = []
+    watchdog = magic_rollback.new_watchdog(request.confirm_timeout, health_budget(request, run.spec))
 
-    def arm(activation: Activation) -> None:
-        magic_rollback.arm(target, watchdog, activation)
-        prepared.append(activation)
+    def arm(prepared: Activation) -> None:
+        magic_rollback.arm(target, watchdog, prepared)
 
     def open_fresh() -> Host:
         return session.fresh_target(run.spec, run.echo)
 
+    disarm = functools.partial(magic_rollback.disarm, target, watchdog)
     try:
-        activate(target, path, request.action, before_switch=arm, wrap=lambda argv: magic_rollback.mark_activated(watchdog, argv))
-    except ActivationFailed:
-        magic_rollback.disarm(target, watchdog)
-        raise
-    except HostUnreachable as lost:
-        if not prepared:
-            raise
-        run.note(f"{run.spec.name}: lost the connection during activation ({lost}); confirming over a new one")
-        target.close()
+        activation = activate(
+            target, path, request.action, before_switch=arm, wrap=lambda argv: magic_rollback.mark_activated(watchdog, argv),
+            before_undo=disarm, token=watchdog.token,
+        )
+    except ActivationUnknown as unknown:
+        lost: Activation = unknown.activation  # type: ignore[attr-defined]
+        activation = settle_lost_switch(run, request, target, open_fresh, watchdog, lost)
+    check_health(request, run, target, activation, before_undo=disarm)
     run.phase(Phase.CONFIRM)
     try:
         magic_rollback.confirm(open_fresh, watchdog, label=run.spec.name)
     except NotConfirmed as missed:
         raise self_rollback(run, open_fresh, watchdog, request, missed) from None
     run.note(f"{run.spec.name}: confirmed over a new SSH connection")
-    return prepared[0]
+    return activation
+
+
+def settle_lost_switch(
+    run: HostRun, request: DeployRequest, target: Host, open_fresh: Callable[[], Host], watchdog: Watchdog, lost: Activation
+) -> Activation:
+    """The channel closed during the switch: ask the host, over new connections, how it ended, then decide.
+
+    Succeeded: go on (health checks, confirmation). Failed: claim the verdict
+    and undo. No new connection works: NotConfirmed, after waiting for the
+    watchdog's rollback. Still running at the deadline, or no record of it:
+    raise ActivationUnknown and leave the armed watchdog to put back what it
+    guards.
+    The deploy's own connection is dropped and opened again when next used.
+    """
+    from deploy.activate.activation import lost_activation, parse_generation, read_link
+    from deploy.confirm import magic_rollback
+
+    name = run.spec.name
+    run.note(f"{name}: lost the connection during activation; asking the host over a new one how the switch ended")
+    target.close()
+    answer = magic_rollback.activation_status(open_fresh, watchdog, timeout=request.confirm_timeout)
+    if answer.startswith("unreachable: "):
+        # No new connection works: the case magic rollback exists for. The watchdog decides; wait for its verdict.
+        missed = NotConfirmed(
+            f"{name}: not confirmed within {watchdog.confirm_timeout}s after the connection dropped during activation "
+            f"({answer.removeprefix('unreachable: ')})"
+        )
+        raise self_rollback(run, open_fresh, watchdog, request, missed)
+    if not answer.startswith("finished"):
+        where = {"running": "it is still running", "unknown": "the host has no record of how it ended"}.get(answer, answer)
+        guarded = (
+            f"; the rollback watchdog {watchdog.token} puts back what it guards unless confirmed "
+            f"(its verdict: {magic_rollback.VERDICTS_DIR}/{watchdog.token}; the switch's record: {watchdog.activated_marker})"
+        )
+        raise lost_activation(name, lost, where, guarded=guarded)
+    status = answer.split()[-1]
+    activation = lost
+    if lost.action.changes_boot_default:
+        activation = dataclasses.replace(lost, generation=parse_generation(read_link(target, commands.SYSTEM_PROFILE) or ""))
+    if status == "0":
+        run.note(f"{name}: the switch finished (exit 0) while we were away")
+        return activation
+    magic_rollback.disarm(target, watchdog)
+    undone = undo(target, activation)
+    raise ActivationFailed(f"{name}: switch-to-configuration {lost.action} failed (exit {status}) after the connection dropped; {undone}")
 
 
 def self_rollback(run: HostRun, open_fresh: Callable[[], Host], watchdog: Watchdog, request: DeployRequest, missed: NotConfirmed) -> NotConfirmed:
     from deploy.confirm import magic_rollback
 
     run.note(f"{run.spec.name}: no confirmation; waiting for the host to roll itself back")
-    running = magic_rollback.await_self_rollback(open_fresh, watchdog, timeout=request.confirm_timeout + 60)
+    running = magic_rollback.await_self_rollback(open_fresh, watchdog, timeout=watchdog.confirm_timeout + watchdog.health_seconds + 60)
     if running is None:
         return NotConfirmed(f"{missed}; the host should have rolled itself back, but nixfab could not verify it")
     return NotConfirmed(f"{missed}; the host rolled itself back and runs {running} again")

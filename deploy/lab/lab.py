@@ -119,7 +119,9 @@ def write_fixture_flake(
     """Copy the fixture flake to `destination`; a new revision makes a new generation.
 
     Per host it has nixosConfigurations <host>, <host>-broken, -cutoff, -slow
-    (activation waits slow_seconds) and -sick (its lab-health says sick), and
+    (activation waits slow_seconds), -sick (its lab-health says sick) and
+    -netdrop (activation drops every SSH session, as a network restart
+    would, and succeeds), and
     homeConfigurations "<user>@<host>" and "<user>" for each of home_users.
     """
     if destination.exists():

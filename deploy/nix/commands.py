@@ -18,7 +18,12 @@ SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 # Flakes may be off in the user's nix.conf; nixos-rebuild enables them per call too.
 NIX = ["nix", "--extra-experimental-features", "nix-command flakes"]
-SWITCH_UNIT = "nixfab-switch-to-configuration"
+SWITCH_UNIT = "nixfab-switch-to-configuration"  # the systemd-run probe's unit (with "-probe")
+
+
+def switch_unit(token: str) -> str:
+    """Each activation's own unit: a fixed name would collide with a run whose switch still goes on."""
+    return f"nixfab-switch-{token}"
 
 
 def toplevel_attribute(attr: str) -> str:

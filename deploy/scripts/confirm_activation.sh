@@ -1,15 +1,17 @@
 # shellcheck shell=sh
 # Used by: deploy.confirm.magic_rollback.confirm
 # Parsed by: deploy.confirm.magic_rollback.confirm
-# $1: the watchdog's state directory. The deployer's claim, in one round trip:
-# only a finished, successful activation is confirmed. Prints pending,
-# "failed STATUS", confirmed or too-late.
+# $1: the watchdog's state directory; $2: the directory of verdicts.
+# The deployer's claim, in one round trip: only a finished, successful
+# activation is confirmed. Prints pending, "failed STATUS", confirmed or
+# too-late; a confirmation leaves "confirmed" as the run's verdict.
 
-dir=$1
+dir=$1 verdicts=$2
 [ -e "$dir/activated" ] || { echo pending; exit 0; }
 status=$(cat "$dir/activated")
 [ "$status" = 0 ] || { echo "failed $status"; exit 0; }
 if mkdir "$dir/verdict" 2>/dev/null; then
+  mkdir -p "$verdicts" && echo confirmed > "$verdicts/${dir##*/}"
   rm -rf "$dir"
   echo confirmed
 else

@@ -1,13 +1,16 @@
 # shellcheck shell=sh
 # Used by: deploy.confirm.magic_rollback.mark_activated
-# $1: the marker file; the rest: the activation's argv.
-# Runs the activation and then records its exit status in the marker, even
-# when our SSH session died meanwhile; the watchdog and confirm_activation.sh
-# read it.
+# $1: the marker file (in the watchdog's directory); the rest: the activation's argv.
+# Leaves its pid in "$1.pid" while the activation runs, then records the
+# activation's exit status in the marker, even when our SSH session died
+# meanwhile; the watchdog, activation_status.sh and confirm_activation.sh read
+# them.
 
 marker=$1
 shift
+echo "$$" > "$marker.pid"
 "$@"
 status=$?
-echo "$status" > "$marker"
+echo "$status" > "$marker.tmp" && mv -f "$marker.tmp" "$marker"
+rm -f "$marker.pid"
 exit "$status"

@@ -58,6 +58,7 @@
         "-cutoff" = "cutoff";
         "-slow" = "slow";
         "-sick" = "sick";
+        "-netdrop" = "netdrop";
       };
       forHost = name:
         builtins.listToAttrs (map (suffix: {

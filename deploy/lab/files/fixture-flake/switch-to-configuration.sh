@@ -83,6 +83,21 @@ if [ "$action" = switch ] || [ "$action" = test ]; then
       echo "warning: the following units failed: broken-lab.service" >&2
       exit 4
       ;;
+    netdrop)
+      # As a network restart would: the SSH session that waits for this
+      # switch dies (the deployer sees its channel close without an exit
+      # status), every other session drops too, and the switch goes on in its
+      # unit and succeeds; sshd answers again soon.
+      echo "restarting network-addresses-eth0.service..." >&2
+      client=/run/nixfab-lab/units/${LAB_UNIT:-none}.client
+      if [ -e "$client" ]; then kill -KILL "$(cat "$client")" 2>/dev/null || true; fi
+      sleep 1
+      /usr/local/sbin/lab-sshd cut-off
+      sleep 2
+      /usr/local/sbin/lab-sshd start
+      sleep 1
+      echo "network is back" >&2
+      ;;
     cutoff)
       # As a firewall change would: every SSH session to this host goes dark.
       echo "restarting sshd.service with a configuration that locks everyone out..." >&2
