@@ -33,6 +33,11 @@ class InventoryError(UsageError):
         return f"{'; '.join(self.problems)} ({len(self.problems)} problems)"
 
 
+class SshOptionRefused(UsageError):
+    """The ssh_config asks for something nixfab's SSH (paramiko) cannot do exactly as OpenSSH would,
+    such as a ProxyCommand: connecting anyway could reach another machine than `ssh` and `nix copy` do."""
+
+
 class BuildError(NixfabError):
     exit_code = 3
 

@@ -176,6 +176,7 @@ class RecordingHost:
         stream: bool = False,
         dry_stdout: str = "",
         dry_returncode: int = 0,
+        timeout: float | None = None,
     ) -> Result:
         assert not isinstance(argv, str), f"argv must be a list of words, not the string {argv!r}"
         assert all(isinstance(word, str) for word in argv), f"argv has a word that is not a str: {argv!r}"

@@ -28,6 +28,7 @@ from deploy.model import Action, Phase, Result
 from deploy.nix import commands
 from deploy.reboot.reboot import reboot_and_wait
 from deploy.transport.hosts import Host, LocalHost
+from deploy.transport.openssh import SshResolver
 from deploy.transport.process import LocalRunner
 from deploy.transport.remote import RemoteHost, SudoPassword
 from deploy.ui import Emitter
@@ -124,6 +125,7 @@ class Session:
     echo: Emitter = field(default_factory=Emitter)
     dry_run: bool = False
     sudo_password: SudoPassword = field(default_factory=SudoPassword)
+    ssh_resolver: SshResolver = field(default_factory=SshResolver)  # `ssh -G` once per destination per run
     _remotes: dict[tuple[str, int | None], RemoteHost] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -140,6 +142,7 @@ class Session:
             dry_run=self.dry_run,
             use_sudo=use_sudo,
             sudo_password=self.sudo_password,
+            resolver=self.ssh_resolver,
         )
 
     def remote(self, label: str, ssh: SshTarget, *, use_sudo: bool, echo: Emitter | None = None) -> RemoteHost:

@@ -26,6 +26,7 @@ class Host(Protocol):
         stream: bool = False,
         dry_stdout: str = "",
         dry_returncode: int = 0,
+        timeout: float | None = None,  # seconds; None: the host's default deadline for this kind of command
     ) -> Result: ...
 
     def close(self) -> None: ...
@@ -48,6 +49,7 @@ class LocalHost:
         stream: bool = False,
         dry_stdout: str = "",
         dry_returncode: int = 0,
+        timeout: float | None = None,  # unused: a local command has no peer that can go silent
     ) -> Result:
         if sudo and os.geteuid() != 0:
             argv = [*sudo_prefix(), *argv]

@@ -1,22 +1,38 @@
 """One Fabric connection per host, reused for every remote step.
 
+Where a host is comes from OpenSSH itself (`ssh -G`, see openssh.py), so
+the connection reaches exactly the machine `ssh` and `nix copy` reach.
 Commands arrive as argv lists and are quoted here, at the boundary, with
-shlex.join. Host keys are checked against known_hosts (the user's and the
-ones the ssh_config names): Fabric's default of accepting any key is
-replaced, and only `StrictHostKeyChecking accept-new` (or `no`) in the
-ssh_config lets an unknown key through.
+shlex.join. Host keys are checked against the known_hosts files OpenSSH
+would read, under the name it would look them up by (HostKeyAlias, or
+[host]:port): Fabric's default of accepting any key is replaced, and only
+`StrictHostKeyChecking accept-new` (or `no`) lets an unknown key through.
+
+A peer that goes silent never hangs a deploy: the socket is nixfab's own
+(TCP_NODELAY), keepalives that want a reply go out after ServerAliveInterval
+(default 5 s) of silence, and after ServerAliveCountMax intervals without a
+word from the peer the connection is declared lost and closed, which ends
+whatever command was waiting on it (HostUnreachable). Short commands also
+have a fixed deadline (SHORT_COMMAND_TIMEOUT); long ones (streamed output:
+builds, switch-to-configuration, GC; the closure import) have none and are
+bounded by the keepalives alone.
 """
 from __future__ import annotations
 
-import os
+import logging
+import math
+import re
 import shlex
+import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from deploy.errors import HostKeyRejected, HostUnreachable, LoginRefused, SudoFailed
+from deploy.errors import HostKeyRejected, HostUnreachable, LoginRefused, RemoteCommandFailed, SudoFailed
+from deploy.transport.openssh import DEFAULT_CONNECT_TIMEOUT, SshOptions, SshResolver
 from deploy.transport.process import Result
 from deploy.ui import Emitter, read_secret
 
@@ -24,6 +40,16 @@ if TYPE_CHECKING:
     from fabric import Connection
     from paramiko.client import MissingHostKeyPolicy, SSHClient
     from paramiko.pkey import PKey
+    from paramiko.transport import Transport
+
+# paramiko logs a failed handshake (a frozen sshd's missing banner) with a traceback; with no handler
+# configured, Python would print it. Every failure reaches the user as one error line instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+# The fixed deadline of a command whose output is not streamed (probes, reads, locks, profile
+# changes); streamed ones and the closure import have none, the keepalives bound them.
+SHORT_COMMAND_TIMEOUT = 300.0
+NO_DEADLINE = math.inf
 
 
 @dataclass
@@ -41,35 +67,166 @@ class SudoPassword:
             return self._value
 
 
-def known_hosts_files(ssh_options: dict[str, Any]) -> tuple[list[Path], list[Path]]:
-    """(user files, global files) as OpenSSH would read them for this host."""
-
-    def paths(value: Any, default: list[str]) -> list[Path]:
-        items = value if isinstance(value, list) else (value.split() if value else default)
-        return [Path(os.path.expanduser(item)) for item in items if item != "none"]
-
-    user = paths(ssh_options.get("userknownhostsfile"), ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"])
-    system = paths(ssh_options.get("globalknownhostsfile"), ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"])
-    return user, system
-
-
-def _host_key_policy(checking: str, save_to: Path | None, host_label: str) -> MissingHostKeyPolicy:
+def _host_key_policy(checking: str, name: str, save_to: Path | None, hashed: bool, host_label: str) -> MissingHostKeyPolicy:
+    """What to do with a key known_hosts does not have for `name` (the HostKeyAlias, or [host]:port)."""
     from paramiko.client import MissingHostKeyPolicy
+    from paramiko.hostkeys import HostKeys
 
     class Policy(MissingHostKeyPolicy):
         def missing_host_key(self, client: SSHClient, hostname: str, key: PKey) -> None:
             if checking not in ("accept-new", "no"):
                 raise HostKeyRejected(
-                    f"{host_label}: unknown SSH host key for {hostname} ({key.get_name()} {key.get_fingerprint().hex()}); "
+                    f"{host_label}: unknown SSH host key for {name} ({key.get_name()} {key.get_fingerprint().hex()}); "
                     "add it to known_hosts, or set StrictHostKeyChecking accept-new in the ssh_config"
                 )
             client.get_host_keys().add(hostname, key.get_name(), key)
             if checking == "accept-new" and save_to is not None:
                 save_to.parent.mkdir(parents=True, exist_ok=True)
+                filed_as = HostKeys.hash_host(name) if hashed else name
                 with open(save_to, "a") as known:
-                    known.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+                    known.write(f"{filed_as} {key.get_name()} {key.get_base64()}\n")
 
     return Policy()
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """OpenSSH's host pattern: `*` and `?` are wildcards, everything else (brackets too) is literal."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower()))
+
+
+def _names_match(patterns: list[str], name: str) -> bool:
+    """known_hosts' host field against a name: hashed entries, plain names, `*`/`?` patterns and `!` negations."""
+    from paramiko.hostkeys import HostKeys
+
+    matched = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!")
+        hashed = pattern.startswith("|1|")
+        hit = HostKeys.hash_host(name, pattern) == pattern if hashed else _wildcard(pattern).fullmatch(name.lower()) is not None
+        if hit and negated:
+            return False
+        matched = matched or hit
+    return matched
+
+
+def known_keys(options: SshOptions) -> dict[str, PKey]:
+    """The host keys known_hosts holds for this destination, by key type, as OpenSSH would find them.
+
+    Lines paramiko cannot read (a key type it lacks, @cert-authority, @revoked) are skipped, as
+    OpenSSH skips what it cannot use; the first key of each type wins.
+    """
+    from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+
+    user_files, system_files = options.known_hosts_files()
+    keys: dict[str, PKey] = {}
+    for known in system_files + user_files:
+        try:
+            lines = known.read_text(errors="replace").splitlines()
+        except OSError:
+            continue  # OpenSSH skips a known_hosts file it cannot read
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith(("#", "@")):
+                continue
+            try:
+                entry = HostKeyEntry.from_line(line)
+            except (InvalidHostKey, ValueError, TypeError, IndexError):
+                continue
+            if entry is None or entry.key is None or not _names_match(entry.hostnames, options.known_hosts_name):
+                continue
+            keys.setdefault(entry.key.get_name(), entry.key)
+    return keys
+
+
+def open_socket(options: SshOptions, timeout: float) -> socket.socket:
+    """A TCP connection to where OpenSSH would connect (AddressFamily, BindAddress, ConnectionAttempts), TCP_NODELAY set."""
+    family = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}.get(options.address_family, socket.AF_UNSPEC)
+    last_error: OSError = OSError(f"{options.hostname} has no address")
+    for attempt in range(options.connection_attempts):
+        if attempt:
+            time.sleep(1)  # as OpenSSH waits between ConnectionAttempts
+        try:
+            addresses = socket.getaddrinfo(options.hostname, options.port, family, socket.SOCK_STREAM)
+        except OSError as error:
+            last_error = error
+            continue
+        for address_family, kind, protocol, _, address in addresses:
+            sock = socket.socket(address_family, kind, protocol)
+            try:
+                sock.settimeout(timeout)
+                if options.bind_address:
+                    sock.bind((options.bind_address, 0))
+                sock.connect(address)
+            except OSError as error:
+                sock.close()
+                last_error = error
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if options.tcp_keepalive:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            return sock
+    raise last_error
+
+
+class WatchedSocket:
+    """The socket paramiko talks through, noting when the peer last sent anything."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.last_received = time.monotonic()
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        if data:
+            self.last_received = time.monotonic()
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class Liveness:
+    """Keepalives that want a reply, and the dead-peer limit: ServerAliveCountMax intervals of silence end the connection."""
+
+    def __init__(self, transport: Transport, sock: WatchedSocket, options: SshOptions, label: str) -> None:
+        self.transport = transport
+        self.sock = sock
+        self.interval = float(options.alive_interval)
+        self.limit = options.dead_after
+        self.where = options.where
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        transport.set_keepalive(options.alive_interval)
+        self._thread = threading.Thread(target=self._watch, name=f"ssh-alive-{label}", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        last_probe = 0.0
+        prober: threading.Thread | None = None
+        while not self._stop.wait(min(1.0, self.interval / 2)):
+            if not self.transport.is_active():
+                return
+            now = time.monotonic()
+            silent = now - self.sock.last_received
+            if silent >= self.limit:
+                self.lost = f"{self.where} sent nothing for {silent:.0f}s, not even an answer to a keepalive"
+                self.transport.close()
+                return
+            if silent >= self.interval and now - last_probe >= self.interval and (prober is None or not prober.is_alive()):
+                # In a thread of its own: a send to a frozen peer may block until the transport closes.
+                prober = threading.Thread(target=self._probe, name="ssh-keepalive", daemon=True)
+                prober.start()
+                last_probe = now
+
+    def _probe(self) -> None:
+        try:
+            self.transport.global_request("keepalive@openssh.com", wait=True)  # any answer, even a refusal, proves life
+        except Exception:  # noqa: BLE001 - a transport closing under the probe is what _watch reports
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class RemoteHost:
@@ -86,7 +243,8 @@ class RemoteHost:
         dry_run: bool = False,
         use_sudo: bool = False,
         sudo_password: SudoPassword | None = None,
-        connect_timeout: int = 10,
+        connect_timeout: float | None = None,  # None: the ssh_config's ConnectTimeout, else 10 s
+        resolver: SshResolver | None = None,  # a Session shares one, so `ssh -G` runs once per destination
     ) -> None:
         self.label = label
         self.destination = destination
@@ -97,54 +255,106 @@ class RemoteHost:
         self.use_sudo = use_sudo
         self.sudo_password = sudo_password or SudoPassword()
         self.connect_timeout = connect_timeout
+        self.resolver = resolver or SshResolver()
         self._connection: Connection | None = None
+        self._liveness: Liveness | None = None
+        self._connect_lock = threading.Lock()
         self.facts: dict[str, bool] = {}
 
     @property
     def connection(self) -> Connection:
-        if self._connection is None:
-            self._connection = self._connect()
-        return self._connection
+        """The open connection; a lost one is dropped and a new one opened (never Fabric's silent reconnect)."""
+        with self._connect_lock:
+            if self._connection is not None and not self._connection.is_connected:
+                self._drop()
+            if self._connection is None:
+                self._connection = self._connect()
+            return self._connection
+
+    def ssh_options(self) -> SshOptions:
+        """Where OpenSSH says this destination is (`ssh -G`, cached per run)."""
+        return self.resolver.resolve(self.destination, port=self.port, ssh_config=self.ssh_config, label=self.label)
 
     def _connect(self) -> Connection:
         import paramiko
         from fabric import Config, Connection
 
-        config = Config(runtime_ssh_path=str(self.ssh_config) if self.ssh_config else None)
-        config.load_ssh_config()
-        connection = Connection(self.destination, port=self.port, config=config, connect_timeout=self.connect_timeout)
-        options = dict(connection.ssh_config)
-        user_files, system_files = known_hosts_files(options)
-        client = connection.client
-        for known in system_files + user_files:
-            if known.exists():
-                client.get_host_keys().load(str(known))
-        checking = str(options.get("stricthostkeychecking", "ask")).lower()
-        client.set_missing_host_key_policy(
-            _host_key_policy(checking, user_files[0] if user_files else None, self.label)
+        options = self.ssh_options()
+        timeout = self.connect_timeout or options.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+        where = options.where
+        # An empty SSHConfig: Fabric and paramiko interpret no ssh_config; everything comes from `ssh -G`.
+        config = Config(ssh_config=paramiko.SSHConfig())
+        connection = Connection(
+            options.hostname, user=options.user, port=options.port, config=config, gateway=False, forward_agent=False,
+            connect_timeout=math.ceil(timeout),
         )
-        where = f"{connection.user}@{connection.host}:{connection.port}"
+        client = connection.client
+        for key_type, key in known_keys(options).items():
+            # Filed under the name paramiko looks up, so a HostKeyAlias's keys prove this host.
+            lookup = options.hostname if options.port == 22 else f"[{options.hostname}]:{options.port}"
+            client.get_host_keys().add(lookup, key_type, key)
+        user_files, _ = options.known_hosts_files()
+        client.set_missing_host_key_policy(
+            _host_key_policy(
+                options.strict_host_key_checking, options.known_hosts_name, user_files[0] if user_files else None,
+                options.hash_known_hosts, self.label,
+            )
+        )
+        try:
+            sock = WatchedSocket(open_socket(options, timeout))
+        except TimeoutError:
+            raise HostUnreachable(f"{self.label}: no answer from {where} within {timeout:.0f}s") from None
+        except OSError as error:
+            raise HostUnreachable(f"{self.label}: cannot reach {where}: {error.strerror or error}") from None
+        identities = options.existing_identity_files()
+        connection.connect_kwargs.update(
+            sock=sock,
+            key_filename=identities,
+            look_for_keys=False,  # ssh -G already listed the default identity files that apply
+            allow_agent=options.use_agent and not options.identities_only,
+            banner_timeout=timeout,
+            auth_timeout=max(timeout, 30.0),
+            channel_timeout=max(timeout, 30.0),
+        )
         try:
             connection.open()
         except HostKeyRejected:
+            sock.close()
             raise
         except paramiko.BadHostKeyException as error:
+            sock.close()
             raise HostKeyRejected(
                 f"{self.label}: the SSH host key of {where} CHANGED (got {error.key.get_name()} "
                 f"{error.key.get_fingerprint().hex()}); refusing to connect; if this is expected, remove the old key from known_hosts"
             ) from None
         except paramiko.AuthenticationException:
-            raise LoginRefused(f"{self.label}: {where} refused our SSH key for user {connection.user}") from None
+            sock.close()
+            raise LoginRefused(f"{self.label}: {where} refused our SSH key for user {options.user}") from None
         except TimeoutError:
-            raise HostUnreachable(f"{self.label}: no answer from {where} within {self.connect_timeout}s") from None
+            sock.close()
+            raise HostUnreachable(f"{self.label}: no answer from {where} within {timeout:.0f}s") from None
         except (OSError, paramiko.SSHException, EOFError) as error:
+            sock.close()
             reason = str(error).strip() or type(error).__name__
             raise HostUnreachable(f"{self.label}: cannot reach {where}: {reason}") from None
+        transport = client.get_transport()
+        assert transport is not None
+        self._liveness = Liveness(transport, sock, options, self.label)
         return connection
 
     @property
     def login_user(self) -> str:
         return str(self.connection.user)
+
+    def _lost(self, argv: Sequence[str], error: object = None) -> HostUnreachable:
+        reason = (self._liveness.lost if self._liveness else None) or str(error or "").strip() or "the connection closed"
+        return HostUnreachable(f"{self.label}: connection lost while running {argv[0]}: {reason}")
+
+    def _deadline(self, timeout: float | None, stream: bool) -> float | None:
+        """Seconds a command may take; None: no fixed deadline (the keepalives still bound it)."""
+        if timeout is None:
+            timeout = NO_DEADLINE if stream else SHORT_COMMAND_TIMEOUT
+        return None if math.isinf(timeout) else timeout
 
     def run(
         self,
@@ -154,16 +364,23 @@ class RemoteHost:
         stream: bool = False,
         dry_stdout: str = "",
         dry_returncode: int = 0,
+        timeout: float | None = None,
     ) -> Result:
-        """Run argv on the host; `sudo` only takes effect when this host needs sudo."""
+        """Run argv on the host; `sudo` only takes effect when this host needs sudo.
+
+        timeout: seconds before the command is abandoned (RemoteCommandFailed); None is the
+        default (SHORT_COMMAND_TIMEOUT, or no fixed deadline for streamed output), NO_DEADLINE none.
+        """
         needs_sudo = sudo and self.use_sudo
         self.echo.command(["sudo", *argv] if needs_sudo else argv, where=self.label)
         if self.dry_run:
             return Result(tuple(argv), dry_returncode, dry_stdout)
-        from invoke.exceptions import AuthFailure
+        import paramiko
+        from invoke.exceptions import AuthFailure, CommandTimedOut
 
         command = shlex.join(argv)
-        options: dict[str, Any] = {"warn": True, "hide": not stream, "in_stream": False}
+        deadline = self._deadline(timeout, stream)
+        options: dict[str, Any] = {"warn": True, "hide": not stream, "in_stream": False, "timeout": deadline}
         # Streamed output reaches the emitter line by line, stdout's and stderr's lines each whole.
         writers = (self.echo.lines(), self.echo.lines()) if stream else ()
         if writers:
@@ -175,11 +392,17 @@ class RemoteHost:
                 outcome = self.connection.run(command, **options)
         except AuthFailure:
             raise SudoFailed(f"{self.label}: sudo refused the password for {self.login_user}") from None
-        except (OSError, EOFError) as error:
-            raise HostUnreachable(f"{self.label}: connection lost while running {argv[0]}: {error}") from None
+        except CommandTimedOut:
+            if self._liveness is not None and self._liveness.lost:
+                raise self._lost(argv) from None
+            raise RemoteCommandFailed(f"{self.label}: {argv[0]} did not finish within {deadline:.0f}s; abandoned") from None
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise self._lost(argv, error) from None
         finally:
             for writer in writers:
                 writer.close()
+        if self._liveness is not None and self._liveness.lost:
+            raise self._lost(argv)
         if not stream:
             self.echo.record(outcome.stdout + outcome.stderr)
         return Result(tuple(argv), int(outcome.exited if outcome.exited is not None else 255), outcome.stdout, outcome.stderr)
@@ -188,12 +411,17 @@ class RemoteHost:
         """Run argv with `source` as its stdin, over the connection we already have.
 
         Fabric's in_stream reads text a byte at a time; a NAR stream needs a raw channel.
+        No fixed deadline (an import takes as long as the closure is big): the keepalives bound it.
         """
         self.echo.command([*argv, "<", describe_source], where=self.label)
         if self.dry_run:
             return Result(tuple(argv), 0)
+        import paramiko
+
         try:
-            channel = self.connection.client.get_transport().open_session()
+            transport = self.connection.client.get_transport()
+            assert transport is not None
+            channel = transport.open_session()
             channel.set_combine_stderr(True)
             channel.exec_command(shlex.join(argv))
             output: list[bytes] = []
@@ -205,16 +433,25 @@ class RemoteHost:
             returncode = channel.recv_exit_status()
             reader.join()
             channel.close()
-        except (OSError, EOFError) as error:
-            raise HostUnreachable(f"{self.label}: connection lost while running {argv[0]}: {error}") from None
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise self._lost(argv, error) from None
+        if self._liveness is not None and self._liveness.lost:
+            raise self._lost(argv)
         text = b"".join(output).decode("utf-8", "replace")
         self.echo.record(text)
         return Result(tuple(argv), returncode, text, text)
 
-    def close(self) -> None:
+    def _drop(self) -> None:
+        if self._liveness is not None:
+            self._liveness.stop()
+            self._liveness = None
         if self._connection is not None:
             try:
                 self._connection.close()
             except Exception:  # noqa: BLE001 - a host that just rebooted may fail to close cleanly
                 pass
             self._connection = None
+
+    def close(self) -> None:
+        with self._connect_lock:
+            self._drop()

@@ -1,0 +1,157 @@
+"""SSH against the lab: every destination resolved as OpenSSH resolves it, and a silent peer never hangs a deploy.
+
+Assertions are on the lab hosts' state (generations, the running system), not only on what nixfab printed.
+"""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.errors import HostUnreachable, RemoteCommandFailed
+from deploy.lab import Lab, write_fixture_flake
+from deploy.transport.remote import RemoteHost
+from deploy.ui import Emitter
+from lab_helpers import BIN, REPO, inv, ok, toplevel_of
+
+
+def lab_client_options(lab: Lab) -> str:
+    """What the lab's own ssh_config says for every host, less where the host is."""
+    return "\n".join(
+        [
+            "  User root",
+            f'  IdentityFile "{lab.identity}"',
+            "  IdentitiesOnly yes",
+            f'  UserKnownHostsFile "{lab.known_hosts}"',
+            "  GlobalKnownHostsFile /dev/null",
+            "  StrictHostKeyChecking yes",
+            "  BatchMode yes",
+            "  ConnectTimeout 5",
+            "  LogLevel ERROR",
+            "",
+        ]
+    )
+
+
+def test_an_included_host_block_wins_over_a_later_host_star(lab: Lab, tmp_path: Path) -> None:
+    """OpenSSH takes the first value of each option: alpha's Port comes from the Include, not from `Host *`."""
+    lab.up(["alpha", "beta"])
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta"])
+    other = tmp_path / "other.conf"
+    other.write_text(f"Host alpha\n  HostName 127.0.0.1\n  Port {lab.host('alpha').port}\n")
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Include {other}\n\nHost *\n  HostName 127.0.0.1\n  Port {lab.host('beta').port}\n" + lab_client_options(lab))
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(f"ssh_config: {ssh_config}\nhosts:\n  alpha: {{}}\n")
+
+    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory)))
+    system = toplevel_of(flake, "alpha")
+    alpha = lab.state("alpha")
+    assert [g.path for g in alpha.generations] == [system] and alpha.current_system == system
+    beta = lab.state("beta")
+    assert beta.generations == () and beta.current_system != system
+
+
+def alpha_config(lab: Lab, path: Path, extra: str = "") -> Path:
+    """An ssh_config for lab host alpha alone, with extra options first (OpenSSH takes the first value)."""
+    path.write_text(f"Host alpha\n{extra}  HostName 127.0.0.1\n  Port {lab.host('alpha').port}\n" + lab_client_options(lab))
+    return path
+
+
+def test_host_keys_are_looked_up_under_the_host_key_alias(lab: Lab, tmp_path: Path) -> None:
+    lab.up(["alpha"])
+    known = tmp_path / "known_hosts"
+    key = (lab.host("alpha").directory / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+    known.write_text(f"alpha-by-alias {' '.join(key)}\n")
+    config = alpha_config(lab, tmp_path / "ssh_config", f"  HostKeyAlias alpha-by-alias\n  UserKnownHostsFile {known}\n")
+    host = RemoteHost("alpha", "alpha", port=None, ssh_config=config, echo=Emitter.plain(io.StringIO()))
+    try:
+        assert host.run(["true"]).ok
+    finally:
+        host.close()
+    # Under [127.0.0.1]:port only (the lab's own file), the alias finds no key: refused, as ssh refuses it.
+    known.write_text((lab.known_hosts).read_text())
+    refused = RemoteHost("alpha", "alpha", port=None, ssh_config=config, echo=Emitter.plain(io.StringIO()))
+    with pytest.raises(Exception, match="unknown SSH host key for alpha-by-alias"):
+        refused.run(["true"])
+    refused.close()
+
+
+def test_a_short_command_has_a_deadline(lab: Lab, tmp_path: Path) -> None:
+    lab.up(["alpha"])
+    host = RemoteHost("alpha", "alpha", port=None, ssh_config=lab.ssh_config, echo=Emitter.plain(io.StringIO()))
+    try:
+        started = time.monotonic()
+        with pytest.raises(RemoteCommandFailed, match=r"^alpha: sleep did not finish within 1s; abandoned$"):
+            host.run(["sleep", "30"], timeout=1)
+        assert time.monotonic() - started < 10
+        assert host.run(["echo", "still", "usable"]).stdout == "still usable\n"
+    finally:
+        host.close()
+
+
+@pytest.fixture
+def background() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """inv processes a test starts in the background; each is stopped by its pid (and its own session) afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # the session start_new_session made for this process
+            except ProcessLookupError:
+                pass
+        process.wait(timeout=30)
+
+
+def wait_for(what: str, predicate: object, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_a_frozen_host_ends_the_deploy_with_one_line_instead_of_hanging(lab: Lab, tmp_path: Path, background, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """sshd stopped mid-activation: the keepalives go unanswered and the deploy ends, exit 4, instead of waiting forever."""
+    monkeypatch.setenv("NIXFAB_STATE_DIR", str(tmp_path / "state"))
+    lab.up(["alpha"])
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"], slow_seconds=40)
+    config = alpha_config(lab, tmp_path / "ssh_config", "  ServerAliveInterval 1\n  ServerAliveCountMax 3\n")
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(f"ssh_config: {config}\nhosts:\n  alpha: {{ attr: alpha-slow }}\n")
+    errors = tmp_path / "deploy.err"
+    with open(tmp_path / "deploy.out", "wb") as stdout, open(errors, "wb") as stderr:
+        deploy = subprocess.Popen(
+            [str(BIN / "inv"), "--search-root", str(REPO), "switch-push", "alpha", "--flake", str(flake),
+             "--inventory", str(inventory), "--no-magic-rollback"],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True,
+        )
+    background.append(deploy)
+    wait_for("the slow activation to start", lambda: "activating slowly" in errors.read_text() or deploy.poll() is not None)
+    assert deploy.poll() is None, errors.read_text()
+    try:
+        lab.inside("alpha", ["pkill", "-STOP", "-x", "sshd"])
+        frozen = time.monotonic()
+        try:
+            returncode = deploy.wait(timeout=60)  # only a hang detector: the dead-peer limit here is 3 s
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the deploy still hangs 60 s after its host froze:\n" + errors.read_text()) from None
+        took = time.monotonic() - frozen
+    finally:
+        lab.inside("alpha", ["pkill", "-CONT", "-x", "sshd"], check=False)
+    stderr_text = errors.read_text()
+    assert returncode == HostUnreachable.exit_code, stderr_text
+    assert "Traceback" not in stderr_text
+    last = stderr_text.rstrip("\n").splitlines()[-1]
+    assert last.startswith("nixfab: error: alpha: connection lost while running "), stderr_text
+    assert "127.0.0.1" in last and "sent nothing for" in last, last
+    assert took < 30, f"took {took:.0f}s after the freeze"
+    # The host answers again once sshd runs again.
+    assert lab.ssh("alpha", ["true"], check=False).returncode == 0
