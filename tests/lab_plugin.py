@@ -9,6 +9,8 @@ instead of being skipped, and any skip at all fails the session.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture
+def background() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """inv processes a test starts in the background; each is stopped by its pid (and its own session) afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # the session start_new_session made for this process
+            except ProcessLookupError:
+                pass
+        process.wait(timeout=30)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

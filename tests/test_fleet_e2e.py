@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -111,20 +111,6 @@ def make_fleet(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cal
         return Fleet(lab, tmp_path, names, **kwargs)
 
     return make
-
-
-@pytest.fixture
-def background() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """inv processes a test starts in the background; each is stopped by its pid (and its own session) afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # the session start_new_session made for this process
-            except ProcessLookupError:
-                pass
-        process.wait(timeout=30)
 
 
 def start_in_background(started: list[subprocess.Popen[bytes]], args: Sequence[str], output: Path) -> subprocess.Popen[bytes]:

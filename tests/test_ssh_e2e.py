@@ -5,11 +5,8 @@ Assertions are on the lab hosts' state (generations, the running system), not on
 from __future__ import annotations
 
 import io
-import os
-import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,20 +91,6 @@ def test_a_short_command_has_a_deadline(lab: Lab, tmp_path: Path) -> None:
         assert host.run(["echo", "still", "usable"]).stdout == "still usable\n"
     finally:
         host.close()
-
-
-@pytest.fixture
-def background() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """inv processes a test starts in the background; each is stopped by its pid (and its own session) afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # the session start_new_session made for this process
-            except ProcessLookupError:
-                pass
-        process.wait(timeout=30)
 
 
 def wait_for(what: str, predicate: object, timeout: float = 180.0) -> None:
