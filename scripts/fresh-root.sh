@@ -157,9 +157,25 @@ env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/r
   "$@"
 '
 echo "fresh-root: running $* in $checkout"
+# unshare --fork ignores SIGINT and SIGTERM while it waits, so a stopped
+# fresh-root must kill it outright: --kill-child then takes the namespace's
+# PID 1, and with it every process inside, and the mounts go with them.
 set +e
-unshare --mount --pid --uts --ipc --fork --propagation private -- bash -c "$enter" fresh-root "$root" "$checkout" "$@"
+unshare --mount --pid --uts --ipc --fork --propagation private --kill-child=SIGKILL -- \
+  bash -c "$enter" fresh-root "$root" "$checkout" "$@" &
+namespace=$!
+# shellcheck disable=SC2317 # called by the traps
+stop_namespace() {
+  echo "fresh-root: stopping the root's processes" >&2
+  kill -KILL "$namespace" 2>/dev/null
+  wait "$namespace" 2>/dev/null
+  sleep 1  # the kernel tears the namespace down after its last process is reaped
+  exit 130
+}
+trap stop_namespace INT TERM HUP
+wait "$namespace"
 status=$?
+trap - INT TERM HUP
 set -e
 echo "fresh-root: $suite: exit $status after $((SECONDS - started)) s"
 exit "$status"

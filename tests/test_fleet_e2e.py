@@ -483,7 +483,9 @@ def test_what_a_run_holds_is_bounded_by_parallel_not_by_the_fleet(make_fleet, ba
     assert {host["result"] for host in results_of(ok(result)).values()} == {"ok"}
     # Two hosts at once: two SSH connections (and their transport threads), whatever the size of the fleet.
     assert usage["sockets"] <= 4, usage
-    assert usage["threads"] <= 12, usage
+    # Each open connection costs a transport thread and a keepalive watcher, each running command three
+    # stream threads: two hosts' worth stays under 18, where eight open connections would pass 25.
+    assert usage["threads"] <= 18, usage
 
 
 def test_running_out_of_file_descriptors_ends_in_one_line_and_the_summary(make_fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
