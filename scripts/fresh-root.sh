@@ -149,8 +149,10 @@ umount -l /.old-root
 rmdir /.old-root
 update-ca-certificates >/dev/null 2>&1
 cd "$checkout"
-# Not exec: this shell stays PID 1 of the namespace and reaps orphans.
-env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+# Not exec: this shell stays PID 1 of the namespace and reaps orphans. The
+# command gets Ctrl-C as from a terminal, though fresh-root waits for it in
+# the background (where a non-interactive shell ignores SIGINT).
+env -i --default-signal=INT PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
   TERM="${TERM:-dumb}" CI="${CI:-}" NIXFAB_REQUIRE_LAB="${NIXFAB_REQUIRE_LAB:-}" \
   SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
   REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \

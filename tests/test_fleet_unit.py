@@ -241,6 +241,14 @@ def test_a_canary_runs_alone_whatever_parallel_says(monkeypatch: pytest.MonkeyPa
 # ---- Ctrl-C ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def sigint_raises_keyboard_interrupt() -> Iterator[None]:
+    """Ctrl-C as under a terminal, even in a suite started with SIGINT ignored (the background of a non-interactive shell)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def ctrl_c() -> None:
     """What the terminal does on Ctrl-C: SIGINT to the main thread."""
     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)

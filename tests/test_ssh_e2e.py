@@ -101,6 +101,10 @@ def wait_for(what: str, predicate: object, timeout: float = 180.0) -> None:
         time.sleep(0.1)
 
 
+# OpenSSH 9.8 and later serve each session from an sshd-session process (Debian 13); earlier, from sshd.
+SSHD_PROCESSES = "sshd(-session)?"
+
+
 def test_a_frozen_host_ends_the_deploy_with_one_line_instead_of_hanging(lab: Lab, tmp_path: Path, background, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """sshd stopped mid-activation: the keepalives go unanswered and the deploy ends, exit 4, instead of waiting forever."""
     monkeypatch.setenv("NIXFAB_STATE_DIR", str(tmp_path / "state"))
@@ -120,7 +124,7 @@ def test_a_frozen_host_ends_the_deploy_with_one_line_instead_of_hanging(lab: Lab
     wait_for("the slow activation to start", lambda: "activating slowly" in errors.read_text() or deploy.poll() is not None)
     assert deploy.poll() is None, errors.read_text()
     try:
-        lab.inside("alpha", ["pkill", "-STOP", "-x", "sshd"])
+        lab.inside("alpha", ["pkill", "-STOP", "-x", SSHD_PROCESSES])
         frozen = time.monotonic()
         try:
             returncode = deploy.wait(timeout=60)  # only a hang detector: the dead-peer limit here is 3 s
@@ -128,7 +132,7 @@ def test_a_frozen_host_ends_the_deploy_with_one_line_instead_of_hanging(lab: Lab
             raise AssertionError("the deploy still hangs 60 s after its host froze:\n" + errors.read_text()) from None
         took = time.monotonic() - frozen
     finally:
-        lab.inside("alpha", ["pkill", "-CONT", "-x", "sshd"], check=False)
+        lab.inside("alpha", ["pkill", "-CONT", "-x", SSHD_PROCESSES], check=False)
     stderr_text = errors.read_text()
     # The host went silent mid-switch: nixfab cannot know whether the switch finished, so it says so (the
     # activation protocol's UNKNOWN), names what to check, and undoes nothing over a guess.

@@ -206,7 +206,8 @@ class SimulatedHost:
             self.sshd.wait()
         for pid in self.processes_of_host():
             try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                # OpenSSH 9.8+ serves sessions from sshd-session processes (Debian 13).
+                if Path(f"/proc/{pid}/comm").read_text().strip() in ("sshd", "sshd-session"):
                     os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
