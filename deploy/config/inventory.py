@@ -19,7 +19,7 @@ import os
 import re
 import stat
 import string
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -623,20 +623,20 @@ def _builder_name(name: str) -> str:
     return name
 
 
-def _tag(value: object) -> str:
-    tag = _text(value)
-    problem = _name_problem(tag)
+def _checked_text(value: object, kind: str, problem_of: Callable[[str], str | None]) -> str:
+    text = _text(value)
+    problem = problem_of(text)
     if problem:
-        raise _problem(f"invalid tag {_quote(tag)}: {problem}")
-    return tag
+        raise _problem(f"invalid {kind} {_quote(text)}: {problem}")
+    return text
+
+
+def _tag(value: object) -> str:
+    return _checked_text(value, "tag", _name_problem)
 
 
 def _attr(value: object) -> str:
-    attr = _text(value)
-    problem = _attr_problem(attr)
-    if problem:
-        raise _problem(f"invalid attr {_quote(attr)}: {problem}")
-    return attr
+    return _checked_text(value, "attr", _attr_problem)
 
 
 def _ssh_target(value: object) -> SshTarget:
