@@ -18,7 +18,6 @@ Imported by tasks.py on every TAB: the standard library and Invoke only.
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +69,8 @@ class CommandLineError(ParseError, Exit):
 
 
 def suggestion(word: str, candidates: Iterable[str]) -> str:
+    import difflib  # only when something was mistyped: tasks.py imports this module on every TAB
+
     close = difflib.get_close_matches(word, sorted(set(candidates)), n=3, cutoff=0.6)
     if not close:
         return ""
