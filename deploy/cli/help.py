@@ -9,12 +9,14 @@ deploy/cli/invoke_compat.py prints this in place of Invoke's help.
 from __future__ import annotations
 
 import inspect
+import re
 import shutil
 import textwrap
 from collections.abc import Mapping
 from typing import Any
 
 INDENT = "  "
+EXAMPLE = re.compile(r"^(\s+(?:sudo )?)inv ")
 
 
 def usage_line(binary: str, name: str, task: Any, context: Any) -> str:
@@ -72,8 +74,9 @@ def task_help(binary: str, name: str, task: Any, context: Any, *, width: int | N
     lines = [usage_line(binary, name, task, context), ""]
     docstring = inspect.getdoc(task) or ""
     for line in docstring.splitlines():
-        # The examples say `inv TASK`; under `nixfab` they say `nixfab TASK`.
-        lines.append(f"{INDENT}{line.replace('inv ', program + ' ', 1) if line.startswith(INDENT + 'inv ') else line}".rstrip())
+        # The examples say `inv TASK` (or `sudo inv TASK`); under `nixfab` they say `nixfab TASK`.
+        example = EXAMPLE.sub(lambda match: f"{match.group(1)}{program} ", line)
+        lines.append(f"{INDENT}{example}".rstrip())
     lines += ["", "Options:"]
     rows = options_table(task, context)
     lines += columns(rows, width) if rows else [f"{INDENT}none"]
