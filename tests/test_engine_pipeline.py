@@ -515,7 +515,7 @@ def test_a_dry_run_sends_nothing_and_echoes_the_whole_plan(monkeypatch: pytest.M
     assert dry.host.sent == [] and all(call.dry for call in dry.host.calls)
     assert all(call.dry for call in dry.runner.calls)
     assert [call.argv[3] for call in dry.runner.calls] == ["path-info", "copy"]
-    assert outcome == DeployOutcome("web1", NEW, "local", "ok", copied=True, generation=None)
+    assert outcome == DeployOutcome("web1", NEW, "local", "planned", copied=True, generation=None)
     assert deterministic.sleeps == []
     assert not any(thread.name.startswith("lock-heartbeat-") for thread in set(threading.enumerate()) - before)  # no heartbeat for a dry lock
 

@@ -162,7 +162,7 @@ def test_diff_shows_changes_and_activates_nothing_then_diff_and_ask(site: Site) 
     second = site.path("2")
     activations = lab.activations("alpha")
 
-    shown = ok(site.deploy("diff", "alpha")).stderr
+    shown = ok(site.deploy("diff", "alpha")).stdout  # the task's result (tests/test_cli_e2e.py: stdout, not stderr)
     assert f"alpha: {first.current_system} -> {second}" in shown
     assert "nixos-system-alpha-lab.1" in shown and "nixos-system-alpha-lab.2" in shown
     assert lab.activations("alpha") == activations and lab.state("alpha") == first
@@ -176,8 +176,8 @@ def test_diff_shows_changes_and_activates_nothing_then_diff_and_ask(site: Site) 
     before = lab.state("alpha")
     activations = lab.activations("alpha")
     no = site.deploy("switch-push", "alpha", "--ask", input="n\n")
-    assert no.returncode != 0 and "Traceback" not in no.stderr
-    assert f"activate {third}?" in no.stderr and "not activated" in no.stderr
+    assert no.returncode == 0 and "Traceback" not in no.stderr  # a no is "skipped", not a failure
+    assert f"activate {third}?" in no.stderr and "skipped: not activated" in no.stderr
     assert lab.activations("alpha") == activations and lab.state("alpha") == before
     ok(site.deploy("switch-push", "alpha", "--ask", input="y\n"))
     after = lab.state("alpha")
@@ -324,7 +324,9 @@ def test_status_reachable_generation_drift_reboot_pending_and_an_unreachable_row
     rows = status_of(site, ghost, "--all")
     assert set(rows) == {"alpha", "beta", "ghost"}
     alpha = rows["alpha"]
-    assert (alpha["reachable"], alpha["generation"], alpha["drift"], alpha["reboot_pending"]) == (True, 1, False, False)
+    # A lab host deployed from nothing was never booted into a system: whether a reboot is pending is unknown
+    # (tests/test_cli_e2e.py has booted hosts, same and other kernels).
+    assert (alpha["reachable"], alpha["generation"], alpha["drift"], alpha["reboot_pending"]) == (True, 1, False, None)
     assert alpha["current_system"] == site.lab.state("alpha").current_system
     assert (rows["beta"]["reachable"], rows["beta"]["generation"], rows["beta"]["current_system"]) == (True, None, None)
     assert rows["ghost"]["reachable"] is False and rows["ghost"]["error"]
@@ -337,7 +339,7 @@ def test_status_reachable_generation_drift_reboot_pending_and_an_unreachable_row
     assert status_of(site, ghost, "alpha")["alpha"]["drift"] is True
     ok(site.deploy("boot", "alpha"))
     alpha = status_of(site, ghost, "--host", "alpha")["alpha"]
-    assert alpha["generation"] == 2 and alpha["reboot_pending"] is True
+    assert alpha["generation"] == 2 and alpha["reboot_pending"] is None
     assert site.lab.state("alpha").current_generation == 2
 
 
@@ -527,9 +529,6 @@ def harmless(case: Case, result: subprocess.CompletedProcess[str]) -> str | None
     lines = result.stderr.rstrip("\n").splitlines()
     last = lines[-1] if lines else ""
     if last.startswith("nixfab: error: "):
-        return None
-    # Invoke's own parser refuses a positional that starts with '-' before any task runs.
-    if result.returncode == 1 and case.argv[1].startswith("-") and "No idea what" in result.stderr:
         return None
     return f"exit {result.returncode} without a one-line nixfab error: {last!r}"
 

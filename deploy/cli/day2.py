@@ -64,11 +64,18 @@ def ssh_wait(context: Any, options: SshWaitOptions) -> None:
     with cli.errors_as_exit_codes():
         target = require_machine(context, options.target, "ssh-wait")
 
-        def wait_then_run(host: Host) -> None:
+        def wait_then_run(host: Host) -> int:
             result = wait(host, options.command, timeout=options.timeout, interval=options.interval)
             ui.stdout_result(result.stdout, end="")
+            ui.stderr_passthrough(result.stderr)
+            return result.returncode
 
-        cli.run_on_target(context, target, wait_then_run)
+        status = cli.run_on_target(context, target, wait_then_run)
+    if status != 0:
+        from invoke.exceptions import Exit
+
+        # COMMAND's own status, as `ssh host COMMAND` gives it (a scripted `inv ssh-wait h 'test -e /x'` relies on it).
+        raise Exit(code=status if 0 < status < 256 else 255)
 
 
 def generations(context: Any, options: GenerationsOptions) -> None:
@@ -76,7 +83,8 @@ def generations(context: Any, options: GenerationsOptions) -> None:
 
     def show(target: Host) -> None:
         listed = list_generations(target)
-        ui.stdout_result(generations_json(listed) if options.as_json else format_generations(listed), end="" if not options.as_json else "\n")
+        # Every line ends in a newline, the table's last too (a shell prompt or `wc -l` after it counts on that).
+        ui.stdout_result(generations_json(listed) if options.as_json else format_generations(listed).rstrip("\n"))
 
     cli.run_on_target(context, options.target, show)
 
@@ -126,7 +134,10 @@ def check(context: Any, options: FlakeOptions) -> None:
     from deploy.ui import Emitter
 
     with cli.errors_as_exit_codes():
-        flake_check(LocalRunner(Emitter(), dry_run=options.dry_run), options.flake, cli.extra_nix_options())
+        extra = cli.extra_nix_options()
+        if options.show_trace and "--show-trace" not in extra:
+            extra = (*extra, "--show-trace")
+        flake_check(LocalRunner(Emitter(), dry_run=options.dry_run), options.flake, extra)
         print_note(f"==> {options.flake}: nix flake check passed")
 
 

@@ -87,6 +87,7 @@ class DeployOutcome:
     generation: int | None = None
     boot_id: str | None = None
     warnings: tuple[str, ...] = ()
+    diff: str | None = None  # the `diff` task's result
 
     def __post_init__(self) -> None:
         # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
@@ -296,6 +297,9 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
     spec, path = run.spec, built.path
     run.path = path
     if request.action is None:
+        if target.dry_run:
+            run.note(f"{spec.name}: planned: build {path}")
+            return DeployOutcome(spec.name, path, built.built_on, Result.PLANNED)
         run.note(f"{spec.name}: built {path}")
         return DeployOutcome(spec.name, path, built.built_on, Result.BUILT)
 
@@ -322,16 +326,28 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
             raise_if_disk_full(spec.name, str(error))
             raise
 
-    if request.show_diff or request.ask or request.diff_only:
-        run.phase(Phase.DIFF)
-        show_diff_and_ask(run, target, path, ask=request.ask)
     if request.diff_only:
-        return DeployOutcome(spec.name, path, built.built_on, Result.DIFFED, copied, warnings=tuple(run.warnings))
+        run.phase(Phase.DIFF)
+        if target.dry_run:
+            closure_diff_text(run, target, path)
+            run.note(f"{spec.name}: planned: diff {path}; nothing was run")
+            return DeployOutcome(spec.name, path, built.built_on, Result.PLANNED, copied, warnings=tuple(run.warnings))
+        # The task's result: the CLI prints it on stdout; the host's log keeps it too.
+        return DeployOutcome(
+            spec.name, path, built.built_on, Result.DIFFED, copied, warnings=tuple(run.warnings), diff=closure_diff_text(run, target, path)
+        )
+    if request.show_diff or request.ask:
+        run.phase(Phase.DIFF)
+        if not show_diff_and_ask(run, target, path, ask=request.ask):
+            run.note(f"{spec.name}: skipped: not activated, as answered")
+            return DeployOutcome(spec.name, path, built.built_on, Result.SKIPPED, copied, warnings=tuple(run.warnings))
 
     run.phase(Phase.ACTIVATE)
     run.note(f"{spec.name}: activating ({request.action})")
     activation = activate_with_rollback(session, request, run, target, path)
-    run.generation = activation.generation
+    # Only switch and boot make a generation; after test or dry-activate the profile's generation is another system's.
+    generation = activation.generation if request.action.changes_boot_default else None
+    run.generation = generation
     record_revision(request, target, activation)
 
     boot_id = None
@@ -343,9 +359,22 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
         run.phase(Phase.GC)
         run.note(f"{spec.name}: collecting garbage")
         collect_garbage(target, request.delete_older_than)
-    generation = "a new generation" if activation.generation is None else f"generation {activation.generation}"
-    run.note(f"{spec.name}: done: {generation} is {path}")
-    return DeployOutcome(spec.name, path, built.built_on, Result.OK, copied, activation.generation, boot_id, tuple(run.warnings))
+    if target.dry_run:
+        run.note(f"{spec.name}: planned: {request.action} {path}; nothing was run")
+        return DeployOutcome(spec.name, path, built.built_on, Result.PLANNED, copied, None, None, tuple(run.warnings))
+    run.note(f"{spec.name}: done: {done_line(request.action, generation, activation.previous.generation, path)}")
+    return DeployOutcome(spec.name, path, built.built_on, Result.OK, copied, generation, boot_id, tuple(run.warnings))
+
+
+def done_line(action: Action, generation: int | None, kept: int | None, path: str) -> str:
+    """What a finished activation did, true for each action (pure)."""
+    if action.changes_boot_default:
+        made = "a new generation" if generation is None else f"generation {generation}"
+        return f"{made} is {path}" + ("" if action.changes_running_system else " (the boot default; running after a reboot)")
+    if action.changes_running_system:
+        default = f"generation {kept}" if kept is not None else "the boot default"
+        return f"{path} is running; {default} stays the boot default"
+    return f"dry-activate of {path} showed what would change; nothing changed"
 
 
 def check_space(run: HostRun, target: Host, path: str, *, action: Action) -> None:
@@ -356,15 +385,24 @@ def check_space(run: HostRun, target: Host, path: str, *, action: Action) -> Non
         run.warn(warning)
 
 
-def show_diff_and_ask(run: HostRun, target: Host, path: str, *, ask: bool) -> None:
+def closure_diff_text(run: HostRun, target: Host, path: str) -> str:
+    """The `diff` task's difference, as text for stdout; the host's log records it."""
+    from deploy.plan.diff import closure_diff, format_diff
+
+    text = format_diff(run.spec.name, closure_diff(target, path))
+    run.echo.record(text + "\n")
+    return text
+
+
+def show_diff_and_ask(run: HostRun, target: Host, path: str, *, ask: bool) -> bool:
+    """Show the diff; with `ask`, False when the answer was no."""
     from deploy.plan.diff import closure_diff, confirm, format_diff
 
     with run.ask_lock or threading.Lock():
         difference = closure_diff(target, path)
         for line in format_diff(run.spec.name, difference).splitlines():
             run.echo.note(line)
-        if ask and not confirm(f"{run.spec.name}: activate {path}?"):
-            raise UsageError(f"{run.spec.name}: not activated: the answer was no")
+        return not ask or confirm(f"{run.spec.name}: activate {path}?")
 
 
 def health_budget(request: DeployRequest, spec: HostSpec) -> float:
@@ -432,7 +470,7 @@ def activate_with_rollback(session: Session, request: DeployRequest, run: HostRu
         magic_rollback.confirm(open_fresh, watchdog, label=run.spec.name)
     except NotConfirmed as missed:
         raise self_rollback(run, open_fresh, watchdog, request, missed) from None
-    run.note(f"{run.spec.name}: confirmed over a new SSH connection")
+    run.note(f"{run.spec.name}: " + ("would confirm over a new SSH connection" if target.dry_run else "confirmed over a new SSH connection"))
     return activation
 
 

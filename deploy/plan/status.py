@@ -47,7 +47,6 @@ def probe(session: Session, machine: str, flake_system: str | None) -> HostStatu
         return HostStatus(spec.name, True, flake_system=flake_system, error=result.tail(1))
     facts = tab_fields(result.stdout)
     current = facts.get("current") or None
-    booted = facts.get("booted") or None
     uptime = facts.get("uptime") or ""
     return HostStatus(
         host=spec.name,
@@ -56,17 +55,28 @@ def probe(session: Session, machine: str, flake_system: str | None) -> HostStatu
         current_system=current,
         flake_system=flake_system,
         drift=None if current is None or flake_system is None else current != flake_system,
-        reboot_pending=pending_reboot(current, booted, facts.get("boot") or None),
+        reboot_pending=pending_reboot(facts),
         uptime_seconds=float(uptime) if uptime.replace(".", "", 1).isdigit() else None,
     )
 
 
-def pending_reboot(current: str | None, booted: str | None, boot_default: str | None) -> bool | None:
-    """A reboot would change what runs: the boot default is not the running system (after `boot` or `test`),
-    or the running system is not the one booted (after `switch`). None when nothing runs."""
-    if current is None:
+KERNEL_PARTS = ("kernel", "initrd", "kernel-modules")
+
+
+def pending_reboot(facts: dict[str, str]) -> bool | None:
+    """A reboot would change the kernel, initrd or kernel modules: those booted differ from the boot default's.
+
+    NixOS users check it so (system.autoUpgrade's allowReboot does): a switch that keeps the kernel
+    needs no reboot, however different its system is from the booted one. None when unknown
+    (nothing runs, or the host was not booted into a NixOS system).
+    """
+    if not facts.get("current") or not facts.get("booted"):
         return None
-    return (boot_default is not None and boot_default != current) or (booted is not None and booted != current)
+    booted = tuple(facts.get(f"booted-{part}", "") for part in KERNEL_PARTS)
+    boot = tuple(facts.get(f"boot-{part}", "") for part in KERNEL_PARTS)
+    if not facts.get("boot"):
+        return None  # no boot default to compare with
+    return booted != boot
 
 
 def host_status(session: Session, flake: str, machines: Sequence[str], extra: Sequence[str] = ()) -> list[HostStatus]:

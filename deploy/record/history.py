@@ -317,6 +317,16 @@ def git_dirty_argv(directory: Path) -> list[str]:
     return ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"]
 
 
+def git_dirty_directory_argv(directory: Path) -> list[str]:
+    # A path: flake is the directory as it is, untracked files too, and nothing outside it.
+    return ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=all", "--", "."]
+
+
+def git_tracks_argv(directory: Path, name: str) -> list[str]:
+    """Succeeds when the checkout around `directory` tracks its file `name` (prints it); fails outside git or for an untracked file."""
+    return ["git", "-C", str(directory), "ls-files", "--error-unmatch", "--", name]
+
+
 def _quiet_git(argv: Sequence[str]) -> str | None:
     """stdout of a read-only git query, or None if git is missing or says no."""
     try:
@@ -335,15 +345,31 @@ def local_flake_directory(flake: str) -> Path | None:
     return Path(directory) if directory else None
 
 
+def untracked_flake_checkout(directory: Path) -> Path | None:
+    """The root of the git checkout around `directory` when that checkout does not track the flake.nix there; else None."""
+    if not (directory / "flake.nix").is_file() or _quiet_git(git_tracks_argv(directory, "flake.nix")) is not None:
+        return None
+    return _git_toplevel(directory)
+
+
 def flake_revision(flake: str) -> tuple[str | None, bool | None]:
-    """(HEAD commit, dirty?) of the git checkout holding a local flake; (None, None) otherwise."""
+    """(HEAD commit, dirty?) of the git checkout the deployed flake belongs to; (None, None) when it belongs to none.
+
+    A flake directory that merely sits inside a checkout without being part of it (its flake.nix
+    untracked or ignored, as the lab's .lab/flake in nixfab's own checkout) has no revision: the
+    checkout's HEAD says nothing about it. A `path:` flake is dirty when anything in its directory,
+    untracked files too, differs from HEAD; a git flake when a tracked file of the checkout does.
+    """
     directory = local_flake_directory(flake)
     if directory is None:
+        return None, None
+    if _quiet_git(git_tracks_argv(directory, "flake.nix")) is None:
         return None, None
     head = _quiet_git(git_head_argv(directory))
     if not head or not head.strip():
         return None, None
-    status = _quiet_git(git_dirty_argv(directory))
+    as_path = flake.split("#", 1)[0].startswith("path:")
+    status = _quiet_git(git_dirty_directory_argv(directory) if as_path else git_dirty_argv(directory))
     return head.strip(), (None if status is None else bool(status.strip()))
 
 

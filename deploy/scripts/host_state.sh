@@ -9,3 +9,8 @@ printf 'current\t%s\n' "$(readlink /run/current-system 2>/dev/null)"
 printf 'booted\t%s\n' "$(readlink /run/booted-system 2>/dev/null)"
 printf 'boot\t%s\n' "$(readlink -e "$1" 2>/dev/null)"
 printf 'uptime\t%s\n' "$(cut -d' ' -f1 /proc/uptime)"
+# What a reboot would change: the kernel, initrd and modules booted, and those of the boot default.
+for part in kernel initrd kernel-modules; do
+  printf 'booted-%s\t%s\n' "$part" "$(readlink /run/booted-system/"$part" 2>/dev/null)"
+  printf 'boot-%s\t%s\n' "$part" "$(readlink "$1/$part" 2>/dev/null)"
+done
