@@ -34,6 +34,7 @@ from deploy.engine.pipeline import (
 )
 from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, HostBusy, HostUnreachable, NotConfirmed
 from deploy.record import history
+from deploy.scripts import script
 from deploy.ui import Emitter
 from fake_host import LOST, Call, RecordingHost, RecordingRunner, Reply, sh, shown
 
@@ -447,7 +448,7 @@ def test_deploy_host_takes_the_lock_first_and_releases_it_last(world: World) -> 
     world.host.on(["nix-store", "--check-validity"], 0)
     outcome = deploy_host(world.session, request(), world.run, NEW)
     assert steps(world.host.calls) == expect(
-        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS), True),
+        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending")), True),
         STATE,
         (0, sh("free_space", "/nix", "/boot"), False),
         (0, ("nix-store", "--check-validity", NEW), False),
@@ -462,7 +463,7 @@ def test_deploy_host_releases_the_lock_when_the_switch_fails(world: World) -> No
     world.host.on(switching_to(NEW), 1)
     with pytest.raises(ActivationFailed):
         deploy_host(world.session, request(), world.run, NEW)
-    assert world.host.argvs[0] == sh("lock_acquire", LOCK, HOLDER, WATCHDOGS)
+    assert world.host.argvs[0] == sh("lock_acquire", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending"))
     assert world.host.argvs[-1] == sh("lock_clear_if_held_by", LOCK, HOLDER)
 
 
@@ -502,7 +503,7 @@ def test_a_dry_run_sends_nothing_and_echoes_the_whole_plan(monkeypatch: pytest.M
     dry_running = "<running system>"
     watchdog = (*sh("rollback_watchdog", DIR, "1800", "30"), VERDICTS, PROFILE, NEW, "", "", dry_running, "1", "1", "1")
     assert steps(dry.host.calls) == expect(
-        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS), True),
+        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending")), True),
         (0, sh("free_space", "/nix", "/boot"), False),
         (0, ("nix-store", "--check-validity", NEW), False),
         VERSION, STATE,
