@@ -124,3 +124,7 @@ class ActivationUnknown(NixfabError):
     """The connection dropped during switch-to-configuration and nixfab cannot tell how it ended; nothing was undone over a guess."""
 
     exit_code = 18
+
+
+class HangUp(KeyboardInterrupt):
+    """SIGHUP (the terminal or the SSH session nixfab runs in went away), raised where Ctrl-C would be: exit 129."""

@@ -565,3 +565,53 @@ def test_a_killed_deploy_is_settled_by_its_watchdog_before_the_next_one(make_fle
     assert "rolled back by the watchdog" in second.stderr
     verdicts = lab.inside("alpha", ["sh", "-c", "cat /nix/var/nix/nixfab/verdicts/*"]).stdout
     assert "rolled back by the watchdog: profile and boot default back to generation 1" in verdicts
+
+
+@pytest.mark.parametrize("phase", ["check", "build"])
+def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fleet, background, tmp_path: Path, phase: str) -> None:  # type: ignore[no-untyped-def]
+    # During `nix flake check`, SIGHUP used to end the process on the spot (its default): no line, no exit code of ours,
+    # and the check left running.
+    fleet = make_fleet(["alpha"])
+    flake_nix = fleet.flake / "flake.nix"
+    nonce = f"{os.getpid()}-{time.time_ns()}"  # never built before, so never a cache hit
+    if phase == "check":
+        slow = (
+            f'checks.${{system}}.slow = derivation {{ inherit system; name = "slow-check-{nonce}"; '
+            'builder = "/bin/sh"; args = [ "-c" "sleep 60; echo > $out" ]; PATH = "/usr/bin:/bin"; };\n      homeConfigurations ='
+        )
+        flake_nix.write_text(flake_nix.read_text().replace("homeConfigurations =", slow, 1))
+        running, args = b"flake\0check", ["switch-push", "alpha"]
+    else:
+        slow = f'name = "lab-sw"; nonce = "{nonce}"; args = [ "-c" "sleep 60; . ${{./build-sw.sh}}" ];'
+        flake_nix.write_text(flake_nix.read_text().replace('name = "lab-sw";', slow, 1).replace("args = [ ./build-sw.sh ];", "", 1))
+        running, args = b"\0build\0", ["switch-push", "alpha", "--skip-checks"]
+    inventory = fleet.inventory("hosts:\n  alpha: {}\n")
+    logins = fleet.logins()
+    output = tmp_path / "hangup.err"
+    deploy = start_in_background(background, [*args, *fleet.args(inventory)], output)
+
+    def nix_runs() -> bool:
+        return any(running in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children_of(deploy.pid))
+
+    wait_for(f"nix to {phase}", lambda: nix_runs() or deploy.poll() is not None)
+    assert deploy.poll() is None, output.read_text()
+    nix = children_of(deploy.pid)
+    os.kill(deploy.pid, signal.SIGHUP)
+    result = finished(deploy, output)
+    assert result.returncode == 129, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not [pid for pid in nix if Path(f"/proc/{pid}").exists()]  # nix went with it
+    assert fleet.logins() == logins and fleet.lab.state("alpha").generations == ()
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    if phase == "check":
+        assert "==> building" not in result.stderr and last == "nixfab: hung up (SIGHUP)", result.stderr
+    else:  # the fleet's own handling: the summary, then the one line
+        assert re.search(r"^alpha +interrupted\b", result.stderr, re.MULTILINE), result.stderr
+        assert last.startswith("nixfab: error: hung up (SIGHUP)"), result.stderr
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []

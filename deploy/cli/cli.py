@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from deploy.errors import JournalError, NixfabError, UsageError
+from deploy.errors import HangUp, JournalError, NixfabError, UsageError
 from deploy.model import Result
 
 if TYPE_CHECKING:
@@ -85,12 +85,16 @@ def one_line(message: str) -> str:
 
 @contextmanager
 def errors_as_exit_codes() -> Iterator[None]:
+    """Errors become one line and an exit code; SIGHUP (and Ctrl-C) stop the task as an interruption, never a traceback."""
     from invoke.exceptions import Exit
 
     try:
-        yield
+        with hangup_is_an_interrupt():
+            yield
     except NixfabError as error:
         raise Exit(f"nixfab: error: {one_line(str(error))}", code=error.exit_code) from None
+    except HangUp:
+        raise Exit("nixfab: hung up (SIGHUP)", code=129) from None
     except KeyboardInterrupt:
         raise Exit("nixfab: interrupted", code=130) from None
     except OSError as error:
@@ -100,6 +104,31 @@ def errors_as_exit_codes() -> Iterator[None]:
             raise
         # Out of file descriptors outside any one host's deploy: still one line, never a traceback.
         raise Exit(f"nixfab: error: out of file descriptors ({error.strerror}): raise the limit (`ulimit -n`) or lower --parallel", code=1) from None
+
+
+@contextmanager
+def hangup_is_an_interrupt() -> Iterator[None]:
+    """SIGHUP (the terminal or the SSH session nixfab runs in went away) raises HangUp where Ctrl-C raises KeyboardInterrupt.
+
+    Its default would end the process on the spot: during `nix flake check`
+    or a build, with no summary and the child left running. (A fleet's own
+    handler takes over while its hosts deploy: see Fleet.run.)
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def hangup(signum: int, frame: object) -> None:
+        raise HangUp
+
+    previous = signal.signal(signal.SIGHUP, hangup)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def extra_nix_options(argv: Sequence[str] | None = None) -> tuple[str, ...]:
