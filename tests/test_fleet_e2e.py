@@ -567,6 +567,50 @@ def test_a_killed_deploy_is_settled_by_its_watchdog_before_the_next_one(make_fle
     assert "rolled back by the watchdog: profile and boot default back to generation 1" in verdicts
 
 
+@pytest.mark.parametrize("task", ["switch-push", "boot"])
+def test_an_unguarded_activation_that_loses_its_channel_asks_the_host_how_it_ended(make_fleet, task: str) -> None:  # type: ignore[no-untyped-def]
+    # Without a watchdog (--no-magic-rollback, or `boot`), a lost channel used to end at once in exit 18, "cannot tell",
+    # although the switch had finished and the host could have said so.
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    ok(inv("switch-push", "alpha", *fleet.args(fleet.inventory("hosts:\n  alpha: {}\n")), "--skip-checks"))
+    first = toplevel_of(fleet.flake, "alpha")
+    netdrop = fleet.inventory("hosts:\n  alpha: { attr: alpha-netdrop }\n", "netdrop.yaml")
+    result = ok(inv(task, "alpha", *fleet.args(netdrop), "--skip-checks", "--json", "--no-magic-rollback"))
+    assert results_of(result)["alpha"]["result"] == "ok" and results_of(result)["alpha"]["generation"] == 2
+    assert "lost the connection during activation" in result.stderr and "the switch finished (exit 0)" in result.stderr
+    path = toplevel_of(fleet.flake, "alpha-netdrop")
+    assert generations(lab, "alpha") == [(1, first), (2, path)]
+    if task == "switch-push":
+        assert_consistent(lab, "alpha", path)
+    else:  # boot: the new generation is the profile and the boot default; the old system still runs
+        state = lab.state("alpha")
+        assert profile_target(lab, "alpha") == path and state.boot_default == "nixos-generation-2.conf"
+        assert state.current_system == first
+    # The switch's record was read and removed; none is left in /run.
+    assert lab.inside("alpha", ["find", "/run/nixfab/switches", "-mindepth", "1"], check=False).stdout == ""
+
+
+def test_no_magic_rollback_and_a_host_the_switch_cut_off_says_so_and_what_to_check(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    # It used to end with "check `journalctl -u …` on the host": a host nixfab had just lost, and did not try to reach again.
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    ok(inv("switch-push", "alpha", *fleet.args(fleet.inventory("hosts:\n  alpha: {}\n")), "--skip-checks"))
+    cutoff = fleet.inventory("hosts:\n  alpha: { attr: alpha-cutoff }\n", "cutoff.yaml")
+    result = exits(inv("switch-push", "alpha", *fleet.args(cutoff), "--skip-checks", "--no-magic-rollback", "--confirm-timeout", "2"), 18)
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("nixfab: error: alpha: lost the connection during switch-to-configuration switch of "), last
+    assert "no new SSH connection reaches the host" in last and "Connection refused" in last, last
+    assert "may have cut it off" in last and "nothing on the host undoes it" in last and "From the host's console, check" in last, last
+    assert "--switch-generation 1`" in last, last  # how to go back, to what was current before
+    # What the message says is so: the cut-off system runs, as profile and boot default, and nothing was undone.
+    path = toplevel_of(fleet.flake, "alpha-cutoff")
+    assert_consistent(lab, "alpha", path)
+    assert [number for number, _ in generations(lab, "alpha")] == [1, 2]
+    record = re.search(r"`cat (/run/nixfab/switches/[0-9a-f]+)/activated`", last)
+    assert record is not None and lab.inside("alpha", ["cat", f"{record[1]}/activated"]).stdout.strip() == "0"
+
+
 @pytest.mark.parametrize("phase", ["check", "build"])
 def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fleet, background, tmp_path: Path, phase: str) -> None:  # type: ignore[no-untyped-def]
     # During `nix flake check`, SIGHUP used to end the process on the spot (its default): no line, no exit code of ours,

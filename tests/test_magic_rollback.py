@@ -103,7 +103,7 @@ def test_detached_without_systemd_is_setsid_with_no_stdio_left_on_the_channel() 
 
 def test_mark_activated_wraps_the_activation_argv() -> None:
     argv = [f"{NEW}/bin/switch-to-configuration", "switch"]
-    assert mark_activated(WATCHDOG, argv) == [*sh("mark_activated", f"{DIR}/activated"), *argv]
+    assert mark_activated(WATCHDOG.activated_marker, argv) == [*sh("mark_activated", f"{DIR}/activated"), *argv]
 
 
 # ---- arm and disarm -----------------------------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def test_activation_status_asks_until_the_switch_has_ended_or_the_deadline(repli
 
     host = RecordingHost().on("activation_status", *replies)  # type: ignore[arg-type]
     clock = Clock()
-    assert activation_status(confirming(host, clock), WATCHDOG, timeout=3, sleep=clock.sleep, clock=clock) == answer
+    assert activation_status(confirming(host, clock), DIR, timeout=3, sleep=clock.sleep, clock=clock) == answer
     assert [call.argv for call in host.calls] == [sh("activation_status", DIR)] * asked
     assert all(fresh.closed == 1 for fresh in host.opened)
 

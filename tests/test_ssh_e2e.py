@@ -144,7 +144,7 @@ def test_a_frozen_host_ends_the_deploy_with_one_line_instead_of_hanging(lab: Lab
     with open(tmp_path / "deploy.out", "wb") as stdout, open(errors, "wb") as stderr:
         deploy = subprocess.Popen(
             [str(BIN / "inv"), "--search-root", str(REPO), "switch-push", "alpha", "--flake", str(flake),
-             "--inventory", str(inventory), "--no-magic-rollback"],
+             "--inventory", str(inventory), "--no-magic-rollback", "--confirm-timeout", "3"],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True,
         )
     background.append(deploy)

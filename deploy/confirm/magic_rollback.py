@@ -52,8 +52,9 @@ class Watchdog:
         return f"{self.directory}/verdict"
 
 
-def new_watchdog(confirm_timeout: float, health_seconds: float = 0) -> Watchdog:
-    token = secrets.token_hex(6)
+def new_watchdog(confirm_timeout: float, health_seconds: float = 0, *, token: str | None = None) -> Watchdog:
+    """token: the run's own (it names the switch's unit and the journal's row too); a new one when None."""
+    token = token or secrets.token_hex(6)
     return Watchdog(f"{STATE_DIR}/{token}", f"nixfab-watchdog-{token}", max(1, round(confirm_timeout)), max(0, round(health_seconds)))
 
 
@@ -81,8 +82,9 @@ def detached(argv: Sequence[str], *, unit: str, use_systemd: bool) -> list[str]:
     return ["setsid", "-f", "sh", "-c", script("exec_without_stdio"), "sh", *argv]
 
 
-def mark_activated(watchdog: Watchdog, argv: Sequence[str]) -> list[str]:
-    return ["sh", "-c", script("mark_activated"), "sh", watchdog.activated_marker, *argv]
+def mark_activated(marker: str, argv: Sequence[str]) -> list[str]:
+    """argv, recording its exit status in `marker` on the host (the watchdog's, or SWITCH_RECORDS_DIR's when none guards it)."""
+    return ["sh", "-c", script("mark_activated"), "sh", marker, *argv]
 
 
 def arm(host: Host, watchdog: Watchdog, activation: Activation) -> None:
@@ -157,13 +159,13 @@ def await_self_rollback(open_fresh: Callable[[], Host], watchdog: Watchdog, *, t
 
 def activation_status(
     open_fresh: Callable[[], Host],
-    watchdog: Watchdog,
+    directory: str,
     *,
     timeout: float,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> str:
-    """After a lost channel: ask the host, over new connections, what became of the activation.
+    """After a lost channel: ask the host, over new connections, what became of the activation recorded in `directory`.
 
     "finished N" (its recorded exit status), "running" (still so at the
     deadline), "unknown" (no record and no process) or "unreachable: why".
@@ -173,7 +175,7 @@ def activation_status(
     while True:
         fresh = open_fresh()
         try:
-            reply = fresh.run(["sh", "-c", script("activation_status"), "sh", watchdog.directory], sudo=True, dry_stdout="finished 0\n")
+            reply = fresh.run(["sh", "-c", script("activation_status"), "sh", directory], sudo=True, dry_stdout="finished 0\n")
             answer = reply.stdout.strip() if reply.ok and reply.stdout.strip() else f"unreachable: {reply.tail(1) or 'no answer'}"
         except LoginRefused:
             raise
