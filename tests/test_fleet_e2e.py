@@ -565,6 +565,10 @@ def test_a_killed_deploy_is_settled_by_its_watchdog_before_the_next_one(make_fle
     assert "rolled back by the watchdog" in second.stderr
     verdicts = lab.inside("alpha", ["sh", "-c", "cat /nix/var/nix/nixfab/verdicts/*"]).stdout
     assert "rolled back by the watchdog: profile and boot default back to generation 1" in verdicts
+    # The next deploy saw that verdict: the killed deploy's row says what became of it.
+    rows = json.loads(ok(inv("history", "--json", "--flake", str(fleet.flake))).stdout)
+    assert [row["result"] for row in rows] == ["ok", "rolled-back", "ok"], rows
+    assert rows[1]["verdict"].startswith("rolled back by the watchdog: profile and boot default back to generation 1"), rows[1]
 
 
 @pytest.mark.parametrize("task", ["switch-push", "boot"])
@@ -609,6 +613,102 @@ def test_no_magic_rollback_and_a_host_the_switch_cut_off_says_so_and_what_to_che
     assert [number for number, _ in generations(lab, "alpha")] == [1, 2]
     record = re.search(r"`cat (/run/nixfab/switches/[0-9a-f]+)/activated`", last)
     assert record is not None and lab.inside("alpha", ["cat", f"{record[1]}/activated"]).stdout.strip() == "0"
+
+
+def status_row(fleet: Fleet, inventory: Path, name: str) -> dict:  # type: ignore[type-arg]
+    rows = json.loads(ok(inv("status", name, "--json", *fleet.args(inventory))).stdout)
+    return next(row for row in rows if row["host"] == name)
+
+
+def history_rows(fleet: Fleet) -> list[dict]:  # type: ignore[type-arg]
+    return json.loads(ok(inv("history", "--json", "--flake", str(fleet.flake))).stdout)
+
+
+def verdict_file(lab: Lab, name: str, token: str) -> str:
+    return lab.inside(name, ["cat", f"/nix/var/nix/nixfab/verdicts/{token}"], check=False).stdout
+
+
+def test_a_deployer_killed_during_the_health_checks_is_rolled_back_by_its_watchdog_and_status_and_history_say_so(  # type: ignore[no-untyped-def]
+    make_fleet, background, tmp_path: Path
+) -> None:
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    health = "{ command: 'touch /run/lab-health-started; sleep 4; grep -qx ok /run/current-system/lab-health', timeout: 6, retries: 0 }"
+    inventory = fleet.inventory(f"hosts:\n  alpha: {{ health: {health} }}\n")
+    ok(inv("switch-push", "alpha", *fleet.args(inventory), "--skip-checks"))
+    first = toplevel_of(fleet.flake, "alpha")
+    lab.inside("alpha", ["rm", "-f", "/run/lab-health-started"])
+
+    set_fixture_revision(fleet.flake, "2")
+    output = tmp_path / "killed.err"
+    deploy = start_in_background(background, ["switch-push", "alpha", *fleet.args(inventory), "--skip-checks", "--confirm-timeout", "2"], output)
+    started = lambda: lab.inside("alpha", ["test", "-e", "/run/lab-health-started"], check=False).returncode == 0  # noqa: E731
+    wait_for("the health check to run", lambda: started() or deploy.poll() is not None)
+    assert deploy.poll() is None, output.read_text()
+    os.killpg(deploy.pid, signal.SIGKILL)  # unhealthy or not, nobody will confirm it now
+    deploy.wait(timeout=30)
+    # The killed run's row is unfinished; the host has what the new switch made, until its watchdog decides.
+    unfinished = history_rows(fleet)[-1]
+    assert unfinished["result"] == "unfinished", unfinished
+    token = unfinished["token"]
+    wait_for("the watchdog's verdict", lambda: "by\twatchdog" in verdict_file(lab, "alpha", token))
+
+    assert_consistent(lab, "alpha", first)
+    assert generations(lab, "alpha") == [(1, first)]
+    row = status_row(fleet, inventory, "alpha")
+    assert row["watchdogs_pending"] == {}
+    assert row["last_verdict"]["token"] == token and row["last_verdict"]["generation"] == 2 and row["last_verdict"]["undid"]
+    assert row["watchdog"].startswith("watchdog rolled back generation 2 at "), row
+    table = ok(inv("status", "alpha", *fleet.args(inventory))).stdout
+    assert "watchdog rolled back generation 2 at " in table.splitlines()[1], table
+    # `status` saw the verdict: the killed deploy's row now says what became of it.
+    killed = history_rows(fleet)[-1]
+    assert (killed["result"], killed["token"]) == ("rolled-back", token)
+    assert killed["verdict"].startswith("rolled back by the watchdog: profile and boot default back to generation 1"), killed
+    text = ok(inv("history", "--flake", str(fleet.flake))).stdout
+    assert "    watchdog: rolled back by the watchdog: profile and boot default back to generation 1" in text, text
+
+
+def test_a_deployer_killed_between_arming_the_watchdog_and_setting_the_profile_changes_nothing(  # type: ignore[no-untyped-def]
+    make_fleet, background, tmp_path: Path
+) -> None:
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    inventory = fleet.inventory("hosts:\n  alpha: {}\n")
+    ok(inv("switch-push", "alpha", *fleet.args(inventory), "--skip-checks"))
+    first = toplevel_of(fleet.flake, "alpha")
+
+    set_fixture_revision(fleet.flake, "2")
+    lab.hold("alpha", "nixfab-watchdog-")  # the lab's systemd-run waits after starting the watchdog, before it returns
+    output = tmp_path / "killed.err"
+    deploy = start_in_background(background, ["switch-push", "alpha", *fleet.args(inventory), "--skip-checks"], output)
+    wait_for("the watchdog to be armed", lambda: lab.held("alpha", "nixfab-watchdog-") is not None or deploy.poll() is not None)
+    assert deploy.poll() is None, output.read_text()
+    unit = lab.held("alpha", "nixfab-watchdog-")
+    assert unit is not None
+    token = unit.removeprefix("nixfab-watchdog-")
+    os.killpg(deploy.pid, signal.SIGKILL)
+    deploy.wait(timeout=30)
+    lab.release("alpha", "nixfab-watchdog-")
+
+    # The profile was never set: everything still is generation 1, and nixfab's status says a watchdog waits.
+    assert_consistent(lab, "alpha", first)
+    assert generations(lab, "alpha") == [(1, first)]
+    row = status_row(fleet, inventory, "alpha")
+    assert list(row["watchdogs_pending"]) == [token] and row["watchdog"].startswith(f"pending ({token} armed "), row
+    assert [(entry["result"], entry["token"]) for entry in history_rows(fleet)][-1] == ("unfinished", token)
+
+    # The next deploy lets that watchdog decide first: it finds nothing of its own to undo.
+    second = ok(inv("switch-push", "alpha", *fleet.args(inventory), "--skip-checks", "--json"))
+    assert f"watchdog {token}: the watchdog undid nothing" in second.stderr
+    path = toplevel_of(fleet.flake, "alpha")
+    assert_consistent(lab, "alpha", path)
+    assert generations(lab, "alpha") == [(1, first), (2, path)]
+    assert "undid\t0" in verdict_file(lab, "alpha", token)
+    killed, deployed = history_rows(fleet)[-2:]
+    assert (killed["token"], killed["result"]) == (token, "interrupted") and killed["verdict"].startswith("the watchdog undid nothing"), killed
+    assert deployed["result"] == "ok"
+    assert status_row(fleet, inventory, "alpha")["watchdog"].startswith("confirmed at ")
 
 
 @pytest.mark.parametrize("phase", ["check", "build"])

@@ -306,7 +306,7 @@ class FleetJournal:
     def started(self, run: HostRun) -> None:
         from deploy.engine.fleet import HostResult
 
-        record = journal_entry(self.request, run.spec, HostResult(run.spec.name, Result.UNFINISHED, 0.0))
+        record = journal_entry(self.request, run.spec, HostResult(run.spec.name, Result.UNFINISHED, 0.0), token=run.token)
         row = self.journal.record(record)
         with self._lock:
             self.rows[run.spec.name] = (row, record.started_at)
@@ -316,10 +316,15 @@ class FleetJournal:
             row = self.rows.pop(run.spec.name, None)
         if result.result == Result.NOT_STARTED and row is None:
             return
+        entry = journal_entry(self.request, run.spec, result, token=run.token)
         if row is None:
-            self.journal.record(journal_entry(self.request, run.spec, result))
+            self.journal.record(entry)
         else:
-            self.journal.update(row[0], replace(journal_entry(self.request, run.spec, result), started_at=row[1]))
+            self.journal.update(row[0], replace(entry, started_at=row[1]))
+        # Earlier deploys' watchdogs this deploy let decide first: their verdicts go into those deploys' rows.
+        for verdict in run.verdicts_seen:
+            if verdict.by == "watchdog":
+                self.journal.record_verdict(run.spec.name, verdict.token, f"{verdict.text} (at {verdict.when})", undid=verdict.undid)
 
 
 def fleet_error(results: Sequence[HostResult], code: int, *, interrupted: bool) -> NixfabError:
@@ -340,7 +345,7 @@ def journal_record(journal: Journal, request: DeployRequest, spec: HostSpec, res
     journal.record(journal_entry(request, spec, result))
 
 
-def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult) -> DeployRecord:
+def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult, *, token: str | None = None) -> DeployRecord:
     from datetime import UTC, datetime, timedelta
 
     from deploy.record.history import DeployRecord, local_user
@@ -350,7 +355,7 @@ def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult) ->
         started_at=started.isoformat(timespec="seconds"), local_user=local_user(), host=spec.name,
         action=request.action or "build", flake=request.flake, revision=request.revision, dirty=request.dirty,
         store_path=result.path, generation=result.generation, result=result.result,
-        duration_seconds=result.duration_seconds, error=result.error,
+        duration_seconds=result.duration_seconds, error=result.error, token=token,
     )
 
 

@@ -34,7 +34,7 @@ from deploy.transport.remote import RemoteHost, SudoPassword
 from deploy.ui import Emitter
 
 if TYPE_CHECKING:
-    from deploy.confirm.magic_rollback import Watchdog
+    from deploy.confirm.magic_rollback import Verdict, Watchdog
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,10 @@ class HostRun:
     warnings: list[str] = field(default_factory=list)
     path: str | None = None  # what is known so far, for the journal of a deploy that fails later: the system built
     generation: int | None = None  # and the generation it activated
-    # The run's name on the host: its switch's unit, its watchdog and the record of its switch.
+    # The run's name on the host: its switch's unit, its watchdog and verdict, and its row in the journal.
     token: str = field(default_factory=new_token)
+    # Verdicts of earlier deploys' watchdogs this deploy saw (they settled before it went on), for the journal.
+    verdicts_seen: list[Verdict] = field(default_factory=list)
 
     def phase(self, phase: Phase) -> None:
         self.on_phase(phase)
@@ -236,7 +238,7 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
     target = target_of(session, request, run)
     if build_on == "local":
         assert built_here is not None
-        with host_lock(request, target):
+        with host_lock(request, target, run.verdicts_seen):
             return finish(session, request, run, target, Built(built_here, "local"))
     run.phase(Phase.BUILD)
     builder: RemoteHost = session.target(spec, run.echo) if build_on == "target" else session.builder(build_on)
@@ -247,7 +249,7 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
         run.runner, builder, commands.ssh_store_uri(builder.destination), evaluation,
         nix_env=session.nix_env(builder_ssh), extra=request.extra_nix,
     )
-    with remote_gc_root(builder, remote.gc_root_dir), host_lock(request, target):
+    with remote_gc_root(builder, remote.gc_root_dir), host_lock(request, target, run.verdicts_seen):
         source_store = commands.ssh_store_uri(builder.destination) if builder is not target else None
         return finish(session, request, run, target, Built(remote.out_path, build_on, source_store))
 
@@ -257,7 +259,8 @@ LEFTOVER_WATCHDOG_WAIT_SECONDS = 300.0
 
 
 @contextmanager
-def host_lock(request: DeployRequest, target: Host) -> Iterator[None]:
+def host_lock(request: DeployRequest, target: Host, verdicts_seen: list[Verdict] | None = None) -> Iterator[None]:
+    """The host's lock, once every watchdog an earlier deploy left behind has decided (their verdicts go to verdicts_seen)."""
     if request.action is None or not request.lock or isinstance(target, LocalHost):
         yield
         return
@@ -275,7 +278,9 @@ def host_lock(request: DeployRequest, target: Host) -> Iterator[None]:
             from deploy.confirm import magic_rollback
 
             # Nobody can confirm them any more: their deployer would hold the lock. Let them decide before anything changes.
-            magic_rollback.settle_leftovers(target, lock.pending_watchdogs, timeout=LEFTOVER_WATCHDOG_WAIT_SECONDS, note=note)
+            seen = magic_rollback.settle_leftovers(target, lock.pending_watchdogs, timeout=LEFTOVER_WATCHDOG_WAIT_SECONDS, note=note)
+            if verdicts_seen is not None:
+                verdicts_seen.extend(seen)
         yield
     finally:
         lock.release()
