@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
+from deploy.lab.lab import process_start_time
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -739,12 +740,12 @@ def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fle
 
     wait_for(f"nix to {phase}", lambda: nix_runs() or deploy.poll() is not None)
     assert deploy.poll() is None, output.read_text()
-    nix = children_of(deploy.pid)
+    nix = {pid: process_start_time(pid) for pid in children_of(deploy.pid)}
     os.kill(deploy.pid, signal.SIGHUP)
     result = finished(deploy, output)
     assert result.returncode == 129, result.stderr
     assert "Traceback" not in result.stderr
-    assert not [pid for pid in nix if Path(f"/proc/{pid}").exists()]  # nix went with it
+    assert not [pid for pid, started in nix.items() if process_start_time(pid) == started]  # nix went with it
     assert fleet.logins() == logins and fleet.lab.state("alpha").generations == ()
     last = result.stderr.rstrip("\n").splitlines()[-1]
     if phase == "check":
