@@ -298,6 +298,33 @@ def test_a_full_nix_store_is_exit_13_and_leaves_the_host_alone(lab: Lab, tmp_pat
     assert state.generations == () and state.current_system is None and state.current_generation is None
 
 
+def store_entries(lab: Lab, name: str) -> tuple[list[str], list[str]]:
+    """What the host's /nix/store holds, and what its garbage collector would delete, less the lock files Nix leaves."""
+    listing = lab.inside(name, ["ls", "/nix/store"]).stdout.split()
+    dead = lab.inside(name, ["nix-store", "--gc", "--print-dead"]).stdout.split()
+    return sorted(e for e in listing if not e.endswith(".lock")), sorted(d for d in dead if not d.endswith(".lock"))
+
+
+def test_a_full_nix_store_keeps_nothing_of_the_failed_import(lab: Lab, tmp_path: Path) -> None:
+    # A failed import used to leave its paths behind: the small ones whole and unreferenced, the big one half-written,
+    # and /nix as full as the failure left it.
+    lab.up(["alpha"], nix_size_mib={"alpha": 24})
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    inventory = write_inventory(lab, tmp_path / "hosts.yaml", "  alpha: {}\n")
+    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--skip-checks"))
+    first, before = lab.state("alpha"), store_entries(lab, "alpha")
+    settings = json.loads((flake / "lab.json").read_text())
+    (flake / "lab.json").write_text(json.dumps({**settings, "revision": "2", "payloadKiB": 48 * 1024}))
+    bigger = toplevel_of(flake, "alpha")
+
+    result = inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--skip-checks")
+    message = refused(result, 13)
+    assert "out of disk space" in message and "nothing it imported was kept" in message, message
+    assert store_entries(lab, "alpha") == before
+    assert not lab.store_has("alpha", bigger)
+    assert lab.state("alpha") == first
+
+
 def test_a_failed_activation_shows_the_journal_of_the_switch_unit(site: Site) -> None:
     ok(site.deploy("switch-push", "alpha"))
     good = site.lab.state("alpha")

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from deploy.errors import JournalError, NixfabError, UsageError
+from deploy.errors import HangUp, JournalError, NixfabError, UsageError
 from deploy.model import Result
 
 if TYPE_CHECKING:
@@ -71,12 +71,16 @@ def one_line(message: str) -> str:
 
 @contextmanager
 def errors_as_exit_codes() -> Iterator[None]:
+    """Errors become one line and an exit code; SIGHUP (and Ctrl-C) stop the task as an interruption, never a traceback."""
     from invoke.exceptions import Exit
 
     try:
-        yield
+        with hangup_is_an_interrupt():
+            yield
     except NixfabError as error:
         raise Exit(f"nixfab: error: {one_line(str(error))}", code=error.exit_code) from None
+    except HangUp:
+        raise Exit("nixfab: hung up (SIGHUP)", code=129) from None
     except KeyboardInterrupt:
         raise Exit("nixfab: interrupted", code=130) from None
     except BrokenPipeError:
@@ -112,6 +116,31 @@ def quiet_broken_pipe() -> int:
     except (OSError, ValueError):
         pass
     return 141  # 128 + SIGPIPE, what a shell reports for a writer the pipe cut off
+
+
+@contextmanager
+def hangup_is_an_interrupt() -> Iterator[None]:
+    """SIGHUP (the terminal or the SSH session nixfab runs in went away) raises HangUp where Ctrl-C raises KeyboardInterrupt.
+
+    Its default would end the process on the spot: during `nix flake check`
+    or a build, with no summary and the child left running. (A fleet's own
+    handler takes over while its hosts deploy: see Fleet.run.)
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def hangup(signum: int, frame: object) -> None:
+        raise HangUp
+
+    previous = signal.signal(signal.SIGHUP, hangup)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def extra_nix_options(argv: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -316,7 +345,7 @@ class FleetJournal:
     def started(self, run: HostRun) -> None:
         from deploy.engine.fleet import HostResult
 
-        record = journal_entry(self.request, run.spec, HostResult(run.spec.name, Result.UNFINISHED, 0.0))
+        record = journal_entry(self.request, run.spec, HostResult(run.spec.name, Result.UNFINISHED, 0.0), token=run.token)
         row = self.journal.record(record)
         with self._lock:
             self.rows[run.spec.name] = (row, record.started_at)
@@ -326,10 +355,15 @@ class FleetJournal:
             row = self.rows.pop(run.spec.name, None)
         if result.result == Result.NOT_STARTED and row is None:
             return
+        entry = journal_entry(self.request, run.spec, result, token=run.token)
         if row is None:
-            self.journal.record(journal_entry(self.request, run.spec, result))
+            self.journal.record(entry)
         else:
-            self.journal.update(row[0], replace(journal_entry(self.request, run.spec, result), started_at=row[1]))
+            self.journal.update(row[0], replace(entry, started_at=row[1]))
+        # Earlier deploys' watchdogs this deploy let decide first: their verdicts go into those deploys' rows.
+        for verdict in run.verdicts_seen:
+            if verdict.by == "watchdog":
+                self.journal.record_verdict(run.spec.name, verdict.token, f"{verdict.text} (at {verdict.when})", undid=verdict.undid)
 
 
 def fleet_error(results: Sequence[HostResult], code: int, *, interrupted: bool) -> NixfabError:
@@ -350,7 +384,7 @@ def journal_record(journal: Journal, request: DeployRequest, spec: HostSpec, res
     journal.record(journal_entry(request, spec, result))
 
 
-def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult) -> DeployRecord:
+def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult, *, token: str | None = None) -> DeployRecord:
     from datetime import UTC, datetime, timedelta
 
     from deploy.record.history import DeployRecord, local_user
@@ -360,7 +394,7 @@ def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult) ->
         started_at=started.isoformat(timespec="seconds"), local_user=local_user(), host=spec.name,
         action=request.action or "build", flake=request.flake, revision=request.revision, dirty=request.dirty,
         store_path=result.path, generation=result.generation, result=result.result,
-        duration_seconds=result.duration_seconds, error=result.error,
+        duration_seconds=result.duration_seconds, error=result.error, token=token,
     )
 
 

@@ -152,17 +152,33 @@ def update(context: Any, options: FlakeOptions) -> None:
 
 
 def status(context: Any, options: StatusOptions) -> None:
-    from deploy.plan.status import host_status, print_status
+    from deploy.errors import JournalError
+    from deploy.plan.status import host_status, print_status, record_verdicts
+    from deploy.record.history import Journal, journal_path
 
     with cli.errors_as_exit_codes():
         selection = options.selection
         session = cli.open_session(selection.inventory, dry_run=False, ssh_config=cli.fab_ssh_config(context), flake=selection.flake)
+        journal = Journal(journal_path(cli.flake_directory(selection.flake)))
+        journal_error: JournalError | None = None
         try:
             machines, _local = cli.selected_machines(context, session, selection)
-            rows = host_status(session, selection.flake, machines, cli.extra_nix_options())
+            try:
+                asking = journal.awaiting_verdicts(machines)
+            except JournalError as error:
+                asking, journal_error = {}, error
+            rows = host_status(session, selection.flake, machines, cli.extra_nix_options(), asking)
         finally:
             session.close()
         print_status(rows, as_json=options.as_json)
+        # The watchdogs' verdicts on deploys the journal left unfinished or failed go into their rows (`inv history`).
+        if journal_error is None:
+            try:
+                record_verdicts(journal, rows)
+            except JournalError as error:
+                journal_error = error
+        if journal_error is not None:
+            raise JournalError(f"the watchdogs' verdicts were not written into the deploy journal: {journal_error}")
 
 
 def history(context: Any, options: HistoryOptions) -> None:
