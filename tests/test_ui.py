@@ -15,11 +15,13 @@ from deploy.ui import (
     HostFinished,
     LogSink,
     Note,
+    OutputPolicy,
     OutputText,
     PhaseStarted,
     PlainRenderer,
     Progress,
     Tee,
+    Verbosity,
     command_line,
     host_emitter,
     stream_prefix,
@@ -37,9 +39,15 @@ class SlowStream(io.StringIO):
         return len(text)
 
 
+def verbose(console: Console) -> Console:
+    """A console that shows everything (-v): the tests of how lines are drawn see every kind of line."""
+    console.policy = OutputPolicy(Verbosity.VERBOSE)
+    return console
+
+
 def fleet_of_two() -> tuple[io.StringIO, Emitter, Emitter, io.StringIO, io.StringIO]:
     terminal = SlowStream()
-    console = Console(terminal)
+    console = verbose(Console(terminal))
     width = len("alpha")
     alpha_log, beta_log = io.StringIO(), io.StringIO()
     alpha = host_emitter(console, stream_prefix("alpha", width), alpha_log)
@@ -140,7 +148,7 @@ def test_captured_output_reaches_only_the_log() -> None:
 
 def test_a_local_runner_shows_stderr_and_logs_the_captured_stdout() -> None:
     terminal, log = io.StringIO(), io.StringIO()
-    runner = LocalRunner(host_emitter(Console(terminal), "here | ", log))
+    runner = LocalRunner(host_emitter(verbose(Console(terminal)), "here | ", log))
     result = runner.run(["sh", "-c", "echo parsed; echo shown >&2"])
     assert result.ok and result.stdout == "parsed\n" and result.stderr == "shown\n"
     assert terminal.getvalue().splitlines() == ["here | + sh -c 'echo parsed; echo shown >&2'", "here | shown"]
@@ -152,7 +160,7 @@ def test_a_local_runner_shows_stderr_and_logs_the_captured_stdout() -> None:
 
 def test_show_commands_false_hides_the_commands_but_not_the_notes_nor_the_log() -> None:
     terminal, log = io.StringIO(), io.StringIO()
-    emitter = Emitter(Tee(PlainRenderer(Console(terminal), "a | ", show_commands=False), LogSink(log)))
+    emitter = Emitter(Tee(PlainRenderer(verbose(Console(terminal)), "a | ", show_commands=False), LogSink(log)))
     emitter.command(["nix", "build"], where="a")
     emitter.note("==> a: built")
     emitter.output("error: oops\n")
@@ -231,9 +239,9 @@ def test_while_the_live_table_is_drawn_every_line_for_stderr_goes_through_it(cap
     fleet_console.printer = printed.append
     try:
         Emitter().note("==> building alpha on this machine")  # the run's own notes, on another console
-        host_emitter(fleet_console, "alpha | ").command(["true"], where="alpha")
+        host_emitter(fleet_console, "alpha | ").step("copied 3 paths, 6.9 KiB", seconds=0.25)
     finally:
         fleet_console.printer = None
     Emitter().note("after")
-    assert printed == ["==> building alpha on this machine", "alpha | + [alpha] true"]
+    assert printed == ["==> building alpha on this machine", "alpha | copied 3 paths, 6.9 KiB in 0.2 s"]
     assert capsys.readouterr().err == "after\n"
