@@ -224,6 +224,8 @@ class Fleet:
 
     def deploy_in_waves(self, built: dict[str, str]) -> None:
         pending = [name for name in self.runs if name not in self.results]
+        for name in pending:
+            self.progress.queued(name)
         planned = waves(pending, canary=self.options.canary, batch=self.options.batch)
         for number, wave in enumerate(planned, 1):
             if len(planned) > 1 or self.options.canary:

@@ -92,6 +92,13 @@ class Progress:
         """emit(HostFinished(name, result))."""
         self.emit(HostFinished(name, result))
 
+    def queued(self, name: str) -> None:
+        """Waiting for its turn (after the shared build, behind --parallel or a wave): its clock starts when it does."""
+        with self.lock:
+            host = self.hosts[name]
+            if host.result is None:
+                host.phase, host.started = None, None
+
     def line(self, name: str, text: str) -> None:
         with self.lock:
             if name in self.hosts and text.strip():
