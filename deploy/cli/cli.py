@@ -347,24 +347,19 @@ def run_fleet(session: Session, request: DeployRequest, machines: list[str], opt
 def run_log(session: Session, log_dir: Path) -> Iterator[None]:
     """The run's own lines (the flake check, the shared build, the waves) also go to <log_dir>/run.log, whatever is shown."""
     from deploy.transport.process import LocalRunner
-    from deploy.ui import RUN_LOG, Emitter, LogSink, Tee, open_log
+    from deploy.ui import RUN_LOG, Emitter, RunLog, Tee
 
-    try:
-        log = open_log(log_dir, RUN_LOG) if not session.dry_run else None
-    except OSError:
-        log = None  # the fleet warns about a log directory it cannot write, once
-    if log is None:
+    if session.dry_run:
         yield
         return
     shown = session.echo
-    session.echo = Emitter(Tee(shown.sink, LogSink(log)))
+    session.echo = Emitter(Tee(shown.sink, RunLog(log_dir / f"{RUN_LOG}.log")))
     session.runner = LocalRunner(session.echo, dry_run=session.dry_run)
     try:
         yield
     finally:
         session.echo = shown
         session.runner = LocalRunner(shown, dry_run=session.dry_run)
-        log.close()
 
 
 def needs_sudo_password(session: Session, request: DeployRequest, machines: Sequence[str]) -> bool:

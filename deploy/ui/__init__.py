@@ -16,7 +16,7 @@ from __future__ import annotations
 from deploy.ui.emitter import Emitter, LineWriter, host_emitter
 from deploy.ui.events import CommandRun, Event, Events, Failure, HostFinished, Note, OutputText, PhaseStarted, Step
 from deploy.ui.live import RESULT_STYLES, HostLine, Progress, live_display, progress_table
-from deploy.ui.log import LOG_KEEP, RUN_LOG, LogSink, open_log, prune_runs
+from deploy.ui.log import LOG_KEEP, RUN_LOG, LogSink, RunLog, open_log, prune_runs
 from deploy.ui.plain import STDERR, Console, PlainRenderer, Tee, command_line, event_lines, stream_prefix
 from deploy.ui.policy import OutputPolicy, Verbosity, verbosity_of
 from deploy.ui.prompt import ask, read_secret
@@ -58,6 +58,7 @@ __all__ = [
     "PhaseStarted",
     "PlainRenderer",
     "Progress",
+    "RunLog",
     "Step",
     "Tee",
     "Verbosity",

@@ -43,6 +43,29 @@ class LogSink:
             self.file.flush()
 
 
+class RunLog:
+    """The run's own lines, appended to <run>/run.log; the file is opened for each event, so a run holds no descriptor
+    for it (a fleet's descriptors grow with --parallel only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._scripts = Scripts()
+        self._failed = False
+
+    def emit(self, event: Event, /) -> None:
+        lines = self._scripts.command_lines(event) if isinstance(event, CommandRun) else event_lines(event)
+        if not lines or self._failed:
+            return
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8", errors="replace") as file:
+                    file.write("".join(line + "\n" for line in lines))
+            except OSError:
+                self._failed = True  # the fleet warns about a log directory it cannot write; this log just stops
+
+
 def open_log(log_dir: Path | None, name: str) -> TextIO | None:
     if log_dir is None:
         return None
