@@ -349,8 +349,10 @@ def test_the_totals_name_the_hosts_that_did_not_deploy_the_time_and_the_logs(tmp
 
     monkeypatch.chdir(tmp_path)
     results = [HostResult("a", "ok", 1.0), HostResult("b", "rolled-back", 2.0), HostResult("c", "up-to-date", 0.5),
-               HostResult("d", "ok", 1.0), HostResult("e", "not started", 0.0)]
-    assert totals_line(results, 72.4, tmp_path / "logs" / "run") == "2 ok, 1 up to date, 1 rolled back (b), 1 skipped (e) in 1 min 12 s; logs: logs/run"
+               HostResult("d", "ok", 1.0), HostResult("e", "not started", 0.0), HostResult("f", "skipped", 0.3)]
+    assert totals_line(results, 72.4, tmp_path / "logs" / "run") == (
+        "2 ok, 1 up to date, 1 skipped, 1 rolled back (b), 1 not started (e) in 1 min 12 s; logs: logs/run"
+    )
     assert totals_line([HostResult("a", "failed", 0.1)], 0.25, None) == "1 failed (a) in 0.2 s"
 
 

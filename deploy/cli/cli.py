@@ -71,7 +71,7 @@ def set_output(context: Any, *, verbose: bool, quiet: bool, dry_run: bool) -> No
     run = getattr(getattr(context, "config", None), "run", None)
     with errors_as_exit_codes():
         verbosity = verbosity_of(verbose=verbose, quiet=quiet, echo=bool(getattr(run, "echo", False)), hide=getattr(run, "hide", None))
-    set_policy(OutputPolicy(verbosity, dry_run=dry_run))
+    set_policy(OutputPolicy(verbosity, dry_run=dry_run or bool(getattr(run, "dry", False))))
 
 
 def one_line(message: str) -> str:

@@ -519,15 +519,15 @@ def forget_record(target: Host, record: str) -> None:
 
 
 def activated(activation: Activation) -> str:
-    """The activation's step line, true for each action: only switch and boot make a generation."""
+    """The activation's step line (`in 1.1 s` follows), true for each action: only switch and boot make a generation."""
     action, name = activation.action, activation.path.rsplit("/", 1)[-1].split("-", 1)[-1]
     made = "a new generation" if activation.generation is None else f"generation {activation.generation}"
     if action.changes_boot_default:
-        return f"activated {made} ({action})" if action.changes_running_system else f"{made} is the boot default ({action}; running after a reboot)"
+        return f"activated {made} ({action})" if action.changes_running_system else f"made {made} the boot default ({action}, running after a reboot)"
     if action.changes_running_system:
-        kept = activation.previous.generation
-        return f"activated {name} ({action}); {'the boot default' if kept is None else f'generation {kept}'} stays the boot default"
-    return f"{action} of {name} showed what would change; nothing changed"
+        kept = "the boot default" if activation.previous.generation is None else f"generation {activation.previous.generation}"
+        return f"activated {name} ({action}, {kept} stays the boot default)"
+    return f"ran {action} of {name} (nothing changed)"
 
 
 def settle_lost_switch(
