@@ -603,8 +603,11 @@ def test_no_magic_rollback_and_a_host_the_switch_cut_off_says_so_and_what_to_che
     ok(inv("switch-push", "alpha", *fleet.args(fleet.inventory("hosts:\n  alpha: {}\n")), "--skip-checks"))
     cutoff = fleet.inventory("hosts:\n  alpha: { attr: alpha-cutoff }\n", "cutoff.yaml")
     result = exits(inv("switch-push", "alpha", *fleet.args(cutoff), "--skip-checks", "--no-magic-rollback", "--confirm-timeout", "2"), 18)
-    last = result.stderr.rstrip("\n").splitlines()[-1]
-    assert last.startswith("nixfab: error: alpha: lost the connection during switch-to-configuration switch of "), last
+    # Said once, under the host's name; the run's last line gives the totals.
+    said = [line for line in result.stderr.splitlines() if line.startswith("alpha | error: ")]
+    assert len(said) == 1 and result.stderr.rstrip("\n").splitlines()[-1].startswith("nixfab: error: 1 failed (alpha) in "), result.stderr
+    last = said[0]
+    assert last.startswith("alpha | error: lost the connection during switch-to-configuration switch of "), last
     assert "no new SSH connection reaches the host" in last and "Connection refused" in last, last
     assert "may have cut it off" in last and "nothing on the host undoes it" in last and "From the host's console, check" in last, last
     assert "--switch-generation 1`" in last, last  # how to go back, to what was current before

@@ -328,7 +328,7 @@ def test_a_full_nix_store_keeps_nothing_of_the_failed_import(lab: Lab, tmp_path:
     bigger = toplevel_of(flake, "alpha")
 
     result = inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--skip-checks")
-    message = refused(result, 13)
+    message = host_error(result, 13, "alpha")
     assert "out of disk space" in message and "nothing it imported was kept" in message, message
     assert store_entries(lab, "alpha") == before
     assert not lab.store_has("alpha", bigger)
