@@ -20,6 +20,7 @@ from deploy.lab.lab import (
     default_lab_dir,
     lab_prerequisites,
     nix_system,
+    set_fixture_kernel,
     set_fixture_revision,
     write_fixture_flake,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "default_lab_dir",
     "lab_prerequisites",
     "nix_system",
+    "set_fixture_kernel",
     "set_fixture_revision",
     "write_fixture_flake",
 ]

@@ -140,6 +140,16 @@ def write_fixture_flake(
     return destination
 
 
+def set_fixture_kernel(flake: Path, version: str, host: str | None = None) -> None:
+    """The kernel version of every system, or of one host's: a system with another kernel than the booted one needs a reboot."""
+    settings = json.loads((flake / "lab.json").read_text())
+    if host is None:
+        settings["kernel"] = version
+    else:
+        settings.setdefault("kernels", {})[host] = version
+    (flake / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def set_fixture_revision(flake: Path, revision: str, host: str | None = None) -> None:
     settings = json.loads((flake / "lab.json").read_text())
     if host is None:

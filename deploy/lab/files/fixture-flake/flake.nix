@@ -16,9 +16,20 @@
         PATH = "/usr/bin:/bin";
       };
 
+      # One kernel (with its initrd and modules) per version: systems of the same version share it,
+      # so a new revision alone needs no reboot, and a new kernel does (settings.kernel / .kernels.<host>).
+      mkKernel = version: derivation {
+        inherit system version;
+        name = "linux-${version}";
+        builder = "/bin/sh";
+        args = [ ./build-kernel.sh ];
+        PATH = "/usr/bin:/bin";
+      };
+
       mkSystem = name: variant:
         let
           revision = settings.revisions.${name} or settings.revision;
+          kernel = mkKernel ((settings.kernels or { }).${name} or settings.kernel or "6.6.lab");
           etc = derivation {
             inherit system revision;
             name = "etc-${name}";
@@ -28,7 +39,7 @@
             hostName = name;
           };
           toplevel = derivation {
-            inherit system revision variant etc;
+            inherit system revision variant etc kernel;
             name = "nixos-system-${name}-lab.${revision}";
             builder = "/bin/sh";
             args = [ ./build-toplevel.sh ];
