@@ -2,9 +2,9 @@
 
 The command is an argv (what follows `--`), quoted with shlex.join at the
 transport boundary, or one shell string, run as `sh -c STRING`. It runs with
-the rights a deploy has on that host: as the login when that is root, through
-sudo where hosts.yaml's `sudo` says so (the default for another login user),
-else as the login. The fleet (engine/fleet.py) runs it --parallel hosts at a
+the rights a deploy has on that host: as the login when that is root, else
+through sudo (hosts.yaml's `sudo`, which a login other than root always
+implies), the password asked once per run. The fleet (engine/fleet.py) runs it --parallel hosts at a
 time, each on its own connection, closed as soon as the host is done; each
 line a host prints comes prefixed with its name (`alpha | …`), as a deploy's
 do. The run's exit code is the one every host's command exited with, else 1.
