@@ -52,8 +52,9 @@ class CommandOnHosts:
     def __call__(self, session: Session, request: DeployRequest, run: HostRun, built_here: str | None) -> DeployOutcome:
         name = run.spec.name
         target = target_of(session, request, run)
+        # sudo exactly where the host's deploys use it (this machine too: only if hosts.yaml says so for it).
         # Streamed: each line reaches the host's prefixed output as it comes, and a long command has no fixed deadline.
-        result = target.run(self.command.argv, sudo=True, stream=True)
+        result = target.run(self.command.argv, sudo=run.spec.sudo, stream=True)
         with self._lock:
             self.outputs[name] = result
         if not result.ok:

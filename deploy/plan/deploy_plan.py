@@ -215,7 +215,7 @@ def nar_bytes(runner: LocalRunner, paths: Sequence[str]) -> int | None:
 
 def read_facts(target: Host, system: str, closure: Sequence[str], *, stage: bool) -> HostFacts:
     """One round trip: the closure goes on stdin (no argv limit), the facts come back."""
-    argv = ["sh", "-c", script("plan_facts"), "sh", commands.SYSTEM_PROFILE, system, "1" if stage else "0"]
+    argv = ["sh", "-c", script("plan_facts"), "sh", commands.SYSTEM_PROFILE, "1" if stage else "0"]
     if isinstance(target, RemoteHost):
         listing = io.BytesIO("".join(f"{path}\n" for path in closure).encode())
         result = target.feed(argv, listing, describe_source=f"(the {len(closure)} paths of {system}'s closure)")
@@ -227,12 +227,19 @@ def read_facts(target: Host, system: str, closure: Sequence[str], *, stage: bool
     return facts
 
 
-def stage(runner: LocalRunner, target: RemoteHost, system: str, missing: Sequence[str], staging: str) -> None:
-    """Import the paths the host lacks and hold the system with a temporary GC root in `staging`."""
-    argv = ["sh", "-c", script("plan_stage"), "sh", system, staging]
+def stage(runner: LocalRunner, target: RemoteHost, system: str, missing: Sequence[str], staging: str, *, then_dry_activate: bool) -> DryActivation | None:
+    """Import the paths the host lacks and hold the system with a temporary GC root in `staging`.
+
+    then_dry_activate (where no sudo is needed): go on at once with plan_dry_activate.sh, in the same
+    round trip, and return what it said; None when it did not run (the import failed).
+    """
+    follow = script("plan_dry_activate") if then_dry_activate else ""
+    argv = ["sh", "-c", script("plan_stage"), "sh", system, staging, follow]
     staged = export_into(runner, target, missing, argv, describe=f"(nix-store --export of the {len(missing)} paths it lacks)")
-    if not staged.ok:
+    answer = parse_dry_activate_output(staged.stdout) if then_dry_activate else None
+    if not staged.ok or (then_dry_activate and (answer is None or answer.exit_code is None)):
         raise RemoteCommandFailed(f"{target.label}: staging {system} failed: {staged.tail(1)}")
+    return answer
 
 
 def dry_activate(target: Host, system: str | None, staging: str | None) -> DryActivation:
@@ -309,17 +316,21 @@ def units_of(run: HostRun, target: Host, system: str, facts: HostFacts) -> tuple
         why = "another deploy holds the host's lock" if facts.locked else "its closure is not on the host"
         return None, f"not asked: {why}", ()
     removed = facts.staging is None
+    answer: DryActivation | None = None
     try:
         if facts.missing:
             assert isinstance(target, RemoteHost) and facts.staging is not None
             run.phase(Phase.COPY)
             try:
-                stage(run.runner, target, system, facts.missing, facts.staging)
+                # A root login dry-activates and cleans up in the staging's own round trip; sudo needs one of its own.
+                answer = stage(run.runner, target, system, facts.missing, facts.staging, then_dry_activate=not target.use_sudo)
             except RemoteCommandFailed as error:
                 return None, f"not asked: {error}", ()
-        run.phase(Phase.ACTIVATE)
-        answer = dry_activate(target, system, facts.staging)
-        removed = True
+            removed = answer is not None
+        if answer is None:
+            run.phase(Phase.ACTIVATE)
+            answer = dry_activate(target, system, facts.staging)
+            removed = True
     finally:
         if not removed:
             assert facts.staging is not None

@@ -1,5 +1,5 @@
 # shellcheck shell=sh
-# Used by: deploy.plan.deploy_plan.dry_activate
+# Used by: deploy.plan.deploy_plan.dry_activate, deploy.plan.deploy_plan.stage
 # Parsed by: deploy.plan.deploy_plan.parse_dry_activate_output
 # $1: the system to dry-activate; `staged` for the one staged in $2 (so
 # that no store path is in this process's arguments or, under sudo, its

@@ -1,15 +1,14 @@
 # shellcheck shell=sh
 # Used by: deploy.plan.deploy_plan.read_facts
 # Parsed by: deploy.plan.deploy_plan.parse_facts
-# $1: the system profile; $2: the system a deploy would activate; $3: 1 to
-# set up a staging directory when the host lacks some of its closure.
-# stdin: that system's closure, one store path a line (read whole, always, so
+# $1: the system profile; $2: 1 to set up a staging directory when the host
+# lacks some of the closure. stdin: the closure of the system a deploy would
+# activate, one store path a line (read whole, always, so
 # the sender never waits on us). `key<TAB>value` lines: what a deploy reads
 # before it changes anything, in one round trip; nothing on the host changes,
 # but for the staging directory (removed by plan_dry_activate.sh).
 
 profile=$1
-system=$2
 printf 'profile\t%s\n' "$(readlink "$profile" 2>/dev/null)"
 printf 'boot\t%s\n' "$(readlink -e "$profile" 2>/dev/null)"
 printf 'current\t%s\n' "$(readlink /run/current-system 2>/dev/null)"
@@ -24,11 +23,6 @@ if [ -d /run/nixfab/deploy.engine.lock ]; then
   locked=1
   printf 'locked\t1\n'
 fi
-if nix-store --check-validity "$system" 2>/dev/null; then
-  # A valid path's closure is valid too: nothing is missing.
-  cat >/dev/null
-  exit 0
-fi
 missing=$(xargs nix-store --check-validity --print-invalid) || {
   printf 'error\tnix-store --check-validity failed\n'
   exit 1
@@ -36,7 +30,7 @@ missing=$(xargs nix-store --check-validity --print-invalid) || {
 printf '%s\n' "$missing" | while IFS= read -r path; do
   [ -n "$path" ] && printf 'missing\t%s\n' "$path"
 done
-if [ -n "$missing" ] && [ "$3" = 1 ] && [ "$locked" = 0 ]; then
+if [ -n "$missing" ] && [ "$2" = 1 ] && [ "$locked" = 0 ]; then
   staging=$(mktemp -d -t nixfab-plan.XXXXXXXX) || exit 1
   printf '%s\n' "$missing" > "$staging/missing"
   # Nix makes gcroots/auto for the staging's root; the cleanup removes it again if it is new and empty.
