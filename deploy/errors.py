@@ -1,6 +1,11 @@
 """The one error hierarchy. Only the CLI edge turns these into messages and exit codes."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deploy.activate.activation import Activation
+
 
 class NixfabError(Exception):
     """Something the user can act on; str(error) is the whole one-line message."""
@@ -129,6 +134,22 @@ class JournalError(NixfabError):
 
 
 class ActivationUnknown(NixfabError):
-    """The connection dropped during switch-to-configuration and nixfab cannot tell how it ended; nothing was undone over a guess."""
+    """The connection dropped during switch-to-configuration and nixfab cannot tell how it ended; nothing was undone over a guess.
+
+    `activation` is what was under way (for asking the host how it ended), `why` how the connection was lost.
+    """
 
     exit_code = 18
+
+    def __init__(self, message: str, activation: Activation, why: str) -> None:
+        super().__init__(message)
+        self.activation = activation
+        self.why = why
+
+    def __reduce__(self) -> tuple[type[ActivationUnknown], tuple[str, Activation, str]]:
+        # args holds only the message (str() is the message); a pickled error still comes back whole.
+        return (type(self), (str(self), self.activation, self.why))
+
+
+class HangUp(KeyboardInterrupt):
+    """SIGHUP (the terminal or the SSH session nixfab runs in went away), raised where Ctrl-C would be: exit 129."""

@@ -49,9 +49,9 @@ TASKS_PY = textwrap.dedent(
     """\
     from invoke import Collection, Task
 
-    from deploy.cli import cli
+    from deploy.cli import invoke_compat
 
-    cli.allow_optional_machine()
+    invoke_compat.install()
 
 
     def deploy(c, machine=None, host=[], tag=[], flake=".", inventory="hosts.yaml", dry_run=False):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,26 @@ def test_unknown_host_key_stops_the_deploy(fleet) -> None:  # type: ignore[no-un
     result = inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory))
     assert result.returncode == 5 and "unknown SSH host key" in result.stderr
     assert lab.state("alpha").generations == ()
+
+
+@pytest.mark.parametrize("task", ["switch-push", "switch-pull"])
+def test_a_changed_host_key_stops_the_deploy_with_exit_5(fleet, tmp_path: Path, task: str) -> None:  # type: ignore[no-untyped-def]
+    # switch-pull's first contact is nix's own ssh (`nix copy --derivation`), push's is paramiko: both refuse alike.
+    lab, flake, inventory = fleet
+    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory)))
+    before = lab.state("alpha")
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    port = lab.host("alpha").port
+    known = [line for line in lab.known_hosts.read_text().splitlines() if not line.startswith(f"[127.0.0.1]:{port} ")]
+    lab.known_hosts.write_text("\n".join([*known, f"[127.0.0.1]:{port} {' '.join(other.with_suffix('.pub').read_text().split()[:2])}"]) + "\n")
+    set_fixture_revision(flake, "2")
+    result = inv(task, "alpha", "--flake", str(flake), "--inventory", str(inventory))
+    assert result.returncode == 5, result.stderr
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("nixfab: error: alpha: ") and "host key" in last.lower() and "changed" in last.lower(), result.stderr
+    assert "Traceback" not in result.stderr
+    assert lab.state("alpha") == before
 
 
 def test_accept_new_records_the_key(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

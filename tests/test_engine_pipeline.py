@@ -34,6 +34,7 @@ from deploy.engine.pipeline import (
 )
 from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, HostBusy, HostUnreachable, NotConfirmed
 from deploy.record import history
+from deploy.scripts import script
 from deploy.ui import Emitter
 from fake_host import LOST, Call, RecordingHost, RecordingRunner, Reply, sh, shown
 
@@ -304,6 +305,56 @@ def test_no_watchdog_without_magic_rollback_or_for_boot(world: World, fields: di
     assert not any(call.script in ("mkdir_then_exec", "confirm_activation") for call in world.host.calls)
 
 
+RECORD = f"/run/nixfab/switches/{TOKEN}"
+RECORDED_SWITCH = (0, unit(*sh("mark_activated", f"{RECORD}/activated", *stc(NEW, "switch")), bootloader=True), True)
+FORGET_RECORD = (0, ("rm", "-rf", "--", RECORD), True)
+
+
+@pytest.mark.usefixtures("guarded")
+def test_an_unguarded_remote_switch_records_its_exit_status_and_forgets_it_once_known(world: World) -> None:
+    activate_with_rollback(world.session, request(magic_rollback=False), world.run, world.host, NEW)
+    assert steps(world.host.calls) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, RECORDED_SWITCH, FORGET_RECORD)
+
+
+@pytest.mark.usefixtures("guarded")
+def test_an_unguarded_switch_whose_channel_was_lost_asks_the_host_and_goes_on(world: World) -> None:
+    world.host.on(switching_to(NEW), LOST).on("activation_status", "running\n", "finished 0\n")
+    activation = activate_with_rollback(world.session, request(magic_rollback=False), world.run, world.host, NEW)
+    assert activation.generation == 42
+    assert steps(world.host.calls) == expect(
+        VERSION, STATE, SET_PROFILE, READ_PROFILE, RECORDED_SWITCH,
+        (1, sh("activation_status", RECORD), True), (2, sh("activation_status", RECORD), True), READ_PROFILE, FORGET_RECORD,
+    )
+    assert world.host.closed == 1 and "the switch finished (exit 0) while we were away" in world.notes
+
+
+@pytest.mark.usefixtures("guarded")
+def test_an_unguarded_switch_that_failed_while_we_were_away_is_undone(world: World) -> None:
+    world.host.on(switching_to(NEW), LOST).on("activation_status", "finished 4\n")
+    with pytest.raises(ActivationFailed) as failed:
+        activate_with_rollback(world.session, request(magic_rollback=False), world.run, world.host, NEW)
+    assert str(failed.value) == f"web1: switch-to-configuration switch failed (exit 4) after the connection dropped; {ROLLED_BACK}"
+    assert steps(world.host.calls)[5:] == expect((1, sh("activation_status", RECORD), True), READ_PROFILE, *UNDO[1:], FORGET_RECORD)
+
+
+@pytest.mark.usefixtures("guarded")
+def test_an_unguarded_switch_on_a_host_that_stays_unreachable_says_it_may_be_cut_off(world: World) -> None:
+    world.host.on(switching_to(NEW), LOST).on("activation_status", HostUnreachable("web1: cannot reach root@web1:22: Connection refused"))
+    with pytest.raises(ActivationUnknown) as unknown:
+        activate_with_rollback(world.session, request(magic_rollback=False, confirm_timeout=3), world.run, world.host, NEW)
+    message = str(unknown.value)
+    assert message.startswith(f"web1: lost the connection during switch-to-configuration switch of {NEW} (web1: the SSH channel closed")
+    assert "and no new SSH connection reaches the host (web1: cannot reach root@web1:22: Connection refused): the new configuration may" in message
+    assert "no rollback watchdog guards this activation" in message and f"From the host's console, check `cat {RECORD}/activated`" in message
+    assert message.endswith(
+        "generation 41 was current before: `nix-env -p /nix/var/nix/profiles/system --switch-generation 41`, "
+        "then `/nix/var/nix/profiles/system/bin/switch-to-configuration switch` puts it back"
+    )
+    assert unknown.value.exit_code == 18
+    # Nothing undone over a guess, and the record is left for the user to read.
+    assert {call[1] for call in steps(world.host.calls)[5:]} == {shown(sh("activation_status", RECORD))}
+
+
 @pytest.mark.usefixtures("guarded")
 def test_a_failed_guarded_switch_is_undone_here_and_the_watchdog_disarmed(world: World) -> None:
     world.host.on(switching_to(NEW), 1)
@@ -399,8 +450,9 @@ def test_a_switch_whose_end_cannot_be_told_is_never_undone_over_a_guess(world: W
         activate_with_rollback(world.session, request(confirm_timeout=3), world.run, world.host, NEW)
     assert unknown.value.exit_code == 18
     message = str(unknown.value)
-    assert f"({said}); nixfab cannot tell whether it finished and undid nothing; the rollback watchdog {TOKEN} puts back" in message
-    assert f"journalctl -u {UNIT}" in message and f"{VERDICTS}/{TOKEN}" in message
+    assert "(web1: the SSH channel closed during switch-to-configuration switch without an exit status); asked" in message
+    assert f"; asked over a new connection: {said}; nixfab cannot tell whether it finished and undid nothing; the rollback watchdog {TOKEN}" in message
+    assert f"journalctl -u {UNIT}" in message and f"{VERDICTS}/{TOKEN}" in message and f"`cat {DIR}/activated`" in message
     after_switch = steps(world.host.calls)[6:]
     assert {call[1] for call in after_switch} == {shown(sh("activation_status", DIR))}  # no undo, no disarm, no confirmation
 
@@ -447,7 +499,7 @@ def test_deploy_host_takes_the_lock_first_and_releases_it_last(world: World) -> 
     world.host.on(["nix-store", "--check-validity"], 0)
     outcome = deploy_host(world.session, request(), world.run, NEW)
     assert steps(world.host.calls) == expect(
-        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS), True),
+        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending")), True),
         STATE,
         (0, sh("free_space", "/nix", "/boot"), False),
         (0, ("nix-store", "--check-validity", NEW), False),
@@ -462,7 +514,7 @@ def test_deploy_host_releases_the_lock_when_the_switch_fails(world: World) -> No
     world.host.on(switching_to(NEW), 1)
     with pytest.raises(ActivationFailed):
         deploy_host(world.session, request(), world.run, NEW)
-    assert world.host.argvs[0] == sh("lock_acquire", LOCK, HOLDER, WATCHDOGS)
+    assert world.host.argvs[0] == sh("lock_acquire", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending"))
     assert world.host.argvs[-1] == sh("lock_clear_if_held_by", LOCK, HOLDER)
 
 
@@ -502,7 +554,7 @@ def test_a_dry_run_sends_nothing_and_echoes_the_whole_plan(monkeypatch: pytest.M
     dry_running = "<running system>"
     watchdog = (*sh("rollback_watchdog", DIR, "1800", "30"), VERDICTS, PROFILE, NEW, "", "", dry_running, "1", "1", "1")
     assert steps(dry.host.calls) == expect(
-        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS), True),
+        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending")), True),
         (0, sh("free_space", "/nix", "/boot"), False),
         (0, ("nix-store", "--check-validity", NEW), False),
         VERSION, STATE,
@@ -515,7 +567,7 @@ def test_a_dry_run_sends_nothing_and_echoes_the_whole_plan(monkeypatch: pytest.M
     assert dry.host.sent == [] and all(call.dry for call in dry.host.calls)
     assert all(call.dry for call in dry.runner.calls)
     assert [call.argv[3] for call in dry.runner.calls] == ["path-info", "copy"]
-    assert outcome == DeployOutcome("web1", NEW, "local", "ok", copied=True, generation=None)
+    assert outcome == DeployOutcome("web1", NEW, "local", "planned", copied=True, generation=None)
     assert deterministic.sleeps == []
     assert not any(thread.name.startswith("lock-heartbeat-") for thread in set(threading.enumerate()) - before)  # no heartbeat for a dry lock
 

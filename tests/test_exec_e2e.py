@@ -129,7 +129,7 @@ def test_a_shell_string_and_the_exit_code_rules(site: Site) -> None:
     assert mixed.returncode == 1
     assert mixed.stderr.splitlines()[-1] == "nixfab: error: the hosts' exit codes differ: alpha 0, beta 5"
     summary = [line.split() for line in mixed.stderr.splitlines() if line.startswith(("alpha ", "beta ")) and " | " not in line]
-    assert ["alpha", "0"] == summary[0][:2] and ["beta", "5"] == summary[1][:2]
+    assert summary[0][:2] == ["alpha", "0"] and summary[1][:2] == ["beta", "5"]
     # A host it cannot reach never ran the command: the others still do, and its own code (4) counts.
     with_ghost = site.exec("--host", "alpha,ghost", "--json", "--", "sh", "-c", f"echo ran > {MARK}")
     assert with_ghost.returncode == 1

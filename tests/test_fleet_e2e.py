@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
+from deploy.lab.lab import process_start_time
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -565,3 +566,197 @@ def test_a_killed_deploy_is_settled_by_its_watchdog_before_the_next_one(make_fle
     assert "rolled back by the watchdog" in second.stderr
     verdicts = lab.inside("alpha", ["sh", "-c", "cat /nix/var/nix/nixfab/verdicts/*"]).stdout
     assert "rolled back by the watchdog: profile and boot default back to generation 1" in verdicts
+    # The next deploy saw that verdict: the killed deploy's row says what became of it.
+    rows = json.loads(ok(inv("history", "--json", "--flake", str(fleet.flake))).stdout)
+    assert [row["result"] for row in rows] == ["ok", "rolled-back", "ok"], rows
+    assert rows[1]["verdict"].startswith("rolled back by the watchdog: profile and boot default back to generation 1"), rows[1]
+
+
+@pytest.mark.parametrize("task", ["switch-push", "boot"])
+def test_an_unguarded_activation_that_loses_its_channel_asks_the_host_how_it_ended(make_fleet, task: str) -> None:  # type: ignore[no-untyped-def]
+    # Without a watchdog (--no-magic-rollback, or `boot`), a lost channel used to end at once in exit 18, "cannot tell",
+    # although the switch had finished and the host could have said so.
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    ok(inv("switch-push", "alpha", *fleet.args(fleet.inventory("hosts:\n  alpha: {}\n")), "--skip-checks"))
+    first = toplevel_of(fleet.flake, "alpha")
+    netdrop = fleet.inventory("hosts:\n  alpha: { attr: alpha-netdrop }\n", "netdrop.yaml")
+    result = ok(inv(task, "alpha", *fleet.args(netdrop), "--skip-checks", "--json", "--no-magic-rollback"))
+    assert results_of(result)["alpha"]["result"] == "ok" and results_of(result)["alpha"]["generation"] == 2
+    assert "lost the connection during activation" in result.stderr and "the switch finished (exit 0)" in result.stderr
+    path = toplevel_of(fleet.flake, "alpha-netdrop")
+    assert generations(lab, "alpha") == [(1, first), (2, path)]
+    if task == "switch-push":
+        assert_consistent(lab, "alpha", path)
+    else:  # boot: the new generation is the profile and the boot default; the old system still runs
+        state = lab.state("alpha")
+        assert profile_target(lab, "alpha") == path and state.boot_default == "nixos-generation-2.conf"
+        assert state.current_system == first
+    # The switch's record was read and removed; none is left in /run.
+    assert lab.inside("alpha", ["find", "/run/nixfab/switches", "-mindepth", "1"], check=False).stdout == ""
+
+
+def test_no_magic_rollback_and_a_host_the_switch_cut_off_says_so_and_what_to_check(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    # It used to end with "check `journalctl -u …` on the host": a host nixfab had just lost, and did not try to reach again.
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    ok(inv("switch-push", "alpha", *fleet.args(fleet.inventory("hosts:\n  alpha: {}\n")), "--skip-checks"))
+    cutoff = fleet.inventory("hosts:\n  alpha: { attr: alpha-cutoff }\n", "cutoff.yaml")
+    result = exits(inv("switch-push", "alpha", *fleet.args(cutoff), "--skip-checks", "--no-magic-rollback", "--confirm-timeout", "2"), 18)
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("nixfab: error: alpha: lost the connection during switch-to-configuration switch of "), last
+    assert "no new SSH connection reaches the host" in last and "Connection refused" in last, last
+    assert "may have cut it off" in last and "nothing on the host undoes it" in last and "From the host's console, check" in last, last
+    assert "--switch-generation 1`" in last, last  # how to go back, to what was current before
+    # What the message says is so: the cut-off system runs, as profile and boot default, and nothing was undone.
+    path = toplevel_of(fleet.flake, "alpha-cutoff")
+    assert_consistent(lab, "alpha", path)
+    assert [number for number, _ in generations(lab, "alpha")] == [1, 2]
+    record = re.search(r"`cat (/run/nixfab/switches/[0-9a-f]+)/activated`", last)
+    assert record is not None and lab.inside("alpha", ["cat", f"{record[1]}/activated"]).stdout.strip() == "0"
+
+
+def status_row(fleet: Fleet, inventory: Path, name: str) -> dict:  # type: ignore[type-arg]
+    rows = json.loads(ok(inv("status", name, "--json", *fleet.args(inventory))).stdout)
+    return next(row for row in rows if row["host"] == name)
+
+
+def history_rows(fleet: Fleet) -> list[dict]:  # type: ignore[type-arg]
+    return json.loads(ok(inv("history", "--json", "--flake", str(fleet.flake))).stdout)
+
+
+def verdict_file(lab: Lab, name: str, token: str) -> str:
+    return lab.inside(name, ["cat", f"/nix/var/nix/nixfab/verdicts/{token}"], check=False).stdout
+
+
+def test_a_deployer_killed_during_the_health_checks_is_rolled_back_by_its_watchdog_and_status_and_history_say_so(  # type: ignore[no-untyped-def]
+    make_fleet, background, tmp_path: Path
+) -> None:
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    health = "{ command: 'touch /run/lab-health-started; sleep 4; grep -qx ok /run/current-system/lab-health', timeout: 6, retries: 0 }"
+    inventory = fleet.inventory(f"hosts:\n  alpha: {{ health: {health} }}\n")
+    ok(inv("switch-push", "alpha", *fleet.args(inventory), "--skip-checks"))
+    first = toplevel_of(fleet.flake, "alpha")
+    lab.inside("alpha", ["rm", "-f", "/run/lab-health-started"])
+
+    set_fixture_revision(fleet.flake, "2")
+    output = tmp_path / "killed.err"
+    deploy = start_in_background(background, ["switch-push", "alpha", *fleet.args(inventory), "--skip-checks", "--confirm-timeout", "2"], output)
+    started = lambda: lab.inside("alpha", ["test", "-e", "/run/lab-health-started"], check=False).returncode == 0  # noqa: E731
+    wait_for("the health check to run", lambda: started() or deploy.poll() is not None)
+    assert deploy.poll() is None, output.read_text()
+    os.killpg(deploy.pid, signal.SIGKILL)  # unhealthy or not, nobody will confirm it now
+    deploy.wait(timeout=30)
+    # The killed run's row is unfinished; the host has what the new switch made, until its watchdog decides.
+    unfinished = history_rows(fleet)[-1]
+    assert unfinished["result"] == "unfinished", unfinished
+    token = unfinished["token"]
+    wait_for("the watchdog's verdict", lambda: "by\twatchdog" in verdict_file(lab, "alpha", token))
+
+    assert_consistent(lab, "alpha", first)
+    assert generations(lab, "alpha") == [(1, first)]
+    row = status_row(fleet, inventory, "alpha")
+    assert row["watchdogs_pending"] == {}
+    assert row["last_verdict"]["token"] == token and row["last_verdict"]["generation"] == 2 and row["last_verdict"]["undid"]
+    assert row["watchdog"].startswith("watchdog rolled back generation 2 at "), row
+    table = ok(inv("status", "alpha", *fleet.args(inventory))).stdout
+    assert "watchdog rolled back generation 2 at " in table.splitlines()[1], table
+    # `status` saw the verdict: the killed deploy's row now says what became of it.
+    killed = history_rows(fleet)[-1]
+    assert (killed["result"], killed["token"]) == ("rolled-back", token)
+    assert killed["verdict"].startswith("rolled back by the watchdog: profile and boot default back to generation 1"), killed
+    text = ok(inv("history", "--flake", str(fleet.flake))).stdout
+    assert "    watchdog: rolled back by the watchdog: profile and boot default back to generation 1" in text, text
+
+
+def test_a_deployer_killed_between_arming_the_watchdog_and_setting_the_profile_changes_nothing(  # type: ignore[no-untyped-def]
+    make_fleet, background, tmp_path: Path
+) -> None:
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    inventory = fleet.inventory("hosts:\n  alpha: {}\n")
+    ok(inv("switch-push", "alpha", *fleet.args(inventory), "--skip-checks"))
+    first = toplevel_of(fleet.flake, "alpha")
+
+    set_fixture_revision(fleet.flake, "2")
+    lab.hold("alpha", "nixfab-watchdog-")  # the lab's systemd-run waits after starting the watchdog, before it returns
+    output = tmp_path / "killed.err"
+    deploy = start_in_background(background, ["switch-push", "alpha", *fleet.args(inventory), "--skip-checks"], output)
+    wait_for("the watchdog to be armed", lambda: lab.held("alpha", "nixfab-watchdog-") is not None or deploy.poll() is not None)
+    assert deploy.poll() is None, output.read_text()
+    unit = lab.held("alpha", "nixfab-watchdog-")
+    assert unit is not None
+    token = unit.removeprefix("nixfab-watchdog-")
+    os.killpg(deploy.pid, signal.SIGKILL)
+    deploy.wait(timeout=30)
+    lab.release("alpha", "nixfab-watchdog-")
+
+    # The profile was never set: everything still is generation 1, and nixfab's status says a watchdog waits.
+    assert_consistent(lab, "alpha", first)
+    assert generations(lab, "alpha") == [(1, first)]
+    row = status_row(fleet, inventory, "alpha")
+    assert list(row["watchdogs_pending"]) == [token] and row["watchdog"].startswith(f"pending ({token} armed "), row
+    assert [(entry["result"], entry["token"]) for entry in history_rows(fleet)][-1] == ("unfinished", token)
+
+    # The next deploy lets that watchdog decide first: it finds nothing of its own to undo.
+    second = ok(inv("switch-push", "alpha", *fleet.args(inventory), "--skip-checks", "--json"))
+    assert f"watchdog {token}: the watchdog undid nothing" in second.stderr
+    path = toplevel_of(fleet.flake, "alpha")
+    assert_consistent(lab, "alpha", path)
+    assert generations(lab, "alpha") == [(1, first), (2, path)]
+    assert "undid\t0" in verdict_file(lab, "alpha", token)
+    killed, deployed = history_rows(fleet)[-2:]
+    assert (killed["token"], killed["result"]) == (token, "interrupted") and killed["verdict"].startswith("the watchdog undid nothing"), killed
+    assert deployed["result"] == "ok"
+    assert status_row(fleet, inventory, "alpha")["watchdog"].startswith("confirmed at ")
+
+
+@pytest.mark.parametrize("phase", ["check", "build"])
+def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fleet, background, tmp_path: Path, phase: str) -> None:  # type: ignore[no-untyped-def]
+    # During `nix flake check`, SIGHUP used to end the process on the spot (its default): no line, no exit code of ours,
+    # and the check left running.
+    fleet = make_fleet(["alpha"])
+    flake_nix = fleet.flake / "flake.nix"
+    nonce = f"{os.getpid()}-{time.time_ns()}"  # never built before, so never a cache hit
+    if phase == "check":
+        slow = (
+            f'checks.${{system}}.slow = derivation {{ inherit system; name = "slow-check-{nonce}"; '
+            'builder = "/bin/sh"; args = [ "-c" "sleep 60; echo > $out" ]; PATH = "/usr/bin:/bin"; };\n      homeConfigurations ='
+        )
+        flake_nix.write_text(flake_nix.read_text().replace("homeConfigurations =", slow, 1))
+        running, args = b"flake\0check", ["switch-push", "alpha"]
+    else:
+        slow = f'name = "lab-sw"; nonce = "{nonce}"; args = [ "-c" "sleep 60; . ${{./build-sw.sh}}" ];'
+        flake_nix.write_text(flake_nix.read_text().replace('name = "lab-sw";', slow, 1).replace("args = [ ./build-sw.sh ];", "", 1))
+        running, args = b"\0build\0", ["switch-push", "alpha", "--skip-checks"]
+    inventory = fleet.inventory("hosts:\n  alpha: {}\n")
+    logins = fleet.logins()
+    output = tmp_path / "hangup.err"
+    deploy = start_in_background(background, [*args, *fleet.args(inventory)], output)
+
+    def nix_runs() -> bool:
+        return any(running in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children_of(deploy.pid))
+
+    wait_for(f"nix to {phase}", lambda: nix_runs() or deploy.poll() is not None)
+    assert deploy.poll() is None, output.read_text()
+    nix = {pid: process_start_time(pid) for pid in children_of(deploy.pid)}
+    os.kill(deploy.pid, signal.SIGHUP)
+    result = finished(deploy, output)
+    assert result.returncode == 129, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not [pid for pid, started in nix.items() if process_start_time(pid) == started]  # nix went with it
+    assert fleet.logins() == logins and fleet.lab.state("alpha").generations == ()
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    if phase == "check":
+        assert "==> building" not in result.stderr and last == "nixfab: hung up (SIGHUP)", result.stderr
+    else:  # the fleet's own handling: the summary, then the one line
+        assert re.search(r"^alpha +interrupted\b", result.stderr, re.MULTILINE), result.stderr
+        assert last.startswith("nixfab: error: hung up (SIGHUP)"), result.stderr
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []

@@ -138,6 +138,82 @@ def test_a_fleet_hosts_row_is_unfinished_from_its_start_until_it_ends(tmp_path: 
     assert [r.started_at for r in ended] == [r.started_at for r in unfinished]  # the same rows, rewritten
 
 
+def test_a_journal_written_before_tokens_and_verdicts_gets_their_columns(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    with sqlite3.connect(path) as connection:  # what schema version 1 was first written as
+        connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        connection.execute("INSERT INTO schema_version VALUES (1)")
+        connection.execute(
+            "CREATE TABLE deploys (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL, local_user TEXT NOT NULL, "
+            "host TEXT NOT NULL, action TEXT NOT NULL, flake TEXT NOT NULL, revision TEXT, dirty INTEGER, store_path TEXT, "
+            "generation INTEGER, result TEXT NOT NULL, duration_seconds REAL NOT NULL, error TEXT)"
+        )
+        connection.execute(
+            "INSERT INTO deploys (started_at, local_user, host, action, flake, result, duration_seconds) VALUES ('t', 'ann', 'alpha', 'switch', '.', 'ok', 1)"
+        )
+    journal = Journal(path)
+    journal.record(make_record(token="0123456789ab"))
+    assert [(r.token, r.verdict) for r in journal.records()] == [(None, None), ("0123456789ab", None)]
+
+
+def test_a_watchdogs_verdict_seen_later_settles_the_row_it_guarded(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "history.sqlite")
+    rows = {
+        "killed": make_record(result="unfinished", token="aaaaaaaaaaaa"),
+        "unknown": make_record(result="failed", token="bbbbbbbbbbbb", error="alpha: lost the connection during switch-to-configuration"),
+        "killed early": make_record(result="unfinished", token="cccccccccccc"),
+        "confirmed": make_record(result="ok", token="dddddddddddd"),
+        "boot": make_record(result="failed", action="boot", token="eeeeeeeeeeee"),
+        "elsewhere": make_record(host="beta", result="unfinished", token="ffffffffffff"),
+        "day-2": make_record(result="failed", action="switch-generation"),
+    }
+    for record in rows.values():
+        journal.record(record)
+    # Only guarded deploys (switch, test) that did not end known can have a verdict to learn; the newest first.
+    assert journal.awaiting_verdicts(["alpha", "beta", "gamma"]) == {
+        "alpha": ["cccccccccccc", "bbbbbbbbbbbb", "aaaaaaaaaaaa"], "beta": ["ffffffffffff"],
+    }
+    assert journal.record_verdict("alpha", "aaaaaaaaaaaa", "rolled back by the watchdog: profile and boot default back to generation 3", undid=True)
+    assert journal.record_verdict("alpha", "bbbbbbbbbbbb", "rolled back by the watchdog: running system back to /nix/store/x", undid=True)
+    assert journal.record_verdict("alpha", "cccccccccccc", "the watchdog undid nothing: the profile was not changed", undid=False)
+    assert not journal.record_verdict("alpha", "dddddddddddd", "rolled back by the watchdog: ?", undid=True)  # an ok row stays ok
+    assert not journal.record_verdict("alpha", "aaaaaaaaaaaa", "again", undid=False)  # once
+    assert not journal.record_verdict("alpha", "ffffffffffff", "another host's", undid=True)
+    assert [(r.result, r.verdict) for r in journal.records(host="alpha")[:4]] == [
+        ("rolled-back", "rolled back by the watchdog: profile and boot default back to generation 3"),
+        ("rolled-back", "rolled back by the watchdog: running system back to /nix/store/x"),
+        ("interrupted", "the watchdog undid nothing: the profile was not changed"),
+        ("ok", None),
+    ]
+    assert journal.awaiting_verdicts(["alpha"]) == {}
+    table = history.format_history(journal.records(host="alpha")[:2])
+    assert "\n    error: alpha: lost the connection during switch-to-configuration\n    watchdog: rolled back by the watchdog: running" in table
+
+
+def test_a_fleet_row_carries_its_runs_token_and_the_verdicts_its_deploy_saw(tmp_path: Path) -> None:
+    from deploy.cli.cli import FleetJournal
+    from deploy.config.inventory import HostSpec, SshTarget
+    from deploy.confirm.magic_rollback import Verdict
+    from deploy.engine.fleet import HostResult
+    from deploy.engine.pipeline import DeployRequest, HostRun
+    from deploy.transport.process import LocalRunner
+    from deploy.ui import Emitter
+
+    journal = Journal(tmp_path / "history.sqlite")
+    fleet_journal = FleetJournal(journal, DeployRequest(flake="/src/flake", action="switch"))
+    spec = HostSpec(name="alpha", ssh=SshTarget("alpha"), attr="alpha", build_on="alpha", tags=(), sudo=False, declared=True)
+    killed, later = (HostRun(spec, Emitter(), LocalRunner(Emitter())) for _ in range(2))
+    assert killed.token != later.token and len(killed.token) == 12
+    fleet_journal.started(killed)  # and never finished
+    fleet_journal.started(later)
+    later.verdicts_seen.append(Verdict(killed.token, "rolled back by the watchdog: running system back to /nix/store/x", "watchdog", 0, undid=True))
+    fleet_journal.finished(HostResult("alpha", "ok", 1.0, "/nix/store/y", 2), later)
+    assert [(r.token, r.result, r.verdict) for r in journal.records()] == [
+        (killed.token, "rolled-back", "rolled back by the watchdog: running system back to /nix/store/x (at 1970-01-01 00:00:00Z)"),
+        (later.token, "ok", None),
+    ]
+
+
 def test_threads_sharing_one_journal_lose_nothing(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "history.sqlite")
     start = threading.Barrier(8)
@@ -277,7 +353,7 @@ def test_history_json_is_every_field() -> None:
             "started_at": "2024-05-01T10:00:00+00:00", "local_user": "ann", "host": "alpha", "action": "switch",
             "flake": "/src/flake", "revision": "0123456789abcdef0123456789abcdef01234567", "dirty": False,
             "store_path": "/nix/store/abc-nixos-system", "generation": 4, "result": "ok", "duration_seconds": 12.5,
-            "error": "x\ny",
+            "error": "x\ny", "token": None, "verdict": None,
         }
     ]
 

@@ -12,6 +12,7 @@ import pytest
 from deploy.engine import lock
 from deploy.engine.lock import LOCK_DIR, STALE_AFTER_SECONDS, acquire, describe_holder, is_stale, process_start_time
 from deploy.errors import HostBusy, HostUnreachable, NixfabError
+from deploy.scripts import script
 from fake_host import LOST, RecordingHost, Reply, sh
 
 WATCHDOGS = "/run/nixfab/magic-rollback"
@@ -128,7 +129,7 @@ def test_acquire_sends_the_lock_script_with_who_we_are_and_release_clears_only_o
     host = RecordingHost().on("lock_acquire", "acquired\n")
     taken = acquire(host, "switch")
     try:
-        assert host.argvs == [sh("lock_acquire", "/run/nixfab/deploy.engine.lock", OUR_HOLDER, "/run/nixfab/magic-rollback")]
+        assert host.argvs == [sh("lock_acquire", "/run/nixfab/deploy.engine.lock", OUR_HOLDER, "/run/nixfab/magic-rollback", script("watchdogs_pending"))]
         assert [call.sudo for call in host.calls] == [True]
         assert json.loads(OUR_HOLDER)["since"] == 1700000000
         assert taken.holder_text == OUR_HOLDER and taken.cleared_stale is None
@@ -145,7 +146,7 @@ def test_a_fresh_foreign_holder_makes_the_host_busy_with_exit_14(deployer: None)
         acquire(host, "switch")
     assert busy.value.exit_code == 14
     assert f"web1: another deploy is running: {describe_holder(holder())}; lock {LOCK_DIR}" == str(busy.value)
-    assert host.argvs == [sh("lock_acquire", LOCK_DIR, OUR_HOLDER, WATCHDOGS)]  # nothing cleared
+    assert host.argvs == [sh("lock_acquire", LOCK_DIR, OUR_HOLDER, WATCHDOGS, script("watchdogs_pending"))]  # nothing cleared
 
 
 def test_a_stale_holder_is_cleared_by_its_exact_line_and_the_lock_taken(deployer: None) -> None:
@@ -155,9 +156,9 @@ def test_a_stale_holder_is_cleared_by_its_exact_line_and_the_lock_taken(deployer
     taken.release()
     ours = OUR_HOLDER.replace('"switch"', '"boot"')
     assert host.argvs == [
-        sh("lock_acquire", LOCK_DIR, ours, WATCHDOGS),
+        sh("lock_acquire", LOCK_DIR, ours, WATCHDOGS, script("watchdogs_pending")),
         sh("lock_clear_if_held_by", LOCK_DIR, theirs),
-        sh("lock_acquire", LOCK_DIR, ours, WATCHDOGS),
+        sh("lock_acquire", LOCK_DIR, ours, WATCHDOGS, script("watchdogs_pending")),
         sh("lock_clear_if_held_by", LOCK_DIR, ours),
     ]
     assert taken.cleared_stale == describe_holder(holder())
@@ -235,7 +236,7 @@ def test_dry_run_takes_the_lock_without_a_heartbeat(deployer: None) -> None:
     host = RecordingHost(dry_run=True)
     taken = acquire(host, "switch")
     assert taken._stop is None and host.sent == []
-    assert host.argvs == [sh("lock_acquire", LOCK_DIR, OUR_HOLDER, WATCHDOGS)]
+    assert host.argvs == [sh("lock_acquire", LOCK_DIR, OUR_HOLDER, WATCHDOGS, script("watchdogs_pending"))]
 
 
 def test_the_heartbeat_touches_the_lock_until_release(deployer: None, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from deploy.confirm import magic_rollback
 from deploy.confirm.magic_rollback import (
     ACTIVATION_LIMIT_SECONDS,
     STATE_DIR,
+    Verdict,
     Watchdog,
     arm,
     await_self_rollback,
@@ -19,6 +20,8 @@ from deploy.confirm.magic_rollback import (
     disarm,
     mark_activated,
     new_watchdog,
+    parse_verdicts,
+    read_verdicts,
     watchdog_argv,
 )
 from deploy.errors import HostUnreachable, LoginRefused, NixfabError, NotConfirmed
@@ -103,7 +106,7 @@ def test_detached_without_systemd_is_setsid_with_no_stdio_left_on_the_channel() 
 
 def test_mark_activated_wraps_the_activation_argv() -> None:
     argv = [f"{NEW}/bin/switch-to-configuration", "switch"]
-    assert mark_activated(WATCHDOG, argv) == [*sh("mark_activated", f"{DIR}/activated"), *argv]
+    assert mark_activated(WATCHDOG.activated_marker, argv) == [*sh("mark_activated", f"{DIR}/activated"), *argv]
 
 
 # ---- arm and disarm -----------------------------------------------------------------------------------------------------
@@ -295,7 +298,7 @@ def test_activation_status_asks_until_the_switch_has_ended_or_the_deadline(repli
 
     host = RecordingHost().on("activation_status", *replies)  # type: ignore[arg-type]
     clock = Clock()
-    assert activation_status(confirming(host, clock), WATCHDOG, timeout=3, sleep=clock.sleep, clock=clock) == answer
+    assert activation_status(confirming(host, clock), DIR, timeout=3, sleep=clock.sleep, clock=clock) == answer
     assert [call.argv for call in host.calls] == [sh("activation_status", DIR)] * asked
     assert all(fresh.closed == 1 for fresh in host.opened)
 
@@ -304,16 +307,46 @@ def test_settling_leftovers_hurries_each_watchdog_and_waits_for_its_verdict() ->
     from deploy.confirm.magic_rollback import settle_leftovers
 
     host = RecordingHost().on("watchdogs_pending", f"{TOKEN}\t30\n", "")
-    host.on(["cat"], "rolled back by the watchdog: profile and boot default back to generation 1\n")
+    words = "rolled back by the watchdog: profile and boot default back to generation 1"
+    lines = [f"verdict\t{words}", "by\twatchdog", f"system\t{NEW}", "generation\t42", "undid\t1"]
+    host.on("read_verdicts", "".join(f"{TOKEN}\t1700000000\t{line}\n" for line in lines))
     clock, notes = Clock(), []
-    settle_leftovers(host, {TOKEN: 30}, timeout=60, note=notes.append, sleep=clock.sleep, clock=clock)
+    seen = settle_leftovers(host, {TOKEN: 30}, timeout=60, note=notes.append, sleep=clock.sleep, clock=clock)
     assert host.argvs == [
         ("touch", "--", f"{DIR}/hurry"),
         sh("watchdogs_pending", STATE_DIR),
         sh("watchdogs_pending", STATE_DIR),
-        ("cat", "--", f"{VERDICTS}/{TOKEN}"),
+        sh("read_verdicts", VERDICTS, TOKEN),
     ]
-    assert notes[-1] == f"web1: watchdog {TOKEN}: rolled back by the watchdog: profile and boot default back to generation 1"
+    assert notes[-1] == f"web1: watchdog {TOKEN}: {words}"
+    assert seen == [Verdict(TOKEN, words, "watchdog", 1700000000, NEW, 42, undid=True)]
+    assert seen[0].rolled_back and seen[0].summary() == "watchdog rolled back generation 42 at 2023-11-14 22:13:20Z"
+
+
+def test_verdicts_are_read_in_todays_format_and_in_the_one_line_of_earlier_versions() -> None:
+    today = "".join(f"aaaaaaaaaaaa\t100\t{line}\n" for line in ["verdict\tconfirmed", "by\tdeployer"])
+    old_watchdog = "bbbbbbbbbbbb\t200\trolled back by the watchdog: running system back to /nix/store/x\n"
+    nothing = "".join(f"cccccccccccc\t300\t{line}\n" for line in [
+        "verdict\tthe watchdog undid nothing: the profile was not changed", "by\twatchdog", f"system\t{NEW}", "generation\t", "undid\t0",
+    ])
+    repeated = "aaaaaaaaaaaa\t100\tverdict\tconfirmed\n"  # the newest, also asked for by name
+    hostile = "../../etc\t1\tverdict\tx\n"
+    verdicts = parse_verdicts(today + old_watchdog + nothing + repeated + hostile)
+    assert verdicts == [
+        Verdict("aaaaaaaaaaaa", "confirmed", "deployer", 100),
+        Verdict("bbbbbbbbbbbb", "rolled back by the watchdog: running system back to /nix/store/x", "watchdog", 200, undid=True),
+        Verdict("cccccccccccc", "the watchdog undid nothing: the profile was not changed", "watchdog", 300, NEW, None, undid=False),
+    ]
+    assert [verdict.summary() for verdict in verdicts] == [
+        "confirmed at 1970-01-01 00:01:40Z", "watchdog rolled back the activation at 1970-01-01 00:03:20Z",
+        "watchdog undid nothing at 1970-01-01 00:05:00Z",
+    ]
+
+
+def test_only_tokens_are_ever_asked_for() -> None:
+    host = RecordingHost().on("read_verdicts", "")
+    assert read_verdicts(host, ["0123456789ab", "../x", "", "ABC"]) == []
+    assert host.argvs == [sh("read_verdicts", VERDICTS, "0123456789ab")]
 
 
 def test_a_leftover_watchdog_that_does_not_decide_keeps_the_host_busy() -> None:

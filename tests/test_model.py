@@ -53,7 +53,9 @@ def test_switch_to_configuration_gets_the_plain_string() -> None:
 
 # --- Result ----------------------------------------------------------------------------------------
 
-RESULT_STRINGS = ["ok", "built", "diffed", "up-to-date", "failed", "rolled-back", "interrupted", "not started", "unfinished"]
+RESULT_STRINGS = [
+    "ok", "built", "diffed", "up-to-date", "planned", "skipped", "failed", "rolled-back", "interrupted", "not started", "unfinished",
+]
 
 
 def test_results_keep_the_strings_printed_and_recorded_today() -> None:
@@ -65,7 +67,7 @@ def test_results_keep_the_strings_printed_and_recorded_today() -> None:
 
 @pytest.mark.parametrize("result", list(Result))
 def test_result_healthy(result: Result) -> None:
-    assert result.healthy == (result in (Result.OK, Result.BUILT, Result.DIFFED, Result.UP_TO_DATE))
+    assert result.healthy == (result in (Result.OK, Result.BUILT, Result.DIFFED, Result.UP_TO_DATE, Result.PLANNED, Result.SKIPPED))
     assert HostResult("h", result, 0.0).healthy == result.healthy
 
 

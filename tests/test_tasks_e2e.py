@@ -162,7 +162,7 @@ def test_diff_shows_changes_and_activates_nothing_then_diff_and_ask(site: Site) 
     second = site.path("2")
     activations = lab.activations("alpha")
 
-    shown = ok(site.deploy("diff", "alpha")).stderr
+    shown = ok(site.deploy("diff", "alpha")).stdout  # the task's result (tests/test_cli_e2e.py: stdout, not stderr)
     assert f"alpha: {first.current_system} -> {second}" in shown
     assert "nixos-system-alpha-lab.1" in shown and "nixos-system-alpha-lab.2" in shown
     assert lab.activations("alpha") == activations and lab.state("alpha") == first
@@ -176,8 +176,8 @@ def test_diff_shows_changes_and_activates_nothing_then_diff_and_ask(site: Site) 
     before = lab.state("alpha")
     activations = lab.activations("alpha")
     no = site.deploy("switch-push", "alpha", "--ask", input="n\n")
-    assert no.returncode != 0 and "Traceback" not in no.stderr
-    assert f"activate {third}?" in no.stderr and "not activated" in no.stderr
+    assert no.returncode == 0 and "Traceback" not in no.stderr  # a no is "skipped", not a failure
+    assert f"activate {third}?" in no.stderr and "skipped: not activated" in no.stderr
     assert lab.activations("alpha") == activations and lab.state("alpha") == before
     ok(site.deploy("switch-push", "alpha", "--ask", input="y\n"))
     after = lab.state("alpha")
@@ -298,6 +298,33 @@ def test_a_full_nix_store_is_exit_13_and_leaves_the_host_alone(lab: Lab, tmp_pat
     assert state.generations == () and state.current_system is None and state.current_generation is None
 
 
+def store_entries(lab: Lab, name: str) -> tuple[list[str], list[str]]:
+    """What the host's /nix/store holds, and what its garbage collector would delete, less the lock files Nix leaves."""
+    listing = lab.inside(name, ["ls", "/nix/store"]).stdout.split()
+    dead = lab.inside(name, ["nix-store", "--gc", "--print-dead"]).stdout.split()
+    return sorted(e for e in listing if not e.endswith(".lock")), sorted(d for d in dead if not d.endswith(".lock"))
+
+
+def test_a_full_nix_store_keeps_nothing_of_the_failed_import(lab: Lab, tmp_path: Path) -> None:
+    # A failed import used to leave its paths behind: the small ones whole and unreferenced, the big one half-written,
+    # and /nix as full as the failure left it.
+    lab.up(["alpha"], nix_size_mib={"alpha": 24})
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    inventory = write_inventory(lab, tmp_path / "hosts.yaml", "  alpha: {}\n")
+    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--skip-checks"))
+    first, before = lab.state("alpha"), store_entries(lab, "alpha")
+    settings = json.loads((flake / "lab.json").read_text())
+    (flake / "lab.json").write_text(json.dumps({**settings, "revision": "2", "payloadKiB": 48 * 1024}))
+    bigger = toplevel_of(flake, "alpha")
+
+    result = inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--skip-checks")
+    message = refused(result, 13)
+    assert "out of disk space" in message and "nothing it imported was kept" in message, message
+    assert store_entries(lab, "alpha") == before
+    assert not lab.store_has("alpha", bigger)
+    assert lab.state("alpha") == first
+
+
 def test_a_failed_activation_shows_the_journal_of_the_switch_unit(site: Site) -> None:
     ok(site.deploy("switch-push", "alpha"))
     good = site.lab.state("alpha")
@@ -324,7 +351,9 @@ def test_status_reachable_generation_drift_reboot_pending_and_an_unreachable_row
     rows = status_of(site, ghost, "--all")
     assert set(rows) == {"alpha", "beta", "ghost"}
     alpha = rows["alpha"]
-    assert (alpha["reachable"], alpha["generation"], alpha["drift"], alpha["reboot_pending"]) == (True, 1, False, False)
+    # A lab host deployed from nothing was never booted into a system: whether a reboot is pending is unknown
+    # (tests/test_cli_e2e.py has booted hosts, same and other kernels).
+    assert (alpha["reachable"], alpha["generation"], alpha["drift"], alpha["reboot_pending"]) == (True, 1, False, None)
     assert alpha["current_system"] == site.lab.state("alpha").current_system
     assert (rows["beta"]["reachable"], rows["beta"]["generation"], rows["beta"]["current_system"]) == (True, None, None)
     assert rows["ghost"]["reachable"] is False and rows["ghost"]["error"]
@@ -337,7 +366,7 @@ def test_status_reachable_generation_drift_reboot_pending_and_an_unreachable_row
     assert status_of(site, ghost, "alpha")["alpha"]["drift"] is True
     ok(site.deploy("boot", "alpha"))
     alpha = status_of(site, ghost, "--host", "alpha")["alpha"]
-    assert alpha["generation"] == 2 and alpha["reboot_pending"] is True
+    assert alpha["generation"] == 2 and alpha["reboot_pending"] is None
     assert site.lab.state("alpha").current_generation == 2
 
 
@@ -531,9 +560,6 @@ def harmless(case: Case, result: subprocess.CompletedProcess[str]) -> str | None
     lines = result.stderr.rstrip("\n").splitlines()
     last = lines[-1] if lines else ""
     if last.startswith("nixfab: error: "):
-        return None
-    # Invoke's own parser refuses a positional that starts with '-' before any task runs.
-    if result.returncode == 1 and case.argv[1].startswith("-") and "No idea what" in result.stderr:
         return None
     return f"exit {result.returncode} without a one-line nixfab error: {last!r}"
 

@@ -12,6 +12,9 @@ from deploy.scripts import script
 from deploy.transport.hosts import Host
 from deploy.transport.process import tab_fields
 
+# Where an activation that no watchdog guards records its exit status (mark_activated.sh), by token, so that
+# after a lost channel nixfab can still ask the host how it ended. The watchdog's own directory serves when guarded.
+SWITCH_RECORDS_DIR = "/run/nixfab/switches"
 
 @dataclass(frozen=True)
 class SystemState:
@@ -125,11 +128,10 @@ def show_journal(host: Host, unit: str) -> None:
     if not host.facts.get("systemd-run"):
         return
     journal = host.run(commands.journal_tail(unit))
-    echo = getattr(host, "echo", None) or getattr(getattr(host, "runner", None), "echo", None)
-    if journal.ok and journal.stdout.strip() and echo is not None:
-        echo.note(f"journalctl -u {unit} (last lines):")
+    if journal.ok and journal.stdout.strip():
+        host.echo.note(f"journalctl -u {unit} (last lines):")
         for line in journal.stdout.rstrip().splitlines():
-            echo.note(f"  {line}")
+            host.echo.note(f"  {line}")
 
 
 def activate(
@@ -179,15 +181,49 @@ def activate(
     return activation
 
 
-def lost_activation(label: str, activation: Activation, why: str, *, guarded: str = "") -> ActivationUnknown:
-    """What to say when nixfab cannot tell how the switch ended, and what to check."""
-    unknown = ActivationUnknown(
-        f"{label}: lost the connection during switch-to-configuration {activation.action} of {activation.path} ({why}); "
-        f"nixfab cannot tell whether it finished and undid nothing{guarded}. On the host, check `systemctl status {activation.unit}`, "
-        f"`journalctl -u {activation.unit}`, `readlink /run/current-system` and `readlink {commands.SYSTEM_PROFILE}`"
+def lost_activation(
+    label: str, activation: Activation, why: str, *, asked: str | None = None, record: str | None = None, guard: str = ""
+) -> ActivationUnknown:
+    """What to say when nixfab cannot tell how the switch ended, and what to check.
+
+    why: how the connection was lost. asked: what the host said when asked
+    over a new connection ("it is still running", ...), None when it was not
+    asked. record: the directory holding the switch's exit status on the host.
+    guard: what the rollback watchdog will do, empty when none guards it.
+    """
+    unit = activation.unit
+    what = f"switch-to-configuration {activation.action} of {activation.path}"
+    status = f"`cat {record}/activated` (its exit status, once it ends), " if record else ""
+    checks = f"`systemctl status {unit}`, `journalctl -u {unit}`, {status}`readlink /run/current-system` and `readlink {commands.SYSTEM_PROFILE}`"
+    heard = f"; asked over a new connection: {asked}" if asked else ""
+    message = f"{label}: lost the connection during {what} ({why}){heard}; nixfab cannot tell whether it finished and undid nothing{guard}. "
+    return ActivationUnknown(f"{message}On the host, check {checks}", activation, why)
+
+
+def unreachable_after_switch(label: str, activation: Activation, why: str, unreachable: str, *, record: str) -> ActivationUnknown:
+    """The connection dropped during a switch no watchdog guards, and no new one reaches the host: it may be cut off for good."""
+    action, previous = activation.action, activation.previous
+    if action.changes_running_system:
+        cause = "the new configuration may have cut it off (sshd, firewall or network), or it went down"
+    else:
+        cause = "it went down, or its network did"
+    if action.changes_boot_default and previous.generation is not None:
+        back = (
+            f"; generation {previous.generation} was current before: `nix-env -p {commands.SYSTEM_PROFILE} --switch-generation "
+            f"{previous.generation}`, then `{commands.SYSTEM_PROFILE}/bin/switch-to-configuration {action}` puts it back"
+        )
+    elif action.changes_running_system and previous.running:
+        back = f"; `{previous.running}/bin/switch-to-configuration test` puts back the system that ran before"
+    else:
+        back = ""
+    message = (
+        f"{label}: lost the connection during switch-to-configuration {action} of {activation.path} ({why}), and no new SSH "
+        f"connection reaches the host ({unreachable}): {cause}. nixfab cannot tell whether the switch finished and undid nothing, "
+        f"and no rollback watchdog guards this activation (--no-magic-rollback, or `boot`), so nothing on the host undoes it. "
+        f"From the host's console, check `cat {record}/activated` (the switch's exit status), `journalctl -u {activation.unit}`, "
+        f"`readlink /run/current-system` and `readlink {commands.SYSTEM_PROFILE}`{back}"
     )
-    unknown.activation = activation  # type: ignore[attr-defined]
-    return unknown
+    return ActivationUnknown(message, activation, why)
 
 
 @dataclass(frozen=True)

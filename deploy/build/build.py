@@ -45,7 +45,8 @@ def build_locally(
     dry = json.dumps([{"outputs": {"out": placeholder(attr)}} for attr in attrs])
     result = runner.run(commands.nix_build(installables, out_link=out_link, extra=extra), dry_stdout=dry)
     if not result.ok:
-        raise BuildError(f"building {', '.join(attrs)} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+        raise BuildError(missing_configuration(runner, flake, attrs, result.stderr, extra)
+                         or f"building {', '.join(attrs)} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
     outputs = [item["outputs"]["out"] for item in json.loads(result.stdout)]
     if len(attrs) == 1 or runner.dry_run:
         return dict(zip(attrs, outputs, strict=True))
@@ -56,6 +57,23 @@ def build_locally(
     if missing:
         raise BuildError(f"nix build did not report a result for {', '.join(missing)}")
     return {attr: str(expected[attr]) for attr in attrs}
+
+
+def missing_configuration(runner: LocalRunner, flake: str, attrs: Sequence[str], stderr: str, extra: Sequence[str] = ()) -> str | None:
+    """When Nix failed because the flake has no such nixosConfigurations, say which it lacks and which it has; else None."""
+    if "does not provide attribute" not in stderr:
+        return None
+    listed = runner.run([*commands.NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", "builtins.attrNames", *extra],
+                        show_stderr=False)
+    try:
+        names = [str(name) for name in json.loads(listed.stdout)] if listed.ok else None
+    except ValueError:
+        names = None
+    missing = [attr for attr in attrs if names is not None and attr not in names]
+    if names is None or not missing:
+        return None
+    lacked = ", ".join(f'nixosConfigurations."{attr}"' for attr in missing)
+    return f"{flake} has no {lacked}; it has: {', '.join(names) or 'no nixosConfigurations at all'}"
 
 
 def evaluate_out_paths(runner: LocalRunner, flake: str, attrs: Sequence[str], extra: Sequence[str] = ()) -> dict[str, str | None]:
@@ -77,7 +95,8 @@ def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = 
     dry = json.dumps({"drv": f"<derivation of {attr}>", "out": placeholder(attr)})
     result = runner.run(commands.nix_eval_derivation(installable, extra), dry_stdout=dry)
     if not result.ok:
-        raise BuildError(f"evaluating {attr} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+        raise BuildError(missing_configuration(runner, flake, [attr], result.stderr, extra)
+                         or f"evaluating {attr} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
     data = json.loads(result.stdout)
     return Evaluation(data["drv"], data["out"])
 

@@ -85,11 +85,29 @@ def check_generation(value: str | int | None) -> int:
     return int(text)
 
 
-def flake_reference(flake: str) -> str:
-    """A local directory becomes an absolute reference, so ssh and cwd changes cannot confuse it."""
+def flake_reference(flake: str, *, evaluated: bool = True) -> str:
+    """A local directory becomes an absolute reference, so ssh and cwd changes cannot confuse it.
+
+    A directory inside a git checkout is a git flake to Nix, which then sees only tracked files: one
+    whose flake.nix git does not track (a new directory, or an ignored one like .lab/) would fail
+    later with an error about a missing store path; it is refused here, with the two ways out,
+    unless Nix does not evaluate it (`evaluated` False: history and hosts only locate files by it).
+    """
     if ":" not in flake.split("#", 1)[0] and Path(flake).is_dir():
+        if not evaluated:
+            return str(Path(flake).absolute())
+        from deploy.record.history import untracked_flake_checkout
+
+        untracked_in = untracked_flake_checkout(Path(flake))
+        if untracked_in is not None:
+            raise UsageError(
+                f"--flake {flake}: its flake.nix is not tracked by the git checkout at {untracked_in}, and Nix sees only "
+                f"tracked files of a flake in git: `git add {flake}`, or take the directory as it is with --flake path:{flake}"
+            )
         return str(Path(flake).absolute())
     return flake
+
+
 
 
 def shifted(machine: str | None, host: str | None, slot: str | int | None) -> str | int | None:
@@ -105,7 +123,15 @@ def selection(
 ) -> Selection:
     from deploy.cli.options import Selection
 
-    return Selection(machine or None, tuple(host), tuple(tag), bool(all), flake_reference(flake), inventory)
+    # colmena's `--on a,web-*,@tag`: an element that starts with @ is a tag, in --host and MACHINE alike.
+    elements = [part.strip() for value in [machine or "", *host] for part in value.split(",")]
+    if not any(element.startswith("@") for element in elements):
+        return Selection(machine or None, tuple(host), tuple(tag), bool(all), flake_reference(flake), inventory)
+    if "@" in elements:
+        raise UsageError("@ names a tag (--on @web), and is not a tag by itself")
+    names = tuple(element for element in elements if element and not element.startswith("@"))
+    tags = (*tag, *(element[1:] for element in elements if element.startswith("@")))
+    return Selection(None, names, tags, bool(all), flake_reference(flake), inventory)
 
 
 def one_host(*, machine: str | None, host: str | None, flake: str, inventory: str, dry_run: bool) -> OneHostOptions:
@@ -146,11 +172,13 @@ def deploy(
     dry_run: bool,
     parallel: str | int,
     fail_fast: bool,
+    keep_going: bool,
     canary: bool,
     batch: str,
     json: bool,
     log_dir: str,
     skip_checks: bool,
+    show_trace: bool,
     # Tasks that activate.
     force: bool = False,
     magic_rollback: bool = True,
@@ -158,6 +186,7 @@ def deploy(
     health_checks: bool = True,
     diff: bool = False,
     ask: bool = False,
+    sudo: bool = False,
     # Some tasks only.
     action: str | None = None,
     build_on: str | None = None,
@@ -167,6 +196,8 @@ def deploy(
 ) -> DeployOptions:
     from deploy.cli.options import DeployOptions, FleetOptions
 
+    if fail_fast and keep_going:
+        raise UsageError("--fail-fast and --keep-going contradict each other; give one")
     checked_action = check_action(action) if action is not None else preset.action
     older_than = check_older_than(delete_older_than) if delete_older_than else None
     reboot_seconds = seconds("--reboot-timeout", reboot_timeout)
@@ -200,6 +231,8 @@ def deploy(
         health_checks=bool(health_checks),
         show_diff=bool(diff),
         ask=bool(ask),
+        sudo=bool(sudo),
+        show_trace=bool(show_trace),
     )
 
 
@@ -242,11 +275,13 @@ def switch_generation(
     return SwitchGenerationOptions(target, check_generation(shifted(machine, host, generation)))
 
 
-def flake_task(*, flake: str, dry_run: bool, input: Sequence[str] = ()) -> FlakeOptions:  # noqa: A002 - the --input option
+def flake_task(
+    *, flake: str, dry_run: bool, input: Sequence[str] = (), show_trace: bool = False  # noqa: A002 - the --input option
+) -> FlakeOptions:
     """check and update."""
     from deploy.cli.options import FlakeOptions
 
-    return FlakeOptions(flake_reference(flake), bool(dry_run), tuple(input))
+    return FlakeOptions(flake_reference(flake), bool(dry_run), tuple(input), bool(show_trace))
 
 
 def status(
@@ -325,13 +360,13 @@ def plan(
 def history(*, machine: str | None, host: Sequence[str], json: bool, flake: str) -> HistoryOptions:
     from deploy.cli.options import HistoryOptions
 
-    return HistoryOptions(tuple(name for name in [machine, *host] if name), flake_reference(flake), bool(json))
+    return HistoryOptions(tuple(name for name in [machine, *host] if name), flake_reference(flake, evaluated=False), bool(json))
 
 
 def hosts(*, flake: str, inventory: str, json: bool) -> HostsOptions:
     from deploy.cli.options import HostsOptions
 
-    return HostsOptions(flake_reference(flake), inventory, bool(json))
+    return HostsOptions(flake_reference(flake, evaluated=False), inventory, bool(json))
 
 
 def home(

@@ -9,6 +9,7 @@ Invoke's tab completion, which imports tasks.py on every TAB, stays fast.
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,12 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from deploy.errors import JournalError, NixfabError, UsageError
+from deploy.errors import HangUp, JournalError, NixfabError, UsageError
 from deploy.model import Result
 
 if TYPE_CHECKING:
     from deploy.cli.options import DeployOptions, OneHostOptions, Selection
-    from deploy.config.inventory import HostSpec
+    from deploy.config.inventory import HostSpec, Inventory
     from deploy.engine.fleet import HostResult
     from deploy.engine.pipeline import DeployRequest, HostRun, Session
     from deploy.record.history import DeployRecord, Journal
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 OptionsT = TypeVar("OptionsT")
-# Positionals our handlers check themselves, so each can be left out or given by flag.
-OPTIONAL_POSITIONALS = frozenset({"machine", "generation", "command"})
 
 
 class Step(Generic[OptionsT]):
@@ -48,34 +47,21 @@ class Step(Generic[OptionsT]):
 
     def __call__(self, context: Any, **arguments: Any) -> None:
         with errors_as_exit_codes():
-            options = self.build(**arguments)
+            options = self.build(**invoke_dry_run(context, arguments))
         self.run(context, options)
 
 
-def allow_optional_machine() -> None:
-    """Let `inv TASK` run without a machine (then it means this machine).
-
-    Invoke requires every positional argument. Its parser consumes a
-    positional only while it is unset, and complains at the end if one still
-    is; we keep the first and, for `machine` only, drop the second.
-    """
-    from invoke.parser.parser import ParseMachine
-
-    if getattr(ParseMachine.complete_context, "_nixfab", False):
-        return
-    original = ParseMachine.complete_context
-
-    def complete_context(self: Any) -> None:
-        if self.context is not None:
-            for argument in self.context.positional_args:
-                if argument.name in OPTIONAL_POSITIONALS and argument.value is None:
-                    argument.value = ""
-        original(self)
-
-    # The marker checked above, so a second call does not wrap the patch again; mypy allows no attributes on a function.
-    complete_context._nixfab = True  # type: ignore[attr-defined]
-    # Deliberately replacing a method of Invoke's parser class (see the docstring).
-    ParseMachine.complete_context = complete_context  # type: ignore[method-assign]
+def invoke_dry_run(context: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Invoke's own `--dry` ("echo commands instead of running") is --dry-run; a task that cannot keep that promise refuses."""
+    config = getattr(context, "config", None)
+    dry = bool(getattr(getattr(config, "run", None), "dry", False)) if config is not None else False
+    if not dry or arguments.get("dry_run"):
+        return arguments
+    if "dry_run" in arguments:
+        return {**arguments, "dry_run": True}
+    if "command" in arguments:  # ssh-wait: it runs COMMAND, which a dry run cannot show the outcome of
+        raise UsageError("ssh-wait has no dry run (Invoke's --dry): it would run COMMAND; nothing was done")
+    return arguments  # status, history, hosts, generations only read
 
 
 def one_line(message: str) -> str:
@@ -85,14 +71,22 @@ def one_line(message: str) -> str:
 
 @contextmanager
 def errors_as_exit_codes() -> Iterator[None]:
+    """Errors become one line and an exit code; SIGHUP (and Ctrl-C) stop the task as an interruption, never a traceback."""
     from invoke.exceptions import Exit
 
     try:
-        yield
+        with hangup_is_an_interrupt():
+            yield
     except NixfabError as error:
         raise Exit(f"nixfab: error: {one_line(str(error))}", code=error.exit_code) from None
+    except HangUp:
+        raise Exit("nixfab: hung up (SIGHUP)", code=129) from None
     except KeyboardInterrupt:
         raise Exit("nixfab: interrupted", code=130) from None
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise
+        raise Exit(code=quiet_broken_pipe()) from None
     except OSError as error:
         import errno
 
@@ -100,6 +94,53 @@ def errors_as_exit_codes() -> Iterator[None]:
             raise
         # Out of file descriptors outside any one host's deploy: still one line, never a traceback.
         raise Exit(f"nixfab: error: out of file descriptors ({error.strerror}): raise the limit (`ulimit -n`) or lower --parallel", code=1) from None
+
+
+def stdout_reader_gone() -> bool:
+    """stdout is a pipe whose reader closed it (`| head`), rather than some other pipe breaking."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def quiet_broken_pipe() -> int:
+    """The reader went away (`| head`): end quietly, as `cat` does, and let no flush at exit complain again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE, what a shell reports for a writer the pipe cut off
+
+
+@contextmanager
+def hangup_is_an_interrupt() -> Iterator[None]:
+    """SIGHUP (the terminal or the SSH session nixfab runs in went away) raises HangUp where Ctrl-C raises KeyboardInterrupt.
+
+    Its default would end the process on the spot: during `nix flake check`
+    or a build, with no summary and the child left running. (A fleet's own
+    handler takes over while its hosts deploy: see Fleet.run.)
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def hangup(signum: int, frame: object) -> None:
+        raise HangUp
+
+    previous = signal.signal(signal.SIGHUP, hangup)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def extra_nix_options(argv: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -149,6 +190,12 @@ def open_session(inventory: str, *, dry_run: bool, flake: str, ssh_config: Path 
             raise UsageError(f"ssh_config path {str(ssh_config)!r} contains whitespace, which Nix's NIX_SSHOPTS cannot carry")
         loaded = replace(loaded, ssh_config=ssh_config)
     return Session(loaded, dry_run=dry_run)
+
+
+def with_sudo(inventory: Inventory) -> Inventory:
+    """--sudo/--use-remote-sudo: every host runs its privileged steps with sudo, whatever hosts.yaml says."""
+    hosts = {name: replace(spec, sudo=True) for name, spec in inventory.hosts.items()}
+    return replace(inventory, hosts=hosts, default_sudo=True)
 
 
 def systems_of(flake: str) -> dict[str, tuple[str, ...]]:
@@ -210,8 +257,12 @@ def run_deploy(context: Any, options: DeployOptions) -> None:
     """Every deploy task: select hosts, check the flake, then build and deploy them as a fleet."""
     with errors_as_exit_codes():
         extra_nix = extra_nix_options() if not hasattr(context, "original_host") else ()
+        if options.show_trace and "--show-trace" not in extra_nix:
+            extra_nix = (*extra_nix, "--show-trace")
         selection = options.selection
         session = open_session(selection.inventory, dry_run=options.dry_run, ssh_config=fab_ssh_config(context), flake=selection.flake)
+        if options.sudo:
+            session.inventory = with_sudo(session.inventory)
         try:
             machines, local = selected_machines(context, session, selection)
             request = deploy_request(options, local=local, extra_nix=extra_nix)
@@ -236,6 +287,9 @@ def run_fleet(session: Session, request: DeployRequest, machines: list[str], opt
         session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
         flake_check(session.runner, request.flake, request.extra_nix)
     journal = FleetJournal(Journal(journal_path(flake_dir)), request) if not session.dry_run else None
+    if needs_sudo_password(session, request, machines):
+        # Asked now, before the live table is drawn: a prompt under it would sit unseen while the table ticks on.
+        session.sudo_password.get()
 
     fleet = Fleet(
         session, request, machines, fleet_options,
@@ -247,8 +301,15 @@ def run_fleet(session: Session, request: DeployRequest, machines: list[str], opt
         stdout_result(results_json(results, interrupted=fleet.interrupted, hangup=fleet.hangup, journal_errors=fleet.journal_errors))
     elif request.action is None:
         for result in results:
-            if result.path:
+            if result.path and result.result == Result.BUILT:
                 stdout_result(result.path)
+    elif request.diff_only:
+        from deploy.plan.diff import without_colour
+
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        for result in results:
+            if result.diff is not None:
+                stdout_result(result.diff if colour else without_colour(result.diff))
     code = exit_code(results, interrupted=fleet.interrupted, hangup=fleet.hangup, journal_failed=bool(fleet.journal_errors))
     if fleet.journal_errors and code != JournalError.exit_code:
         # The hosts' own code wins; the journal's failure is still said, after the summary.
@@ -257,6 +318,13 @@ def run_fleet(session: Session, request: DeployRequest, machines: list[str], opt
         raise JournalError(f"every host deployed, but the deploy journal was not written: {fleet.journal_errors[0]}")
     if code:
         raise fleet_error(results, code, interrupted=fleet.interrupted)
+
+
+def needs_sudo_password(session: Session, request: DeployRequest, machines: Sequence[str]) -> bool:
+    """Whether the run will use sudo on a host: it changes a host (lock, activation, reboot, GC) that logs in as non-root."""
+    if session.dry_run or request.local or (request.action is None and not request.reboot and not request.collect_garbage):
+        return False
+    return any(session.inventory.host(machine).sudo for machine in machines)
 
 
 class FleetJournal:
@@ -277,7 +345,7 @@ class FleetJournal:
     def started(self, run: HostRun) -> None:
         from deploy.engine.fleet import HostResult
 
-        record = journal_entry(self.request, run.spec, HostResult(run.spec.name, Result.UNFINISHED, 0.0))
+        record = journal_entry(self.request, run.spec, HostResult(run.spec.name, Result.UNFINISHED, 0.0), token=run.token)
         row = self.journal.record(record)
         with self._lock:
             self.rows[run.spec.name] = (row, record.started_at)
@@ -287,10 +355,15 @@ class FleetJournal:
             row = self.rows.pop(run.spec.name, None)
         if result.result == Result.NOT_STARTED and row is None:
             return
+        entry = journal_entry(self.request, run.spec, result, token=run.token)
         if row is None:
-            self.journal.record(journal_entry(self.request, run.spec, result))
+            self.journal.record(entry)
         else:
-            self.journal.update(row[0], replace(journal_entry(self.request, run.spec, result), started_at=row[1]))
+            self.journal.update(row[0], replace(entry, started_at=row[1]))
+        # Earlier deploys' watchdogs this deploy let decide first: their verdicts go into those deploys' rows.
+        for verdict in run.verdicts_seen:
+            if verdict.by == "watchdog":
+                self.journal.record_verdict(run.spec.name, verdict.token, f"{verdict.text} (at {verdict.when})", undid=verdict.undid)
 
 
 def fleet_error(results: Sequence[HostResult], code: int, *, interrupted: bool) -> NixfabError:
@@ -311,7 +384,7 @@ def journal_record(journal: Journal, request: DeployRequest, spec: HostSpec, res
     journal.record(journal_entry(request, spec, result))
 
 
-def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult) -> DeployRecord:
+def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult, *, token: str | None = None) -> DeployRecord:
     from datetime import UTC, datetime, timedelta
 
     from deploy.record.history import DeployRecord, local_user
@@ -321,7 +394,7 @@ def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult) ->
         started_at=started.isoformat(timespec="seconds"), local_user=local_user(), host=spec.name,
         action=request.action or "build", flake=request.flake, revision=request.revision, dirty=request.dirty,
         store_path=result.path, generation=result.generation, result=result.result,
-        duration_seconds=result.duration_seconds, error=result.error,
+        duration_seconds=result.duration_seconds, error=result.error, token=token,
     )
 
 

@@ -252,7 +252,7 @@ def value_slot(binary: str, words: Sequence[str]) -> tuple[str, object | None, o
             flag = context.flags[last]
             if flag.takes_value:
                 return _slot_of(flag.name), context, program
-    # Not `is None`: tasks.py lets an omitted machine through as "" (deploy.cli.cli.allow_optional_machine).
+    # Not `is None`: tasks.py lets an omitted machine through as "" (deploy.cli.invoke_compat.install).
     missing = [argument for argument in context.positional_args if not argument.value]
     if missing:
         return _slot_of(missing[0].name), context, program

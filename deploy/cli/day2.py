@@ -67,11 +67,18 @@ def ssh_wait(context: Any, options: SshWaitOptions) -> None:
     with cli.errors_as_exit_codes():
         target = require_machine(context, options.target, "ssh-wait")
 
-        def wait_then_run(host: Host) -> None:
+        def wait_then_run(host: Host) -> int:
             result = wait(host, options.command, timeout=options.timeout, interval=options.interval)
             ui.stdout_result(result.stdout, end="")
+            ui.stderr_passthrough(result.stderr)
+            return result.returncode
 
-        cli.run_on_target(context, target, wait_then_run)
+        status = cli.run_on_target(context, target, wait_then_run)
+    if status != 0:
+        from invoke.exceptions import Exit
+
+        # COMMAND's own status, as `ssh host COMMAND` gives it (a scripted `inv ssh-wait h 'test -e /x'` relies on it).
+        raise Exit(code=status if 0 < status < 256 else 255)
 
 
 def generations(context: Any, options: GenerationsOptions) -> None:
@@ -79,7 +86,8 @@ def generations(context: Any, options: GenerationsOptions) -> None:
 
     def show(target: Host) -> None:
         listed = list_generations(target)
-        ui.stdout_result(generations_json(listed) if options.as_json else format_generations(listed), end="" if not options.as_json else "\n")
+        # Every line ends in a newline, the table's last too (a shell prompt or `wc -l` after it counts on that).
+        ui.stdout_result(generations_json(listed) if options.as_json else format_generations(listed).rstrip("\n"))
 
     cli.run_on_target(context, options.target, show)
 
@@ -129,7 +137,10 @@ def check(context: Any, options: FlakeOptions) -> None:
     from deploy.ui import Emitter
 
     with cli.errors_as_exit_codes():
-        flake_check(LocalRunner(Emitter(), dry_run=options.dry_run), options.flake, cli.extra_nix_options())
+        extra = cli.extra_nix_options()
+        if options.show_trace and "--show-trace" not in extra:
+            extra = (*extra, "--show-trace")
+        flake_check(LocalRunner(Emitter(), dry_run=options.dry_run), options.flake, extra)
         print_note(f"==> {options.flake}: nix flake check passed")
 
 
@@ -144,17 +155,33 @@ def update(context: Any, options: FlakeOptions) -> None:
 
 
 def status(context: Any, options: StatusOptions) -> None:
-    from deploy.plan.status import host_status, print_status
+    from deploy.errors import JournalError
+    from deploy.plan.status import host_status, print_status, record_verdicts
+    from deploy.record.history import Journal, journal_path
 
     with cli.errors_as_exit_codes():
         selection = options.selection
         session = cli.open_session(selection.inventory, dry_run=False, ssh_config=cli.fab_ssh_config(context), flake=selection.flake)
+        journal = Journal(journal_path(cli.flake_directory(selection.flake)))
+        journal_error: JournalError | None = None
         try:
             machines, _local = cli.selected_machines(context, session, selection)
-            rows = host_status(session, selection.flake, machines, cli.extra_nix_options())
+            try:
+                asking = journal.awaiting_verdicts(machines)
+            except JournalError as error:
+                asking, journal_error = {}, error
+            rows = host_status(session, selection.flake, machines, cli.extra_nix_options(), asking)
         finally:
             session.close()
         print_status(rows, as_json=options.as_json)
+        # The watchdogs' verdicts on deploys the journal left unfinished or failed go into their rows (`inv history`).
+        if journal_error is None:
+            try:
+                record_verdicts(journal, rows)
+            except JournalError as error:
+                journal_error = error
+        if journal_error is not None:
+            raise JournalError(f"the watchdogs' verdicts were not written into the deploy journal: {journal_error}")
 
 
 def history(context: Any, options: HistoryOptions) -> None:

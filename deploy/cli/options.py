@@ -75,6 +75,8 @@ class DeployOptions:
     health_checks: bool
     show_diff: bool
     ask: bool
+    sudo: bool = False  # --sudo/--use-remote-sudo: sudo on every selected host, whatever hosts.yaml says
+    show_trace: bool = False  # --show-trace: one more extra Nix option
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class FlakeOptions:
     flake: str
     dry_run: bool
     inputs: tuple[str, ...] = ()  # update's --input values (a,b; repeatable); none: every input
+    show_trace: bool = False
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,9 @@ class Watchdog:
         return f"{self.directory}/verdict"
 
 
-def new_watchdog(confirm_timeout: float, health_seconds: float = 0) -> Watchdog:
-    token = secrets.token_hex(6)
+def new_watchdog(confirm_timeout: float, health_seconds: float = 0, *, token: str | None = None) -> Watchdog:
+    """token: the run's own (it names the switch's unit and the journal's row too); a new one when None."""
+    token = token or secrets.token_hex(6)
     return Watchdog(f"{STATE_DIR}/{token}", f"nixfab-watchdog-{token}", max(1, round(confirm_timeout)), max(0, round(health_seconds)))
 
 
@@ -81,8 +82,9 @@ def detached(argv: Sequence[str], *, unit: str, use_systemd: bool) -> list[str]:
     return ["setsid", "-f", "sh", "-c", script("exec_without_stdio"), "sh", *argv]
 
 
-def mark_activated(watchdog: Watchdog, argv: Sequence[str]) -> list[str]:
-    return ["sh", "-c", script("mark_activated"), "sh", watchdog.activated_marker, *argv]
+def mark_activated(marker: str, argv: Sequence[str]) -> list[str]:
+    """argv, recording its exit status in `marker` on the host (the watchdog's, or SWITCH_RECORDS_DIR's when none guards it)."""
+    return ["sh", "-c", script("mark_activated"), "sh", marker, *argv]
 
 
 def arm(host: Host, watchdog: Watchdog, activation: Activation) -> None:
@@ -157,13 +159,13 @@ def await_self_rollback(open_fresh: Callable[[], Host], watchdog: Watchdog, *, t
 
 def activation_status(
     open_fresh: Callable[[], Host],
-    watchdog: Watchdog,
+    directory: str,
     *,
     timeout: float,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> str:
-    """After a lost channel: ask the host, over new connections, what became of the activation.
+    """After a lost channel: ask the host, over new connections, what became of the activation recorded in `directory`.
 
     "finished N" (its recorded exit status), "running" (still so at the
     deadline), "unknown" (no record and no process) or "unreachable: why".
@@ -173,7 +175,7 @@ def activation_status(
     while True:
         fresh = open_fresh()
         try:
-            reply = fresh.run(["sh", "-c", script("activation_status"), "sh", watchdog.directory], sudo=True, dry_stdout="finished 0\n")
+            reply = fresh.run(["sh", "-c", script("activation_status"), "sh", directory], sudo=True, dry_stdout="finished 0\n")
             answer = reply.stdout.strip() if reply.ok and reply.stdout.strip() else f"unreachable: {reply.tail(1) or 'no answer'}"
         except LoginRefused:
             raise
@@ -184,6 +186,85 @@ def activation_status(
         if answer.startswith("finished") or answer == "unknown" or clock() >= deadline:
             return answer
         sleep(1.0)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What decided one guarded activation: its verdict file, VERDICTS_DIR/<token> (see rollback_watchdog.sh)."""
+
+    token: str
+    text: str  # its words: "confirmed", "rolled back by the watchdog: ...", "the watchdog undid nothing: ..."
+    by: str  # "watchdog" or "deployer" (the confirmation)
+    at: int | None = None  # when it was written, seconds since the epoch
+    system: str | None = None  # the system the watchdog guarded
+    generation: int | None = None  # the generation the watchdog rolled back, if it did
+    undid: bool = False  # the watchdog put something back
+
+    @property
+    def rolled_back(self) -> bool:
+        return self.by == "watchdog" and self.undid
+
+    @property
+    def when(self) -> str:
+        """The time it was written, UTC, for one line of text."""
+        if self.at is None:
+            return "an unknown time"
+        return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(self.at))
+
+    def summary(self) -> str:
+        """`inv status`'s words for it."""
+        if self.by != "watchdog":
+            return f"{self.text} at {self.when}"
+        if not self.undid:
+            return f"watchdog undid nothing at {self.when}"
+        what = f"generation {self.generation}" if self.generation is not None else (self.system or "the activation")
+        return f"watchdog rolled back {what} at {self.when}"
+
+
+def is_token(text: str) -> bool:
+    """A run's token (secrets.token_hex): only such names are ever asked about, or joined to a path on the host."""
+    return bool(text) and all(character in "0123456789abcdef" for character in text)
+
+
+def parse_verdicts(stdout: str) -> list[Verdict]:
+    """read_verdicts.sh's "TOKEN<TAB>MTIME<TAB>LINE" lines, one Verdict per token in the order they came (the newest first).
+
+    A file of `key<TAB>value` lines is today's format; a file of one line of
+    words (what earlier nixfab versions wrote) is taken as it is.
+    """
+    lines: dict[str, list[str]] = {}
+    times: dict[str, int | None] = {}
+    for line in stdout.splitlines():
+        token, _, rest = line.partition("\t")
+        mtime, _, text = rest.partition("\t")
+        if not is_token(token):
+            continue
+        if token not in lines:
+            lines[token], times[token] = [], int(mtime) if mtime.isdigit() else None
+        elif text in lines[token]:
+            continue  # the newest was also asked for by name
+        lines[token].append(text)
+    verdicts = []
+    for token, text_lines in lines.items():
+        fields = tab_fields("\n".join(text_lines))
+        if "verdict" in fields:
+            words = fields["verdict"]
+            generation = fields.get("generation", "")
+            verdicts.append(Verdict(
+                token, words, fields.get("by") or "watchdog", times[token], fields.get("system") or None,
+                int(generation) if generation.isdigit() else None, fields.get("undid") == "1",
+            ))
+        else:
+            words = " ".join(line.strip() for line in text_lines if line.strip())
+            by_watchdog = words.startswith("rolled back by the watchdog")
+            verdicts.append(Verdict(token, words, "watchdog" if by_watchdog else "deployer", times[token], undid=by_watchdog))
+    return verdicts
+
+
+def read_verdicts(host: Host, tokens: Sequence[str]) -> list[Verdict]:
+    """The verdicts of these runs that the host has (and its newest one, first)."""
+    result = host.run(["sh", "-c", script("read_verdicts"), "sh", VERDICTS_DIR, *(t for t in tokens if is_token(t))], sudo=True)
+    return parse_verdicts(result.stdout) if result.ok else []
 
 
 def parse_pending(stdout: str) -> dict[str, int]:
@@ -207,30 +288,37 @@ def settle_leftovers(
     note: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
-) -> None:
+) -> list[Verdict]:
     """With the host's lock held: let any watchdog an earlier, gone deploy left behind decide now, and wait for it.
 
     Nobody else can still confirm it (its deployer would hold the lock), so
     the watchdog is told to hurry: it decides as soon as no activation runs,
-    and undoes only what still is the system it guards. Raises HostBusy
-    naming the watchdog when it has not decided within `timeout`.
+    and undoes only what still is the system it guards. Returns their
+    verdicts (for the journal). Raises HostBusy naming the watchdog when it
+    has not decided within `timeout`.
     """
     from deploy.errors import HostBusy
 
+    seen: list[Verdict] = []
     if not pending:
-        return
+        return seen
     for token in pending:
         note(f"{host.label}: an earlier deploy's rollback watchdog {token} has no verdict; asking it to decide now")
         host.run(["touch", "--", f"{STATE_DIR}/{token}/hurry"], sudo=True)
     deadline = clock() + timeout
     while True:
         still = pending_watchdogs(host)
-        for token in [token for token in pending if token not in still]:
-            verdict = host.run(["cat", "--", f"{VERDICTS_DIR}/{token}"], sudo=True)
-            note(f"{host.label}: watchdog {token}: {verdict.stdout.strip() if verdict.ok and verdict.stdout.strip() else 'decided'}")
+        decided = [token for token in pending if token not in still]
+        if decided:
+            verdicts = {verdict.token: verdict for verdict in read_verdicts(host, decided)}
+            for token in decided:
+                verdict = verdicts.get(token)
+                note(f"{host.label}: watchdog {token}: {verdict.text if verdict else 'decided'}")
+                if verdict is not None:
+                    seen.append(verdict)
         pending = still
         if not pending:
-            return
+            return seen
         if clock() >= deadline:
             names = ", ".join(f"{token} (armed {age}s ago)" for token, age in pending.items())
             raise HostBusy(

@@ -4,6 +4,11 @@ From this machine, the closure goes as `nix-store --export | nix-store
 --import` over the deploy's own SSH connection: only the paths the target
 lacks, and no second connection. From a builder, or with substitution on
 the target, it goes with `nix copy`, which can do both.
+
+An import that fails (a full /nix above all) leaves nothing behind: the
+paths it was to add that are now in the store, whole or half-written, are
+deleted again unless something else keeps them alive, so the target's store
+is what it was before the deploy.
 """
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 
 from deploy.build.build import nix_error
-from deploy.errors import RemoteCommandFailed
+from deploy.errors import NixfabError, RemoteCommandFailed
 from deploy.nix import commands
+from deploy.scripts import script
 from deploy.transport.hosts import Host
 from deploy.transport.process import LocalRunner, Result
 from deploy.transport.remote import RemoteHost
@@ -78,9 +84,11 @@ def stream_closure(runner: LocalRunner, target: RemoteHost, path: str) -> bool:
         export_error = producer.stderr.read().decode("utf-8", "replace") if producer.stderr else ""
         producer.wait()
     if producer.returncode != 0:
-        raise RemoteCommandFailed(f"exporting {path} failed: {nix_error(export_error)}")
+        left = remove_failed_import(target, missing)
+        raise RemoteCommandFailed(f"exporting {path} failed: {nix_error(export_error)}{left}")
     if not imported.ok:
-        raise RemoteCommandFailed(f"{target.label}: importing {path} failed: {nix_error(imported.stdout)}")
+        left = remove_failed_import(target, missing)
+        raise RemoteCommandFailed(f"{target.label}: importing {path} failed: {nix_error(imported.stdout)}{left}")
     return True
 
 
@@ -102,3 +110,15 @@ def export_into(runner: LocalRunner, target: RemoteHost, paths: Sequence[str], r
     if producer.returncode != 0:
         return Result(tuple(receiver), 1, "", f"exporting {len(paths)} paths failed: {nix_error(export_error)}")
     return received
+
+
+def remove_failed_import(target: Host, missing: Sequence[str]) -> str:
+    """Delete what a failed import of `missing` (dependencies first) left in the store; says what, for the error message."""
+    try:
+        result = target.run(["sh", "-c", script("delete_if_dead"), "sh", *reversed(missing)], sudo=True)
+    except NixfabError as error:
+        return f"; the paths it imported could not be removed ({error})"
+    left = result.stdout.split() if result.ok else list(missing)
+    if not left:
+        return "; nothing it imported was kept: the store is as it was"
+    return f"; {len(left)} of the paths it imported are still in the store (alive, or `nix-store --delete` failed): {' '.join(left)}"

@@ -49,6 +49,7 @@ class HostResult:
     error: str | None = None
     exit_code: int = 0
     log: str | None = None
+    diff: str | None = None  # the `diff` task's difference, for stdout
 
     def __post_init__(self) -> None:
         # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
@@ -300,7 +301,8 @@ class Fleet:
 
     def result_of(self, outcome: DeployOutcome, started: float) -> HostResult:
         return HostResult(
-            outcome.host, outcome.status, round(time.monotonic() - started, 3), outcome.path, outcome.generation, log=self.log_path(outcome.host)
+            outcome.host, outcome.status, round(time.monotonic() - started, 3), outcome.path, outcome.generation, log=self.log_path(outcome.host),
+            diff=outcome.diff,
         )
 
     def fail(self, run: HostRun, error: NixfabError, started: float) -> None:

@@ -97,7 +97,10 @@ def acquire(host: Host, action: str) -> HostLock:
     holder_text = json.dumps(me, sort_keys=True)
     cleared: str | None = None
     for _attempt in range(2):
-        result = host.run(["sh", "-c", script("lock_acquire"), "sh", LOCK_DIR, holder_text, WATCHDOG_DIR], sudo=True, dry_stdout="acquired\n")
+        result = host.run(
+            ["sh", "-c", script("lock_acquire"), "sh", LOCK_DIR, holder_text, WATCHDOG_DIR, script("watchdogs_pending")],
+            sudo=True, dry_stdout="acquired\n",
+        )
         if not result.ok:
             raise NixfabError(f"{host.label}: cannot take the deploy lock {LOCK_DIR}: {result.tail(1)}")
         lines = result.stdout.splitlines()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deploy.activate.activation import Activation, SystemState, activate, system_state, undo
+from deploy.activate.activation import SWITCH_RECORDS_DIR, Activation, SystemState, activate, new_token, system_state, undo
 from deploy.build.build import build_locally, build_remotely, evaluate
 from deploy.config.inventory import HostSpec, Inventory, SshTarget
 from deploy.copy.closure import copy_closure
@@ -34,7 +34,7 @@ from deploy.transport.remote import RemoteHost, SudoPassword
 from deploy.ui import Emitter
 
 if TYPE_CHECKING:
-    from deploy.confirm.magic_rollback import Watchdog
+    from deploy.confirm.magic_rollback import Verdict, Watchdog
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class DeployOutcome:
     generation: int | None = None
     boot_id: str | None = None
     warnings: tuple[str, ...] = ()
+    diff: str | None = None  # the `diff` task's result
 
     def __post_init__(self) -> None:
         # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
@@ -105,6 +106,10 @@ class HostRun:
     warnings: list[str] = field(default_factory=list)
     path: str | None = None  # what is known so far, for the journal of a deploy that fails later: the system built
     generation: int | None = None  # and the generation it activated
+    # The run's name on the host: its switch's unit, its watchdog and verdict, and its row in the journal.
+    token: str = field(default_factory=new_token)
+    # Verdicts of earlier deploys' watchdogs this deploy saw (they settled before it went on), for the journal.
+    verdicts_seen: list[Verdict] = field(default_factory=list)
 
     def phase(self, phase: Phase) -> None:
         self.on_phase(phase)
@@ -234,7 +239,7 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
     target = target_of(session, request, run)
     if build_on == "local":
         assert built_here is not None
-        with host_lock(request, target):
+        with host_lock(request, target, run.verdicts_seen):
             return finish(session, request, run, target, Built(built_here, "local"))
     run.phase(Phase.BUILD)
     builder: RemoteHost = session.target(spec, run.echo) if build_on == "target" else session.builder(build_on)
@@ -245,7 +250,7 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
         run.runner, builder, commands.ssh_store_uri(builder.destination), evaluation,
         nix_env=session.nix_env(builder_ssh), extra=request.extra_nix,
     )
-    with remote_gc_root(builder, remote.gc_root_dir), host_lock(request, target):
+    with remote_gc_root(builder, remote.gc_root_dir), host_lock(request, target, run.verdicts_seen):
         source_store = commands.ssh_store_uri(builder.destination) if builder is not target else None
         return finish(session, request, run, target, Built(remote.out_path, build_on, source_store))
 
@@ -255,18 +260,17 @@ LEFTOVER_WATCHDOG_WAIT_SECONDS = 300.0
 
 
 @contextmanager
-def host_lock(request: DeployRequest, target: Host) -> Iterator[None]:
+def host_lock(request: DeployRequest, target: Host, verdicts_seen: list[Verdict] | None = None) -> Iterator[None]:
+    """The host's lock, once every watchdog an earlier deploy left behind has decided (their verdicts go to verdicts_seen)."""
     if request.action is None or not request.lock or isinstance(target, LocalHost):
         yield
         return
     from deploy.engine.lock import acquire
 
     lock = acquire(target, request.action)
-    target_echo = getattr(target, "echo", None)
 
     def note(message: str) -> None:
-        if target_echo is not None:
-            target_echo.note(f"==> {message}")
+        target.echo.note(f"==> {message}")
 
     if lock.cleared_stale:
         note(f"{target.label}: cleared a stale deploy lock left by {lock.cleared_stale}")
@@ -275,7 +279,9 @@ def host_lock(request: DeployRequest, target: Host) -> Iterator[None]:
             from deploy.confirm import magic_rollback
 
             # Nobody can confirm them any more: their deployer would hold the lock. Let them decide before anything changes.
-            magic_rollback.settle_leftovers(target, lock.pending_watchdogs, timeout=LEFTOVER_WATCHDOG_WAIT_SECONDS, note=note)
+            seen = magic_rollback.settle_leftovers(target, lock.pending_watchdogs, timeout=LEFTOVER_WATCHDOG_WAIT_SECONDS, note=note)
+            if verdicts_seen is not None:
+                verdicts_seen.extend(seen)
         yield
     finally:
         lock.release()
@@ -296,6 +302,9 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
     spec, path = run.spec, built.path
     run.path = path
     if request.action is None:
+        if target.dry_run:
+            run.note(f"{spec.name}: planned: build {path}")
+            return DeployOutcome(spec.name, path, built.built_on, Result.PLANNED)
         run.note(f"{spec.name}: built {path}")
         return DeployOutcome(spec.name, path, built.built_on, Result.BUILT)
 
@@ -322,16 +331,28 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
             raise_if_disk_full(spec.name, str(error))
             raise
 
-    if request.show_diff or request.ask or request.diff_only:
-        run.phase(Phase.DIFF)
-        show_diff_and_ask(run, target, path, ask=request.ask)
     if request.diff_only:
-        return DeployOutcome(spec.name, path, built.built_on, Result.DIFFED, copied, warnings=tuple(run.warnings))
+        run.phase(Phase.DIFF)
+        if target.dry_run:
+            closure_diff_text(run, target, path)
+            run.note(f"{spec.name}: planned: diff {path}; nothing was run")
+            return DeployOutcome(spec.name, path, built.built_on, Result.PLANNED, copied, warnings=tuple(run.warnings))
+        # The task's result: the CLI prints it on stdout; the host's log keeps it too.
+        return DeployOutcome(
+            spec.name, path, built.built_on, Result.DIFFED, copied, warnings=tuple(run.warnings), diff=closure_diff_text(run, target, path)
+        )
+    if request.show_diff or request.ask:
+        run.phase(Phase.DIFF)
+        if not show_diff_and_ask(run, target, path, ask=request.ask):
+            run.note(f"{spec.name}: skipped: not activated, as answered")
+            return DeployOutcome(spec.name, path, built.built_on, Result.SKIPPED, copied, warnings=tuple(run.warnings))
 
     run.phase(Phase.ACTIVATE)
     run.note(f"{spec.name}: activating ({request.action})")
     activation = activate_with_rollback(session, request, run, target, path)
-    run.generation = activation.generation
+    # Only switch and boot make a generation; after test or dry-activate the profile's generation is another system's.
+    generation = activation.generation if request.action.changes_boot_default else None
+    run.generation = generation
     record_revision(request, target, activation)
 
     boot_id = None
@@ -343,9 +364,22 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
         run.phase(Phase.GC)
         run.note(f"{spec.name}: collecting garbage")
         collect_garbage(target, request.delete_older_than)
-    generation = "a new generation" if activation.generation is None else f"generation {activation.generation}"
-    run.note(f"{spec.name}: done: {generation} is {path}")
-    return DeployOutcome(spec.name, path, built.built_on, Result.OK, copied, activation.generation, boot_id, tuple(run.warnings))
+    if target.dry_run:
+        run.note(f"{spec.name}: planned: {request.action} {path}; nothing was run")
+        return DeployOutcome(spec.name, path, built.built_on, Result.PLANNED, copied, None, None, tuple(run.warnings))
+    run.note(f"{spec.name}: done: {done_line(request.action, generation, activation.previous.generation, path)}")
+    return DeployOutcome(spec.name, path, built.built_on, Result.OK, copied, generation, boot_id, tuple(run.warnings))
+
+
+def done_line(action: Action, generation: int | None, kept: int | None, path: str) -> str:
+    """What a finished activation did, true for each action (pure)."""
+    if action.changes_boot_default:
+        made = "a new generation" if generation is None else f"generation {generation}"
+        return f"{made} is {path}" + ("" if action.changes_running_system else " (the boot default; running after a reboot)")
+    if action.changes_running_system:
+        default = f"generation {kept}" if kept is not None else "the boot default"
+        return f"{path} is running; {default} stays the boot default"
+    return f"dry-activate of {path} showed what would change; nothing changed"
 
 
 def check_space(run: HostRun, target: Host, path: str, *, action: Action) -> None:
@@ -356,15 +390,24 @@ def check_space(run: HostRun, target: Host, path: str, *, action: Action) -> Non
         run.warn(warning)
 
 
-def show_diff_and_ask(run: HostRun, target: Host, path: str, *, ask: bool) -> None:
+def closure_diff_text(run: HostRun, target: Host, path: str) -> str:
+    """The `diff` task's difference, as text for stdout; the host's log records it."""
+    from deploy.plan.diff import closure_diff, format_diff
+
+    text = format_diff(run.spec.name, closure_diff(target, path))
+    run.echo.record(text + "\n")
+    return text
+
+
+def show_diff_and_ask(run: HostRun, target: Host, path: str, *, ask: bool) -> bool:
+    """Show the diff; with `ask`, False when the answer was no."""
     from deploy.plan.diff import closure_diff, confirm, format_diff
 
     with run.ask_lock or threading.Lock():
         difference = closure_diff(target, path)
         for line in format_diff(run.spec.name, difference).splitlines():
             run.echo.note(line)
-        if ask and not confirm(f"{run.spec.name}: activate {path}?"):
-            raise UsageError(f"{run.spec.name}: not activated: the answer was no")
+        return not ask or confirm(f"{run.spec.name}: activate {path}?")
 
 
 def health_budget(request: DeployRequest, spec: HostSpec) -> float:
@@ -402,73 +445,119 @@ def activate_with_rollback(session: Session, request: DeployRequest, run: HostRu
     or the watchdog.
     """
     assert request.action is not None
-    guarded = request.magic_rollback and request.action.changes_running_system and isinstance(target, RemoteHost)
-    if not guarded:
-        activation = activate(target, path, request.action)
-        check_health(request, run, target, activation)
-        return activation
-    from deploy.confirm import magic_rollback
-
-    watchdog = magic_rollback.new_watchdog(request.confirm_timeout, health_budget(request, run.spec))
-
-    def arm(prepared: Activation) -> None:
-        magic_rollback.arm(target, watchdog, prepared)
 
     def open_fresh() -> Host:
         return session.fresh_target(run.spec, run.echo)
 
+    if not isinstance(target, RemoteHost):
+        # This machine: no channel to lose, nobody to be cut off from.
+        activation = activate(target, path, request.action, token=run.token)
+        check_health(request, run, target, activation)
+        return activation
+    if not (request.magic_rollback and request.action.changes_running_system):
+        return activate_unguarded(request, run, target, path, open_fresh)
+    from deploy.confirm import magic_rollback
+
+    watchdog = magic_rollback.new_watchdog(request.confirm_timeout, health_budget(request, run.spec), token=run.token)
+
+    def arm(prepared: Activation) -> None:
+        magic_rollback.arm(target, watchdog, prepared)
+
     disarm = functools.partial(magic_rollback.disarm, target, watchdog)
     try:
         activation = activate(
-            target, path, request.action, before_switch=arm, wrap=lambda argv: magic_rollback.mark_activated(watchdog, argv),
-            before_undo=disarm, token=watchdog.token,
+            target, path, request.action, before_switch=arm,
+            wrap=lambda argv: magic_rollback.mark_activated(watchdog.activated_marker, argv), before_undo=disarm, token=watchdog.token,
         )
     except ActivationUnknown as unknown:
-        lost: Activation = unknown.activation  # type: ignore[attr-defined]
-        activation = settle_lost_switch(run, request, target, open_fresh, watchdog, lost)
+        activation = settle_lost_switch(run, request, target, open_fresh, unknown, record=watchdog.directory, watchdog=watchdog)
     check_health(request, run, target, activation, before_undo=disarm)
     run.phase(Phase.CONFIRM)
     try:
         magic_rollback.confirm(open_fresh, watchdog, label=run.spec.name)
     except NotConfirmed as missed:
         raise self_rollback(run, open_fresh, watchdog, request, missed) from None
-    run.note(f"{run.spec.name}: confirmed over a new SSH connection")
+    run.note(f"{run.spec.name}: " + ("would confirm over a new SSH connection" if target.dry_run else "confirmed over a new SSH connection"))
     return activation
 
 
+def activate_unguarded(request: DeployRequest, run: HostRun, target: Host, path: str, open_fresh: Callable[[], Host]) -> Activation:
+    """A remote activation no watchdog guards (--no-magic-rollback, `boot`): a lost channel is still asked about, never guessed.
+
+    The switch records its exit status on the host as a guarded one does, in
+    SWITCH_RECORDS_DIR/<token>; the record is removed once nixfab knows how
+    the switch ended, and left for the user to read when it does not.
+    """
+    from deploy.confirm import magic_rollback
+
+    assert request.action is not None
+    record = f"{SWITCH_RECORDS_DIR}/{run.token}"
+    try:
+        try:
+            activation = activate(
+                target, path, request.action, wrap=lambda argv: magic_rollback.mark_activated(f"{record}/activated", argv), token=run.token,
+            )
+        except ActivationUnknown as unknown:
+            activation = settle_lost_switch(run, request, target, open_fresh, unknown, record=record, watchdog=None)
+    except ActivationFailed:
+        forget_record(target, record)
+        raise
+    forget_record(target, record)
+    check_health(request, run, target, activation)
+    return activation
+
+
+def forget_record(target: Host, record: str) -> None:
+    try:
+        target.run(["rm", "-rf", "--", record], sudo=True)
+    except NixfabError:
+        pass  # a host that went away keeps a few bytes in /run until it reboots
+
+
 def settle_lost_switch(
-    run: HostRun, request: DeployRequest, target: Host, open_fresh: Callable[[], Host], watchdog: Watchdog, lost: Activation
+    run: HostRun,
+    request: DeployRequest,
+    target: Host,
+    open_fresh: Callable[[], Host],
+    unknown: ActivationUnknown,
+    *,
+    record: str,
+    watchdog: Watchdog | None,
 ) -> Activation:
     """The channel closed during the switch: ask the host, over new connections, how it ended, then decide.
 
     Succeeded: go on (health checks, confirmation). Failed: claim the verdict
-    and undo. No new connection works: NotConfirmed, after waiting for the
-    watchdog's rollback. Still running at the deadline, or no record of it:
-    raise ActivationUnknown and leave the armed watchdog to put back what it
-    guards.
+    (if a watchdog guards it) and undo. No new connection works: with a
+    watchdog, NotConfirmed after waiting for its rollback; without one,
+    ActivationUnknown saying that the host may be cut off and what to check
+    from its console. Still running at the deadline, or no record of it:
+    ActivationUnknown, and an armed watchdog puts back what it guards.
     The deploy's own connection is dropped and opened again when next used.
     """
-    from deploy.activate.activation import lost_activation, parse_generation, read_link
+    from deploy.activate.activation import lost_activation, parse_generation, read_link, unreachable_after_switch
     from deploy.confirm import magic_rollback
 
-    name = run.spec.name
+    name, lost = run.spec.name, unknown.activation
     run.note(f"{name}: lost the connection during activation; asking the host over a new one how the switch ended")
     target.close()
-    answer = magic_rollback.activation_status(open_fresh, watchdog, timeout=request.confirm_timeout)
+    answer = magic_rollback.activation_status(open_fresh, record, timeout=request.confirm_timeout)
     if answer.startswith("unreachable: "):
+        reason = answer.removeprefix("unreachable: ")
+        if watchdog is None:
+            raise unreachable_after_switch(name, lost, unknown.why, reason, record=record)
         # No new connection works: the case magic rollback exists for. The watchdog decides; wait for its verdict.
         missed = NotConfirmed(
-            f"{name}: not confirmed within {watchdog.confirm_timeout}s after the connection dropped during activation "
-            f"({answer.removeprefix('unreachable: ')})"
+            f"{name}: not confirmed within {watchdog.confirm_timeout}s after the connection dropped during activation ({reason})"
         )
         raise self_rollback(run, open_fresh, watchdog, request, missed)
     if not answer.startswith("finished"):
-        where = {"running": "it is still running", "unknown": "the host has no record of how it ended"}.get(answer, answer)
-        guarded = (
+        heard = {"running": "it is still running", "unknown": "the host has no record of how it ended"}.get(answer, answer)
+        guard = (
             f"; the rollback watchdog {watchdog.token} puts back what it guards unless confirmed "
-            f"(its verdict: {magic_rollback.VERDICTS_DIR}/{watchdog.token}; the switch's record: {watchdog.activated_marker})"
+            f"(its verdict: {magic_rollback.VERDICTS_DIR}/{watchdog.token})"
+            if watchdog is not None else ""
         )
-        raise lost_activation(name, lost, where, guarded=guarded)
+        raise lost_activation(name, lost, unknown.why, asked=heard, record=record, guard=guard)
     status = answer.split()[-1]
     activation = lost
     if lost.action.changes_boot_default:
@@ -476,7 +565,8 @@ def settle_lost_switch(
     if status == "0":
         run.note(f"{name}: the switch finished (exit 0) while we were away")
         return activation
-    magic_rollback.disarm(target, watchdog)
+    if watchdog is not None:
+        magic_rollback.disarm(target, watchdog)
     undone = undo(target, activation)
     raise ActivationFailed(f"{name}: switch-to-configuration {lost.action} failed (exit {status}) after the connection dropped; {undone}")
 

@@ -58,8 +58,20 @@ def lab_flake(lab: Lab) -> str:
     return f"path:{lab.root / 'flake'}"
 
 
-def up(names: list[str], *, reboot_delay: float = 1.0) -> Lab:
+def up(names: list[str], *, reboot_delay: float = 1.0, replace: bool = False) -> Lab:
+    """Start a lab; one that runs already is refused (starting anew would wipe every host's /nix and generations).
+
+    replace: stop it and start anew, saying so (the demo, which promises empty hosts).
+    """
     lab = Lab(default_lab_dir())
+    running = [host.name for host in lab.hosts() if lab.is_running(host)]
+    if running and replace:
+        make_console().print(f"stopping the lab that was running at {lab.root} ({', '.join(running)}); the demo starts anew")
+    elif running:
+        raise LabError(
+            f"a lab is already running at {lab.root} ({', '.join(running)}); starting again would wipe every host: "
+            "use it as it is (`inv lab.status`), or stop it first (`inv lab.down`)"
+        )
     lab.up(names, reboot_delay=reboot_delay)
     write_fixture_flake(lab.root / "flake", names)
     (lab.root / "hosts.yaml").write_text(
@@ -93,7 +105,7 @@ def demo() -> None:
 
     console = make_console()
     console.rule("1. three simulated NixOS hosts, each with an empty /nix")
-    lab = up(list(DEMO_HOSTS), reboot_delay=0.5)
+    lab = up(list(DEMO_HOSTS), reboot_delay=0.5, replace=True)
     inv = [str(Path(sys.executable).parent / "inv"), "--search-root", str(REPO)]
     where = ["--flake", lab_flake(lab), "--inventory", str(lab.root / "hosts.yaml")]
     console.rule("2. inv switch-push --all: one build, three hosts in parallel, each confirmed over a new SSH connection")

@@ -120,7 +120,7 @@ def write_fixture_flake(
 
     Per host it has nixosConfigurations <host>, <host>-broken, -cutoff, -slow
     (activation waits slow_seconds), -sick (its lab-health says sick) and
-    -netdrop (activation drops every SSH session, as a network restart
+    -netdrop (activation, or `boot`, drops every SSH session, as a network restart
     would, and succeeds), and
     homeConfigurations "<user>@<host>" and "<user>" for each of home_users.
     """
@@ -590,6 +590,20 @@ class Lab:
             current_generation=current,
             boot_default=boot_default,
         )
+
+    # --- pause points (the fake systemd-run honours them; see lab-fake) ------
+
+    def hold(self, name: str, unit_prefix: str) -> None:
+        """From now on, systemd-run on host `name` returns from starting a unit named unit_prefix… only after release()."""
+        self.inside(name, ["sh", "-c", 'mkdir -p /run/nixfab-lab/hold && : > "/run/nixfab-lab/hold/$1"', "sh", unit_prefix])
+
+    def held(self, name: str, unit_prefix: str) -> str | None:
+        """The unit systemd-run is holding at that point, once it got there."""
+        reached = self.inside(name, ["cat", f"/run/nixfab-lab/hold/{unit_prefix}.reached"], check=False)
+        return reached.stdout.strip() or None if reached.returncode == 0 else None
+
+    def release(self, name: str, unit_prefix: str) -> None:
+        self.inside(name, ["rm", "-f", f"/run/nixfab-lab/hold/{unit_prefix}", f"/run/nixfab-lab/hold/{unit_prefix}.reached"])
 
     def store_has(self, name: str, store_path: str) -> bool:
         return (self.disk_path(name, "/nix") / store_path.removeprefix("/nix/")).exists()

@@ -45,6 +45,8 @@ class Result(StrEnum):
     BUILT = "built"
     DIFFED = "diffed"
     UP_TO_DATE = "up-to-date"
+    PLANNED = "planned"  # --dry-run: what would be done was shown; nothing was
+    SKIPPED = "skipped"  # --ask answered no: nothing was activated, as asked
     FAILED = "failed"
     ROLLED_BACK = "rolled-back"
     INTERRUPTED = "interrupted"
@@ -54,7 +56,7 @@ class Result(StrEnum):
     @property
     def healthy(self) -> bool:
         """The host did what was asked (or had nothing to do); anything else counts against the run."""
-        return self in (Result.OK, Result.BUILT, Result.DIFFED, Result.UP_TO_DATE)
+        return self in (Result.OK, Result.BUILT, Result.DIFFED, Result.UP_TO_DATE, Result.PLANNED, Result.SKIPPED)
 
 
 @unique

@@ -8,6 +8,7 @@ diff` where the target has nvd and `nix store diff-closures` elsewhere.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from deploy import ui
@@ -61,6 +62,15 @@ def closure_diff(host: Host, new_path: str) -> ClosureDiff:
     if not result.ok:
         raise RemoteCommandFailed(f"{host.label}: {tool} {probe.running} {new_path} failed: {result.tail(3)}")
     return ClosureDiff(probe.running, new_path, tool, result.stdout.rstrip() or NO_CHANGES)
+
+
+# CSI sequences (colours, bold) that nvd and Nix write when they think a terminal reads them.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def without_colour(text: str) -> str:
+    """The text without terminal escape sequences, for a pipe or a file (pure)."""
+    return ANSI_ESCAPE.sub("", text)
 
 
 def format_diff(label: str, diff: ClosureDiff) -> str:

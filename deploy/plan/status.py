@@ -2,22 +2,27 @@
 
 Drift is found from evaluated out-paths (one `nix eval` for every host),
 never by building. Each host answers in one round trip; hosts are asked in
-parallel, and one that cannot be reached is a row, not an error.
+parallel, and one that cannot be reached is a row, not an error. The same
+round trip reads the rollback watchdogs: any still waiting to decide, the
+host's newest verdict, and the verdicts of the deploys the journal left
+unfinished or failed (`record_verdicts` writes those into the journal).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 
 from deploy.activate.activation import parse_generation
 from deploy.build.build import evaluate_out_paths
+from deploy.confirm.magic_rollback import STATE_DIR, VERDICTS_DIR, Verdict, parse_pending, parse_verdicts
 from deploy.engine.pipeline import Session
 from deploy.errors import BuildError, NixfabError
 from deploy.nix import commands
+from deploy.record.history import Journal
 from deploy.scripts import script
-from deploy.transport.process import LocalRunner, tab_fields
+from deploy.transport.process import LocalRunner
 from deploy.ui import Emitter, stdout_result
 
 
@@ -32,22 +37,37 @@ class HostStatus:
     reboot_pending: bool | None = None
     uptime_seconds: float | None = None
     error: str | None = None
+    watchdogs_pending: dict[str, int] = field(default_factory=dict)  # token: seconds since it was armed
+    last_verdict: Verdict | None = None  # the host's newest verdict
+    # The verdicts of the deploys the journal asked about (unfinished or failed ones), for record_verdicts.
+    verdicts: tuple[Verdict, ...] = ()
+
+    @property
+    def watchdog(self) -> str:
+        """The watchdog column: one still deciding, else what the newest verdict said."""
+        if self.watchdogs_pending:
+            tokens = ", ".join(f"{token} armed {age}s ago" for token, age in self.watchdogs_pending.items())
+            return f"pending ({tokens})"
+        return self.last_verdict.summary() if self.last_verdict is not None else "-"
 
 
-def probe(session: Session, machine: str, flake_system: str | None) -> HostStatus:
+def probe(session: Session, machine: str, flake_system: str | None, tokens: Sequence[str] = ()) -> HostStatus:
     spec = session.inventory.host(machine)
     host = session.new_remote(spec.name, spec.ssh, use_sudo=False, echo=Emitter.plain(show_commands=False))
+    argv = [
+        "sh", "-c", script("host_state"), "sh", commands.SYSTEM_PROFILE, STATE_DIR, script("watchdogs_pending"),
+        VERDICTS_DIR, script("read_verdicts"), *tokens,
+    ]
     try:
-        result = host.run(["sh", "-c", script("host_state"), "sh", commands.SYSTEM_PROFILE])
+        result = host.run(argv)
     except NixfabError as error:
         return HostStatus(spec.name, False, flake_system=flake_system, error=str(error))
     finally:
         host.close()
     if not result.ok:
         return HostStatus(spec.name, True, flake_system=flake_system, error=result.tail(1))
-    facts = tab_fields(result.stdout)
+    facts, pending, verdicts = parse_host_state(result.stdout)
     current = facts.get("current") or None
-    booted = facts.get("booted") or None
     uptime = facts.get("uptime") or ""
     return HostStatus(
         host=spec.name,
@@ -56,21 +76,55 @@ def probe(session: Session, machine: str, flake_system: str | None) -> HostStatu
         current_system=current,
         flake_system=flake_system,
         drift=None if current is None or flake_system is None else current != flake_system,
-        reboot_pending=pending_reboot(current, booted, facts.get("boot") or None),
+        reboot_pending=pending_reboot(facts),
         uptime_seconds=float(uptime) if uptime.replace(".", "", 1).isdigit() else None,
+        watchdogs_pending=pending,
+        last_verdict=verdicts[0] if verdicts else None,
+        verdicts=tuple(verdict for verdict in verdicts if verdict.token in tokens),
     )
 
 
-def pending_reboot(current: str | None, booted: str | None, boot_default: str | None) -> bool | None:
-    """A reboot would change what runs: the boot default is not the running system (after `boot` or `test`),
-    or the running system is not the one booted (after `switch`). None when nothing runs."""
-    if current is None:
+def parse_host_state(stdout: str) -> tuple[dict[str, str], dict[str, int], list[Verdict]]:
+    """host_state.sh's output: its facts, the watchdogs still pending, and the verdicts (the newest first)."""
+    facts: dict[str, str] = {}
+    pending: list[str] = []
+    verdicts: list[str] = []
+    for line in stdout.splitlines():
+        key, _, value = line.partition("\t")
+        if key == "pending":
+            pending.append(value)
+        elif key == "verdict":
+            verdicts.append(value)
+        elif key:
+            facts[key] = value.strip()
+    return facts, parse_pending("\n".join(pending)), parse_verdicts("\n".join(verdicts))
+
+
+KERNEL_PARTS = ("kernel", "initrd", "kernel-modules")
+
+
+def pending_reboot(facts: dict[str, str]) -> bool | None:
+    """A reboot would change the kernel, initrd or kernel modules: those booted differ from the boot default's.
+
+    NixOS users check it so (system.autoUpgrade's allowReboot does): a switch that keeps the kernel
+    needs no reboot, however different its system is from the booted one. None when unknown
+    (nothing runs, or the host was not booted into a NixOS system).
+    """
+    if not facts.get("current") or not facts.get("booted"):
         return None
-    return (boot_default is not None and boot_default != current) or (booted is not None and booted != current)
+    booted = tuple(facts.get(f"booted-{part}", "") for part in KERNEL_PARTS)
+    boot = tuple(facts.get(f"boot-{part}", "") for part in KERNEL_PARTS)
+    if not facts.get("boot"):
+        return None  # no boot default to compare with
+    return booted != boot
 
 
-def host_status(session: Session, flake: str, machines: Sequence[str], extra: Sequence[str] = ()) -> list[HostStatus]:
+def host_status(
+    session: Session, flake: str, machines: Sequence[str], extra: Sequence[str] = (), asking: Mapping[str, Sequence[str]] | None = None
+) -> list[HostStatus]:
+    """asking: by host, the tokens of deploys whose verdicts are wanted (Journal.awaiting_verdicts)."""
     specs = [session.inventory.host(machine) for machine in machines]
+    asking = asking or {}
     quiet = LocalRunner(Emitter.plain(show_commands=False))
     try:
         wanted = evaluate_out_paths(quiet, flake, [spec.attr for spec in specs], extra)
@@ -78,8 +132,18 @@ def host_status(session: Session, flake: str, machines: Sequence[str], extra: Se
         quiet.echo.warning(f"drift unknown: {error}")
         wanted = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        futures = [pool.submit(probe, session, machine, wanted.get(spec.attr)) for machine, spec in zip(machines, specs)]
+        futures = [
+            pool.submit(probe, session, machine, wanted.get(spec.attr), asking.get(spec.name, ())) for machine, spec in zip(machines, specs)
+        ]
         return [future.result() for future in futures]
+
+
+def record_verdicts(journal: Journal, rows: Sequence[HostStatus]) -> None:
+    """What the hosts' rollback watchdogs decided about deploys the journal left unfinished or failed goes into their rows."""
+    for row in rows:
+        for verdict in row.verdicts:
+            if verdict.by == "watchdog":
+                journal.record_verdict(row.host, verdict.token, f"{verdict.text} (at {verdict.when})", undid=verdict.undid)
 
 
 def human_uptime(seconds: float | None) -> str:
@@ -99,22 +163,29 @@ def status_rows(rows: Sequence[HostStatus]) -> list[tuple[str, ...]]:
     table: list[tuple[str, ...]] = []
     for row in rows:
         if not row.reachable:
-            table.append((row.host, "unreachable", "", "", "", "", row.error or ""))
+            table.append((row.host, "unreachable", "", "", "", "", "", row.error or ""))
             continue
         table.append((
             row.host, "up", "" if row.generation is None else str(row.generation), row.current_system or "none",
             yes_no(row.drift, "DRIFT", "in sync") if row.flake_system else "not in flake",
-            yes_no(row.reboot_pending, "reboot pending", "no"), human_uptime(row.uptime_seconds),
+            yes_no(row.reboot_pending, "reboot pending", "no"), human_uptime(row.uptime_seconds), row.watchdog,
         ))
     return table
 
 
-HEADER = ("host", "reachable", "gen", "current system", "flake", "reboot", "uptime")
+HEADER = ("host", "reachable", "gen", "current system", "flake", "reboot", "uptime", "watchdog")
+
+
+def status_json(row: HostStatus) -> dict[str, object]:
+    document = asdict(row)
+    del document["verdicts"]  # the journal's business; last_verdict and watchdogs_pending say what the host says
+    document["watchdog"] = row.watchdog
+    return document
 
 
 def print_status(rows: Sequence[HostStatus], *, as_json: bool) -> None:
     if as_json:
-        stdout_result(json.dumps([asdict(row) for row in rows], indent=2))
+        stdout_result(json.dumps([status_json(row) for row in rows], indent=2))
         return
     table = [HEADER, *status_rows(rows)]
     widths = [max(len(line[column]) for line in table) for column in range(len(HEADER))]

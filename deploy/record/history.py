@@ -65,6 +65,10 @@ class DeployRecord:
     result: Result
     duration_seconds: float
     error: str | None = None
+    # The run's token: it names the switch's unit (nixfab-switch-<token>) and the rollback watchdog's verdict on the host.
+    token: str | None = None
+    # What the rollback watchdog decided, once `inv status` or a later deploy saw its verdict on the host.
+    verdict: str | None = None
 
     def __post_init__(self) -> None:
         # Only Result's strings go into the journal (and come out of it as members); anything else is a bug, refused here.
@@ -92,10 +96,19 @@ _SCHEMA = (
         generation INTEGER,
         result TEXT NOT NULL,
         duration_seconds REAL NOT NULL,
-        error TEXT
+        error TEXT,
+        token TEXT,
+        verdict TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS deploys_by_host ON deploys (host, id)",
 )
+# Columns added since schema version 1 was first written; a journal without them gets them, empty. Adding
+# nullable columns changes nothing an older nixfab reads (it names its columns), so the version stays 1.
+_ADDED_COLUMNS = (("token", "TEXT"), ("verdict", "TEXT"))
+# Only these actions arm a rollback watchdog, so only their rows can have a verdict.
+_GUARDED_ACTIONS = ("switch", "test")
+# How many of a host's newest rows still waiting for a verdict `inv status` asks about.
+VERDICTS_ASKED_PER_HOST = 20
 
 
 def utc_now() -> str:
@@ -195,6 +208,10 @@ class Journal:
         with _immediate_transaction(connection):
             for statement in _SCHEMA:
                 connection.execute(statement)
+            have = {row[1] for row in connection.execute("PRAGMA table_info(deploys)")}
+            for column, kind in _ADDED_COLUMNS:
+                if column not in have:
+                    connection.execute(f"ALTER TABLE deploys ADD COLUMN {column} {kind}")
             versions = [row[0] for row in connection.execute("SELECT version FROM schema_version")]
             if not versions:
                 connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
@@ -220,6 +237,46 @@ class Journal:
                 cursor = connection.execute(f"UPDATE deploys SET {assignments} WHERE id = ?", (*_values(record), row))
                 if cursor.rowcount != 1:
                     raise JournalError(f"deploy journal {self.path}: row {row} is gone; cannot record how the deploy ended")
+
+    def awaiting_verdicts(self, hosts: Sequence[str]) -> dict[str, list[str]]:
+        """By host, the tokens of its newest guarded deploys that ended unfinished or failed and whose watchdog's verdict was never seen."""
+        if not self.path.exists():
+            return {}
+        wanted: dict[str, list[str]] = {}
+        with self._connection() as connection:
+            for host in hosts:
+                rows = connection.execute(
+                    "SELECT token FROM deploys WHERE host = ? AND token IS NOT NULL AND verdict IS NULL AND result IN (?, ?) "
+                    f"AND action IN ({', '.join('?' for _ in _GUARDED_ACTIONS)}) ORDER BY id DESC LIMIT ?",
+                    (host, Result.UNFINISHED, Result.FAILED, *_GUARDED_ACTIONS, VERDICTS_ASKED_PER_HOST),
+                ).fetchall()
+                if rows:
+                    wanted[host] = [str(row[0]) for row in rows]
+        return wanted
+
+    def record_verdict(self, host: str, token: str, verdict: str, *, undid: bool) -> bool:
+        """A rollback watchdog's verdict on deploy `token` to `host`, seen after that deploy ended (or died).
+
+        Only a row that is still unfinished or failed, without a verdict, takes
+        it: its watchdog having put something back makes it rolled-back; an
+        unfinished one whose watchdog found nothing to undo (it was killed
+        before it changed the host) becomes interrupted; a failed one stays
+        failed. True when a row changed.
+        """
+        if not self.path.exists():
+            return False
+        with self._connection() as connection:
+            with _immediate_transaction(connection):
+                row = connection.execute(
+                    "SELECT id, result FROM deploys WHERE host = ? AND token = ? AND verdict IS NULL AND result IN (?, ?) ORDER BY id DESC",
+                    (host, token, Result.UNFINISHED, Result.FAILED),
+                ).fetchone()
+                if row is None:
+                    return False
+                was = Result(row[1])
+                result = Result.ROLLED_BACK if undid else Result.INTERRUPTED if was == Result.UNFINISHED else was
+                connection.execute("UPDATE deploys SET result = ?, verdict = ? WHERE id = ?", (result, verdict, row[0]))
+                return True
 
     def records(self, host: str | None = None, limit: int | None = None) -> list[DeployRecord]:
         """Records in the order they were written, oldest first; `limit` keeps the newest."""
@@ -317,6 +374,16 @@ def git_dirty_argv(directory: Path) -> list[str]:
     return ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"]
 
 
+def git_dirty_directory_argv(directory: Path) -> list[str]:
+    # A path: flake is the directory as it is, untracked files too, and nothing outside it.
+    return ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=all", "--", "."]
+
+
+def git_tracks_argv(directory: Path, name: str) -> list[str]:
+    """Succeeds when the checkout around `directory` tracks its file `name` (prints it); fails outside git or for an untracked file."""
+    return ["git", "-C", str(directory), "ls-files", "--error-unmatch", "--", name]
+
+
 def _quiet_git(argv: Sequence[str]) -> str | None:
     """stdout of a read-only git query, or None if git is missing or says no."""
     try:
@@ -335,15 +402,31 @@ def local_flake_directory(flake: str) -> Path | None:
     return Path(directory) if directory else None
 
 
+def untracked_flake_checkout(directory: Path) -> Path | None:
+    """The root of the git checkout around `directory` when that checkout does not track the flake.nix there; else None."""
+    if not (directory / "flake.nix").is_file() or _quiet_git(git_tracks_argv(directory, "flake.nix")) is not None:
+        return None
+    return _git_toplevel(directory)
+
+
 def flake_revision(flake: str) -> tuple[str | None, bool | None]:
-    """(HEAD commit, dirty?) of the git checkout holding a local flake; (None, None) otherwise."""
+    """(HEAD commit, dirty?) of the git checkout the deployed flake belongs to; (None, None) when it belongs to none.
+
+    A flake directory that merely sits inside a checkout without being part of it (its flake.nix
+    untracked or ignored, as the lab's .lab/flake in nixfab's own checkout) has no revision: the
+    checkout's HEAD says nothing about it. A `path:` flake is dirty when anything in its directory,
+    untracked files too, differs from HEAD; a git flake when a tracked file of the checkout does.
+    """
     directory = local_flake_directory(flake)
     if directory is None:
+        return None, None
+    if _quiet_git(git_tracks_argv(directory, "flake.nix")) is None:
         return None, None
     head = _quiet_git(git_head_argv(directory))
     if not head or not head.strip():
         return None, None
-    status = _quiet_git(git_dirty_argv(directory))
+    as_path = flake.split("#", 1)[0].startswith("path:")
+    status = _quiet_git(git_dirty_directory_argv(directory) if as_path else git_dirty_argv(directory))
     return head.strip(), (None if status is None else bool(status.strip()))
 
 
@@ -368,9 +451,9 @@ def _one_line(text: str) -> str:
 
 
 def format_history(records: Iterable[DeployRecord]) -> str:
-    """A plain text table, oldest first; a failed deploy's error follows on its own line."""
+    """A plain text table, oldest first; a failed deploy's error, and its rollback watchdog's verdict, follow on lines of their own."""
     header = ("TIME (UTC)", "USER", "HOST", "ACTION", "RESULT", "GEN", "REVISION", "DURATION", "STORE PATH")
-    rows: list[tuple[tuple[str, ...], str | None]] = []
+    rows: list[tuple[tuple[str, ...], str | None, str | None]] = []
     for record in records:
         cells: tuple[str, ...] = (
             record.started_at.replace("+00:00", "Z"),
@@ -383,19 +466,25 @@ def format_history(records: Iterable[DeployRecord]) -> str:
             _duration(record.duration_seconds),
             record.store_path or "-",
         )
-        rows.append((tuple(_one_line(cell) for cell in cells), _one_line(record.error) if record.error else None))
+        rows.append((
+            tuple(_one_line(cell) for cell in cells),
+            _one_line(record.error) if record.error else None,
+            _one_line(record.verdict) if record.verdict else None,
+        ))
     if not rows:
         return "no deploys recorded\n"
-    widths = [max(len(header[i]), *(len(cells[i]) for cells, _ in rows)) for i in range(len(header))]
+    widths = [max(len(header[i]), *(len(cells[i]) for cells, _, _ in rows)) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
 
     lines = [line(header)]
-    for cells, error in rows:
+    for cells, error, verdict in rows:
         lines.append(line(cells))
         if error:
             lines.append(f"    error: {error}")
+        if verdict:
+            lines.append(f"    watchdog: {verdict}")
     return "\n".join(lines) + "\n"
 
 

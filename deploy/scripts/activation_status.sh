@@ -1,7 +1,8 @@
 # shellcheck shell=sh
 # Used by: deploy.confirm.magic_rollback.activation_status
 # Parsed by: deploy.confirm.magic_rollback.activation_status
-# $1: the watchdog's state directory. What became of an activation whose SSH
+# $1: the directory mark_activated.sh records in (the watchdog's, or the
+# switch's own under /run/nixfab/switches). What became of an activation whose SSH
 # channel was lost: "finished STATUS" (mark_activated.sh recorded its exit
 # status), "running" (its process still lives) or "unknown" (neither).
 

@@ -4,14 +4,15 @@
 # $1: the watchdog's state directory; $2: the directory of verdicts.
 # The deployer's claim, in one round trip: only a finished, successful
 # activation is confirmed. Prints pending, "failed STATUS", confirmed or
-# too-late; a confirmation leaves "confirmed" as the run's verdict.
+# too-late; a confirmation leaves "confirmed" as the run's verdict (in
+# rollback_watchdog.sh's format).
 
 dir=$1 verdicts=$2
 [ -e "$dir/activated" ] || { echo pending; exit 0; }
 status=$(cat "$dir/activated")
 [ "$status" = 0 ] || { echo "failed $status"; exit 0; }
 if mkdir "$dir/verdict" 2>/dev/null; then
-  mkdir -p "$verdicts" && echo confirmed > "$verdicts/${dir##*/}"
+  mkdir -p "$verdicts" && printf 'verdict\tconfirmed\nby\tdeployer\n' > "$verdicts/${dir##*/}"
   rm -rf "$dir"
   echo confirmed
 else

@@ -1,6 +1,7 @@
 # shellcheck shell=sh
 # Used by: deploy.confirm.magic_rollback.mark_activated
-# $1: the marker file (in the watchdog's directory); the rest: the activation's argv.
+# $1: the marker file (in the watchdog's directory, or in the switch's own under
+# /run/nixfab/switches when no watchdog guards it); the rest: the activation's argv.
 # Leaves its pid in "$1.pid" while the activation runs, then records the
 # activation's exit status in the marker, even when our SSH session died
 # meanwhile; the watchdog, activation_status.sh and confirm_activation.sh read
@@ -8,6 +9,7 @@
 
 marker=$1
 shift
+mkdir -p -- "${marker%/*}"
 echo "$$" > "$marker.pid"
 "$@"
 status=$?

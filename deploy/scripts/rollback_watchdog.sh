@@ -10,8 +10,10 @@
 # It answers through files, not stdout: whoever creates $1/verdict first
 # decides (confirm_activation.sh and the deployer's disarm race for it),
 # $1/rolled-back is what deploy.confirm.magic_rollback.await_self_rollback
-# waits for, and the verdict's words go to $4/<token> for status, history and
-# the next deploy. $1/hurry (a later deploy found this one's deployer gone)
+# waits for, and the verdict goes to $4/<token> for status, history and the
+# next deploy: `key<TAB>value` lines (verdict: its words; by; system: the one
+# guarded; generation: the one it rolled back, if any; undid: 1 when it put
+# anything back), parsed by deploy.confirm.magic_rollback.parse_verdicts. $1/hurry (a later deploy found this one's deployer gone)
 # makes it decide as soon as no activation runs.
 # It undoes only what it guards: the profile only while it still points at
 # $6 (a generation other than $7), the running system only while it is $6.
@@ -39,7 +41,7 @@ done
 mkdir "$dir/verdict" 2>/dev/null || exit 0
 echo watchdog > "$dir/verdict/by"
 echo "nixfab: no confirmation within ${confirm_timeout}s after activation; rolling back what is still ours" >&2
-said=
+said='' undid=0 rolled_back=''
 say() { said="${said:+$said; }$1"; }
 step() { "$@" || say "failed: $*"; }
 if [ "$changes_boot" = 1 ]; then
@@ -55,18 +57,24 @@ if [ "$changes_boot" = 1 ]; then
     step "$previous_path/bin/switch-to-configuration" boot
     if [ "$created" = 1 ]; then step nix-env -p "$profile" --delete-generations "$generation"; fi
     say "profile and boot default back to generation $previous_generation"
+    undid=1 rolled_back=$generation
   elif [ "$created" = 1 ]; then
     step rm -f -- "$profile" "$profile-$generation-link"
     say "removed the new profile (the host had none)"
+    undid=1 rolled_back=$generation
   fi
 fi
 if [ "$changes_running" = 1 ] && [ -n "$previous_running" ] && [ "$previous_running" != "$guarded" ]; then
   if [ "$(readlink /run/current-system 2>/dev/null)" = "$guarded" ]; then
     step "$previous_running/bin/switch-to-configuration" test
     say "running system back to $previous_running"
+    undid=1
   else
     say "the running system is not the one guarded; left alone"
   fi
 fi
-mkdir -p "$verdicts" && printf 'rolled back by the watchdog: %s\n' "${said:-nothing to undo}" > "$verdicts/$token"
+if [ "$undid" = 1 ]; then words="rolled back by the watchdog: $said"; else words="the watchdog undid nothing: ${said:-nothing to undo}"; fi
+mkdir -p "$verdicts" &&
+  printf 'verdict\t%s\nby\twatchdog\nsystem\t%s\ngeneration\t%s\nundid\t%s\n' "$words" "$guarded" "$rolled_back" "$undid" > "$verdicts/.$token.tmp" &&
+  mv -f "$verdicts/.$token.tmp" "$verdicts/$token"
 echo rolled-back > "$dir/rolled-back"

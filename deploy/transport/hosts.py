@@ -11,12 +11,18 @@ from typing import Protocol
 
 from deploy.nix.commands import sudo_prefix
 from deploy.transport.process import LocalRunner, Result
+from deploy.ui import Emitter
 
 
 class Host(Protocol):
     label: str
     dry_run: bool
     facts: dict[str, bool]  # what probes found out about the host, such as a working systemd-run
+
+    @property
+    def echo(self) -> Emitter:
+        """Where notes about this host go (its output, its log)."""
+        ...
 
     def run(
         self,
@@ -40,6 +46,10 @@ class LocalHost:
         self.label = label
         self.dry_run = runner.dry_run
         self.facts: dict[str, bool] = {}
+
+    @property
+    def echo(self) -> Emitter:
+        return self.runner.echo
 
     def run(
         self,

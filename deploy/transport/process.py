@@ -8,9 +8,11 @@ shlex.join so it can be pasted.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -44,6 +46,35 @@ def tab_fields(stdout: str) -> dict[str, str]:
 
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C or SIGHUP that arrives while a child is being started is delivered once it has started.
+
+    Python raises KeyboardInterrupt (HangUp for SIGHUP) wherever the main
+    thread is; inside Popen, after the fork, the child would be left running
+    with nobody to stop it. (Only the main thread runs signal handlers.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def defer(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    # A handler Python did not install (getsignal says None) could not be put back: such a signal is left alone.
+    previous = {number: handler for number in (signal.SIGINT, signal.SIGHUP) if (handler := signal.getsignal(number)) is not None}
+    for number in previous:
+        signal.signal(number, defer)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for pending in dict.fromkeys(caught):
+            signal.raise_signal(pending)  # now, with the caller's handler, where its cleanup covers the child
+
+
 def _tee(source: IO[str], output: Emitter | None, collected: list[str]) -> None:
     """Collect a child's stream line by line; each line is also live output when `output` is given."""
     for line in source:
@@ -75,30 +106,34 @@ class LocalRunner:
         self.echo.command(argv, env=extra_env)
         if self.dry_run:
             return Result(tuple(argv), dry_returncode, dry_stdout)
-        try:
-            process = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env={**os.environ, **extra_env},
-            )
-        except FileNotFoundError:
-            return Result(tuple(argv), 127, "", f"{argv[0]}: command not found\n")
         stdout: list[str] = []
         stderr: list[str] = []
-        readers = [
-            threading.Thread(target=_tee, args=(process.stdout, None, stdout)),
-            threading.Thread(target=_tee, args=(process.stderr, self.echo if show_stderr else None, stderr)),
-        ]
-        for reader in readers:
-            reader.start()
+        readers: list[threading.Thread] = []
+        process: subprocess.Popen[str] | None = None
         try:
+            with interrupts_deferred():
+                try:
+                    process = subprocess.Popen(
+                        list(argv),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                        env={**os.environ, **extra_env},
+                    )
+                except FileNotFoundError:
+                    return Result(tuple(argv), 127, "", f"{argv[0]}: command not found\n")
+                readers = [
+                    threading.Thread(target=_tee, args=(process.stdout, None, stdout)),
+                    threading.Thread(target=_tee, args=(process.stderr, self.echo if show_stderr else None, stderr)),
+                ]
+                for reader in readers:
+                    reader.start()
             process.wait()
         except KeyboardInterrupt:
-            process.terminate()
-            process.wait()
+            if process is not None:
+                process.terminate()
+                process.wait()
             raise
         finally:
             for reader in readers:

@@ -19,6 +19,7 @@ bounded by the keepalives alone.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -38,6 +39,7 @@ from deploy.ui import Emitter, read_secret
 
 if TYPE_CHECKING:
     from fabric import Connection
+    from fabric.runners import Remote
     from paramiko.client import MissingHostKeyPolicy, SSHClient
     from paramiko.pkey import PKey
     from paramiko.transport import Transport
@@ -229,6 +231,36 @@ class Liveness:
         self._stop.set()
 
 
+@functools.cache
+def deadline_runner() -> type[Remote]:
+    """Fabric's Remote runner, whose timeout says it fired the moment it fires.
+
+    Invoke's Runner.timed_out is "the timer's thread has ended", but the
+    timer's kill() closes the channel first, which wakes run() up while that
+    thread may still be sending the close (or failing to, with EOFError, on a
+    transport that closed meanwhile): run() then returned a result, exit -1,
+    for an abandoned command, and the thread died with a traceback.
+    """
+    import paramiko
+    from fabric.runners import Remote
+
+    class DeadlineRemote(Remote):  # type: ignore[misc]  # Fabric is untyped
+        fired = False
+
+        def kill(self) -> None:
+            self.fired = True  # before the close below can wake run() up
+            try:
+                super().kill()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the transport went away meanwhile: the channel is closed either way
+
+        @property
+        def timed_out(self) -> bool:
+            return self.fired
+
+    return DeadlineRemote
+
+
 class RemoteHost:
     """A host reached over SSH: `run` takes argv, announces it (a CommandRun event), and runs it once connected."""
 
@@ -283,7 +315,7 @@ class RemoteHost:
         timeout = self.connect_timeout or options.connect_timeout or DEFAULT_CONNECT_TIMEOUT
         where = options.where
         # An empty SSHConfig: Fabric and paramiko interpret no ssh_config; everything comes from `ssh -G`.
-        config = Config(ssh_config=paramiko.SSHConfig())
+        config = Config(ssh_config=paramiko.SSHConfig(), overrides={"runners": {"remote": deadline_runner()}})
         connection = Connection(
             options.hostname, user=options.user, port=options.port, config=config, gateway=False, forward_agent=False,
             connect_timeout=math.ceil(timeout),
@@ -350,6 +382,15 @@ class RemoteHost:
         reason = (self._liveness.lost if self._liveness else None) or str(error or "").strip() or "the connection closed"
         return HostUnreachable(f"{self.label}: connection lost while running {argv[0]}: {reason}")
 
+    def _timed_out(self, argv: Sequence[str], deadline: float | None) -> HostUnreachable | RemoteCommandFailed:
+        if self._liveness is not None and self._liveness.lost:
+            return self._lost(argv)
+        return RemoteCommandFailed(f"{self.label}: {argv[0]} did not finish within {deadline or 0:.0f}s; abandoned")
+
+    def _transport_active(self) -> bool:
+        transport = self._connection.client.get_transport() if self._connection is not None else None
+        return transport is not None and transport.is_active()
+
     def _deadline(self, timeout: float | None, stream: bool) -> float | None:
         """Seconds a command may take; None: no fixed deadline (the keepalives still bound it)."""
         if timeout is None:
@@ -393,9 +434,7 @@ class RemoteHost:
         except AuthFailure:
             raise SudoFailed(f"{self.label}: sudo refused the password for {self.login_user}") from None
         except CommandTimedOut:
-            if self._liveness is not None and self._liveness.lost:
-                raise self._lost(argv) from None
-            raise RemoteCommandFailed(f"{self.label}: {argv[0]} did not finish within {deadline:.0f}s; abandoned") from None
+            raise self._timed_out(argv, deadline) from None
         except (OSError, EOFError, paramiko.SSHException) as error:
             raise self._lost(argv, error) from None
         finally:
@@ -403,6 +442,8 @@ class RemoteHost:
                 writer.close()
         if self._liveness is not None and self._liveness.lost:
             raise self._lost(argv)
+        if outcome.exited in (None, -1) and not self._transport_active():
+            raise self._lost(argv)  # no exit status, and nothing left to bring one: never a result
         if not stream:
             self.echo.record(outcome.stdout + outcome.stderr)
         return Result(tuple(argv), int(outcome.exited if outcome.exited is not None else 255), outcome.stdout, outcome.stderr)

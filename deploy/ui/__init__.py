@@ -18,7 +18,7 @@ from deploy.ui.live import RESULT_STYLES, Progress, live_display, progress_table
 from deploy.ui.log import LogSink, open_log
 from deploy.ui.plain import STDERR, Console, PlainRenderer, Tee, command_line, event_lines, stream_prefix
 from deploy.ui.prompt import ask, read_secret
-from deploy.ui.results import show_summary, stdout_result
+from deploy.ui.results import show_summary, stderr_passthrough, stdout_result
 
 
 def note(text: str) -> None:
@@ -29,6 +29,6 @@ def note(text: str) -> None:
 __all__ = [
     "RESULT_STYLES", "STDERR", "CommandRun", "Console", "Emitter", "Event", "Events", "HostFinished", "LineWriter",
     "LogSink", "Note", "OutputText", "PhaseStarted", "PlainRenderer", "Progress", "Tee", "ask", "command_line", "event_lines",
-    "host_emitter", "live_display", "note", "open_log", "progress_table", "read_secret", "show_summary", "stdout_result",
+    "host_emitter", "live_display", "note", "open_log", "progress_table", "read_secret", "show_summary", "stderr_passthrough", "stdout_result",
     "stream_prefix",
 ]

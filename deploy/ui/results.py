@@ -19,6 +19,13 @@ def stdout_result(text: str, *, end: str = "\n") -> None:
     sys.stdout.flush()
 
 
+def stderr_passthrough(text: str) -> None:
+    """What a command of the user's wrote to its stderr (ssh-wait's COMMAND), passed on as it was written."""
+    if text:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+
 SUMMARY_COLUMNS = ("host", "result", "gen", "time", "error")
 
 

@@ -59,6 +59,22 @@ activate() {
   fi
 }
 
+drop_the_network() {
+  # As a network restart would: the SSH session that waits for this
+  # switch dies (the deployer sees its channel close without an exit
+  # status), every other session drops too, and the switch goes on in its
+  # unit and succeeds; sshd answers again soon.
+  echo "restarting network-addresses-eth0.service..." >&2
+  client=/run/nixfab-lab/units/${LAB_UNIT:-none}.client
+  if [ -e "$client" ]; then kill -KILL "$(cat "$client")" 2>/dev/null || true; fi
+  sleep 1
+  /usr/local/sbin/lab-sshd cut-off
+  sleep 2
+  /usr/local/sbin/lab-sshd start
+  sleep 1
+  echo "network is back" >&2
+}
+
 if [ "$action" = dry-activate ]; then
   # What NixOS's switch-to-configuration prints, in its words and order, from the
   # units of the running system and of this one (the lab has no systemd to ask
@@ -100,6 +116,10 @@ if [ "$action" = switch ] || [ "$action" = boot ]; then
   echo "updating GRUB 2 menu..." >&2
   install_bootloader
 fi
+if [ "$action" = boot ] && [ "$variant" = netdrop ]; then
+  # `boot` too can be cut short by a network that goes away meanwhile.
+  drop_the_network
+fi
 if [ "$action" = switch ] || [ "$action" = test ]; then
   if [ "$variant" = slow ]; then
     # Long enough for a second deploy to find this one still activating.
@@ -116,19 +136,7 @@ if [ "$action" = switch ] || [ "$action" = test ]; then
       exit 4
       ;;
     netdrop)
-      # As a network restart would: the SSH session that waits for this
-      # switch dies (the deployer sees its channel close without an exit
-      # status), every other session drops too, and the switch goes on in its
-      # unit and succeeds; sshd answers again soon.
-      echo "restarting network-addresses-eth0.service..." >&2
-      client=/run/nixfab-lab/units/${LAB_UNIT:-none}.client
-      if [ -e "$client" ]; then kill -KILL "$(cat "$client")" 2>/dev/null || true; fi
-      sleep 1
-      /usr/local/sbin/lab-sshd cut-off
-      sleep 2
-      /usr/local/sbin/lab-sshd start
-      sleep 1
-      echo "network is back" >&2
+      drop_the_network
       ;;
     cutoff)
       # As a firewall change would: every SSH session to this host goes dark.
