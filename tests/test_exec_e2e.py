@@ -116,6 +116,9 @@ def test_an_argv_runs_on_each_selected_host_exactly_as_given(site: Site) -> None
         assert Path(host["log"]).read_text().count("it's") >= 1
     # Each host's lines come prefixed with its name, as a deploy's do.
     assert "alpha | x;touch /tmp/nixfab-exec-injected" in result.stderr and "beta  | $HOME" in result.stderr
+    # The deploy tasks' selection, colmena's words included.
+    tagged = json.loads(site.exec("--on", "@web", "--json", "--", "hostname").stdout)["hosts"]
+    assert [(host["host"], host["stdout"]) for host in tagged] == [("alpha", "alpha\n"), ("beta", "beta\n")]
 
 
 def test_a_shell_string_and_the_exit_code_rules(site: Site) -> None:

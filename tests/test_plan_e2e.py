@@ -223,7 +223,7 @@ def test_an_unreachable_host_a_locked_host_and_a_failed_build_are_rows(site: Sit
     # Another deploy holds beta's lock: nothing is staged there, and the plan says why the units are unknown.
     lab.inside("beta", ["mkdir", "-p", "/run/nixfab/deploy.engine.lock"])
     before = {name: snapshot(lab, name) for name in ("alpha", "beta")}
-    result = site.run("plan", "--host", "alpha,beta,ghost", "--json")
+    result = site.run("plan", "--on", "alpha,beta", "--host", "ghost", "--json")
     assert result.returncode == 4, result.stderr
     plans = {host["host"]: host for host in json.loads(result.stdout)["hosts"]}
     assert {name: snapshot(lab, name) for name in ("alpha", "beta")} == before

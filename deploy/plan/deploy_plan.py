@@ -231,7 +231,8 @@ def stage(runner: LocalRunner, target: RemoteHost, system: str, missing: Sequenc
     """Import the paths the host lacks and hold the system with a temporary GC root in `staging`.
 
     then_dry_activate (where no sudo is needed): go on at once with plan_dry_activate.sh, in the same
-    round trip, and return what it said; None when it did not run (the import failed).
+    round trip, and return what it said (else None). RemoteCommandFailed when the import or the
+    root failed, or the dry-activation did not report; the caller then removes the staging.
     """
     follow = script("plan_dry_activate") if then_dry_activate else ""
     argv = ["sh", "-c", script("plan_stage"), "sh", system, staging, follow]
