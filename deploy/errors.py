@@ -109,6 +109,14 @@ class HealthCheckFailed(NixfabError):
     exit_code = 16
 
 
+class CommandExited(NixfabError):
+    """`inv exec`: the command ran on a host and exited non-zero; that is the host's exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
 class FleetFailed(NixfabError):
     """Several hosts failed for different reasons; each one's reason is in the summary."""
 

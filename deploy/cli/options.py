@@ -123,6 +123,32 @@ class StatusOptions:
 
 
 @dataclass(frozen=True)
+class ExecOptions:
+    """inv exec: the selection's words as given, since MACHINE may be the command (`inv exec --all 'uptime'`) unless one follows `--`."""
+
+    machine: str | None
+    hosts: tuple[str, ...]
+    tags: tuple[str, ...]
+    everything: bool
+    flake: str
+    inventory: str
+    command: str | None  # one shell string; the argv after `--` is read when the task runs
+    dry_run: bool
+    parallel: int
+    as_json: bool
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """inv plan: the hosts, and the deploy (--action) whose effect it shows."""
+
+    selection: Selection
+    action: Action
+    parallel: int
+    as_json: bool
+
+
+@dataclass(frozen=True)
 class HistoryOptions:
     hosts: tuple[str, ...]  # none: every host
     flake: str

@@ -150,6 +150,22 @@ def set_fixture_kernel(flake: Path, version: str, host: str | None = None) -> No
     (flake / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
+def set_fixture_units(flake: Path, units: Mapping[str, str], host: str | None = None) -> None:
+    """The systemd units (name -> unit file text) of every system, or of one host's.
+
+    The fake switch-to-configuration's dry-activate compares them with the
+    running system's: a unit only the new system has would start, one it lacks
+    would stop, a changed one would restart (reload with X-ReloadIfChanged=true,
+    neither with X-RestartIfChanged=false). Every system has sshd.service until told otherwise.
+    """
+    settings = json.loads((flake / "lab.json").read_text())
+    if host is None:
+        settings["units"] = dict(units)
+    else:
+        settings.setdefault("hostUnits", {})[host] = dict(units)
+    (flake / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def set_fixture_revision(flake: Path, revision: str, host: str | None = None) -> None:
     settings = json.loads((flake / "lab.json").read_text())
     if host is None:
