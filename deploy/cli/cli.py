@@ -340,11 +340,13 @@ def run_fleet(
 
 
 def needs_sudo_password(session: Session, request: DeployRequest, machines: Sequence[str]) -> bool:
-    """Whether the run will use sudo on a host: it changes a host (lock, activation, reboot, GC) that logs in as non-root."""
+    """Whether the run will use sudo on a host: it changes a host (lock, activation, keys, reboot, GC) that logs in as non-root."""
     changes_hosts = request.action is not None or request.reboot or request.collect_garbage or request.keys_only
     if session.dry_run or request.local or not changes_hosts:
         return False
-    return any(session.inventory.host(machine).sudo for machine in machines)
+    specs = [session.inventory.host(machine) for machine in machines]
+    # `keys` goes to a host only when it has keys; a host without them is not even connected to.
+    return any(spec.sudo and (spec.keys or not request.keys_only) for spec in specs)
 
 
 class FleetJournal:
