@@ -243,3 +243,33 @@ def test_a_reset_uploads_post_activation_keys_once_the_host_is_back(lab: Lab, tm
     assert lab.keys_at_activation("alpha") == [("boot", ["before"])]
     # The reboot emptied /run: the pre-activation key went with it; the post-activation one came after.
     assert not exists(lab, "/run/keys/before") and exists(lab, "/run/keys/after")
+
+
+def test_a_key_file_nix_would_copy_with_the_flake_is_refused_before_anything_runs(lab: Lab, tmp_path: Path) -> None:
+    lab.up(["alpha"])
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    secret = f"in-flake-{secrets.token_hex(16)}"
+    (flake / "secrets").mkdir()
+    (flake / "secrets" / "db").write_text(secret)
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(f"ssh_config: {lab.ssh_config}\nhosts:\n  alpha:\n    keys:\n      db: {{ source: {flake}/secrets/db }}\n")
+    logins = lab.accepted_ssh_logins("alpha")
+
+    def deploy() -> subprocess.CompletedProcess[str]:
+        return inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory))
+
+    # A flake in no git checkout is copied whole: the key would be in the store with it.
+    refused = deploy()
+    assert refused.returncode == 2, refused.stderr
+    assert f"key 'db' of alpha: {flake}/secrets/db: Nix copies this file into the store with the flake" in refused.stderr
+    assert "nix flake check" not in refused.stderr and lab.accepted_ssh_logins("alpha") == logins
+
+    # In a git flake only tracked files are copied: an untracked key file is fine, a tracked one is not.
+    git = ["git", "-C", str(flake), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "--", ".", ":!secrets"], check=True)
+    ok(deploy())
+    assert on_host(lab, "cat", "/run/keys/db") == secret
+    assert files_holding(secret, [lab.root, Path("/nix/store")]) == []
+    subprocess.run([*git, "add", "secrets/db"], check=True)
+    assert deploy().returncode == 2

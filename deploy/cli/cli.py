@@ -302,6 +302,12 @@ def run_fleet(
         log_dir=fleet_options.log_dir or state_directory(flake_dir) / "logs" / run_stamp(),
         live=sys.stderr.isatty() and not request.ask and not session.dry_run,
     )
+    if request.uploads_keys:
+        from deploy.keys.sources import refuse_sources_in_the_flake
+
+        # Before the check or the build below copies the flake, and a key file in it, into the store.
+        specs = (session.inventory.host(machine) for machine in machines)
+        refuse_sources_in_the_flake(request.flake, ((spec.name, key) for spec in specs for key in spec.keys))
     if request.action is not None and not skip_checks:
         session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
         flake_check(session.runner, request.flake, request.extra_nix)

@@ -6,12 +6,14 @@ log or an argv, and never shown (LoadedKey's repr leaves it out).
 """
 from __future__ import annotations
 
+import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from deploy.config.inventory import KeySpec
-from deploy.errors import KeysFailed
+from deploy.errors import KeysFailed, UsageError
 from deploy.transport.process import LocalRunner
 
 
@@ -83,3 +85,33 @@ def read_keys(runner: LocalRunner, specs: Sequence[KeySpec], *, host: str) -> tu
     if problems:
         raise KeysFailed(f"{host}: {'; '.join(problems)}; nothing was changed on {host}")
     return tuple(loaded)
+
+
+def copied_with_the_flake(flake: str, source: Path) -> bool:
+    """Whether Nix copies `source` into the store with the flake: it is in a local flake's directory, and that flake is
+    a `path:` one or in no git checkout (copied whole), or its git checkout tracks the file (a git flake copies those)."""
+    from deploy.record.history import git_tracks, local_flake_directory
+
+    directory = local_flake_directory(flake)
+    if directory is None:
+        return False
+    directory, real_source = Path(os.path.realpath(directory)), Path(os.path.realpath(source))
+    if not real_source.is_relative_to(directory):
+        return False
+    if flake.split("#", 1)[0].startswith("path:") or not git_tracks(directory, "flake.nix"):
+        return True
+    return git_tracks(directory, str(real_source.relative_to(directory)))
+
+
+def refuse_sources_in_the_flake(flake: str, specs: Iterable[tuple[str, KeySpec]]) -> None:
+    """UsageError, before anything runs, for each (host, key) whose source Nix would copy into the store with the flake."""
+    exposed = dict.fromkeys(
+        f"key {spec.name!r} of {host}: {spec.source}"
+        for host, spec in specs
+        if spec.source is not None and copied_with_the_flake(flake, spec.source)
+    )
+    if exposed:
+        raise UsageError(
+            f"{'; '.join(exposed)}: Nix copies this file into the store with the flake {flake}, where anyone can read it; "
+            "keep key files outside the flake's directory (or untracked by git, in a git flake)"
+        )
