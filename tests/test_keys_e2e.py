@@ -167,6 +167,24 @@ def test_the_secret_goes_only_to_a_command_that_said_it_is_ready_after_sudo_took
     finally:
         accepted.close()
 
+    # A sudo that asks for no password gets none: the first byte on stdin is the secret's.
+    sudoers = lab.host("alpha").directory / "etc" / "sudoers"
+    sudoers.write_text(sudoers.read_text().replace("deploy ALL=(ALL:ALL) ALL", "deploy ALL=(ALL:ALL) NOPASSWD: ALL"))
+
+    class NeverAsked(SudoPassword):
+        def get(self) -> str:
+            raise AssertionError("the password was asked for")
+
+    unasked = RemoteHost(
+        "alpha", "deploy@alpha", port=None, ssh_config=lab.ssh_config, echo=Emitter.plain(io.StringIO()), use_sudo=True,
+        sudo_password=NeverAsked(),
+    )
+    try:
+        assert unasked.run_with_secret(probe, b"another secret", sudo=True, describe="(a secret)", ready="ready").ok
+    finally:
+        unasked.close()
+    assert on_host(lab, "cat", "/run/probe") == "another secret"
+
 
 def test_a_missing_source_or_a_failing_command_stops_the_host_before_anything_changes(setup: Setup) -> None:
     lab = setup.lab
