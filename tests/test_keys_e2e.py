@@ -164,6 +164,9 @@ def test_the_secret_goes_only_to_a_command_that_said_it_is_ready_after_sudo_took
         # A command that ends without saying it is ready gets nothing, and its status comes back.
         ended = accepted.run_with_secret(["sh", "-c", "exit 4"], b"the secret", sudo=True, describe="(a secret)", ready="ready")
         assert ended.returncode == 4
+        # sshd sends the exit status when the command exits, maybe before the output still on its way: none of it is lost.
+        late = ["sh", "-c", "echo ready; cat > /dev/null; (sleep 1; echo late) & exit 0"]
+        assert accepted.run_with_secret(late, b"x", sudo=True, describe="(a secret)", ready="ready").stdout.split() == ["ready", "late"]
     finally:
         accepted.close()
 

@@ -148,9 +148,11 @@ class _SecretSession:
                 raise _Abandoned
             return int(self.channel.recv_exit_status())
 
-    def join(self) -> None:
+    def join(self, timeout: float) -> None:
+        """Wait, up to `timeout` seconds in all, for both streams to end."""
+        until = time.monotonic() + timeout
         for reader in self.readers:
-            reader.join(timeout=5)
+            reader.join(timeout=max(0.0, until - time.monotonic()))
 
 
 def _host_key_policy(checking: str, name: str, save_to: Path | None, hashed: bool, host_label: str) -> MissingHostKeyPolicy:
@@ -592,9 +594,11 @@ class RemoteHost:
             session = _SecretSession(channel, ready.encode())
             try:
                 returncode = session.run(secret, self.sudo_password.get if needs_sudo else None, deadline)
+                # sshd may send the exit status before the last of the output: read to the end of both before closing.
+                session.join(max(1.0, deadline - time.monotonic()))
             finally:
                 channel.close()
-                session.join()
+                session.join(5.0)
         except _SudoRefused:
             raise SudoFailed(f"{self.label}: sudo refused the password for {self.login_user}") from None
         except _Abandoned:
