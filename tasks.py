@@ -241,6 +241,12 @@ DAY2_TASKS = [
                nix_options=True),
     local_step("history", doc("The local journal of deploys and rollbacks.", "inv history", "inv history bigmachine --json"),
                day2.history, arguments.history, {"machine": None, "host": [], "json": False, "flake": "."}),
+    local_step("keys", doc("Upload the hosts' keys (hosts.yaml `keys`: secrets kept out of the Nix store) and nothing else.",
+                           "inv keys bigmachine", "inv keys --tag web", "inv keys --all --dry-run",
+                           more="Each key is read here (its file, or its command's output) before anything changes on a host, "
+                                "and written there over SSH on stdin, atomically, with its owner and mode; never in argv or a log."),
+               cli.run_keys, arguments.keys,
+               {**SELECTION, "parallel": "10", "fail_fast": False, "keep_going": False, "json": False, "log_dir": "", "sudo": False}),
     local_step("hosts", doc("Every host nixfab knows: from systems/, hosts.yaml or both, with mismatches flagged.", "inv hosts", "inv hosts --json"),
                day2.hosts, arguments.hosts, {"flake": ".", "inventory": "hosts.yaml", "json": False}, usage=""),
 ]

@@ -151,5 +151,11 @@ class ActivationUnknown(NixfabError):
         return (type(self), (str(self), self.activation, self.why))
 
 
+class KeysFailed(NixfabError):
+    """A key (hosts.yaml `keys`) could not be read here (a missing or unreadable source, a failing command) or written on the host."""
+
+    exit_code = 19
+
+
 class HangUp(KeyboardInterrupt):
     """SIGHUP (the terminal or the SSH session nixfab runs in went away), raised where Ctrl-C would be: exit 129."""

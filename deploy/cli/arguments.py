@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         HistoryOptions,
         HomeOptions,
         HostsOptions,
+        KeysOptions,
         OneHostOptions,
         PlanOptions,
         ResetOptions,
@@ -233,6 +234,36 @@ def deploy(
         ask=bool(ask),
         sudo=bool(sudo),
         show_trace=bool(show_trace),
+    )
+
+
+def keys(
+    *,
+    machine: str | None,
+    host: Sequence[str],
+    tag: Sequence[str],
+    all: bool,  # noqa: A002 - the --all option
+    flake: str,
+    inventory: str,
+    dry_run: bool,
+    parallel: str | int,
+    fail_fast: bool,
+    keep_going: bool,
+    json: bool,
+    log_dir: str,
+    sudo: bool,
+) -> KeysOptions:
+    from deploy.cli.options import FleetOptions, KeysOptions
+
+    if fail_fast and keep_going:
+        raise UsageError("--fail-fast and --keep-going contradict each other; give one")
+    fleet = FleetOptions(parallel=count("--parallel", parallel), fail_fast=bool(fail_fast), log_dir=Path(log_dir) if log_dir else None)
+    return KeysOptions(
+        selection=selection(machine=machine, host=host, tag=tag, all=all, flake=flake, inventory=inventory),
+        dry_run=bool(dry_run),
+        fleet=fleet,
+        as_json=bool(json),
+        sudo=bool(sudo),
     )
 
 

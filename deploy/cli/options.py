@@ -80,6 +80,17 @@ class DeployOptions:
 
 
 @dataclass(frozen=True)
+class KeysOptions:
+    """`keys`: the hosts' keys from hosts.yaml, uploaded alone (a fleet run: no check, no build, no activation)."""
+
+    selection: Selection
+    dry_run: bool
+    fleet: FleetOptions
+    as_json: bool
+    sudo: bool = False  # --sudo/--use-remote-sudo, as for the deploys
+
+
+@dataclass(frozen=True)
 class ResetOptions:
     target: OneHostOptions
     delete_older_than: str

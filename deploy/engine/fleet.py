@@ -200,7 +200,7 @@ class Fleet:
     def build_locally(self, gc_root: Path) -> dict[str, str]:
         """One `nix build` for every system built here; if it fails, one per host to find which."""
         local = [run for run in self.runs.values() if build_location(self.request, run.spec) == "local"]
-        if not local:
+        if not local or self.request.keys_only:
             return {}
         for run in local:
             self.progress.phase(run.spec.name, Phase.BUILD)
@@ -276,7 +276,7 @@ class Fleet:
             return
         started = time.monotonic()
         if self.work is None:
-            self.progress.phase(name, Phase.LOCK if self.request.action else Phase.BUILD)
+            self.progress.phase(name, Phase.LOCK if self.request.action or self.request.keys_only else Phase.BUILD)
         try:
             self._open_log(run)
             if self.on_start is not None:

@@ -18,6 +18,17 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+record_keys() {
+  # What the new system's services would find when they start: the files in
+  # /run/keys while the switch runs (pre-activation keys are there by now).
+  keys=
+  for key in /run/keys/*; do
+    if [ -e "$key" ]; then keys="$keys ${key##*/}"; fi
+  done
+  mkdir -p /nix/var/nix/lab
+  echo "$action $toplevel$keys" >> /nix/var/nix/lab/keys-at-activation.log
+}
+
 record() {
   mkdir -p /nix/var/nix/lab
   echo "$(date +%s) $action $toplevel" >> /nix/var/nix/lab/activations.log
@@ -112,6 +123,7 @@ if [ "$action" = dry-activate ]; then
   exit 0
 fi
 
+record_keys
 if [ "$action" = switch ] || [ "$action" = boot ]; then
   echo "updating GRUB 2 menu..." >&2
   install_bootloader
