@@ -114,6 +114,14 @@ class HealthCheckFailed(NixfabError):
     exit_code = 16
 
 
+class CommandExited(NixfabError):
+    """`inv exec`: the command ran on a host and exited non-zero; that is the host's exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
 class FleetFailed(NixfabError):
     """Several hosts failed for different reasons; each one's reason is in the summary."""
 
@@ -146,6 +154,12 @@ class ActivationUnknown(NixfabError):
     def __reduce__(self) -> tuple[type[ActivationUnknown], tuple[str, Activation, str]]:
         # args holds only the message (str() is the message); a pickled error still comes back whole.
         return (type(self), (str(self), self.activation, self.why))
+
+
+class KeysFailed(NixfabError):
+    """A key (hosts.yaml `keys`) could not be read here (a missing or unreadable source, a failing command) or written on the host."""
+
+    exit_code = 19
 
 
 class HangUp(KeyboardInterrupt):

@@ -15,11 +15,13 @@ from deploy.config.inventory import (
     HealthCheck,
     HostSpec,
     Inventory,
+    KeySpec,
     SshTarget,
     load_inventory,
     parse_ssh_target,
 )
 from deploy.errors import InventoryError, UsageError
+from deploy.model import KeyUpload
 
 INJECTION_NAMES = ["a;touch x", "$(id)", "a\nb", "-oProxyCommand=x", "a b", "`id`", "alpha\n", "a|b", "a&b", "a>b"]
 
@@ -464,12 +466,12 @@ def test_deep_nesting_does_not_escape_as_traceback(tmp_path: Path) -> None:
         (
             "hosts:\n  alpha:\n    bulid_on: local\n",
             "3:5",
-            "unknown key 'bulid_on' in host 'alpha' (expected one of: attr, build_on, health, ssh, sudo, tags); did you mean 'build_on'?",
+            "unknown key 'bulid_on' in host 'alpha' (expected one of: attr, build_on, health, keys, ssh, sudo, tags); did you mean 'build_on'?",
         ),
-        ("hosts:\n  alpha:\n    colour: red\n", "3:5", "unknown key 'colour' in host 'alpha' (expected one of: attr, build_on, health, ssh, sudo, tags)"),
+        ("hosts:\n  alpha:\n    colour: red\n", "3:5", "unknown key 'colour' in host 'alpha' (expected one of: attr, build_on, health, keys, ssh, sudo, tags)"),
         ("defaults:\n  attr: x\n", "2:3", "'attr' is not allowed in 'defaults': it is per host and defaults to the host's name"),
         ("defaults:\n  ssh: x\n", "2:3", "'ssh' is not allowed in 'defaults': it is per host and defaults to the host's name"),
-        ("defaults:\n  sudoo: true\n", "2:3", "unknown key 'sudoo' in 'defaults' (expected one of: build_on, health, sudo, tags); did you mean 'sudo'?"),
+        ("defaults:\n  sudoo: true\n", "2:3", "unknown key 'sudoo' in 'defaults' (expected one of: build_on, health, keys, sudo, tags); did you mean 'sudo'?"),
         ("builders:\n  b: { ssh: x, port: 22 }\n", "2:16", "unknown key 'port' in builder 'b' (expected one of: ssh)"),
         ("hosts:\n  alpha:\n    ssh: a\n    ssh: b\n", "4:5", "duplicate key 'ssh' in host 'alpha' (first on line 3)"),
         ("hosts: {}\nhosts:\n  alpha:\n", "2:1", "duplicate key 'hosts' at the top level (first on line 1)"),
@@ -658,7 +660,7 @@ def test_every_problem_in_the_file_is_reported_at_once_in_file_order(tmp_path: P
         load_inventory(path)
     assert caught.value.problems == [
         f"{path}:2:9: 'sudo' must be true or false, not 'true' (remove the quotes)",
-        f"{path}:5:5: unknown key 'sshh' in host 'alpha' (expected one of: attr, build_on, health, ssh, sudo, tags); did you mean 'ssh'?",
+        f"{path}:5:5: unknown key 'sshh' in host 'alpha' (expected one of: attr, build_on, health, keys, ssh, sudo, tags); did you mean 'ssh'?",
         f"{path}:6:15: build_on: 'buildbx' is not a builder or host (did you mean 'buildbox'?)",
         f"{path}:7:3: invalid host name 'a;b': contains ';' (use letters, digits, '_' and '-', starting with a letter or digit)",
         f"{path}:7:17: invalid ssh target 'root@-x': address starts with '-', which ssh would read as an option",
@@ -673,7 +675,7 @@ def test_several_problems_make_one_line_joined_by_semicolons_with_their_count(tm
     message = inventory_error(path)
     assert message == (
         f"{path}:2:18: 'sudo' must be true or false, not the number '1'; "
-        f"{path}:2:21: unknown key 'sshh' in host 'alpha' (expected one of: attr, build_on, health, ssh, sudo, tags); did you mean 'ssh'?; "
+        f"{path}:2:21: unknown key 'sshh' in host 'alpha' (expected one of: attr, build_on, health, keys, ssh, sudo, tags); did you mean 'ssh'?; "
         f"{path}:3:1: unknown key 'host' at the top level (expected one of: builders, defaults, hosts, ssh_config); did you mean 'hosts'? "
         "(3 problems)"
     )
@@ -791,3 +793,111 @@ def test_health_problems_in_defaults_say_so(tmp_path: Path) -> None:
         f"{path}:2:13: unknown key 'timeot' in 'health' in 'defaults' (expected one of: command, interval, retries, timeout, url); did you mean 'timeout'? "
         "(2 problems)"
     )
+
+
+# ---- keys ------------------------------------------------------------------------------------------------
+
+
+def test_keys_parse_with_their_defaults_and_hosts_add_replace_or_drop_the_defaults_keys(tmp_path: Path) -> None:
+    path = write_inventory(
+        tmp_path,
+        """
+        defaults:
+          keys:
+            ca: { source: ./ca.pem, mode: "0644" }
+            vpn: { command: pass show vpn | head -1 }
+        hosts:
+          alpha:
+            keys:
+              db: { command: [pass, show, db], user: postgres, group: 70, mode: 0640, upload: post-activation, dest: /var/lib/db/pw }
+              vpn: ~
+          beta:
+            keys:
+              ca: { source: /etc/other-ca.pem, mode: 440 }
+          gamma:
+        """,
+    )
+    inventory = load_inventory(path)
+    ca = KeySpec("ca", "/run/keys/ca", source=tmp_path / "ca.pem", mode=0o644)
+    vpn = KeySpec("vpn", "/run/keys/vpn", command=("sh", "-c", "pass show vpn | head -1"), directory=tmp_path)
+    db = KeySpec(
+        "db", "/var/lib/db/pw", command=("pass", "show", "db"), directory=tmp_path, user="postgres", group="70", mode=0o640,
+        upload=KeyUpload.POST_ACTIVATION,
+    )
+    assert inventory.default_keys == (ca, vpn)
+    assert inventory.hosts["alpha"].keys == (ca, db)
+    assert inventory.hosts["beta"].keys == (KeySpec("ca", "/run/keys/ca", source=Path("/etc/other-ca.pem"), mode=0o440), vpn)
+    assert inventory.hosts["gamma"].keys == (ca, vpn) and inventory.host("delta").keys == (ca, vpn)
+    assert ca.mode_text == "0644" and ca.upload == KeyUpload.PRE_ACTIVATION and (ca.user, ca.group) == ("root", "root")
+    assert "secret" not in repr(inventory)  # nothing is read when the inventory is loaded
+
+
+@pytest.mark.parametrize(
+    ("keys", "position", "problem"),
+    [
+        ("{ db: { source: a, command: b } }", "3:30", "key 'db' in host 'a' has both 'source' and 'command'; give one"),
+        ("{ db: { mode: '0600' } }", "3:17", "key 'db' in host 'a' needs a 'source' (a file on this machine) or a 'command'"),
+        ("{ db: ~ }", "3:17", "key 'db' in host 'a' is empty, and 'defaults' has no key 'db' for it to drop"),
+        ("{ db: 5 }", "3:17", "key 'db' must be a mapping, not the number '5'"),
+        ("[db]", "3:11", "'keys' must be a mapping, not a list"),
+        ("~", "3:11", "'keys' must be a mapping, not empty (null)"),
+        ("{ .db: { source: a } }", "3:13", "invalid key name '.db': use letters, digits, '.', '_' and '-'"),
+        ("{ 'a b': { source: a } }", "3:13", "invalid key name 'a b'"),
+        ("{ db: { source: a, mod: '0600' } }", "3:30", "unknown key 'mod' in key 'db' in host 'a' (expected one of: command, dest, group, mode, "
+                                                      "source, upload, user); did you mean 'mode'?"),
+        ("{ db: { source: '' } }", "3:27", "'keys.db.source' is empty"),
+        ("{ db: { command: '  ' } }", "3:28", "'keys.db.command' is empty"),
+        ("{ db: { command: [] } }", "3:28", "'keys.db.command' is an empty list"),
+        ("{ db: { command: [pass, 3.5] } }", "3:28", "'keys.db.command' must be a list of strings, and word 2 is not one"),
+        ("{ db: { command: { a: b } } }", "3:28", "'keys.db.command' must be a string (run with sh -c) or a list of words (an argv), "
+                                                  "not a mapping"),
+        ("{ db: { source: a, dest: run/keys/db } }", "3:36", "'keys.db.dest' must be an absolute path, not 'run/keys/db'"),
+        ("{ db: { source: a, dest: /run/keys/../db } }", "3:36", "'keys.db.dest' must be a plain absolute path without '.', '..' or '//'"),
+        ("{ db: { source: a, dest: /run//db } }", "3:36", "'keys.db.dest' must be a plain absolute path"),
+        ("{ db: { source: a, dest: /run/keys/ } }", "3:36", "'keys.db.dest' must name a file, not a directory ('/run/keys/')"),
+        ("{ db: { source: a, dest: \"/run/k\\ney\" } }", "3:36", "'keys.db.dest' contains a control character ('\\n')"),
+        ("{ db: { source: a, dest: /nix/store/db } }", "3:36", "'keys.db.dest' is in /nix ('/nix/store/db'): a key stays out of the Nix store"),
+        ("{ db: { source: a, user: 'post gres' } }", "3:36", "'keys.db.user' must be a name (letters, digits, '_', '.' and '-', "
+                                                            "starting with a letter or '_') or a number, not 'post gres'"),
+        ("{ db: { source: a, group: -g } }", "3:37", "'keys.db.group' must be a name"),
+        ("{ db: { source: a, user: ~ } }", "3:36", "'keys.db.user' must be a string, not empty (null)"),
+        ("{ db: { source: a, mode: 999 } }", "3:36", "'keys.db.mode' must be permissions in octal such as \"0640\", not '999'"),
+        ("{ db: { source: a, mode: '0640x' } }", "3:36", "'keys.db.mode' must be permissions in octal such as \"0640\", not '0640x'"),
+        ("{ db: { source: a, mode: 4755 } }", "3:36", "'keys.db.mode' is '4755', which sets the setuid, setgid or sticky bit"),
+        ("{ db: { source: a, mode: true } }", "3:36", "'keys.db.mode' must be permissions in octal, such as \"0640\", not the boolean 'true'"),
+        ("{ db: { source: a, upload: after } }", "3:38", "'keys.db.upload' must be pre-activation or post-activation, not 'after'"),
+        ("{ db: { source: a, upload: post-activaton } }", "3:38", "'keys.db.upload' must be pre-activation or post-activation, "
+                                                                 "not 'post-activaton'; did you mean 'post-activation'?"),
+        ("{ db: { source: a }, db2: { source: b, dest: /run/keys/db } }", "3:56", "key 'db2' in host 'a' goes to /run/keys/db, "
+                                                                                  "as key 'db' (line 3) does"),
+    ],
+)
+def test_key_problems_point_at_line_and_column(tmp_path: Path, keys: str, position: str, problem: str) -> None:
+    path, message = error_for(tmp_path, f"hosts:\n  a:\n    keys: {keys}\n")
+    assert message.startswith(f"{path}:{position}: {problem}"), message
+
+
+def test_key_problems_in_defaults_and_between_a_host_and_the_defaults(tmp_path: Path) -> None:
+    path, message = error_for(
+        tmp_path,
+        """
+        defaults:
+          keys:
+            ca: ~
+            tls: { source: tls.pem }
+            tls2: { source: tls.pem, dest: /run/keys/tls }
+        hosts:
+          a:
+            keys:
+              own: { source: x, dest: /run/keys/tls }
+              tls: { source: y, dest: /run/keys/own }
+              ca: { source: z, sudo: true }
+        """,
+    )
+    assert message.removesuffix(" (4 problems)").split("; ") == [
+        f"{path}:3:9: key 'ca' in 'defaults' is empty: give it a 'source' or a 'command'",
+        f"{path}:5:36: key 'tls2' in 'defaults' goes to /run/keys/tls, as key 'tls' (line 4) does",
+        # A host's key is compared with the defaults' keys it keeps: its own 'tls' replaces theirs, and goes elsewhere.
+        f"{path}:9:31: key 'own' in host 'a' goes to /run/keys/tls, as key 'tls2' (line 5) does",
+        f"{path}:11:24: unknown key 'sudo' in key 'ca' in host 'a' (expected one of: command, dest, group, mode, source, upload, user)",
+    ]

@@ -95,7 +95,7 @@ def test_the_journal_takes_results_only_and_gives_back_members(tmp_path: Path) -
 
 
 def test_phases_are_the_progress_tables_in_order() -> None:
-    assert [str(phase) for phase in Phase] == ["check", "build", "lock", "copy", "diff", "activate", "confirm", "health", "reboot", "gc"]
+    assert [str(phase) for phase in Phase] == ["check", "build", "lock", "copy", "diff", "keys", "activate", "confirm", "health", "reboot", "gc"]
 
 
 # --- every task builds its options from its declared defaults -----------------------------------------

@@ -492,6 +492,8 @@ def baseline(task: str, site: Site, update_flake: Path) -> tuple[list[str], bool
         return [task, "alpha", "--inventory", inventory], False
     if task.startswith("hm."):
         return [task, "alpha", "--user", "deploy", "--flake", flake, "--inventory", inventory], False
+    if task in ("exec", "plan"):
+        return [task, "alpha", "--flake", flake, "--inventory", inventory], False
     return [task, "alpha", "--flake", flake, "--inventory", inventory, "--skip-checks"], False
 
 
@@ -533,6 +535,8 @@ def hostile_cases(site: Site, update_flake: Path, marks: Path) -> list[Case]:
                     changed: list[str] | None = [*argv, "--", "--option", "nixfab-probe", value]
                 else:
                     changed = with_value(argv, slot, value)
+                    if changed is not None and task == "exec":
+                        changed = [*changed, "--", "true"]  # exec's "extra" slot is the command itself, an argv run as given
                 if changed is not None:
                     cases.append(Case(f"{tag}#{number}", slot, tuple(changed), inside))
     # hosts.yaml values reach tasks through the inventory.
@@ -631,6 +635,10 @@ def test_a_host_only_systems_knows_is_the_same_machine_for_every_task(lab: Lab, 
     listed = json.loads(ok(inv("generations", "foo", *where, "--json")).stdout)
     assert [(g["number"], g["path"]) for g in listed] == [(1, first), (2, second)]
     assert ok(inv("ssh-wait", "foo", "hostname", *where, "--timeout", "10")).stdout.strip() == "alpha"
+    ran = json.loads(ok(inv("exec", "foo", *where, "--json", "--", "hostname")).stdout)["hosts"]
+    assert [(host["host"], host["stdout"]) for host in ran] == [("foo", "alpha\n")]
+    planned = json.loads(ok(inv("plan", "foo", *where, "--json")).stdout)["hosts"]
+    assert [(host["host"], host["up_to_date"], host["current_system"]) for host in planned] == [("foo", True, second)]
     ok(inv("rollback", "foo", *where))
     assert (lab.state("alpha").current_generation, lab.state("alpha").current_system) == (1, first)
     ok(inv("switch-generation", "foo", "2", *where))

@@ -24,12 +24,15 @@ from deploy.model import Action
 if TYPE_CHECKING:
     from deploy.cli.options import (
         DeployOptions,
+        ExecOptions,
         FlakeOptions,
         GenerationsOptions,
         HistoryOptions,
         HomeOptions,
         HostsOptions,
+        KeysOptions,
         OneHostOptions,
+        PlanOptions,
         ResetOptions,
         Selection,
         SshWaitOptions,
@@ -247,6 +250,36 @@ def deploy(
     )
 
 
+def keys(
+    *,
+    machine: str | None,
+    host: Sequence[str],
+    tag: Sequence[str],
+    all: bool,  # noqa: A002 - the --all option
+    flake: str,
+    inventory: str,
+    dry_run: bool,
+    parallel: str | int,
+    fail_fast: bool,
+    keep_going: bool,
+    json: bool,
+    log_dir: str,
+    sudo: bool,
+) -> KeysOptions:
+    from deploy.cli.options import FleetOptions, KeysOptions
+
+    if fail_fast and keep_going:
+        raise UsageError("--fail-fast and --keep-going contradict each other; give one")
+    fleet = FleetOptions(parallel=count("--parallel", parallel), fail_fast=bool(fail_fast), log_dir=Path(log_dir) if log_dir else None)
+    return KeysOptions(
+        selection=selection(machine=machine, host=host, tag=tag, all=all, flake=flake, inventory=inventory),
+        dry_run=bool(dry_run),
+        fleet=fleet,
+        as_json=bool(json),
+        sudo=bool(sudo),
+    )
+
+
 # --- the other tasks (deploy/cli/day2.py) ------------------------------------------------------------
 
 
@@ -304,6 +337,68 @@ def status(
     names = (machine,) if machine else ()
     everything = bool(all) or not (names or host or tag)
     return StatusOptions(selection(machine=None, host=[*names, *host], tag=tag, all=everything, flake=flake, inventory=inventory), bool(json))
+
+
+def exec_on_hosts(
+    *,
+    machine: str | None,
+    host: Sequence[str],
+    tag: Sequence[str],
+    all: bool,  # noqa: A002 - the --all option
+    flake: str,
+    inventory: str,
+    dry_run: bool,
+    command: str | None,
+    parallel: str | int,
+    json: bool,
+) -> ExecOptions:
+    from deploy.cli.options import ExecOptions
+
+    return ExecOptions(
+        machine or None, tuple(host), tuple(tag), bool(all), flake_reference(flake), inventory, command or None, bool(dry_run),
+        count("--parallel", parallel), bool(json),
+    )
+
+
+def exec_selection_and_command(options: ExecOptions, after_dashes: Sequence[str]) -> tuple[Selection, tuple[str, ...]]:
+    """The hosts and the argv to run: what follows `--` (exact), else one shell string run as `sh -c STRING`.
+
+    The string is COMMAND, or MACHINE when --host, --tag or --all already name the hosts
+    (`inv exec --all 'uptime'`, as `inv ssh-wait --host a CMD`).
+    """
+    machine, shell = options.machine, options.command
+    if after_dashes and shell is not None:
+        raise UsageError("give the command once: as the words after `--`, or as one shell string, not both")
+    if not after_dashes and shell is None and machine and (options.hosts or options.tags or options.everything):
+        machine, shell = None, machine
+    if not after_dashes and shell is None:
+        raise UsageError("name the command to run: `inv exec HOST -- COMMAND ARGS...` or `inv exec HOST 'SHELL COMMAND'`")
+    hosts = selection(
+        machine=machine, host=options.hosts, tag=options.tags, all=options.everything, flake=options.flake, inventory=options.inventory
+    )
+    return hosts, tuple(after_dashes) if after_dashes else ("sh", "-c", str(shell))
+
+
+def plan(
+    *,
+    machine: str | None,
+    host: Sequence[str],
+    tag: Sequence[str],
+    all: bool,  # noqa: A002 - the --all option
+    flake: str,
+    inventory: str,
+    action: str,
+    parallel: str | int,
+    json: bool,
+) -> PlanOptions:
+    from deploy.cli.options import PlanOptions
+
+    checked = check_action(action)
+    if not checked.changes_system:
+        raise UsageError(f"--action {action}: a plan shows what switch, boot or test would change")
+    return PlanOptions(
+        selection(machine=machine, host=host, tag=tag, all=all, flake=flake, inventory=inventory), checked, count("--parallel", parallel), bool(json)
+    )
 
 
 def history(*, machine: str | None, host: Sequence[str], json: bool, flake: str) -> HistoryOptions:

@@ -21,7 +21,7 @@ from deploy.errors import HangUp, JournalError, NixfabError, UsageError
 from deploy.model import Result
 
 if TYPE_CHECKING:
-    from deploy.cli.options import DeployOptions, OneHostOptions, Selection
+    from deploy.cli.options import DeployOptions, FleetOptions, KeysOptions, OneHostOptions, Selection
     from deploy.config.inventory import HostSpec, Inventory
     from deploy.engine.fleet import HostResult
     from deploy.engine.pipeline import DeployRequest, HostRun, Session
@@ -276,12 +276,31 @@ def run_deploy(context: Any, options: DeployOptions) -> None:
         try:
             machines, local = selected_machines(context, session, selection)
             request = deploy_request(options, local=local, extra_nix=extra_nix)
-            run_fleet(session, request, machines, options)
+            run_fleet(session, request, machines, options.fleet, as_json=options.as_json, skip_checks=options.skip_checks)
         finally:
             session.close()
 
 
-def run_fleet(session: Session, request: DeployRequest, machines: list[str], options: DeployOptions) -> None:
+def run_keys(context: Any, options: KeysOptions) -> None:
+    """`keys`: upload the selected hosts' keys from hosts.yaml, as a fleet run (no check, no build, no activation)."""
+    from deploy.engine.pipeline import DeployRequest
+
+    with errors_as_exit_codes():
+        selection = options.selection
+        session = open_session(selection.inventory, dry_run=options.dry_run, ssh_config=fab_ssh_config(context), flake=selection.flake)
+        if options.sudo:
+            session.inventory = with_sudo(session.inventory)
+        try:
+            machines, local = selected_machines(context, session, selection)
+            request = DeployRequest(flake=selection.flake, action=None, local=local, keys_only=True)
+            run_fleet(session, request, machines, options.fleet, as_json=options.as_json, skip_checks=True)
+        finally:
+            session.close()
+
+
+def run_fleet(
+    session: Session, request: DeployRequest, machines: list[str], fleet_options: FleetOptions, *, as_json: bool, skip_checks: bool
+) -> None:
     import time
 
     from deploy.engine.fleet import Fleet, exit_code, print_summary, results_json, totals_line
@@ -293,16 +312,22 @@ def run_fleet(session: Session, request: DeployRequest, machines: list[str], opt
     started = time.monotonic()
     flake_dir = flake_directory(request.flake)
     logs = state_directory(flake_dir) / "logs"
-    log_dir = options.fleet.log_dir or logs / run_stamp()
-    if options.fleet.log_dir is None and not session.dry_run:
-        prune_runs(logs, options.fleet.log_keep, current=log_dir)  # a --log-dir of the user's own is never pruned
+    log_dir = fleet_options.log_dir or logs / run_stamp()
+    if fleet_options.log_dir is None and not session.dry_run:
+        prune_runs(logs, fleet_options.log_keep, current=log_dir)  # a --log-dir of the user's own is never pruned
     if request.action == Action.DRY_ACTIVATE:
         set_policy(replace(policy(), host_output=True))  # what it would do is what the hosts print: its answer
     fleet_options = replace(
-        options.fleet, log_dir=log_dir, live=sys.stderr.isatty() and not request.ask and not session.dry_run and policy().progress,
+        fleet_options, log_dir=log_dir, live=sys.stderr.isatty() and not request.ask and not session.dry_run and policy().progress,
     )
+    if request.uploads_keys:
+        from deploy.keys.sources import refuse_sources_in_the_flake
+
+        # Before the check or the build below copies the flake, and a key file in it, into the store.
+        specs = (session.inventory.host(machine) for machine in machines)
+        refuse_sources_in_the_flake(request.flake, ((spec.name, key) for spec in specs for key in spec.keys))
     with run_log(session, log_dir):
-        if request.action is not None and not options.skip_checks:
+        if request.action is not None and not skip_checks:
             session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
             flake_check(session.runner, request.flake, request.extra_nix)
         journal = FleetJournal(Journal(journal_path(flake_dir)), request) if not session.dry_run else None
@@ -316,7 +341,7 @@ def run_fleet(session: Session, request: DeployRequest, machines: list[str], opt
         )
         results = fleet.run()
     print_summary(results, rich=sys.stderr.isatty(), stream=sys.stderr)
-    if options.as_json:
+    if as_json:
         stdout_result(results_json(results, interrupted=fleet.interrupted, hangup=fleet.hangup, journal_errors=fleet.journal_errors))
     elif request.action is None:
         for result in results:
@@ -363,10 +388,13 @@ def run_log(session: Session, log_dir: Path) -> Iterator[None]:
 
 
 def needs_sudo_password(session: Session, request: DeployRequest, machines: Sequence[str]) -> bool:
-    """Whether the run will use sudo on a host: it changes a host (lock, activation, reboot, GC) that logs in as non-root."""
-    if session.dry_run or request.local or (request.action is None and not request.reboot and not request.collect_garbage):
+    """Whether the run will use sudo on a host: it changes a host (lock, activation, keys, reboot, GC) that logs in as non-root."""
+    changes_hosts = request.action is not None or request.reboot or request.collect_garbage or request.keys_only
+    if session.dry_run or request.local or not changes_hosts:
         return False
-    return any(session.inventory.host(machine).sudo for machine in machines)
+    specs = [session.inventory.host(machine) for machine in machines]
+    # `keys` goes to a host only when it has keys; a host without them is not even connected to.
+    return any(spec.sudo and (spec.keys or not request.keys_only) for spec in specs)
 
 
 class FleetJournal:
@@ -428,7 +456,7 @@ def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult, *,
     started = datetime.now(UTC) - timedelta(seconds=result.duration_seconds)
     return DeployRecord(
         started_at=started.isoformat(timespec="seconds"), local_user=local_user(), host=spec.name,
-        action=request.action or "build", flake=request.flake, revision=request.revision, dirty=request.dirty,
+        action=request.action or ("keys" if request.keys_only else "build"), flake=request.flake, revision=request.revision, dirty=request.dirty,
         store_path=result.path, generation=result.generation, result=result.result,
         duration_seconds=result.duration_seconds, error=result.error, token=token,
     )

@@ -1,5 +1,5 @@
 """Handlers of the tasks that are not fleet deploys: reset, ssh-wait, generations, rollback, check,
-update, status, history, hosts, and Home Manager's hm.* tasks.
+update, status, history, hosts, exec, plan, and Home Manager's hm.* tasks.
 
 Each takes the Invoke context and the task's typed options (deploy/cli/options.py,
 built by deploy/cli/arguments.py) and runs inside cli.errors_as_exit_codes(), so bad input
@@ -22,12 +22,15 @@ from deploy.nix import commands
 if TYPE_CHECKING:
     from deploy.activate.activation import Activation
     from deploy.cli.options import (
+        ExecOptions,
         FlakeOptions,
+        FleetOptions,
         GenerationsOptions,
         HistoryOptions,
         HomeOptions,
         HostsOptions,
         OneHostOptions,
+        PlanOptions,
         ResetOptions,
         SshWaitOptions,
         StatusOptions,
@@ -207,6 +210,81 @@ def hosts(context: Any, options: HostsOptions) -> None:
             ui.stdout_result(json.dumps([{**row.__dict__, "tags": list(row.tags), "problems": list(row.problems)} for row in rows], indent=2))
         else:
             ui.stdout_result(format_host_listing(rows), end="")
+
+
+def fleet_options(flake: str, parallel: int) -> FleetOptions:
+    """A day-2 fleet run's options: --parallel hosts at once, each host's log where a deploy's goes, no live table."""
+    from deploy.cli.options import FleetOptions
+    from deploy.record.history import state_directory
+
+    return FleetOptions(parallel=parallel, log_dir=state_directory(cli.flake_directory(flake)) / "logs" / cli.run_stamp())
+
+
+def exec_on_hosts(context: Any, options: ExecOptions) -> None:
+    """inv exec: the command on every selected host, as a fleet; a summary of exit codes, or --json."""
+    from deploy.cli.arguments import exec_selection_and_command
+    from deploy.engine import remote_command
+    from deploy.engine.fleet import Fleet, FleetWork
+    from deploy.engine.pipeline import DeployRequest
+    from deploy.errors import NixfabError
+
+    with cli.errors_as_exit_codes():
+        # Under `fab`, what follows `--` is fab's own remote command, never ours.
+        after = cli.extra_nix_options() if not hasattr(context, "original_host") else ()
+        selection, argv = exec_selection_and_command(options, after)
+        command = remote_command.RemoteCommand(argv)
+        session = cli.open_session(selection.inventory, dry_run=options.dry_run, ssh_config=cli.fab_ssh_config(context), flake=selection.flake)
+        try:
+            machines, local = cli.selected_machines(context, session, selection)
+            work = remote_command.CommandOnHosts(command)
+            request = DeployRequest(selection.flake, None, local=local, lock=False)
+            fleet = Fleet(session, request, machines, fleet_options(selection.flake, options.parallel), work=FleetWork(work))
+            results = fleet.run()
+        finally:
+            session.close()
+        session.echo.note(remote_command.format_summary(results, work.outputs))
+        if options.as_json:
+            ui.stdout_result(remote_command.results_json(command, results, work.outputs, interrupted=fleet.interrupted, hangup=fleet.hangup))
+        code = remote_command.exit_code(results, interrupted=fleet.interrupted, hangup=fleet.hangup)
+        if code:
+            error = NixfabError(remote_command.failure_message(results, work.outputs, code))
+            error.exit_code = code
+            raise error
+
+
+def plan(context: Any, options: PlanOptions) -> None:
+    """inv plan: build as a deploy does, then ask each host what the deploy would change there; a table, or --json."""
+    import time
+
+    from deploy.engine.fleet import Fleet, FleetWork, exit_code, totals_line
+    from deploy.engine.pipeline import DeployRequest
+    from deploy.plan.deploy_plan import DeployPlanner, format_plans, plans_json
+
+    started = time.monotonic()
+    with cli.errors_as_exit_codes():
+        extra_nix = cli.extra_nix_options() if not hasattr(context, "original_host") else ()
+        selection = options.selection
+        session = cli.open_session(selection.inventory, dry_run=False, ssh_config=cli.fab_ssh_config(context), flake=selection.flake)
+        try:
+            machines, local = cli.selected_machines(context, session, selection)
+            # Always built here: building on a target or a builder would change that machine's store.
+            request = DeployRequest(selection.flake, options.action, build_on="local", local=local, extra_nix=extra_nix, lock=False)
+            planner = DeployPlanner()
+            work = FleetWork(planner, build_first=True)
+            run_options = fleet_options(selection.flake, options.parallel)
+            fleet = Fleet(session, request, machines, run_options, work=work)
+            results = fleet.run()
+        finally:
+            session.close()
+        code = exit_code(results, interrupted=fleet.interrupted, hangup=fleet.hangup)
+        if options.as_json:
+            ui.stdout_result(plans_json(results, planner.plans, exit_code=code, interrupted=fleet.interrupted))
+        else:
+            ui.stdout_result(format_plans(results, planner.plans))
+        if code:
+            # Each host's error was said once, when it failed: the last line gives the totals.
+            logs = run_options.log_dir if any(result.log for result in results) else None
+            raise cli.fleet_error(totals_line(results, time.monotonic() - started, logs), code, interrupted=fleet.interrupted, hangup=fleet.hangup)
 
 
 # ---- Home Manager ---------------------------------------------------------------------------

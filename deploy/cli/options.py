@@ -81,6 +81,17 @@ class DeployOptions:
 
 
 @dataclass(frozen=True)
+class KeysOptions:
+    """`keys`: the hosts' keys from hosts.yaml, uploaded alone (a fleet run: no check, no build, no activation)."""
+
+    selection: Selection
+    dry_run: bool
+    fleet: FleetOptions
+    as_json: bool
+    sudo: bool = False  # --sudo/--use-remote-sudo, as for the deploys
+
+
+@dataclass(frozen=True)
 class ResetOptions:
     target: OneHostOptions
     delete_older_than: str
@@ -120,6 +131,32 @@ class FlakeOptions:
 @dataclass(frozen=True)
 class StatusOptions:
     selection: Selection
+    as_json: bool
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    """inv exec: the selection's words as given, since MACHINE may be the command (`inv exec --all 'uptime'`) unless one follows `--`."""
+
+    machine: str | None
+    hosts: tuple[str, ...]
+    tags: tuple[str, ...]
+    everything: bool
+    flake: str
+    inventory: str
+    command: str | None  # one shell string; the argv after `--` is read when the task runs
+    dry_run: bool
+    parallel: int
+    as_json: bool
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """inv plan: the hosts, and the deploy (--action) whose effect it shows."""
+
+    selection: Selection
+    action: Action
+    parallel: int
     as_json: bool
 
 

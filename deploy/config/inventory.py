@@ -40,6 +40,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError, PydanticKnownError
 from pydantic_core.core_schema import ErrorType
 
 from deploy.errors import InventoryError
+from deploy.model import KeyUpload
 
 NAME_MAX_LENGTH = 63
 USER_MAX_LENGTH = 32
@@ -55,6 +56,10 @@ USER_PATTERN: re.Pattern[str] = re.compile(r"\A[a-z_][a-z0-9_.-]{0,31}\Z")
 # '_' is allowed (unlike in DNS) because a host's address defaults to its name, and names may
 # contain '_'; ssh_config aliases with '_' are common and harmless on a command line.
 ADDRESS_PATTERN: re.Pattern[str] = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,252}\Z")
+# A key's name is its file's name under /run/keys by default: '.' is allowed (tls.key), but not first.
+KEY_NAME_PATTERN: re.Pattern[str] = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._-]{0,254}\Z")
+# A key's owner: a user or group name as useradd/groupadd take them (a trailing '$' for machine accounts), or a number.
+OWNER_PATTERN: re.Pattern[str] = re.compile(r"\A(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})\Z")
 
 BUILD_LOCALLY = "local"
 BUILD_ON_TARGET = "target"
@@ -286,6 +291,41 @@ class HealthCheck:
     interval: float = 2.0  # seconds between attempts
 
 
+KEYS_DIR = "/run/keys"  # where a key goes unless it says `dest`, as on NixOS with colmena
+DEFAULT_KEY_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """A secret for the host that must not enter the Nix store (hosts.yaml `keys`): where it comes from, where it goes.
+
+    Exactly one of `source` and `command`. Nothing is read when the inventory
+    is loaded: the content is read (or the command run) on this machine when
+    a deploy or `inv keys` is about to upload it.
+    """
+
+    name: str
+    dest: str  # the absolute path on the host
+    source: Path | None = None  # a file on this machine (absolute: resolved against the inventory's directory)
+    command: tuple[str, ...] | None = None  # an argv run on this machine; its stdout is the key (a string in hosts.yaml is `sh -c` it)
+    directory: Path | None = None  # where the command runs: the inventory's directory
+    user: str = "root"
+    group: str = "root"
+    mode: int = DEFAULT_KEY_MODE
+    upload: KeyUpload = KeyUpload.PRE_ACTIVATION
+
+    def __post_init__(self) -> None:
+        if (self.source is None) == (self.command is None):
+            raise ValueError(f"key {self.name!r} needs exactly one of source and command")
+        # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
+        object.__setattr__(self, "upload", KeyUpload(self.upload))
+
+    @property
+    def mode_text(self) -> str:
+        """The mode as chmod takes it and hosts.yaml writes it: "0640"."""
+        return f"{self.mode:04o}"
+
+
 @dataclass(frozen=True)
 class HostSpec:
     name: str
@@ -296,6 +336,7 @@ class HostSpec:
     sudo: bool
     declared: bool  # False when synthesized for a host that only the flake knows
     health: HealthCheck | None = None
+    keys: tuple[KeySpec, ...] = ()  # the defaults' keys and the host's own, by name (the host's win)
 
 
 @dataclass(frozen=True)
@@ -322,6 +363,7 @@ class Inventory:
     default_sudo: bool = False
     default_tags: tuple[str, ...] = ()
     default_health: HealthCheck | None = None
+    default_keys: tuple[KeySpec, ...] = ()
 
     def __post_init__(self) -> None:
         # Callers (tests, other modules) may pass plain dicts; freeze them so the inventory stays immutable.
@@ -362,6 +404,7 @@ class Inventory:
                 sudo=self.default_sudo or _needs_sudo(ssh.user),
                 declared=False,
                 health=self.default_health,
+                keys=self.default_keys,
             )
         ssh = declared.ssh.with_user(user) if user is not None else declared.ssh
         return dataclasses.replace(declared, ssh=ssh, sudo=declared.sudo or _needs_sudo(ssh.user))
@@ -538,6 +581,10 @@ def _subject(loc: Loc) -> str:
             return f"builder {_quote(name)}"
         case ("defaults", "health", str(field)) | ("hosts", str(), "health", str(field)):
             return f"'health.{field}'"
+        case ("defaults", "keys", str(key)) | ("hosts", str(), "keys", str(key)):
+            return f"key {_quote(key)}"
+        case ("defaults", "keys", str(key), str(field)) | ("hosts", str(), "keys", str(key), str(field)):
+            return f"'keys.{key}.{field}'"
         case (*_, int()):
             return "each tag"  # tags are the only lists
         case (*_, str(last)):
@@ -552,6 +599,8 @@ def _where(loc: Loc) -> str:
             return "at the top level"
         case ("defaults", "health") | ("hosts", str(), "health"):
             return f"in 'health' {_where(loc[:-1])}"
+        case ("defaults", "keys", str(key)) | ("hosts", str(), "keys", str(key)):
+            return f"in key {_quote(key)} {_where(loc[:-2])}"
     return f"in {_subject(loc)}"
 
 
@@ -568,6 +617,8 @@ def _keys_at(loc: Loc) -> tuple[str, ...]:
             return BUILDER_KEYS
         case ("defaults", "health") | ("hosts", str(), "health"):
             return HEALTH_KEYS
+        case ("defaults", "keys", str()) | ("hosts", str(), "keys", str()):
+            return KEY_KEYS
     return ()
 
 
@@ -663,6 +714,112 @@ def _url(value: object) -> str:
     return url
 
 
+def _about(text: str) -> PydanticCustomError:
+    """A validator's error that _schema_problem() words as "<what the loc names> <text>": "'keys.db.mode' must be ..."."""
+    return PydanticCustomError("nixfab_about", "{problem}", {"problem": text})
+
+
+def _key_name(name: str) -> str:
+    if KEY_NAME_PATTERN.match(name):
+        return name
+    if not name:
+        problem = "empty"
+    elif len(name) > 255:
+        problem = "longer than 255 characters"
+    else:
+        problem = "use letters, digits, '.', '_' and '-', starting with a letter, digit or '_'"
+    raise _problem(f"invalid key name {_quote(name)}: {problem}")
+
+
+def _key_source(value: object, info: ValidationInfo) -> Path:
+    """The absolute path of a key's `source`, resolved against the inventory's directory; nothing is read now."""
+    written = _text(value)
+    if not written.strip():
+        raise _about("is empty")
+    if "\0" in written:
+        raise _about("contains a NUL character")
+    directory = info.context.get("directory") if isinstance(info.context, dict) else None
+    if not isinstance(directory, Path):
+        raise TypeError("_File is validated with context={'directory': <the inventory's directory>}")
+    return Path(os.path.normpath(os.path.abspath(directory / os.path.expanduser(written))))
+
+
+def _key_command(value: object) -> tuple[str, ...]:
+    """A key's `command` as an argv: a list of words as written, a string as `sh -c STRING`."""
+    if isinstance(value, str | _YamlInt):
+        text = _text(value)
+        if not text.strip():
+            raise _about("is empty")
+        if "\0" in text:
+            raise _about("contains a NUL character")
+        return ("sh", "-c", text)
+    if not isinstance(value, list):
+        raise PydanticCustomError("command_type", "not a command")
+    if not value:
+        raise _about("is an empty list")
+    words: list[str] = []
+    for number, word in enumerate(value, start=1):
+        if not isinstance(word, str | _YamlInt):
+            raise _about(f"must be a list of strings, and word {number} is not one")
+        words.append(_text(word))
+    if not words[0]:
+        raise _about("starts with an empty word")
+    if any("\0" in word for word in words):
+        raise _about("contains a NUL character")
+    return tuple(words)
+
+
+def _key_dest(value: object) -> str:
+    dest = _text(value)
+    if not dest.startswith("/"):
+        raise _about(f"must be an absolute path, not {_quote(dest)}")
+    control = next((character for character in dest if ord(character) < 0x20 or character == "\x7f"), None)
+    if control is not None:
+        raise _about(f"contains a control character ({control!r})")
+    plain = "/" + "/".join(part for part in dest.split("/") if part not in ("", "."))
+    if dest == "/" or dest.endswith("/"):
+        raise _about(f"must name a file, not a directory ({_quote(dest)})")
+    if dest != plain or "/../" in f"{dest}/":
+        raise _about(f"must be a plain absolute path without '.', '..' or '//', not {_quote(dest)}")
+    if dest == "/nix" or dest.startswith("/nix/"):
+        raise _about(f"is in /nix ({_quote(dest)}): a key stays out of the Nix store")
+    return dest
+
+
+def _key_owner(value: object) -> str:
+    name = _text(value)
+    if not OWNER_PATTERN.match(name):
+        raise _about(f"must be a name (letters, digits, '_', '.' and '-', starting with a letter or '_') or a number, not {_quote(name)}")
+    return name
+
+
+_MODE_PATTERN = re.compile(r"\A(?:0o|0)?([0-7]{3})\Z")
+
+
+def _key_mode(value: object) -> int:
+    """Permissions in octal, as text ("0640") or as written unquoted (0640, 640): the digits are read as octal either way."""
+    text = _as_text(value)
+    if text is None:
+        raise PydanticCustomError("mode_type", "not a mode")
+    matched = _MODE_PATTERN.match(text)
+    if matched:
+        return int(matched.group(1), 8)
+    if re.fullmatch(r"(?:0o|0)?[0-7]{4}", text):
+        raise _about(f"is {_quote(text)}, which sets the setuid, setgid or sticky bit a key never needs; give three octal digits such as \"0640\"")
+    raise _about(f"must be permissions in octal such as \"0640\", not {_quote(text)}")
+
+
+def _key_upload(value: object) -> KeyUpload:
+    text = _text(value)
+    try:
+        return KeyUpload(text)
+    except ValueError:
+        pass
+    suggestion = _did_you_mean(text, [upload.value for upload in KeyUpload])
+    hint = f"; did you mean {_quote(suggestion)}?" if suggestion else ""
+    raise _about(f"must be {' or '.join(KeyUpload)}, not {_quote(text)}{hint}")
+
+
 def _ssh_config(value: object, info: ValidationInfo) -> Path:
     """The absolute path of `ssh_config`, resolved against the inventory's directory (the validation context)."""
     written = _text(value)
@@ -730,11 +887,27 @@ class _Health(_Schema):
     # once every field of it is valid, and so hide this problem behind any other in the same mapping.
 
 
+class _Key(_Schema):
+    source: Annotated[Path | None, PlainValidator(_key_source)] = None
+    command: Annotated[tuple[str, ...] | None, PlainValidator(_key_command)] = None
+    dest: Annotated[str | None, PlainValidator(_key_dest)] = None
+    user: Annotated[str | None, PlainValidator(_key_owner)] = None
+    group: Annotated[str | None, PlainValidator(_key_owner)] = None
+    mode: Annotated[int | None, PlainValidator(_key_mode)] = None
+    upload: Annotated[KeyUpload | None, PlainValidator(_key_upload)] = None
+    # "A source or a command, not both" is checked in _cross_checks(), as health's "a command, a url, or both" is.
+
+
+# A key set to null in a host drops the defaults' key of that name (in 'defaults' it is refused: _cross_checks()).
+_Keys = Annotated[dict[Annotated[str, AfterValidator(_key_name)], _Key | None] | None, _not_null("dict_type")]
+
+
 class _Defaults(_Schema):
     build_on: _Text = None
     sudo: Annotated[bool | None, _not_null("bool_type")] = None
     tags: _Tags = None
     health: Annotated[_Health | None, _not_null("dict_type")] = None
+    keys: _Keys = None
 
 
 class _Host(_Defaults):
@@ -757,6 +930,7 @@ TOP_LEVEL_KEYS = tuple(sorted(_File.model_fields))
 DEFAULTS_KEYS = tuple(sorted(_Defaults.model_fields))
 HOST_KEYS = tuple(sorted(_Host.model_fields))
 HEALTH_KEYS = tuple(sorted(_Health.model_fields))
+KEY_KEYS = tuple(sorted(_Key.model_fields))
 BUILDER_KEYS = tuple(sorted(_Builder.model_fields))
 
 # A pydantic error type that says the value is of the wrong kind -> what the key wants instead.
@@ -768,6 +942,8 @@ _EXPECTED = {
     "dict_type": "a mapping",
     "model_type": "a mapping",
     "list_type": "a list of names",
+    "command_type": "a string (run with sh -c) or a list of words (an argv)",
+    "mode_type": 'permissions in octal, such as "0640"',
 }
 
 
@@ -788,6 +964,8 @@ def _schema_problem(error: ErrorDetails, document: _Document) -> _Problem:
         return node, f"{_subject(loc)} must be {context['ge']:g} or more, not {node.value}"
     if kind == "nixfab":
         return node, error["msg"]
+    if kind == "nixfab_about":
+        return node, f"{_subject(loc)} {error['msg']}"
     return node, f"{_subject(loc)}: {error['msg']}"  # pydantic's own words, for an error this table does not know
 
 
@@ -848,6 +1026,65 @@ def _cross_checks(document: _Document) -> Iterator[_Problem]:
         if isinstance(health, dict) and "command" not in health and "url" not in health:
             yield document.place((*loc, "health")).value, f"'health' {_where(loc)} needs a 'command', a 'url', or both"
 
+    yield from _key_checks(document)
+
+
+def _key_checks(document: _Document) -> Iterator[_Problem]:
+    """Each key has a source or a command, not both; a null key only drops a default one; no two keys of a host share a dest."""
+    data = document.data
+    assert isinstance(data, dict)
+    defaults, hosts = (section if isinstance(section, dict) else {} for section in (data.get("defaults"), data.get("hosts")))
+    default_keys = defaults.get("keys") if isinstance(defaults.get("keys"), dict) else {}
+    assert isinstance(default_keys, dict)
+    places: list[tuple[Loc, object]] = [(("defaults",), default_keys)]
+    places += [(("hosts", name), host.get("keys")) for name, host in hosts.items() if isinstance(host, dict)]
+    for loc, keys in places:
+        if not isinstance(keys, dict):
+            continue
+        for name, key in keys.items():
+            key_loc = (*loc, "keys", name)
+            if key is None:
+                if loc == ("defaults",):
+                    yield document.place(key_loc).value, f"key {_quote(name)} in 'defaults' is empty: give it a 'source' or a 'command'"
+                elif name not in default_keys:
+                    yield document.place(key_loc).value, (
+                        f"key {_quote(name)} {_where(loc)} is empty, and 'defaults' has no key {_quote(name)} for it to drop"
+                    )
+            elif isinstance(key, dict) and "source" in key and "command" in key:
+                yield document.key_node((*key_loc, "command")), f"key {_quote(name)} {_where(loc)} has both 'source' and 'command'; give one"
+            elif isinstance(key, dict) and "source" not in key and "command" not in key:
+                yield document.place(key_loc).value, (
+                    f"key {_quote(name)} {_where(loc)} needs a 'source' (a file on this machine) or a 'command' (whose output is the key)"
+                )
+    # Two keys of one host written to one file: the second would silently replace the first.
+    yield from _shared_dests(document, [(("defaults", "keys", name), key) for name, key in default_keys.items()], lambda loc: True)
+    for host_name, host in hosts.items():
+        host_keys = host.get("keys") if isinstance(host, dict) else None
+        if not isinstance(host_keys, dict):
+            continue
+        effective: dict[str, tuple[Loc, object]] = {name: (("defaults", "keys", name), key) for name, key in default_keys.items()}
+        for name, key in host_keys.items():
+            effective.pop(name, None)
+            if key is not None:
+                effective[name] = (("hosts", host_name, "keys", name), key)
+        yield from _shared_dests(document, list(effective.values()), lambda loc: loc[0] == "hosts")
+
+
+def _shared_dests(document: _Document, keys: list[tuple[Loc, object]], reported: Callable[[Loc], bool]) -> Iterator[_Problem]:
+    """Keys (in order) whose dest an earlier one already has; only those whose loc `reported` accepts are reported."""
+    first_by_dest: dict[str, Loc] = {}
+    for loc, key in keys:
+        if not isinstance(key, dict):
+            continue
+        written = _as_text(key.get("dest")) if "dest" in key else f"{KEYS_DIR}/{loc[-1]}"
+        if written is None:
+            continue  # not text: the schema says so
+        first = first_by_dest.setdefault(written, loc)
+        if first != loc and reported(loc):
+            node = document.place((*loc, "dest")).value if "dest" in key else document.key_node(loc)
+            line = document.key_node(first).start_mark.line + 1
+            yield node, f"key {_quote(str(loc[-1]))} {_where(loc[:-2])} goes to {written}, as key {_quote(str(first[-1]))} (line {line}) does"
+
 
 # ---- from the validated schema to the Inventory ------------------------------------------------------
 
@@ -858,8 +1095,35 @@ def _health_check(health: _Health | None) -> HealthCheck | None:
     return HealthCheck(command=health.command, url=health.url, timeout=health.timeout, retries=health.retries, interval=health.interval)
 
 
+def _key_spec(name: str, key: _Key, directory: Path) -> KeySpec:
+    return KeySpec(
+        name=name,
+        dest=key.dest if key.dest is not None else f"{KEYS_DIR}/{name}",
+        source=key.source,
+        command=key.command,
+        directory=directory if key.command is not None else None,
+        user=key.user if key.user is not None else "root",
+        group=key.group if key.group is not None else "root",
+        mode=key.mode if key.mode is not None else DEFAULT_KEY_MODE,
+        upload=key.upload if key.upload is not None else KeyUpload.PRE_ACTIVATION,
+    )
+
+
+def _host_keys(default_keys: tuple[KeySpec, ...], own: Mapping[str, _Key | None] | None, directory: Path) -> tuple[KeySpec, ...]:
+    """The defaults' keys, each replaced by the host's key of that name or dropped by its null; then the host's other keys."""
+    keys = {key.name: key for key in default_keys}
+    for name, key in (own or {}).items():
+        if key is None:
+            keys.pop(name, None)
+        else:
+            keys[name] = _key_spec(name, key, directory)
+    return tuple(keys.values())
+
+
 def _inventory(path: Path, file: _File) -> Inventory:
     defaults = file.defaults or _Defaults()
+    directory = Path(os.path.abspath(path.parent))  # where key commands run, as `source` paths are read from there
+    default_keys = tuple(_key_spec(name, key, directory) for name, key in (defaults.keys or {}).items() if key is not None)
     default_build_on = defaults.build_on if defaults.build_on is not None else BUILD_LOCALLY
     default_sudo = defaults.sudo if defaults.sudo is not None else False
     default_tags = tuple(dict.fromkeys(defaults.tags or ()))
@@ -884,6 +1148,7 @@ def _inventory(path: Path, file: _File) -> Inventory:
             sudo=host.sudo if host.sudo is not None else default_sudo,
             declared=True,
             health=_health_check(host.health) if host.health is not None else default_health,
+            keys=_host_keys(default_keys, host.keys, directory),
         )
 
     return Inventory(
@@ -895,6 +1160,7 @@ def _inventory(path: Path, file: _File) -> Inventory:
         default_sudo=default_sudo,
         default_tags=default_tags,
         default_health=default_health,
+        default_keys=default_keys,
     )
 
 

@@ -23,7 +23,7 @@ from deploy.errors import NixfabError, RemoteCommandFailed
 from deploy.nix import commands
 from deploy.scripts import script
 from deploy.transport.hosts import Host
-from deploy.transport.process import LocalRunner
+from deploy.transport.process import LocalRunner, Result
 from deploy.transport.remote import RemoteHost
 
 
@@ -120,6 +120,26 @@ def stream_closure(runner: LocalRunner, target: RemoteHost, path: str) -> bool:
     paths = f"{len(missing)} path{'' if len(missing) == 1 else 's'}"
     runner.echo.step(f"copied {paths}, {human_size(sent.count)}", seconds=time.monotonic() - started)
     return True
+
+
+def export_into(runner: LocalRunner, target: RemoteHost, paths: Sequence[str], receiver: Sequence[str], *, describe: str) -> Result:
+    """`nix-store --export paths` here, into `receiver`'s stdin on the target, over its connection; the receiver's result.
+
+    An export that fails is the result's failure too (exit 1, Nix's error line), whatever the receiver made of it.
+    """
+    export = commands.nix_store_export(paths)
+    runner.echo.command(export)
+    producer = subprocess.Popen(export, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert producer.stdout is not None
+    try:
+        received = target.feed(receiver, producer.stdout, describe_source=describe)
+    finally:
+        producer.stdout.close()
+        export_error = producer.stderr.read().decode("utf-8", "replace") if producer.stderr else ""
+        producer.wait()
+    if producer.returncode != 0:
+        return Result(tuple(receiver), 1, "", f"exporting {len(paths)} paths failed: {nix_error(export_error)}")
+    return received
 
 
 def remove_failed_import(target: Host, missing: Sequence[str]) -> str:

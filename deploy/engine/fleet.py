@@ -81,8 +81,20 @@ def waves(names: Sequence[str], *, canary: bool, batch: int | None) -> list[list
     return planned
 
 
+@dataclass(frozen=True)
+class FleetWork:
+    """What a fleet does for each host instead of a deploy (the day-2 operations: inv exec, inv plan).
+
+    `run` takes what pipeline.deploy_host takes and returns (or raises) as it does; `build_first`:
+    the systems built here are built first, in one `nix build`, as for a deploy.
+    """
+
+    run: Callable[[Session, DeployRequest, HostRun, str | None], DeployOutcome]
+    build_first: bool = False
+
+
 class Fleet:
-    """One run over the selected hosts; call run() once."""
+    """One run over the selected hosts; call run() once. It deploys each host, unless given other `work`."""
 
     def __init__(
         self,
@@ -94,8 +106,10 @@ class Fleet:
         console: Console | None = None,
         on_result: Callable[[HostResult, HostRun], None] | None = None,
         on_start: Callable[[HostRun], None] | None = None,
+        work: FleetWork | None = None,
     ) -> None:
         self.session = session
+        self.work = work
         self.request = request
         self.options = options
         self.console = console or Console()
@@ -150,7 +164,7 @@ class Fleet:
             stack.enter_context(live_display(self.console, self.progress, enabled=self.options.live))
             gc_root = stack.enter_context(self._out_link())
             try:
-                built = self.build_locally(gc_root)
+                built = self.build_locally(gc_root) if self.work is None or self.work.build_first else {}
                 self.deploy_in_waves(built)
             except KeyboardInterrupt:
                 self.interrupted = True
@@ -189,7 +203,7 @@ class Fleet:
     def build_locally(self, gc_root: Path) -> dict[str, str]:
         """One `nix build` for every system built here; if it fails, one per host to find which."""
         local = [run for run in self.runs.values() if build_location(self.request, run.spec) == "local"]
-        if not local:
+        if not local or self.request.keys_only:
             return {}
         for run in local:
             self.progress.phase(run.spec.name, Phase.BUILD)
@@ -273,13 +287,15 @@ class Fleet:
             self.finish(name, HostResult(name, Result.INTERRUPTED if self.interrupted else Result.NOT_STARTED, 0.0))
             return
         started = time.monotonic()
-        self.progress.phase(name, Phase.LOCK if self.request.action else Phase.BUILD)
+        if self.work is None:
+            self.progress.phase(name, Phase.LOCK if self.request.action or self.request.keys_only else Phase.BUILD)
         try:
             self._open_log(run)
             if self.on_start is not None:
                 self._journal(functools.partial(self.on_start, run))
             try:
-                outcome = deploy_host(self.session, self.request, run, built_here)
+                work = deploy_host if self.work is None else self.work.run
+                outcome = work(self.session, self.request, run, built_here)
             except NixfabError as error:
                 self.fail(run, error, started)
                 return

@@ -24,7 +24,7 @@ from deploy.config.inventory import HostSpec, Inventory, SshTarget
 from deploy.copy.closure import copy_closure
 from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, NixfabError, NotConfirmed, UsageError
 from deploy.gc.gc import collect_garbage
-from deploy.model import Action, Phase, Result
+from deploy.model import Action, KeyUpload, Phase, Result
 from deploy.nix import commands
 from deploy.reboot.reboot import reboot_and_wait
 from deploy.transport.hosts import Host, LocalHost
@@ -35,6 +35,7 @@ from deploy.ui import Emitter
 
 if TYPE_CHECKING:
     from deploy.confirm.magic_rollback import Verdict, Watchdog
+    from deploy.keys.sources import LoadedKey
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,17 @@ class DeployRequest:
     diff_only: bool = False  # `diff`: build, copy and show the difference; activate nothing
     revision: str | None = None  # the flake's git revision, recorded on the target per generation
     dirty: bool | None = None
+    keys_only: bool = False  # `keys`: upload the hosts' keys, and build, copy and activate nothing
 
     def __post_init__(self) -> None:
         # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
         if self.action is not None:
             object.__setattr__(self, "action", Action(self.action))
+
+    @property
+    def uploads_keys(self) -> bool:
+        """hosts.yaml's keys go up: with `keys`, and with every deploy that changes the host (not build, diff, dry-activate)."""
+        return self.keys_only or (self.action is not None and self.action.changes_system and not self.diff_only)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class Built:
 @dataclass(frozen=True)
 class DeployOutcome:
     host: str
-    path: str
+    path: str | None  # None: `keys`, which deploys no system
     built_on: str
     status: Result  # ok, built, up-to-date or diffed: a deploy that fails raises instead
     copied: bool = False
@@ -240,12 +247,15 @@ def build_here(session: Session, request: DeployRequest, runs: Sequence[HostRun]
 def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_here: str | None) -> DeployOutcome:
     """Everything after the local build for one host: remote build, copy, activate, confirm, check, reboot, GC."""
     spec = run.spec
+    keys = read_host_keys(request, run)  # first: a key that cannot be read stops the host before anything changes on it
+    if request.keys_only:
+        return upload_keys_only(session, request, run, keys)
     build_on = build_location(request, spec)
     target = target_of(session, request, run)
     if build_on == "local":
         assert built_here is not None
         with host_lock(request, target, run.verdicts_seen):
-            return finish(session, request, run, target, Built(built_here, "local"))
+            return finish(session, request, run, target, Built(built_here, "local"), keys)
     run.phase(Phase.BUILD)
     builder: RemoteHost = session.target(spec, run.echo) if build_on == "target" else session.builder(build_on)
     started = time.monotonic()
@@ -258,7 +268,7 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
     run.step(f"built {spec.attr} on {builder.label}", started)
     with remote_gc_root(builder, remote.gc_root_dir), host_lock(request, target, run.verdicts_seen):
         source_store = commands.ssh_store_uri(builder.destination) if builder is not target else None
-        return finish(session, request, run, target, Built(remote.out_path, build_on, source_store))
+        return finish(session, request, run, target, Built(remote.out_path, build_on, source_store), keys)
 
 
 # How long a deploy waits for an earlier deploy's watchdog to decide (it first lets a still running switch end).
@@ -268,12 +278,12 @@ LEFTOVER_WATCHDOG_WAIT_SECONDS = 300.0
 @contextmanager
 def host_lock(request: DeployRequest, target: Host, verdicts_seen: list[Verdict] | None = None) -> Iterator[None]:
     """The host's lock, once every watchdog an earlier deploy left behind has decided (their verdicts go to verdicts_seen)."""
-    if request.action is None or not request.lock or isinstance(target, LocalHost):
+    if (request.action is None and not request.keys_only) or not request.lock or isinstance(target, LocalHost):
         yield
         return
     from deploy.engine.lock import acquire
 
-    lock = acquire(target, request.action)
+    lock = acquire(target, request.action or "keys")
 
     def note(message: str) -> None:
         target.echo.note(f"==> {message}")
@@ -304,7 +314,9 @@ def up_to_date(request: DeployRequest, target: Host, path: str) -> SystemState |
     return state if profile_matches and running_matches else None
 
 
-def finish(session: Session, request: DeployRequest, run: HostRun, target: Host, built: Built) -> DeployOutcome:
+def finish(
+    session: Session, request: DeployRequest, run: HostRun, target: Host, built: Built, keys: Sequence[LoadedKey] = ()
+) -> DeployOutcome:
     spec, path = run.spec, built.path
     run.path = path
     if request.action is None:
@@ -317,6 +329,9 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
     current = None if request.force or request.diff_only or target.dry_run else up_to_date(request, target, path)
     if current is not None:
         run.note(f"{spec.name}: up to date (already {request.action} {path}); nothing copied or activated (--force to redo)")
+        # Keys are not part of the system: a deploy leaves them current even when the system already is.
+        upload_host_keys(run, target, keys, KeyUpload.PRE_ACTIVATION)
+        upload_host_keys(run, target, keys, KeyUpload.POST_ACTIVATION)
         return DeployOutcome(spec.name, path, built.built_on, Result.UP_TO_DATE, generation=current.generation, warnings=tuple(run.warnings))
 
     copied = False
@@ -352,6 +367,7 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
             run.note(f"{spec.name}: skipped: not activated, as answered")
             return DeployOutcome(spec.name, path, built.built_on, Result.SKIPPED, copied, warnings=tuple(run.warnings))
 
+    upload_host_keys(run, target, keys, KeyUpload.PRE_ACTIVATION)
     run.phase(Phase.ACTIVATE)
     activation = activate_with_rollback(session, request, run, target, path)
     # Only switch and boot make a generation; after test or dry-activate the profile's generation is another system's.
@@ -365,6 +381,8 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
         started = time.monotonic()
         boot_id = reboot_and_wait(target, expected_system=path, timeout=request.reboot_timeout, interval=request.reboot_interval)
         run.step("rebooted into it", started)
+    # After the confirmation and the health checks; after the reboot for the -reset tasks, whose reboot empties /run.
+    upload_host_keys(run, target, keys, KeyUpload.POST_ACTIVATION)
     if request.collect_garbage:
         run.phase(Phase.GC)
         started = time.monotonic()
@@ -374,6 +392,40 @@ def finish(session: Session, request: DeployRequest, run: HostRun, target: Host,
         run.note(f"{spec.name}: planned: {request.action} {path}; nothing was run")
         return DeployOutcome(spec.name, path, built.built_on, Result.PLANNED, copied, None, None, tuple(run.warnings))
     return DeployOutcome(spec.name, path, built.built_on, Result.OK, copied, generation, boot_id, tuple(run.warnings))
+
+
+def read_host_keys(request: DeployRequest, run: HostRun) -> tuple[LoadedKey, ...]:
+    """The host's keys, read here (files, commands) when this request uploads them; KeysFailed before anything changed."""
+    if not (request.uploads_keys and run.spec.keys):
+        return ()
+    from deploy.keys.sources import read_keys
+
+    return read_keys(run.runner, run.spec.keys, host=run.spec.name)
+
+
+def upload_host_keys(run: HostRun, target: Host, keys: Sequence[LoadedKey], when: KeyUpload) -> None:
+    """The keys that go up at this point of the deploy (`when`), over the host's connection."""
+    chosen = [key for key in keys if key.spec.upload == when]
+    if not chosen:
+        return
+    from deploy.keys.upload import upload_keys
+
+    run.phase(Phase.KEYS)
+    upload_keys(target, chosen, note=run.note)
+
+
+def upload_keys_only(session: Session, request: DeployRequest, run: HostRun, keys: Sequence[LoadedKey]) -> DeployOutcome:
+    """`keys`: the host's keys alone, pre-activation ones first, under the host's lock; no system is built or activated."""
+    spec = run.spec
+    if not keys:
+        run.note(f"{spec.name}: no keys in hosts.yaml; nothing to upload")
+        return DeployOutcome(spec.name, None, "", Result.OK, warnings=tuple(run.warnings))
+    target = target_of(session, request, run)
+    with host_lock(request, target, run.verdicts_seen):
+        upload_host_keys(run, target, keys, KeyUpload.PRE_ACTIVATION)
+        upload_host_keys(run, target, keys, KeyUpload.POST_ACTIVATION)
+    status = Result.PLANNED if target.dry_run else Result.OK
+    return DeployOutcome(spec.name, None, "", status, warnings=tuple(run.warnings))
 
 
 def check_space(run: HostRun, target: Host, path: str, *, action: Action) -> None:

@@ -22,6 +22,7 @@ from deploy.lab.lab import (
     nix_system,
     set_fixture_kernel,
     set_fixture_revision,
+    set_fixture_units,
     write_fixture_flake,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "nix_system",
     "set_fixture_kernel",
     "set_fixture_revision",
+    "set_fixture_units",
     "write_fixture_flake",
 ]

@@ -99,6 +99,9 @@ class SimulatedHost:
         authorized = RUN_DIR / "authorized_keys"
         authorized.write_bytes((self.hostdir / "authorized_keys").read_bytes())
         authorized.chmod(0o644)
+        commands = RUN_DIR / "commands.log"  # the lab's command recorder appends here, as whichever user logged in
+        commands.touch()
+        commands.chmod(0o666)
         Path("/run/sshd").mkdir(mode=0o755)
         Path("/run/systemd/system").mkdir(parents=True)
         lock = Path("/run/lock")

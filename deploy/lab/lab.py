@@ -30,6 +30,7 @@ from deploy.errors import LabError
 LAB_FILES = Path(__file__).parent / "files"
 FIXTURE_FLAKE = LAB_FILES / "fixture-flake"
 FAKE_COMMANDS = ("systemctl", "systemd-run", "journalctl", "reboot", "shutdown", "poweroff", "halt", "lab-sshd")
+COMMAND_RECORDER = "lab-record-command"  # sshd's ForceCommand on hosts started with record_commands
 SUPERVISOR = Path(__file__).parent / "host.py"  # run as a script by path: standard library only
 SUDO_USER = "deploy"
 SUDO_UID = 4242
@@ -150,6 +151,22 @@ def set_fixture_kernel(flake: Path, version: str, host: str | None = None) -> No
     (flake / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
+def set_fixture_units(flake: Path, units: Mapping[str, str], host: str | None = None) -> None:
+    """The systemd units (name -> unit file text) of every system, or of one host's.
+
+    The fake switch-to-configuration's dry-activate compares them with the
+    running system's: a unit only the new system has would start, one it lacks
+    would stop, a changed one would restart (reload with X-ReloadIfChanged=true,
+    neither with X-RestartIfChanged=false). Every system has sshd.service until told otherwise.
+    """
+    settings = json.loads((flake / "lab.json").read_text())
+    if host is None:
+        settings["units"] = dict(units)
+    else:
+        settings.setdefault("hostUnits", {})[host] = dict(units)
+    (flake / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def set_fixture_revision(flake: Path, revision: str, host: str | None = None) -> None:
     settings = json.loads((flake / "lab.json").read_text())
     if host is None:
@@ -227,8 +244,12 @@ class Lab:
         timeout: float = 30.0,
         nix_size_mib: Mapping[str, int] | None = None,
         boot_size_mib: Mapping[str, int] | None = None,
+        record_commands: bool = False,
     ) -> list[LabHost]:
-        """Start the hosts; nix_size_mib/boot_size_mib give some of them a small /nix or /boot that can fill up."""
+        """Start the hosts; nix_size_mib/boot_size_mib give some of them a small /nix or /boot that can fill up.
+
+        record_commands: each host's sshd keeps every command it is sent, before running it (commands_sent()).
+        """
         problems = lab_prerequisites()
         if problems:
             raise LabError("cannot start the lab: " + "; ".join(problems))
@@ -264,6 +285,7 @@ class Lab:
                         reboot_delay,
                         nix_size_mib=sizes["nix_size_mib"].get(name),
                         boot_size_mib=sizes["boot_size_mib"].get(name),
+                        record_commands=record_commands,
                     )
                 )
                 self._save(hosts)
@@ -285,9 +307,13 @@ class Lab:
         program.chmod(0o755)
         for command in FAKE_COMMANDS:
             (self.fakes_dir / command).symlink_to("lab-fake")
+        recorder = self.fakes_dir / COMMAND_RECORDER
+        recorder.write_text((LAB_FILES / "fakes" / COMMAND_RECORDER).read_text())
+        recorder.chmod(0o755)
 
     def _start_host(
-        self, name: str, reboot_delay: float, *, nix_size_mib: int | None = None, boot_size_mib: int | None = None
+        self, name: str, reboot_delay: float, *, nix_size_mib: int | None = None, boot_size_mib: int | None = None,
+        record_commands: bool = False,
     ) -> LabHost:
         directory = self.root / "hosts" / name
         for sub in ("nix", "boot", "etc", "etc-nix", f"home/{SUDO_USER}/.ssh"):
@@ -321,6 +347,7 @@ class Lab:
                     "MaxStartups 200",
                     "MaxSessions 100",
                     "Subsystem sftp internal-sftp",
+                    *([f"ForceCommand /usr/local/bin/{COMMAND_RECORDER}"] if record_commands else []),
                     "",
                 ]
             )
@@ -588,6 +615,16 @@ class Lab:
 
     def release(self, name: str, unit_prefix: str) -> None:
         self.inside(name, ["rm", "-f", f"/run/nixfab-lab/hold/{unit_prefix}", f"/run/nixfab-lab/hold/{unit_prefix}.reached"])
+
+    def commands_sent(self, name: str) -> str:
+        """Every command the host's sshd was sent since it booted, as text (a host started with record_commands)."""
+        return self.inside(name, ["cat", "/run/nixfab-lab/commands.log"]).stdout
+
+    def keys_at_activation(self, name: str) -> list[tuple[str, list[str]]]:
+        """For each switch-to-configuration run (but dry-activate): its action and the files in /run/keys while it ran."""
+        log = self.disk_path(name, "/nix") / "var/nix/lab/keys-at-activation.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [(line.split()[0], line.split()[2:]) for line in lines]
 
     def store_has(self, name: str, store_path: str) -> bool:
         return (self.disk_path(name, "/nix") / store_path.removeprefix("/nix/")).exists()

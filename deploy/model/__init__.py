@@ -1,4 +1,4 @@
-"""nixfab's domain values, one list of each: the activation actions, a host's result, a deploy's phases.
+"""nixfab's domain values, one list of each: the activation actions, a host's result, a deploy's phases, when a key goes up.
 
 They are StrEnums, so each member is its string: f-strings, `json.dumps`, the
 SQLite journal and the summary print the same text as the plain strings they
@@ -68,8 +68,17 @@ class Phase(StrEnum):
     LOCK = "lock"
     COPY = "copy"
     DIFF = "diff"
+    KEYS = "keys"
     ACTIVATE = "activate"
     CONFIRM = "confirm"
     HEALTH = "health"
     REBOOT = "reboot"
     GC = "gc"
+
+
+@unique
+class KeyUpload(StrEnum):
+    """When a key (hosts.yaml `keys`) goes to its host, relative to switch-to-configuration (colmena's uploadAt)."""
+
+    PRE_ACTIVATION = "pre-activation"  # after the copy, before the switch: the new system's services find it when they start
+    POST_ACTIVATION = "post-activation"  # after the confirmation and the health checks (after the reboot, for the -reset tasks)

@@ -384,6 +384,11 @@ def git_tracks_argv(directory: Path, name: str) -> list[str]:
     return ["git", "-C", str(directory), "ls-files", "--error-unmatch", "--", name]
 
 
+def git_tracks(directory: Path, name: str) -> bool:
+    """Whether the git checkout around `directory` tracks its file `name`; False outside git, or without git."""
+    return _quiet_git(git_tracks_argv(directory, name)) is not None
+
+
 def _quiet_git(argv: Sequence[str]) -> str | None:
     """stdout of a read-only git query, or None if git is missing or says no."""
     try:

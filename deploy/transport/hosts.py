@@ -35,6 +35,10 @@ class Host(Protocol):
         timeout: float | None = None,  # seconds; None: the host's default deadline for this kind of command
     ) -> Result: ...
 
+    def run_with_secret(self, argv: Sequence[str], secret: bytes, *, sudo: bool = False, describe: str, ready: str) -> Result:
+        """Run argv with `secret` on its stdin, once it printed the line `ready`; the secret is never in argv, shown or logged."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -66,6 +70,15 @@ class LocalHost:
         result = self.runner.run(argv, show_stderr=stream, dry_stdout=dry_stdout, dry_returncode=dry_returncode)
         if stream and result.stdout:
             self.runner.echo.output(result.stdout)
+        return result
+
+    def run_with_secret(self, argv: Sequence[str], secret: bytes, *, sudo: bool = False, describe: str, ready: str) -> Result:
+        """Here sudo asks on the terminal, never on stdin: the secret can be written at once; the script reads it once `ready`."""
+        if sudo and os.geteuid() != 0:
+            argv = [*sudo_prefix(), *argv]
+        result = self.runner.run_with_secret(argv, secret, describe=describe)
+        if self.dry_run:
+            return Result(result.argv, 0, f"{ready}\n")
         return result
 
     def close(self) -> None:

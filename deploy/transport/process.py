@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from deploy.ui import Emitter
@@ -140,3 +141,59 @@ class LocalRunner:
                 reader.join()
         self.echo.record("".join(stdout) + ("" if show_stderr else "".join(stderr)))
         return Result(tuple(argv), process.returncode, "".join(stdout), "".join(stderr))
+
+    def capture_secret(self, argv: Sequence[str], *, cwd: Path | None = None) -> tuple[int, bytes, str]:
+        """Run argv for its stdout, which is a secret: (exit status, stdout, stderr).
+
+        Announced like every command (argv is not the secret: hosts.yaml holds
+        it), but its stdout is never shown or logged; its stderr goes to the
+        log. Dry: announced, not run, and nothing comes back.
+        """
+        self.echo.command(argv)
+        if self.dry_run:
+            return 0, b"", ""
+        process: subprocess.Popen[bytes] | None = None
+        try:
+            with interrupts_deferred():
+                try:
+                    process = subprocess.Popen(
+                        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                        env={**os.environ, **self.env},
+                    )
+                except FileNotFoundError:
+                    return 127, b"", f"{argv[0]}: command not found\n"
+                except PermissionError:
+                    return 126, b"", f"{argv[0]}: permission denied\n"
+            stdout, stderr_bytes = process.communicate()
+        except KeyboardInterrupt:
+            if process is not None:
+                process.terminate()
+                process.wait()
+            raise
+        stderr = stderr_bytes.decode("utf-8", "replace")
+        self.echo.record(stderr)
+        return process.returncode, stdout, stderr
+
+    def run_with_secret(self, argv: Sequence[str], secret: bytes, *, describe: str) -> Result:
+        """Run argv with `secret` as its stdin; `describe` stands for it in the command line shown, and nothing logs it."""
+        self.echo.command([*argv, "<", describe])
+        if self.dry_run:
+            return Result(tuple(argv), 0)
+        process: subprocess.Popen[bytes] | None = None
+        try:
+            with interrupts_deferred():
+                try:
+                    process = subprocess.Popen(
+                        list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **self.env}
+                    )
+                except FileNotFoundError:
+                    return Result(tuple(argv), 127, "", f"{argv[0]}: command not found\n")
+            stdout_bytes, stderr_bytes = process.communicate(secret)
+        except KeyboardInterrupt:
+            if process is not None:
+                process.terminate()
+                process.wait()
+            raise
+        stdout, stderr = stdout_bytes.decode("utf-8", "replace"), stderr_bytes.decode("utf-8", "replace")
+        self.echo.record(stdout + stderr)
+        return Result(tuple(argv), process.returncode, stdout, stderr)

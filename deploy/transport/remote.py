@@ -27,7 +27,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -40,6 +40,7 @@ from deploy.ui import Emitter, read_secret
 if TYPE_CHECKING:
     from fabric import Connection
     from fabric.runners import Remote
+    from paramiko.channel import Channel
     from paramiko.client import MissingHostKeyPolicy, SSHClient
     from paramiko.pkey import PKey
     from paramiko.transport import Transport
@@ -73,6 +74,91 @@ class SudoPassword:
             if self._value is None:
                 self._value = read_secret(f"[nixfab] {self.prompt_for} password: ")
             return self._value
+
+
+# What `sudo -S` prints when it wants the password (no `%`: sudo would expand it); answered on its stdin.
+SUDO_PROMPT = "[nixfab] sudo password: "
+
+
+class _SudoRefused(Exception):
+    """sudo asked for the password again: it refused the one given."""
+
+
+class _Abandoned(Exception):
+    """The command passed its deadline."""
+
+
+class _SecretSession:
+    """One channel running a command that wants a secret on stdin: stdout and stderr read in threads, the handshake in run()."""
+
+    def __init__(self, channel: Channel, ready: bytes) -> None:
+        self.channel = channel
+        self.ready = ready
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.changed = threading.Condition()
+        self.open_streams = 2
+        self.readers = [
+            threading.Thread(target=self._read, args=(channel.recv, self.stdout), daemon=True),
+            threading.Thread(target=self._read, args=(channel.recv_stderr, self.stderr), daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, receive: Callable[[int], bytes], into: bytearray) -> None:
+        try:
+            while chunk := receive(65536):
+                with self.changed:
+                    into.extend(chunk)
+                    self.changed.notify_all()
+        except (OSError, EOFError):
+            pass  # the channel closed under us: run() finds out from the transport
+        finally:
+            with self.changed:
+                self.open_streams -= 1
+                self.changed.notify_all()
+
+    def _is_ready(self) -> bool:
+        return self.ready in bytes(self.stdout).splitlines()
+
+    def run(self, secret: bytes, password: Callable[[], str] | None, deadline: float) -> int:
+        """Answer sudo's prompt (once), send the secret once the command is ready, and return its exit status (-1: none came)."""
+        prompts_answered = 0
+        while True:
+            with self.changed:
+                while True:
+                    if self._is_ready():
+                        action = "send"
+                        break
+                    prompts = bytes(self.stderr).count(SUDO_PROMPT.encode())
+                    if prompts > prompts_answered:
+                        action = "answer"
+                        break
+                    if self.open_streams == 0:
+                        action = "ended"
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise _Abandoned
+                    self.changed.wait(min(remaining, 1.0))
+            if action == "answer":
+                if password is None or prompts_answered:
+                    raise _SudoRefused
+                self.channel.sendall((password() + "\n").encode())
+                prompts_answered += 1
+                continue
+            if action == "send":
+                self.channel.sendall(secret)
+                self.channel.shutdown_write()
+            if not self.channel.status_event.wait(max(0.0, deadline - time.monotonic())):
+                raise _Abandoned
+            return int(self.channel.recv_exit_status())
+
+    def join(self, timeout: float) -> None:
+        """Wait, up to `timeout` seconds in all, for both streams to end."""
+        until = time.monotonic() + timeout
+        for reader in self.readers:
+            reader.join(timeout=max(0.0, until - time.monotonic()))
 
 
 def _host_key_policy(checking: str, name: str, save_to: Path | None, hashed: bool, host_label: str) -> MissingHostKeyPolicy:
@@ -487,6 +573,51 @@ class RemoteHost:
         text = b"".join(output).decode("utf-8", "replace")
         self.echo.record(text)
         return Result(tuple(argv), returncode, text, text)
+
+    def run_with_secret(self, argv: Sequence[str], secret: bytes, *, sudo: bool = False, describe: str, ready: str) -> Result:
+        """Run argv and give it `secret` on stdin once it printed the line `ready`; the secret is never in argv, shown or logged.
+
+        With sudo, the password is sudo's to read on stdin first (`sudo -S`,
+        answered only when its prompt appears, so a NOPASSWD sudo works too);
+        waiting for `ready` keeps the secret out of sudo's reading, and a
+        command that ends before it is ready gets none of it. `describe`
+        stands for the secret in the command line shown. Bounded by
+        SHORT_COMMAND_TIMEOUT and the keepalives.
+        """
+        needs_sudo = sudo and self.use_sudo
+        self.echo.command([*(["sudo"] if needs_sudo else []), *argv, "<", describe], where=self.label)
+        if self.dry_run:
+            return Result(tuple(argv), 0, f"{ready}\n")
+        import paramiko
+
+        command = shlex.join(["sudo", "-S", "-p", SUDO_PROMPT, "-u", "root", "--", *argv] if needs_sudo else argv)
+        deadline = time.monotonic() + SHORT_COMMAND_TIMEOUT
+        try:
+            transport = self.connection.client.get_transport()
+            assert transport is not None
+            channel = transport.open_session()
+            channel.exec_command(command)
+            session = _SecretSession(channel, ready.encode())
+            try:
+                returncode = session.run(secret, self.sudo_password.get if needs_sudo else None, deadline)
+                # sshd may send the exit status before the last of the output: read to the end of both before closing.
+                session.join(max(1.0, deadline - time.monotonic()))
+            finally:
+                channel.close()
+                session.join(5.0)
+        except _SudoRefused:
+            raise SudoFailed(f"{self.label}: sudo refused the password for {self.login_user}") from None
+        except _Abandoned:
+            raise self._timed_out(argv, SHORT_COMMAND_TIMEOUT) from None
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise self._lost(argv, error) from None
+        if self._liveness is not None and self._liveness.lost:
+            raise self._lost(argv)
+        if returncode == -1 and not self._transport_active():
+            raise self._lost(argv)
+        stdout, stderr = (bytes(text).decode("utf-8", "replace") for text in (session.stdout, session.stderr))
+        self.echo.record(stdout + stderr)
+        return Result(tuple(argv), returncode, stdout, stderr)
 
     def _drop(self) -> None:
         if self._liveness is not None:

@@ -26,6 +26,17 @@
         PATH = "/usr/bin:/bin";
       };
 
+      # systemd units (name -> unit file text), in etc/systemd/system as NixOS lays them out: each a
+      # link to a store file of its own, so a unit whose text changes gets a new path and the fake
+      # switch-to-configuration's dry-activate can say what it would stop, start, restart or reload
+      # (settings.units for every host, settings.hostUnits.<host> for one).
+      defaultUnits = {
+        "sshd.service" = "[Unit]\nDescription=SSH Daemon\n\n[Service]\nExecStart=/usr/sbin/sshd -D\n";
+      };
+      unitFilesOf = name:
+        let units = (settings.hostUnits or { }).${name} or settings.units or defaultUnits;
+        in map (unit: builtins.toFile unit units.${unit}) (builtins.attrNames units);
+
       mkSystem = name: variant:
         let
           revision = settings.revisions.${name} or settings.revision;
@@ -37,6 +48,7 @@
             args = [ ./build-etc.sh ];
             PATH = "/usr/bin:/bin";
             hostName = name;
+            unitFiles = unitFilesOf name;
           };
           toplevel = derivation {
             inherit system revision variant etc kernel;

@@ -18,6 +18,17 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+record_keys() {
+  # What the new system's services would find when they start: the files in
+  # /run/keys while the switch runs (pre-activation keys are there by now).
+  keys=
+  for key in /run/keys/*; do
+    if [ -e "$key" ]; then keys="$keys ${key##*/}"; fi
+  done
+  mkdir -p /nix/var/nix/lab
+  echo "$action $toplevel$keys" >> /nix/var/nix/lab/keys-at-activation.log
+}
+
 record() {
   mkdir -p /nix/var/nix/lab
   echo "$(date +%s) $action $toplevel" >> /nix/var/nix/lab/activations.log
@@ -76,10 +87,43 @@ drop_the_network() {
 }
 
 if [ "$action" = dry-activate ]; then
-  echo "would activate $toplevel (running: $(readlink /run/current-system 2>/dev/null || echo none))"
+  # What NixOS's switch-to-configuration prints, in its words and order, from the
+  # units of the running system and of this one (the lab has no systemd to ask
+  # which are active: a unit of the running system counts as active). A unit
+  # file is a link to a store file of its own, so a changed unit links elsewhere.
+  old=/run/current-system/etc/systemd/system
+  new=$toplevel/etc/systemd/system
+  stop='' skip='' reload='' restart='' start=''
+  for file in "$old"/*; do
+    [ -e "$file" ] || continue
+    unit=${file##*/}
+    if [ ! -e "$new/$unit" ]; then
+      stop="$stop${stop:+, }$unit"
+    elif [ "$(readlink "$file")" != "$(readlink "$new/$unit")" ]; then
+      if grep -qx 'X-ReloadIfChanged=true' "$new/$unit"; then
+        reload="$reload${reload:+, }$unit"
+      elif grep -qx 'X-RestartIfChanged=false' "$new/$unit"; then
+        skip="$skip${skip:+, }$unit"
+      else
+        restart="$restart${restart:+, }$unit"
+      fi
+    fi
+  done
+  for file in "$new"/*; do
+    [ -e "$file" ] || continue
+    unit=${file##*/}
+    [ -e "$old/$unit" ] || start="$start${start:+, }$unit"
+  done
+  if [ -n "$stop" ]; then echo "would stop the following units: $stop" >&2; fi
+  if [ -n "$skip" ]; then echo "would NOT stop the following changed units: $skip" >&2; fi
+  echo "would activate the configuration..." >&2
+  if [ -n "$reload" ]; then echo "would reload the following units: $reload" >&2; fi
+  if [ -n "$restart" ]; then echo "would restart the following units: $restart" >&2; fi
+  if [ -n "$start" ]; then echo "would start the following units: $start" >&2; fi
   exit 0
 fi
 
+record_keys
 if [ "$action" = switch ] || [ "$action" = boot ]; then
   echo "updating GRUB 2 menu..." >&2
   install_bootloader
