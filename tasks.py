@@ -64,6 +64,9 @@ HELP = {
     "generation": "the generation number to switch to (see `inv generations`)",
     "input": "update only this flake input",
     "user": "the Home Manager user (default: the login user)",
+    "verbose": "show every command, local and remote, and all they print (as flakem's `set -x`); also Invoke's --echo",
+    "quiet": "show only errors and the summary; also Invoke's --hide",
+    "log-keep": "keep the logs of this many runs, this one included (default 20; 0 keeps all)",
 }
 # Tasks that work on one host describe --host as one name.
 ONE_HOST_HELP = {
@@ -80,7 +83,7 @@ METAVARS = {
 
 # Other names of an option: short flags, and the words of nixos-rebuild and colmena. Invoke's and Fabric's
 # own short flags (-c -d -D -e -f -F -h -H -i -l -p -r -R -S -t -T -V -w) are left alone, so that
-# `inv -f x` and `fab -H x` keep meaning what they always did; so are -v and -q (verbosity).
+# `inv -f x` and `fab -H x` keep meaning what they always did. -v and -q are every task's output flags (OUTPUT).
 FLEET_ALIASES: dict[str, tuple[str, ...]] = {
     "host": ("on", "target-host"),
     "all": ("a",),
@@ -91,11 +94,14 @@ FLEET_ALIASES: dict[str, tuple[str, ...]] = {
     "sudo": ("use-remote-sudo",),
 }
 ONE_HOST_ALIASES: dict[str, tuple[str, ...]] = {"host": ("target-host",), "dry-run": ("n",), "all": ("a",)}
+# The output flags every task takes (deploy.ui.policy), with their short forms.
+OUTPUT: dict[str, Any] = {"verbose": False, "quiet": False}
+OUTPUT_ALIASES: dict[str, tuple[str, ...]] = {"verbose": ("v",), "quiet": ("q",)}
 
 SELECTION: dict[str, Any] = {"machine": None, "host": [], "tag": [], "all": False, "flake": ".", "inventory": "hosts.yaml", "dry_run": False}
 FLEET: dict[str, Any] = {
     "parallel": "10", "fail_fast": False, "keep_going": False, "canary": False, "batch": "", "json": False, "log_dir": "",
-    "skip_checks": False, "show_trace": False,
+    "log_keep": "20", "skip_checks": False, "show_trace": False,
 }
 ACTIVATING: dict[str, Any] = {
     "force": False, "magic_rollback": True, "confirm_timeout": "30", "health_checks": True, "diff": False, "ask": False, "sudo": False,
@@ -119,12 +125,14 @@ def make_task(
     name: str, doc: str, step: Step[Any], parameters: dict[str, Any], positional: tuple[str, ...] = ("machine",), *,
     usage: str = "[MACHINE]", nix_options: bool = False, aliases: dict[str, tuple[str, ...]] | None = None,
 ) -> StepTask:
-    """A Task whose options are `parameters` (name → default), handed to `step` as keyword arguments.
+    """A Task whose options are `parameters` (name → default) and -v/-q, handed to `step` as keyword arguments.
 
     doc is the help: its first line is what `--list` shows; it ends with examples.
     """
+    parameters = {**parameters, **OUTPUT}
 
     def body(c: Any, **options: Any) -> None:
+        cli.set_output(c, verbose=options.pop("verbose"), quiet=options.pop("quiet"), dry_run=bool(options.get("dry_run")))
         step(c, **options)
 
     body.__name__ = name.replace("-", "_")
@@ -144,7 +152,7 @@ def make_task(
     made.step = step
     made.usage = usage
     made.nix_options = nix_options
-    made.option_aliases = aliases if aliases is not None else (ONE_HOST_ALIASES if one_host else FLEET_ALIASES)
+    made.option_aliases = {**(aliases if aliases is not None else (ONE_HOST_ALIASES if one_host else FLEET_ALIASES)), **OUTPUT_ALIASES}
     return made
 
 

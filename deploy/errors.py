@@ -8,9 +8,14 @@ if TYPE_CHECKING:
 
 
 class NixfabError(Exception):
-    """Something the user can act on; str(error) is the whole one-line message."""
+    """Something the user can act on; str(error) is the whole one-line message.
+
+    `details`, where the step that raised it has them, is the output that shows
+    why (a failed switch's journal), shown once under the message.
+    """
 
     exit_code = 1
+    details: str | None = None
 
 
 class UsageError(NixfabError):

@@ -204,10 +204,9 @@ def test_a_missing_configuration_lists_the_ones_there_are(tmp_path: Path) -> Non
     inventory.write_text("hosts:\n  alpha: { attr: alpah }\n")
     result = inv("build", "alpha", "--flake", str(flake), "--inventory", str(inventory))
     assert result.returncode == 3, result.stderr
-    assert result.stderr.rstrip("\n").splitlines()[-1] == (
-        f'nixfab: error: {flake} has no nixosConfigurations."alpah"; it has: '
-        "alpha, alpha-broken, alpha-cutoff, alpha-netdrop, alpha-sick, alpha-slow"
-    )
+    said = f'alpha | error: {flake} has no nixosConfigurations."alpah"; it has: alpha, alpha-broken, alpha-cutoff, alpha-netdrop, alpha-sick, alpha-slow'
+    assert result.stderr.count(said) == 1 and "show-trace" not in result.stderr, result.stderr  # once, and without a useless hint
+    assert result.stderr.rstrip("\n").splitlines()[-1].startswith("nixfab: error: 1 failed (alpha) in "), result.stderr
 
 
 # --- dry runs are plans ----------------------------------------------------------------------------
@@ -221,8 +220,8 @@ def test_a_dry_run_is_a_plan_and_changes_nothing(site: Site, how: list[str]) -> 
     assert site.lab.state("alpha").generations == () and site.lab.activations("alpha") == []
     assert site.lab.accepted_ssh_logins("alpha") == logins
     assert results(result)["alpha"]["result"] == "planned"
-    assert "confirmed over" not in result.stderr and "done:" not in result.stderr
-    assert "==> alpha: planned: switch <toplevel of alpha>; nothing was run" in result.stderr
+    assert "confirmed over" not in result.stderr and "alpha | activated " not in result.stderr  # a plan claims no outcome
+    assert "alpha | planned: switch <toplevel of alpha>; nothing was run" in result.stderr
 
 
 def test_peers_words_select_and_pass_on(site: Site) -> None:
@@ -240,6 +239,11 @@ def test_peers_words_select_and_pass_on(site: Site) -> None:
     assert [g.number for g in site.lab.state("alpha").generations] == [1] and site.lab.state("beta").generations == ()
 
 
+def name_of(path: str) -> str:
+    """A store path's name, as the step lines say it: /nix/store/<hash>-nixos-system-alpha-lab.2 is nixos-system-alpha-lab.2."""
+    return re.escape(path.rsplit("/", 1)[-1].split("-", 1)[-1])
+
+
 # --- true lines --------------------------------------------------------------------------------------
 
 
@@ -247,14 +251,16 @@ def test_after_test_and_dry_activate_no_generation_is_claimed(site: Site) -> Non
     ok(site.deploy("switch-push", "alpha"))
     second = site.path("2")
     tested = ok(site.deploy("test", "alpha", "--json"))
-    assert f"==> alpha: done: {second} is running; generation 1 stays the boot default" in tested.stderr
+    assert re.search(rf"^alpha \| activated {name_of(second)} \(test, generation 1 stays the boot default\) in [\d.]+ s$",
+                     tested.stderr, re.MULTILINE), tested.stderr
     assert "generation 1 is" not in tested.stderr and results(tested)["alpha"]["generation"] is None
     state = site.lab.state("alpha")
     assert state.current_system == second and state.current_generation == 1
 
     third = site.path("3")
     shown = ok(site.deploy("dry-activate", "alpha", "--json"))
-    assert f"==> alpha: done: dry-activate of {third} showed what would change; nothing changed" in shown.stderr
+    assert re.search(rf"^alpha \| ran dry-activate of {name_of(third)} \(nothing changed\) in [\d.]+ s$", shown.stderr, re.MULTILINE)
+    assert "alpha | would activate" in shown.stderr  # what it would do: its answer, shown without -v
     assert "generation 1 is" not in shown.stderr and results(shown)["alpha"]["generation"] is None
     assert site.lab.state("alpha") == state
 
@@ -266,7 +272,7 @@ def test_answering_no_to_ask_is_skipped_not_failed(site: Site, state_directory: 
     answered = site.deploy("switch-push", "alpha", "--ask", "--json", input="n\n")
     assert answered.returncode == 0, answered.stderr
     assert results(answered)["alpha"]["result"] == "skipped"
-    assert "==> alpha: skipped: not activated, as answered" in answered.stderr
+    assert "alpha | skipped: not activated, as answered" in answered.stderr
     assert site.lab.state("alpha") == before
     journal = json.loads(ok(inv("history", "alpha", "--json", "--flake", str(site.flake))).stdout)
     assert [record["result"] for record in journal] == ["ok", "skipped"]
@@ -471,14 +477,17 @@ def test_reboot_pending_compares_kernel_initrd_and_modules(facts: dict[str, str]
     assert pending_reboot(facts) is pending
 
 
-def test_the_done_line_claims_a_generation_only_for_switch_and_boot() -> None:
-    from deploy.engine.pipeline import done_line
+def test_the_activation_s_line_claims_a_generation_only_for_switch_and_boot() -> None:
+    from deploy.activate.activation import Activation, SystemState
+    from deploy.engine.pipeline import activated
     from deploy.model import Action
 
-    assert done_line(Action.SWITCH, 6, 5, "/s/8") == "generation 6 is /s/8"
-    assert done_line(Action.BOOT, 6, 5, "/s/8") == "generation 6 is /s/8 (the boot default; running after a reboot)"
-    assert done_line(Action.TEST, None, 6, "/s/8") == "/s/8 is running; generation 6 stays the boot default"
-    assert done_line(Action.DRY_ACTIVATE, None, 6, "/s/8") == "dry-activate of /s/8 showed what would change; nothing changed"
+    before = SystemState(6, "/nix/store/a-nixos-system-x-6", "/nix/store/a-nixos-system-x-6")
+    path = "/nix/store/b-nixos-system-x-8"
+    assert activated(Activation(path, Action.SWITCH, 7, before)) == "activated generation 7 (switch)"
+    assert activated(Activation(path, Action.BOOT, 7, before)) == "made generation 7 the boot default (boot, running after a reboot)"
+    assert activated(Activation(path, Action.TEST, 6, before)) == "activated nixos-system-x-8 (test, generation 6 stays the boot default)"
+    assert activated(Activation(path, Action.DRY_ACTIVATE, 6, before)) == "ran dry-activate of nixos-system-x-8 (nothing changed)"
 
 
 def test_colour_goes_and_text_stays() -> None:

@@ -273,6 +273,20 @@ def test_flake_check_passes_on_the_fixture_and_fails_on_a_syntax_error(tmp_path:
     assert "error:" in str(raised.value) and "--show-trace" in str(raised.value)
 
 
+def test_the_show_trace_hint_only_where_a_trace_helps() -> None:
+    from deploy.build.build import TRACE_HINT, trace_hint
+
+    assert trace_hint("error: undefined variable 'pkgs'\n       at /flake.nix:3:5:\n") == f"; {TRACE_HINT}"
+    assert trace_hint("error: syntax error, unexpected ';'\n") == f"; {TRACE_HINT}"
+    for not_evaluation in (
+        "error: unrecognised flag '--no-such-option'\nTry 'nix --help' for more information.\n",
+        "error: builder for '/nix/store/x-y.drv' failed with exit code 1\n",
+        "error: cannot connect to 'root@beta'\n",
+        "error: writing to file: No space left on device\n",
+    ):
+        assert trace_hint(not_evaluation) == ""
+
+
 def write_input_flake(directory: Path, value: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "flake.nix").write_text(f'{{ outputs = {{ self }}: {{ value = "{value}"; }}; }}\n')

@@ -196,7 +196,7 @@ def test_switch_probes_activates_and_records_the_revision(world: World) -> None:
     assert steps(world.host.calls) == expect(STATE, VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH, RECORD_REVISION)
     assert outcome == DeployOutcome("web1", NEW, "target", "ok", copied=False, generation=42)
     assert world.runner.calls == []
-    assert "==> web1: done: generation 42 is " + NEW in world.notes
+    assert "activated generation 42 (switch) in " in world.notes
 
 
 def test_build_only_touches_nothing(world: World) -> None:
@@ -294,7 +294,7 @@ def test_a_guarded_switch_arms_the_watchdog_marks_the_activation_and_confirms_ov
     )
     assert outcome.status == "ok" and outcome.generation == 42
     assert [fresh.closed for fresh in world.host.opened] == [1] and world.host.closed == 0
-    assert "==> web1: confirmed over a new SSH connection" in world.notes
+    assert "\nconfirmed over a new SSH connection in " in world.notes
 
 
 @pytest.mark.usefixtures("guarded")

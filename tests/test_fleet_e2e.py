@@ -162,7 +162,7 @@ def test_parallel_deploy_by_names_all_tags_and_globs(make_fleet, tmp_path: Path)
     inventory = fleet.inventory("hosts:\n  alpha: { tags: [web] }\n  beta: { tags: [web] }\n  gamma: { tags: [db] }\n")
     logs = tmp_path / "logs"
     first = ok(inv("switch-push", "--host", "alpha,beta", "--host", "gamma", *fleet.args(inventory),
-                   "--skip-checks", "--json", "--log-dir", str(logs)))
+                   "--skip-checks", "--json", "--log-dir", str(logs), "-v"))  # -v: every command, each with its host's prefix
     results = results_of(first)
     assert list(results) == list(HOSTS)
     for name in HOSTS:
@@ -405,8 +405,8 @@ def test_ctrl_c_finishes_the_running_host_and_starts_no_other(make_fleet, backgr
     output = tmp_path / "interrupted.err"
     beta_logins = lab.accepted_ssh_logins("beta")
     deploy = start_in_background(
-        background, ["switch-push", "--host", "alpha,beta", "--parallel", "1", *fleet.args(inventory), "--skip-checks", "--json"], output
-    )
+        background, ["switch-push", "--host", "alpha,beta", "--parallel", "1", *fleet.args(inventory), "--skip-checks", "--json", "-v"], output
+    )  # -v: the switch's own output says when it is under way
     wait_for("alpha to be activating", lambda: "alpha | activating slowly" in output.read_text() or deploy.poll() is not None)
     assert deploy.poll() is None, output.read_text()
     os.kill(deploy.pid, signal.SIGINT)
@@ -442,7 +442,7 @@ def test_a_killed_run_leaves_an_unfinished_row_in_history(make_fleet, background
     fleet = make_fleet(["alpha"], slow_seconds=20)
     inventory = fleet.inventory("hosts:\n  alpha: { attr: alpha-slow }\n")
     output = tmp_path / "killed.err"
-    deploy = start_in_background(background, ["switch-push", "alpha", *fleet.args(inventory), "--skip-checks"], output)
+    deploy = start_in_background(background, ["switch-push", "alpha", *fleet.args(inventory), "--skip-checks", "-v"], output)
     wait_for("alpha to be activating", lambda: "alpha | activating slowly" in output.read_text() or deploy.poll() is not None)
     assert deploy.poll() is None, output.read_text()
     os.killpg(deploy.pid, signal.SIGKILL)  # no handler runs: only what was written before is left
@@ -549,7 +549,7 @@ def test_a_killed_deploy_is_settled_by_its_watchdog_before_the_next_one(make_fle
     first = toplevel_of(fleet.flake, "alpha")
     slow = fleet.inventory("hosts:\n  alpha: { attr: alpha-slow }\n", "slow.yaml")
     output = tmp_path / "killed.err"
-    killed = start_in_background(background, ["switch-push", "alpha", *fleet.args(slow), "--skip-checks", "--confirm-timeout", "3"], output)
+    killed = start_in_background(background, ["switch-push", "alpha", *fleet.args(slow), "--skip-checks", "--confirm-timeout", "3", "-v"], output)
     wait_for("the switch to be under way", lambda: "alpha | activating slowly" in output.read_text() or killed.poll() is not None)
     assert killed.poll() is None, output.read_text()
     os.killpg(killed.pid, signal.SIGKILL)
@@ -603,8 +603,11 @@ def test_no_magic_rollback_and_a_host_the_switch_cut_off_says_so_and_what_to_che
     ok(inv("switch-push", "alpha", *fleet.args(fleet.inventory("hosts:\n  alpha: {}\n")), "--skip-checks"))
     cutoff = fleet.inventory("hosts:\n  alpha: { attr: alpha-cutoff }\n", "cutoff.yaml")
     result = exits(inv("switch-push", "alpha", *fleet.args(cutoff), "--skip-checks", "--no-magic-rollback", "--confirm-timeout", "2"), 18)
-    last = result.stderr.rstrip("\n").splitlines()[-1]
-    assert last.startswith("nixfab: error: alpha: lost the connection during switch-to-configuration switch of "), last
+    # Said once, under the host's name; the run's last line gives the totals.
+    said = [line for line in result.stderr.splitlines() if line.startswith("alpha | error: ")]
+    assert len(said) == 1 and result.stderr.rstrip("\n").splitlines()[-1].startswith("nixfab: error: 1 failed (alpha) in "), result.stderr
+    last = said[0]
+    assert last.startswith("alpha | error: lost the connection during switch-to-configuration switch of "), last
     assert "no new SSH connection reaches the host" in last and "Connection refused" in last, last
     assert "may have cut it off" in last and "nothing on the host undoes it" in last and "From the host's console, check" in last, last
     assert "--switch-generation 1`" in last, last  # how to go back, to what was current before

@@ -390,7 +390,7 @@ def test_results_of_a_fleet_run_as_json(monkeypatch: pytest.MonkeyPatch, tmp_pat
              "error": "b: switch-to-configuration switch failed (exit 1)", "exit_code": 6, "log": str(tmp_path / "b.log")},
         ],
     }
-    assert "error: b: switch-to-configuration switch failed (exit 1)" in (tmp_path / "b.log").read_text()
+    assert "error: switch-to-configuration switch failed (exit 1)" in (tmp_path / "b.log").read_text()  # its log: no need to name it
 
 
 # ---- the journal: a warning and a mark on the run, never a host's failure ---------------------------------------------------

@@ -102,9 +102,16 @@ def test_phases_are_the_progress_tables_in_order() -> None:
 
 
 def declared_defaults(task: Task[Any]) -> dict[str, Any]:
-    """The keyword arguments Invoke passes a task run without options (its body's signature, less the context)."""
+    """The keyword arguments a task's builder gets when it runs without options: its body's signature, less the
+    context and the output flags (-v/-q), which the body itself takes (deploy.ui.policy)."""
     parameters = list(inspect.signature(task.body).parameters.values())[1:]
-    return {parameter.name: parameter.default for parameter in parameters}
+    return {parameter.name: parameter.default for parameter in parameters if parameter.name not in tasks.OUTPUT}
+
+
+def test_every_task_takes_the_output_flags_with_their_short_forms() -> None:
+    for name, task in every_task():
+        names = {flag for argument in task.get_arguments() for flag in argument.names}
+        assert {"verbose", "v", "quiet", "q"} <= names, name
 
 
 def every_task() -> list[tuple[str, tasks.StepTask]]:

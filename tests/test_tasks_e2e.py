@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -45,6 +46,15 @@ def refused(result: subprocess.CompletedProcess[str], code: int, *, only_line: b
 
 
 
+
+
+def host_error(result: subprocess.CompletedProcess[str], code: int, host: str) -> str:
+    """A deploy's failure: the host's error, said once under its name; the run's last line gives the totals."""
+    last = refused(result, code)
+    assert re.match(rf"nixfab: error: .*\b1 (failed|rolled back) \({host}\) in ", last), result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith(f"{host} | error: ")]
+    assert len(said) == 1, result.stderr
+    return said[0]
 
 
 def git(directory: Path, *args: str) -> str:
@@ -293,7 +303,7 @@ def test_a_full_nix_store_is_exit_13_and_leaves_the_host_alone(lab: Lab, tmp_pat
     flake = write_fixture_flake(tmp_path / "flake", ["alpha"], payload_kib=48 * 1024)
     inventory = write_inventory(lab, tmp_path / "hosts.yaml", "  alpha: {}\n")
     result = inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--skip-checks")
-    assert "out of disk space" in refused(result, 13)
+    assert "out of disk space" in host_error(result, 13, "alpha")
     state = lab.state("alpha")
     assert state.generations == () and state.current_system is None and state.current_generation is None
 
@@ -318,7 +328,7 @@ def test_a_full_nix_store_keeps_nothing_of_the_failed_import(lab: Lab, tmp_path:
     bigger = toplevel_of(flake, "alpha")
 
     result = inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--skip-checks")
-    message = refused(result, 13)
+    message = host_error(result, 13, "alpha")
     assert "out of disk space" in message and "nothing it imported was kept" in message, message
     assert store_entries(lab, "alpha") == before
     assert not lab.store_has("alpha", bigger)
@@ -330,7 +340,7 @@ def test_a_failed_activation_shows_the_journal_of_the_switch_unit(site: Site) ->
     good = site.lab.state("alpha")
     broken = write_inventory(site.lab, site.tmp / "broken.yaml", "  alpha: { attr: alpha-broken }\n")
     result = inv("switch-push", "alpha", "--flake", str(site.flake), "--inventory", str(broken), "--skip-checks")
-    assert "rolled back" in refused(result, 6)
+    assert "rolled back" in host_error(result, 6, "alpha")
     assert SWITCH_UNIT_HINT in result.stderr and "broken-lab.service" in result.stderr
     assert site.lab.state("alpha") == good
 
@@ -401,11 +411,11 @@ def test_unknown_unreachable_refusing_and_wrong_sudo_password(site: Site) -> Non
         "  sudoer: { ssh: 'deploy@alpha' }\n",
     )
     unreachable = inv("switch-push", "ghost", "--flake", str(site.flake), "--inventory", str(others), "--skip-checks")
-    assert "ghost" in refused(unreachable, 4)
+    assert "cannot reach root@127.0.0.1:1" in host_error(unreachable, 4, "ghost")
     assert "cannot reach root@127.0.0.1:1" in refused(inv("generations", "ghost", "--inventory", str(others)), 4)
     assert "refused our SSH key" in refused(inv("generations", "stranger", "--inventory", str(others)), 11)
     login = inv("switch-push", "stranger", "--flake", str(site.flake), "--inventory", str(others), "--skip-checks")
-    assert "refused our SSH key" in refused(login, 11)
+    assert "refused our SSH key" in host_error(login, 11, "stranger")
 
     ok(site.deploy("switch-push", "alpha"))
     site.path("2")
@@ -638,7 +648,7 @@ def test_a_host_only_systems_knows_is_the_same_machine_for_every_task(lab: Lab, 
     sick = tmp_path / "sick.yaml"
     sick.write_text(f"ssh_config: {lab.ssh_config}\ndefaults:\n  health: {{ command: 'false', retries: 0 }}\n")
     set_fixture_revision(flake, "3")
-    refused(inv("switch-push", "foo", "--flake", str(flake), "--inventory", str(sick), "--skip-checks"), 16)
+    assert "health check failed" in host_error(inv("switch-push", "foo", "--flake", str(flake), "--inventory", str(sick), "--skip-checks"), 16, "foo")
     assert (lab.state("alpha").current_generation, lab.state("alpha").current_system) == (2, second)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,11 +16,13 @@ from deploy.ui import (
     HostFinished,
     LogSink,
     Note,
+    OutputPolicy,
     OutputText,
     PhaseStarted,
     PlainRenderer,
     Progress,
     Tee,
+    Verbosity,
     command_line,
     host_emitter,
     stream_prefix,
@@ -37,9 +40,15 @@ class SlowStream(io.StringIO):
         return len(text)
 
 
+def verbose(console: Console) -> Console:
+    """A console that shows everything (-v): the tests of how lines are drawn see every kind of line."""
+    console.policy = OutputPolicy(Verbosity.VERBOSE)
+    return console
+
+
 def fleet_of_two() -> tuple[io.StringIO, Emitter, Emitter, io.StringIO, io.StringIO]:
     terminal = SlowStream()
-    console = Console(terminal)
+    console = verbose(Console(terminal))
     width = len("alpha")
     alpha_log, beta_log = io.StringIO(), io.StringIO()
     alpha = host_emitter(console, stream_prefix("alpha", width), alpha_log)
@@ -140,7 +149,7 @@ def test_captured_output_reaches_only_the_log() -> None:
 
 def test_a_local_runner_shows_stderr_and_logs_the_captured_stdout() -> None:
     terminal, log = io.StringIO(), io.StringIO()
-    runner = LocalRunner(host_emitter(Console(terminal), "here | ", log))
+    runner = LocalRunner(host_emitter(verbose(Console(terminal)), "here | ", log))
     result = runner.run(["sh", "-c", "echo parsed; echo shown >&2"])
     assert result.ok and result.stdout == "parsed\n" and result.stderr == "shown\n"
     assert terminal.getvalue().splitlines() == ["here | + sh -c 'echo parsed; echo shown >&2'", "here | shown"]
@@ -152,7 +161,7 @@ def test_a_local_runner_shows_stderr_and_logs_the_captured_stdout() -> None:
 
 def test_show_commands_false_hides_the_commands_but_not_the_notes_nor_the_log() -> None:
     terminal, log = io.StringIO(), io.StringIO()
-    emitter = Emitter(Tee(PlainRenderer(Console(terminal), "a | ", show_commands=False), LogSink(log)))
+    emitter = Emitter(Tee(PlainRenderer(verbose(Console(terminal)), "a | ", show_commands=False), LogSink(log)))
     emitter.command(["nix", "build"], where="a")
     emitter.note("==> a: built")
     emitter.output("error: oops\n")
@@ -231,9 +240,131 @@ def test_while_the_live_table_is_drawn_every_line_for_stderr_goes_through_it(cap
     fleet_console.printer = printed.append
     try:
         Emitter().note("==> building alpha on this machine")  # the run's own notes, on another console
-        host_emitter(fleet_console, "alpha | ").command(["true"], where="alpha")
+        host_emitter(fleet_console, "alpha | ").step("copied 3 paths, 6.9 KiB", seconds=0.25)
     finally:
         fleet_console.printer = None
     Emitter().note("after")
-    assert printed == ["==> building alpha on this machine", "alpha | + [alpha] true"]
+    assert printed == ["==> building alpha on this machine", "alpha | copied 3 paths, 6.9 KiB in 0.2 s"]
     assert capsys.readouterr().err == "after\n"
+
+
+# --- the output policy: what each verbosity shows -----------------------------------------------------------------
+
+
+def shown_at(verbosity: Verbosity, *, host: bool, dry_run: bool = False, host_output: bool = False) -> list[str]:
+    terminal = io.StringIO()
+    console = Console(terminal)
+    console.policy = OutputPolicy(verbosity, dry_run=dry_run, host_output=host_output)
+    emitter = Emitter(PlainRenderer(console, "a | " if host else "", host=host))
+    emitter.command(["nix-env", "--set", "/nix/store/x"], where="a")
+    emitter.output("activating the configuration...\n")
+    emitter.record("generation\t3\n")
+    emitter.note("up to date")
+    emitter.step("copied 3 paths, 6.9 KiB", seconds=0.24)
+    emitter.warning("only 1 MiB free on /nix")
+    emitter.failure("switch-to-configuration switch failed", "journalctl -u unit (last lines):\n  broken")
+    return terminal.getvalue().splitlines()
+
+
+def test_normal_verbosity_shows_steps_notes_warnings_and_errors_but_no_command_and_no_host_output() -> None:
+    assert shown_at(Verbosity.NORMAL, host=True) == [
+        "a | up to date", "a | copied 3 paths, 6.9 KiB in 0.2 s", "a | warning: only 1 MiB free on /nix",
+        "a | error: switch-to-configuration switch failed", "a |   journalctl -u unit (last lines):", "a |     broken",
+    ]
+    # Without a host (the run's own lines, a day-2 task) what the commands print is shown: Nix's build progress.
+    assert shown_at(Verbosity.NORMAL, host=False)[:2] == ["activating the configuration...", "up to date"]
+
+
+def test_verbose_adds_every_command_and_what_the_hosts_print_and_quiet_keeps_only_warnings_and_errors() -> None:
+    assert shown_at(Verbosity.VERBOSE, host=True)[:4] == [
+        "a | + [a] nix-env --set /nix/store/x", "a | activating the configuration...", "a | up to date", "a | copied 3 paths, 6.9 KiB in 0.2 s",
+    ]
+    assert shown_at(Verbosity.QUIET, host=True) == [
+        "a | warning: only 1 MiB free on /nix", "a | error: switch-to-configuration switch failed",
+        "a |   journalctl -u unit (last lines):", "a |     broken",
+    ]
+    assert shown_at(Verbosity.QUIET, host=False)[0] == "warning: only 1 MiB free on /nix"
+
+
+def test_a_dry_run_shows_its_commands_and_dry_activate_what_the_hosts_print() -> None:
+    assert shown_at(Verbosity.NORMAL, host=True, dry_run=True)[0] == "a | + [a] nix-env --set /nix/store/x"
+    assert shown_at(Verbosity.NORMAL, host=True, host_output=True)[0] == "a | activating the configuration..."
+    assert shown_at(Verbosity.QUIET, host=True, host_output=True)[0] == "a | warning: only 1 MiB free on /nix"
+
+
+def test_a_failure_without_details_shows_the_last_20_lines_the_host_printed_since_its_last_step() -> None:
+    terminal = io.StringIO()
+    emitter = host_emitter(Console(terminal), "a | ")
+    emitter.output("before the step\n")
+    emitter.step("copied 1 path, 1.0 KiB", seconds=0.1)
+    emitter.output("".join(f"line {number}\n" for number in range(30)))
+    emitter.record("captured: never shown\n")
+    emitter.failure("building a failed")
+    assert terminal.getvalue().splitlines() == [
+        "a | copied 1 path, 1.0 KiB in 0.1 s", "a | error: building a failed", "a |   last 20 lines of output:",
+        *(f"a |     line {number}" for number in range(10, 30)),
+    ]
+
+
+def test_a_script_sent_again_is_one_line_on_the_terminal_and_in_the_log() -> None:
+    from deploy.scripts import script
+
+    terminal, log = io.StringIO(), io.StringIO()
+    console = Console(terminal)
+    console.policy = OutputPolicy(Verbosity.VERBOSE)
+    emitter = host_emitter(console, "a | ", log)
+    confirm = ["sh", "-c", script("confirm_activation"), "sh", "/run/nixfab/magic-rollback/t", "/nix/var/nix/nixfab/verdicts"]
+    for _ in range(5):  # a confirmation polled once a second
+        emitter.command(confirm, where="a")
+    body = script("confirm_activation").count("\n")
+    for text, prefix in ((terminal.getvalue(), "a | "), (log.getvalue(), "")):
+        assert text.count("[ -e \"$dir/activated\" ]") == 1
+        assert text.splitlines()[body + 1:] == [
+            f"{prefix}+ [a] sh -c '<the script shown above>' sh /run/nixfab/magic-rollback/t /nix/var/nix/nixfab/verdicts"
+        ] * 4
+    quiet = io.StringIO()
+    emitter = host_emitter(Console(quiet), "a | ")  # the default shows no command at all
+    emitter.command(confirm, where="a")
+    assert quiet.getvalue() == ""
+
+
+def test_verbosity_from_the_flags_and_invokes_echo_and_hide() -> None:
+    from deploy.errors import UsageError
+    from deploy.ui import verbosity_of
+
+    assert verbosity_of(verbose=False, quiet=False) == Verbosity.NORMAL
+    assert verbosity_of(verbose=True, quiet=False) == verbosity_of(verbose=False, quiet=False, echo=True) == Verbosity.VERBOSE
+    assert verbosity_of(verbose=False, quiet=True) == verbosity_of(verbose=False, quiet=False, hide="both") == Verbosity.QUIET
+    assert verbosity_of(verbose=False, quiet=False, hide=None) == verbosity_of(verbose=False, quiet=False, hide="none") == Verbosity.NORMAL
+    assert verbosity_of(verbose=False, quiet=True, echo=True) == Verbosity.QUIET  # the task's own flag wins
+    with pytest.raises(UsageError, match="contradict"):
+        verbosity_of(verbose=True, quiet=True)
+
+
+# --- the summary's last line, and pruning old runs' logs ----------------------------------------------------------
+
+
+def test_the_totals_name_the_hosts_that_did_not_deploy_the_time_and_the_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deploy.engine.fleet import HostResult, totals_line
+
+    monkeypatch.chdir(tmp_path)
+    results = [HostResult("a", "ok", 1.0), HostResult("b", "rolled-back", 2.0), HostResult("c", "up-to-date", 0.5),
+               HostResult("d", "ok", 1.0), HostResult("e", "not started", 0.0), HostResult("f", "skipped", 0.3)]
+    assert totals_line(results, 72.4, tmp_path / "logs" / "run") == (
+        "2 ok, 1 up to date, 1 skipped, 1 rolled back (b), 1 not started (e) in 1 min 12 s; logs: logs/run"
+    )
+    assert totals_line([HostResult("a", "failed", 0.1)], 0.25, None) == "1 failed (a) in 0.2 s"
+
+
+def test_pruning_keeps_the_newest_runs_and_touches_nothing_else(tmp_path: Path) -> None:
+    from deploy.ui import prune_runs
+
+    runs = ["20250101-120000-99", "20250101-120000-100", "20250102-080000-7", "20250103-090000-12"]
+    for name in [*runs, "mine"]:
+        (tmp_path / name).mkdir()
+    (tmp_path / "20250101-000000-1.log").write_text("a file, not a run")
+    current = tmp_path / "20250104-000000-5"  # this run's: not made yet, kept whatever happens
+    removed = prune_runs(tmp_path, 3, current=current)
+    assert sorted(path.name for path in removed) == ["20250101-120000-100", "20250101-120000-99"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["20250101-000000-1.log", "20250102-080000-7", "20250103-090000-12", "mine"]
+    assert prune_runs(tmp_path, 0) == [] and prune_runs(tmp_path / "absent", 1) == []

@@ -10,7 +10,7 @@ from deploy.model import Action
 from deploy.nix import commands
 from deploy.scripts import script
 from deploy.transport.hosts import Host
-from deploy.transport.process import tab_fields
+from deploy.transport.process import Result, tab_fields
 
 # Where an activation that no watchdog guards records its exit status (mark_activated.sh), by token, so that
 # after a lost channel nixfab can still ask the host how it ended. The watchdog's own directory serves when guarded.
@@ -119,19 +119,25 @@ def run_switch_to_configuration(
         # Fabric's exit status for a channel that closed without one: the switch may well go on in its unit.
         raise SwitchLost(f"{host.label}: the SSH channel closed during switch-to-configuration {action} without an exit status")
     if not result.ok:
-        show_journal(host, unit)
-        raise ActivationFailed(f"{host.label}: switch-to-configuration {action} failed (exit {result.returncode}): {result.tail(1)}")
+        failed = ActivationFailed(f"{host.label}: switch-to-configuration {action} failed (exit {result.returncode}): {result.tail(1)}")
+        failed.details = journal_tail(host, unit) or output_tail(f"switch-to-configuration {action}", result)
+        raise failed
 
 
-def show_journal(host: Host, unit: str) -> None:
-    """The unit's journal says more than the exit code, as `nixos-rebuild` users expect to see."""
+def output_tail(what: str, result: Result, lines: int = 20) -> str | None:
+    """A command's last lines of output (stdout's, then stderr's), under a line that says whose they are."""
+    printed = (result.stdout.rstrip("\n") + "\n" + result.stderr.rstrip("\n")).strip("\n").splitlines()[-lines:]
+    return "\n".join([f"{what} (last lines):", *(f"  {line}" for line in printed)]) if printed else None
+
+
+def journal_tail(host: Host, unit: str) -> str | None:
+    """The unit's journal says more than the exit code, as `nixos-rebuild` users expect to see: the failure's details."""
     if not host.facts.get("systemd-run"):
-        return
+        return None  # then the switch's own output, which the renderers keep, is the failure's details
     journal = host.run(commands.journal_tail(unit))
-    if journal.ok and journal.stdout.strip():
-        host.echo.note(f"journalctl -u {unit} (last lines):")
-        for line in journal.stdout.rstrip().splitlines():
-            host.echo.note(f"  {line}")
+    if not (journal.ok and journal.stdout.strip()):
+        return None
+    return "\n".join([f"journalctl -u {unit} (last lines):", *(f"  {line}" for line in journal.stdout.rstrip().splitlines())])
 
 
 def activate(
@@ -175,7 +181,9 @@ def activate(
         if before_undo is not None:
             before_undo()
         undone = undo(host, activation)
-        raise ActivationFailed(f"{failure}; {undone}") from None
+        rolled_back = ActivationFailed(f"{failure}; {undone}")
+        rolled_back.details = failure.details
+        raise rolled_back from None
     except SwitchLost as lost:
         raise lost_activation(host.label, activation, lost.why) from None
     return activation

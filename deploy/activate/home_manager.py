@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.build.build import TRACE_HINT, Evaluation, build_remotely, nix_error
+from deploy.build.build import Evaluation, build_remotely, nix_error, trace_hint
 from deploy.copy.closure import copy_closure
 from deploy.errors import ActivationFailed, BuildError, NotInStore, RemoteCommandFailed, UsageError
 from deploy.nix import commands
@@ -123,7 +123,7 @@ def build_home(
         dry_stdout=json.dumps([{"outputs": {"out": placeholder}}]),
     )
     if not result.ok:
-        raise BuildError(f"building the home of {user} ({installable}) failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+        raise BuildError(f"building the home of {user} ({installable}) failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
     return str(json.loads(result.stdout)[0]["outputs"]["out"])
 
 
@@ -132,7 +132,7 @@ def evaluate_home(runner: LocalRunner, flake: str, user: str, host: str | None, 
     dry = json.dumps({"drv": f"<derivation of the home of {user}>", "out": f"<home of {user}>"})
     result = runner.run(commands.nix_eval_derivation(installable, extra), dry_stdout=dry)
     if not result.ok:
-        raise BuildError(f"evaluating the home of {user} ({installable}) failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+        raise BuildError(f"evaluating the home of {user} ({installable}) failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
     data = json.loads(result.stdout)
     return Evaluation(data["drv"], data["out"])
 

@@ -12,6 +12,16 @@ from deploy.transport.hosts import Host
 from deploy.transport.process import LocalRunner
 
 TRACE_HINT = "run again with `-- --show-trace` for Nix's full trace"
+# Nix errors that are no evaluation error: --show-trace would add nothing to them.
+NOT_EVALUATION = (
+    "unrecognised flag", "unrecognized flag", "builder for", "cannot build", "cannot connect", "Host key verification failed",
+    "No space left on device", "unable to download", "does not provide attribute",
+)
+
+
+def trace_hint(stderr: str) -> str:
+    """`; run again with -- --show-trace …` only where it helps: an evaluation error (not a builder's, a flag's, a network's)."""
+    return "" if any(marker in stderr for marker in NOT_EVALUATION) else f"; {TRACE_HINT}"
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ def build_locally(
     result = runner.run(commands.nix_build(installables, out_link=out_link, extra=extra), dry_stdout=dry)
     if not result.ok:
         raise BuildError(missing_configuration(runner, flake, attrs, result.stderr, extra)
-                         or f"building {', '.join(attrs)} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+                         or f"building {', '.join(attrs)} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
     outputs = [item["outputs"]["out"] for item in json.loads(result.stdout)]
     if len(attrs) == 1 or runner.dry_run:
         return dict(zip(attrs, outputs, strict=True))
@@ -86,7 +96,7 @@ def evaluate_out_paths(runner: LocalRunner, flake: str, attrs: Sequence[str], ex
     )
     result = runner.run([*commands.NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", apply, *extra], show_stderr=False)
     if not result.ok:
-        raise BuildError(f"evaluating {flake} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+        raise BuildError(f"evaluating {flake} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
     return dict(json.loads(result.stdout))
 
 
@@ -96,7 +106,7 @@ def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = 
     result = runner.run(commands.nix_eval_derivation(installable, extra), dry_stdout=dry)
     if not result.ok:
         raise BuildError(missing_configuration(runner, flake, [attr], result.stderr, extra)
-                         or f"evaluating {attr} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+                         or f"evaluating {attr} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
     data = json.loads(result.stdout)
     return Evaluation(data["drv"], data["out"])
 
@@ -134,5 +144,5 @@ def build_remotely(
     realise = builder.run(commands.nix_store_realise(evaluation.derivation, f"{root_dir}/result", extra), stream=True)
     if not realise.ok:
         builder.run(commands.remove_tree(root_dir))
-        raise BuildError(f"building on {builder.label} failed: {nix_error(realise.stderr)}; {TRACE_HINT}")
+        raise BuildError(f"building on {builder.label} failed: {nix_error(realise.stderr)}")  # a builder's failure: no trace to show
     return RemoteBuild(evaluation.out_path, root_dir)

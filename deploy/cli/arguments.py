@@ -65,6 +65,17 @@ def count(option: str, value: str | int) -> int:
     return parsed
 
 
+def kept_runs(value: str | int) -> int:
+    """--log-keep: how many runs' logs are kept; 0 keeps every one."""
+    try:
+        parsed = int(str(value))
+    except ValueError:
+        raise UsageError(f"--log-keep takes a whole number, not {value!r}") from None
+    if parsed < 0:
+        raise UsageError(f"--log-keep must be 0 (keep every run's logs) or more, not {value!r}")
+    return parsed
+
+
 def check_older_than(value: str) -> str:
     """`all` or `<days>d`, the only forms nix-collect-garbage takes; checked before any reboot."""
     if value != "all" and not (value.endswith("d") and value[:-1].isdigit() and value[:-1].isascii()):
@@ -180,6 +191,7 @@ def deploy(
     log_dir: str,
     skip_checks: bool,
     show_trace: bool,
+    log_keep: str | int = 20,
     # Tasks that activate.
     force: bool = False,
     magic_rollback: bool = True,
@@ -209,6 +221,7 @@ def deploy(
         fail_fast=bool(fail_fast),
         canary=bool(canary),
         log_dir=Path(log_dir) if log_dir else None,
+        log_keep=kept_runs(log_keep),
     )
     return DeployOptions(
         selection=selection(machine=machine, host=host, tag=tag, all=all, flake=flake, inventory=inventory),

@@ -64,6 +64,16 @@ def invoke_dry_run(context: Any, arguments: dict[str, Any]) -> dict[str, Any]:
     return arguments  # status, history, hosts, generations only read
 
 
+def set_output(context: Any, *, verbose: bool, quiet: bool, dry_run: bool) -> None:
+    """The output policy of this task (deploy.ui.policy): -v/-q, or Invoke's own --echo and --hide, and --dry-run."""
+    from deploy.ui import OutputPolicy, set_policy, verbosity_of
+
+    run = getattr(getattr(context, "config", None), "run", None)
+    with errors_as_exit_codes():
+        verbosity = verbosity_of(verbose=verbose, quiet=quiet, echo=bool(getattr(run, "echo", False)), hide=getattr(run, "hide", None))
+    set_policy(OutputPolicy(verbosity, dry_run=dry_run or bool(getattr(run, "dry", False))))
+
+
 def one_line(message: str) -> str:
     """Errors are one line, even when they quote a value (a path, a flake) that holds a line break."""
     return message.strip().replace("\r", "\\r").replace("\n", "\\n")
@@ -291,16 +301,24 @@ def run_keys(context: Any, options: KeysOptions) -> None:
 def run_fleet(
     session: Session, request: DeployRequest, machines: list[str], fleet_options: FleetOptions, *, as_json: bool, skip_checks: bool
 ) -> None:
-    from deploy.engine.fleet import Fleet, exit_code, print_summary, results_json
+    import time
+
+    from deploy.engine.fleet import Fleet, exit_code, print_summary, results_json, totals_line
+    from deploy.model import Action
     from deploy.nix.flake_ops import flake_check
     from deploy.record.history import Journal, journal_path, state_directory
-    from deploy.ui import stdout_result
+    from deploy.ui import policy, prune_runs, set_policy, stdout_result
 
+    started = time.monotonic()
     flake_dir = flake_directory(request.flake)
+    logs = state_directory(flake_dir) / "logs"
+    log_dir = fleet_options.log_dir or logs / run_stamp()
+    if fleet_options.log_dir is None and not session.dry_run:
+        prune_runs(logs, fleet_options.log_keep, current=log_dir)  # a --log-dir of the user's own is never pruned
+    if request.action == Action.DRY_ACTIVATE:
+        set_policy(replace(policy(), host_output=True))  # what it would do is what the hosts print: its answer
     fleet_options = replace(
-        fleet_options,
-        log_dir=fleet_options.log_dir or state_directory(flake_dir) / "logs" / run_stamp(),
-        live=sys.stderr.isatty() and not request.ask and not session.dry_run,
+        fleet_options, log_dir=log_dir, live=sys.stderr.isatty() and not request.ask and not session.dry_run and policy().progress,
     )
     if request.uploads_keys:
         from deploy.keys.sources import refuse_sources_in_the_flake
@@ -308,19 +326,20 @@ def run_fleet(
         # Before the check or the build below copies the flake, and a key file in it, into the store.
         specs = (session.inventory.host(machine) for machine in machines)
         refuse_sources_in_the_flake(request.flake, ((spec.name, key) for spec in specs for key in spec.keys))
-    if request.action is not None and not skip_checks:
-        session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
-        flake_check(session.runner, request.flake, request.extra_nix)
-    journal = FleetJournal(Journal(journal_path(flake_dir)), request) if not session.dry_run else None
-    if needs_sudo_password(session, request, machines):
-        # Asked now, before the live table is drawn: a prompt under it would sit unseen while the table ticks on.
-        session.sudo_password.get()
+    with run_log(session, log_dir):
+        if request.action is not None and not skip_checks:
+            session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
+            flake_check(session.runner, request.flake, request.extra_nix)
+        journal = FleetJournal(Journal(journal_path(flake_dir)), request) if not session.dry_run else None
+        if needs_sudo_password(session, request, machines):
+            # Asked now, before the live table is drawn: a prompt under it would sit unseen while the table ticks on.
+            session.sudo_password.get()
 
-    fleet = Fleet(
-        session, request, machines, fleet_options,
-        on_start=journal.started if journal else None, on_result=journal.finished if journal else None,
-    )
-    results = fleet.run()
+        fleet = Fleet(
+            session, request, machines, fleet_options,
+            on_start=journal.started if journal else None, on_result=journal.finished if journal else None,
+        )
+        results = fleet.run()
     print_summary(results, rich=sys.stderr.isatty(), stream=sys.stderr)
     if as_json:
         stdout_result(results_json(results, interrupted=fleet.interrupted, hangup=fleet.hangup, journal_errors=fleet.journal_errors))
@@ -336,13 +355,36 @@ def run_fleet(
             if result.diff is not None:
                 stdout_result(result.diff if colour else without_colour(result.diff))
     code = exit_code(results, interrupted=fleet.interrupted, hangup=fleet.hangup, journal_failed=bool(fleet.journal_errors))
+    totals = totals_line(results, time.monotonic() - started, log_dir if any(result.log for result in results) else None)
     if fleet.journal_errors and code != JournalError.exit_code:
         # The hosts' own code wins; the journal's failure is still said, after the summary.
         session.echo.warning(f"the deploy journal was not written: {fleet.journal_errors[0]}")
     if code == JournalError.exit_code and fleet.journal_errors:
-        raise JournalError(f"every host deployed, but the deploy journal was not written: {fleet.journal_errors[0]}")
+        raise JournalError(f"every host deployed, but the deploy journal was not written: {fleet.journal_errors[0]}; {totals}")
     if code:
-        raise fleet_error(results, code, interrupted=fleet.interrupted)
+        raise fleet_error(totals, code, interrupted=fleet.interrupted, hangup=fleet.hangup)
+    from deploy.ui import summary_line
+
+    summary_line(totals)
+
+
+@contextmanager
+def run_log(session: Session, log_dir: Path) -> Iterator[None]:
+    """The run's own lines (the flake check, the shared build, the waves) also go to <log_dir>/run.log, whatever is shown."""
+    from deploy.transport.process import LocalRunner
+    from deploy.ui import RUN_LOG, Emitter, RunLog, Tee
+
+    if session.dry_run:
+        yield
+        return
+    shown = session.echo
+    session.echo = Emitter(Tee(shown.sink, RunLog(log_dir / f"{RUN_LOG}.log")))
+    session.runner = LocalRunner(session.echo, dry_run=session.dry_run)
+    try:
+        yield
+    finally:
+        session.echo = shown
+        session.runner = LocalRunner(shown, dry_run=session.dry_run)
 
 
 def needs_sudo_password(session: Session, request: DeployRequest, machines: Sequence[str]) -> bool:
@@ -394,16 +436,10 @@ class FleetJournal:
                 self.journal.record_verdict(run.spec.name, verdict.token, f"{verdict.text} (at {verdict.when})", undid=verdict.undid)
 
 
-def fleet_error(results: Sequence[HostResult], code: int, *, interrupted: bool) -> NixfabError:
-    failed = [result for result in results if not result.healthy]
-    if interrupted:
-        how = "hung up (SIGHUP)" if code == 129 else "interrupted"
-        message = f"{how}; {len(failed)} host(s) not deployed: {', '.join(r.host for r in failed)}"
-    elif len(results) == 1 and failed and failed[0].error:
-        message = failed[0].error
-    else:
-        message = f"{len(failed)} of {len(results)} hosts failed or rolled back: " + ", ".join(f"{r.host} ({r.result})" for r in failed)
-    error = NixfabError(message)
+def fleet_error(totals: str, code: int, *, interrupted: bool, hangup: bool = False) -> NixfabError:
+    """The run's last line when a host did not deploy: its totals (each host's error was said once, when it failed)."""
+    how = "hung up (SIGHUP); " if interrupted and hangup else "interrupted; " if interrupted else ""
+    error = NixfabError(how + totals)
     error.exit_code = code
     return error
 

@@ -254,10 +254,13 @@ def exec_on_hosts(context: Any, options: ExecOptions) -> None:
 
 def plan(context: Any, options: PlanOptions) -> None:
     """inv plan: build as a deploy does, then ask each host what the deploy would change there; a table, or --json."""
-    from deploy.engine.fleet import Fleet, FleetWork, exit_code
+    import time
+
+    from deploy.engine.fleet import Fleet, FleetWork, exit_code, totals_line
     from deploy.engine.pipeline import DeployRequest
     from deploy.plan.deploy_plan import DeployPlanner, format_plans, plans_json
 
+    started = time.monotonic()
     with cli.errors_as_exit_codes():
         extra_nix = cli.extra_nix_options() if not hasattr(context, "original_host") else ()
         selection = options.selection
@@ -268,7 +271,8 @@ def plan(context: Any, options: PlanOptions) -> None:
             request = DeployRequest(selection.flake, options.action, build_on="local", local=local, extra_nix=extra_nix, lock=False)
             planner = DeployPlanner()
             work = FleetWork(planner, build_first=True)
-            fleet = Fleet(session, request, machines, fleet_options(selection.flake, options.parallel), work=work)
+            run_options = fleet_options(selection.flake, options.parallel)
+            fleet = Fleet(session, request, machines, run_options, work=work)
             results = fleet.run()
         finally:
             session.close()
@@ -278,7 +282,9 @@ def plan(context: Any, options: PlanOptions) -> None:
         else:
             ui.stdout_result(format_plans(results, planner.plans))
         if code:
-            raise cli.fleet_error(results, code, interrupted=fleet.interrupted)
+            # Each host's error was said once, when it failed: the last line gives the totals.
+            logs = run_options.log_dir if any(result.log for result in results) else None
+            raise cli.fleet_error(totals_line(results, time.monotonic() - started, logs), code, interrupted=fleet.interrupted, hangup=fleet.hangup)
 
 
 # ---- Home Manager ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class FleetOptions:
     batch: int | None = None
     log_dir: Path | None = None
     live: bool = False
+    log_keep: int = 20  # runs whose logs are kept under .nixfab/logs/ (deploy.ui.log.prune_runs); 0: all
 
 
 @dataclass(frozen=True)

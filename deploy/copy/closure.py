@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
+from typing import IO
 
 from deploy.build.build import nix_error
 from deploy.errors import NixfabError, RemoteCommandFailed
@@ -36,11 +38,15 @@ def copy_closure(
     nix_env: Mapping[str, str],
     extra: Sequence[str] = (),
 ) -> bool:
-    """Copy path's closure to target (from source_store, or this machine); False if it was there."""
+    """Copy path's closure to target (from source_store, or this machine); False if it was there.
+
+    Says what it did as one step line: `copied 3 paths, 64.0 KiB in 0.2 s`.
+    """
     if source_store is None and not substitute_on_destination and isinstance(target, RemoteHost):
         return stream_closure(runner, target, path)
+    started = time.monotonic()
     if target.run(commands.check_store_path_valid(path), dry_returncode=1).ok:
-        runner.echo.note(f"[{target.label}] {path} is already in the store; nothing to copy")
+        runner.echo.step(NOTHING_TO_COPY, seconds=time.monotonic() - started)
         return False
     argv = commands.nix_copy(
         [path], to=target_store, source=source_store, substitute_on_destination=substitute_on_destination, extra=extra
@@ -48,7 +54,25 @@ def copy_closure(
     result = runner.run(argv, env=nix_env)
     if not result.ok:
         raise RemoteCommandFailed(f"copying {path} to {target.label} failed: {nix_error(result.stderr)}")
+    how = f"from {source_store.removeprefix('ssh://').removeprefix('ssh-ng://')}" if source_store else "substituting on the target"
+    runner.echo.step(f"copied the closure {how}", seconds=time.monotonic() - started)
     return True
+
+
+NOTHING_TO_COPY = "nothing to copy: the target has the whole closure"
+
+
+class CountingReader:
+    """A binary stream that counts what is read from it (the size of the export sent)."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source = source
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.count += len(data)
+        return data
 
 
 def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[str]:
@@ -66,9 +90,12 @@ def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[st
 
 def stream_closure(runner: LocalRunner, target: RemoteHost, path: str) -> bool:
     """Export what the target lacks into its nix-store --import; False when it lacked nothing."""
+    from deploy.plan.disk import human_size
+
+    started = time.monotonic()
     missing = missing_paths(runner, target, path)
     if not missing:
-        runner.echo.note(f"[{target.label}] {path} is already in the store; nothing to copy")
+        runner.echo.step(NOTHING_TO_COPY, seconds=time.monotonic() - started)
         return False
     export = commands.nix_store_export(missing)
     runner.echo.command(export)
@@ -77,8 +104,9 @@ def stream_closure(runner: LocalRunner, target: RemoteHost, path: str) -> bool:
         return True
     producer = subprocess.Popen(export, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert producer.stdout is not None
+    sent = CountingReader(producer.stdout)
     try:
-        imported = target.feed(commands.nix_store_import(), producer.stdout, describe_source="(the export above)")
+        imported = target.feed(commands.nix_store_import(), sent, describe_source="(the export above)")
     finally:
         producer.stdout.close()
         export_error = producer.stderr.read().decode("utf-8", "replace") if producer.stderr else ""
@@ -89,6 +117,8 @@ def stream_closure(runner: LocalRunner, target: RemoteHost, path: str) -> bool:
     if not imported.ok:
         left = remove_failed_import(target, missing)
         raise RemoteCommandFailed(f"{target.label}: importing {path} failed: {nix_error(imported.stdout)}{left}")
+    paths = f"{len(missing)} path{'' if len(missing) == 1 else 's'}"
+    runner.echo.step(f"copied {paths}, {human_size(sent.count)}", seconds=time.monotonic() - started)
     return True
 
 

@@ -37,6 +37,9 @@ from deploy.errors import ActivationFailed, BuildError, FleetFailed, HealthCheck
 from deploy.model import Phase, Result
 from deploy.transport.process import LocalRunner
 from deploy.ui import Console, Emitter, Progress, host_emitter, live_display, open_log, show_summary, stream_prefix
+from deploy.ui.live import HostLine
+from deploy.ui.plain import duration
+from deploy.ui.results import SUMMARY_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class Fleet:
         self._logs_failed = False
         self.runs: dict[str, HostRun] = {}
         for spec in specs:
-            echo = host_emitter(self.console, stream_prefix(spec.name, self.width))
+            echo = self._emitter(spec.name)
             self.runs[spec.name] = HostRun(
                 spec, echo, LocalRunner(echo, dry_run=session.dry_run),
                 on_phase=functools.partial(self.progress.phase, spec.name), ask_lock=self.ask_lock,
@@ -212,7 +215,9 @@ class Fleet:
         self.session.echo.note(f"==> building {names} on this machine")
         started = time.monotonic()
         try:
-            return build_here(self.session, self.request, local, gc_root)
+            built_all = build_here(self.session, self.request, local, gc_root)
+            self.session.echo.step(f"==> built {names}", seconds=time.monotonic() - started)
+            return built_all
         except BuildError as batch_error:
             if len(local) == 1:
                 self.fail(local[0], batch_error, started)
@@ -233,7 +238,14 @@ class Fleet:
 
     def deploy_in_waves(self, built: dict[str, str]) -> None:
         pending = [name for name in self.runs if name not in self.results]
-        for wave in waves(pending, canary=self.options.canary, batch=self.options.batch):
+        for name in pending:
+            self.progress.queued(name)
+        planned = waves(pending, canary=self.options.canary, batch=self.options.batch)
+        for number, wave in enumerate(planned, 1):
+            if len(planned) > 1 or self.options.canary:
+                canary = " (the canary)" if self.options.canary and number == 1 else ""
+                self.session.echo.note(f"==> wave {number}/{len(planned)}: {', '.join(wave)}{canary}")
+                self.progress.wave = f"wave {number}/{len(planned)}"
             self.deploy_wave(wave, built)
             if self.stop.is_set():
                 return
@@ -312,7 +324,8 @@ class Fleet:
         name = run.spec.name
         opened_here = name not in self._logs and self._open_log(run)  # a host that failed in the shared build
         try:
-            run.echo.note(f"error: {message}")
+            # Said once, here, with what shows why; the summary then gives only the host's result.
+            run.echo.failure(message.removeprefix(f"{name}: "), getattr(error, "details", None))
         finally:
             if opened_here:
                 self._close_log(name)
@@ -376,7 +389,7 @@ class Fleet:
             return False
         with self._state_lock:
             self._logs[name] = log
-        self._set_echo(run, host_emitter(self.console, stream_prefix(name, self.width), log))
+        self._set_echo(run, self._emitter(name, log))
         return True
 
     def _close_log(self, name: str) -> None:
@@ -385,8 +398,11 @@ class Fleet:
         if log is None:
             return
         run = self.runs[name]
-        self._set_echo(run, host_emitter(self.console, stream_prefix(name, self.width)))
+        self._set_echo(run, self._emitter(name))
         log.close()
+
+    def _emitter(self, name: str, log: TextIO | None = None) -> Emitter:
+        return host_emitter(self.console, stream_prefix(name, self.width), log, also=HostLine(self.progress, name))
 
     def _set_echo(self, run: HostRun, echo: Emitter) -> None:
         run.echo = echo
@@ -435,29 +451,45 @@ def results_json(
     return json.dumps(document, indent=2)
 
 
-def summary_rows(results: Sequence[HostResult]) -> list[tuple[str, Result, str, str, str]]:
-    return [
-        (r.host, r.result, "" if r.generation is None else str(r.generation), f"{r.duration_seconds:.1f}s", first_line(r.error or ""))
-        for r in results
-    ]
-
-
-def first_line(text: str, limit: int = 160) -> str:
-    line = text.splitlines()[0] if text else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+def summary_rows(results: Sequence[HostResult]) -> list[tuple[str, Result, str, str]]:
+    """The summary table: a host's error is not repeated there, it was said once when the host failed."""
+    return [(r.host, r.result, "" if r.generation is None else str(r.generation), f"{r.duration_seconds:.1f}s") for r in results]
 
 
 def format_summary(results: Sequence[HostResult]) -> str:
     """The summary as plain text, for pipes and logs."""
-    header = ("host", "result", "gen", "time", "error")
-    rows = [header, *summary_rows(results)]
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
-    return "\n".join(
-        "  ".join(cell.ljust(widths[column]) for column, cell in enumerate(row[:4])) + ("  " + row[4] if row[4] else "")
-        for row in rows
-    ).rstrip()
+    rows = [SUMMARY_COLUMNS, *summary_rows(results)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(SUMMARY_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(widths[column]) for column, cell in enumerate(row)).rstrip() for row in rows)
+
+
+# The totals, in this order, and what each result is called there.
+TOTALS: tuple[tuple[Result, str], ...] = (
+    (Result.OK, "ok"), (Result.UP_TO_DATE, "up to date"), (Result.BUILT, "built"), (Result.DIFFED, "diffed"),
+    (Result.PLANNED, "planned"), (Result.SKIPPED, "skipped"), (Result.FAILED, "failed"), (Result.ROLLED_BACK, "rolled back"),
+    (Result.INTERRUPTED, "interrupted"), (Result.NOT_STARTED, "not started"), (Result.UNFINISHED, "unfinished"),
+)
+
+
+def totals_line(results: Sequence[HostResult], seconds: float, log_dir: Path | None) -> str:
+    """`2 ok, 1 rolled back (gamma) in 4.1 s; logs: .nixfab/logs/20250101-120000-4242`: the summary's last line."""
+    parts = []
+    for result, label in TOTALS:
+        hosts = [r.host for r in results if r.result == result]
+        if hosts:
+            named = f" ({', '.join(hosts[:5])}{', …' if len(hosts) > 5 else ''})" if not result.healthy else ""
+            parts.append(f"{len(hosts)} {label}{named}")
+    line = f"{', '.join(parts) or 'no hosts'} in {duration(seconds)}"
+    return f"{line}; logs: {shown_path(log_dir)}" if log_dir is not None else line
+
+
+def shown_path(path: Path) -> str:
+    """A path as short as it can be said: relative to the current directory when it is inside it."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def print_summary(results: Sequence[HostResult], *, rich: bool, stream: TextIO) -> None:
     show_summary(summary_rows(results), format_summary(results), rich=rich, stream=stream)
-

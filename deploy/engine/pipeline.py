@@ -122,7 +122,12 @@ class HostRun:
         self.on_phase(phase)
 
     def note(self, message: str) -> None:
-        self.echo.note(f"==> {message}")
+        self.echo.note(message.removeprefix(f"{self.spec.name}: "))  # its lines already carry the host's name
+
+    def step(self, text: str, started: float) -> None:
+        """A step done, with how long it took since `started` (time.monotonic()); a dry run did nothing, and says its plan."""
+        if not self.runner.dry_run:
+            self.echo.step(text, seconds=time.monotonic() - started)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -253,13 +258,14 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
             return finish(session, request, run, target, Built(built_here, "local"), keys)
     run.phase(Phase.BUILD)
     builder: RemoteHost = session.target(spec, run.echo) if build_on == "target" else session.builder(build_on)
-    run.note(f"{spec.name}: building {spec.attr} on {builder.label}")
+    started = time.monotonic()
     evaluation = evaluate(run.runner, request.flake, spec.attr, request.extra_nix)
     builder_ssh = spec.ssh if build_on == "target" else session.ssh_of(build_on)
     remote = build_remotely(
         run.runner, builder, commands.ssh_store_uri(builder.destination), evaluation,
         nix_env=session.nix_env(builder_ssh), extra=request.extra_nix,
     )
+    run.step(f"built {spec.attr} on {builder.label}", started)
     with remote_gc_root(builder, remote.gc_root_dir), host_lock(request, target, run.verdicts_seen):
         source_store = commands.ssh_store_uri(builder.destination) if builder is not target else None
         return finish(session, request, run, target, Built(remote.out_path, build_on, source_store), keys)
@@ -332,7 +338,6 @@ def finish(
     if not request.local and built.built_on != "target":
         run.phase(Phase.COPY)
         check_space(run, target, path, action=request.action)
-        run.note(f"{spec.name}: copying the closure")
         sources = [spec.ssh] + ([session.ssh_of(built.built_on)] if built.source_store else [])
         try:
             copied = copy_closure(
@@ -364,7 +369,6 @@ def finish(
 
     upload_host_keys(run, target, keys, KeyUpload.PRE_ACTIVATION)
     run.phase(Phase.ACTIVATE)
-    run.note(f"{spec.name}: activating ({request.action})")
     activation = activate_with_rollback(session, request, run, target, path)
     # Only switch and boot make a generation; after test or dry-activate the profile's generation is another system's.
     generation = activation.generation if request.action.changes_boot_default else None
@@ -374,18 +378,19 @@ def finish(
     boot_id = None
     if request.reboot:
         run.phase(Phase.REBOOT)
-        run.note(f"{spec.name}: rebooting and waiting for it to come back")
+        started = time.monotonic()
         boot_id = reboot_and_wait(target, expected_system=path, timeout=request.reboot_timeout, interval=request.reboot_interval)
+        run.step("rebooted into it", started)
     # After the confirmation and the health checks; after the reboot for the -reset tasks, whose reboot empties /run.
     upload_host_keys(run, target, keys, KeyUpload.POST_ACTIVATION)
     if request.collect_garbage:
         run.phase(Phase.GC)
-        run.note(f"{spec.name}: collecting garbage")
+        started = time.monotonic()
         collect_garbage(target, request.delete_older_than)
+        run.step("collected garbage", started)
     if target.dry_run:
         run.note(f"{spec.name}: planned: {request.action} {path}; nothing was run")
         return DeployOutcome(spec.name, path, built.built_on, Result.PLANNED, copied, None, None, tuple(run.warnings))
-    run.note(f"{spec.name}: done: {done_line(request.action, generation, activation.previous.generation, path)}")
     return DeployOutcome(spec.name, path, built.built_on, Result.OK, copied, generation, boot_id, tuple(run.warnings))
 
 
@@ -421,17 +426,6 @@ def upload_keys_only(session: Session, request: DeployRequest, run: HostRun, key
         upload_host_keys(run, target, keys, KeyUpload.POST_ACTIVATION)
     status = Result.PLANNED if target.dry_run else Result.OK
     return DeployOutcome(spec.name, None, "", status, warnings=tuple(run.warnings))
-
-
-def done_line(action: Action, generation: int | None, kept: int | None, path: str) -> str:
-    """What a finished activation did, true for each action (pure)."""
-    if action.changes_boot_default:
-        made = "a new generation" if generation is None else f"generation {generation}"
-        return f"{made} is {path}" + ("" if action.changes_running_system else " (the boot default; running after a reboot)")
-    if action.changes_running_system:
-        default = f"generation {kept}" if kept is not None else "the boot default"
-        return f"{path} is running; {default} stays the boot default"
-    return f"dry-activate of {path} showed what would change; nothing changed"
 
 
 def check_space(run: HostRun, target: Host, path: str, *, action: Action) -> None:
@@ -478,12 +472,14 @@ def check_health(request: DeployRequest, run: HostRun, target: Host, activation:
     run.phase(Phase.HEALTH)
     from deploy.health.health import run_health_check
 
+    started = time.monotonic()
     problem = run_health_check(target, spec.health)
     if problem is not None:
         if before_undo is not None:
             before_undo()
         undone = undo(target, activation)
         raise HealthCheckFailed(f"{spec.name}: health check failed: {problem}; {undone}")
+    run.step("health checks passed", started)
 
 
 def activate_with_rollback(session: Session, request: DeployRequest, run: HostRun, target: Host, path: str) -> Activation:
@@ -497,6 +493,7 @@ def activate_with_rollback(session: Session, request: DeployRequest, run: HostRu
     or the watchdog.
     """
     assert request.action is not None
+    started = time.monotonic()
 
     def open_fresh() -> Host:
         return session.fresh_target(run.spec, run.echo)
@@ -504,6 +501,7 @@ def activate_with_rollback(session: Session, request: DeployRequest, run: HostRu
     if not isinstance(target, RemoteHost):
         # This machine: no channel to lose, nobody to be cut off from.
         activation = activate(target, path, request.action, token=run.token)
+        run.step(activated(activation), started)
         check_health(request, run, target, activation)
         return activation
     if not (request.magic_rollback and request.action.changes_running_system):
@@ -523,13 +521,17 @@ def activate_with_rollback(session: Session, request: DeployRequest, run: HostRu
         )
     except ActivationUnknown as unknown:
         activation = settle_lost_switch(run, request, target, open_fresh, unknown, record=watchdog.directory, watchdog=watchdog)
+    run.step(activated(activation), started)
     check_health(request, run, target, activation, before_undo=disarm)
     run.phase(Phase.CONFIRM)
+    started = time.monotonic()
     try:
         magic_rollback.confirm(open_fresh, watchdog, label=run.spec.name)
     except NotConfirmed as missed:
         raise self_rollback(run, open_fresh, watchdog, request, missed) from None
-    run.note(f"{run.spec.name}: " + ("would confirm over a new SSH connection" if target.dry_run else "confirmed over a new SSH connection"))
+    if target.dry_run:
+        run.note(f"{run.spec.name}: would confirm over a new SSH connection")
+    run.step("confirmed over a new SSH connection", started)
     return activation
 
 
@@ -543,6 +545,7 @@ def activate_unguarded(request: DeployRequest, run: HostRun, target: Host, path:
     from deploy.confirm import magic_rollback
 
     assert request.action is not None
+    started = time.monotonic()
     record = f"{SWITCH_RECORDS_DIR}/{run.token}"
     try:
         try:
@@ -555,6 +558,7 @@ def activate_unguarded(request: DeployRequest, run: HostRun, target: Host, path:
         forget_record(target, record)
         raise
     forget_record(target, record)
+    run.step(activated(activation), started)
     check_health(request, run, target, activation)
     return activation
 
@@ -564,6 +568,18 @@ def forget_record(target: Host, record: str) -> None:
         target.run(["rm", "-rf", "--", record], sudo=True)
     except NixfabError:
         pass  # a host that went away keeps a few bytes in /run until it reboots
+
+
+def activated(activation: Activation) -> str:
+    """The activation's step line (`in 1.1 s` follows), true for each action: only switch and boot make a generation."""
+    action, name = activation.action, activation.path.rsplit("/", 1)[-1].split("-", 1)[-1]
+    made = "a new generation" if activation.generation is None else f"generation {activation.generation}"
+    if action.changes_boot_default:
+        return f"activated {made} ({action})" if action.changes_running_system else f"made {made} the boot default ({action}, running after a reboot)"
+    if action.changes_running_system:
+        kept = "the boot default" if activation.previous.generation is None else f"generation {activation.previous.generation}"
+        return f"activated {name} ({action}, {kept} stays the boot default)"
+    return f"ran {action} of {name} (nothing changed)"
 
 
 def settle_lost_switch(

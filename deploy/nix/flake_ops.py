@@ -6,7 +6,7 @@ import re
 import shutil
 from collections.abc import Sequence
 
-from deploy.build.build import TRACE_HINT, nix_error
+from deploy.build.build import nix_error, trace_hint
 from deploy.errors import BuildError, UsageError
 from deploy.nix import commands
 from deploy.transport.process import LocalRunner
@@ -48,7 +48,7 @@ def flake_check(runner: LocalRunner, flake: str, extra: Sequence[str] = ()) -> N
     """`nix flake check`; BuildError with Nix's error and the --show-trace hint if it fails."""
     result = runner.run(commands.nix_flake_check(flake, extra))
     if not result.ok:
-        raise BuildError(f"nix flake check {flake} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+        raise BuildError(f"nix flake check {flake} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
 
 
 def parse_root_inputs(metadata_json: str) -> list[str]:
@@ -62,7 +62,7 @@ def parse_root_inputs(metadata_json: str) -> list[str]:
 def flake_inputs(runner: LocalRunner, flake: str, extra: Sequence[str] = ()) -> list[str]:
     result = runner.run(commands.nix_flake_metadata(flake, extra), dry_stdout="{}")
     if not result.ok:
-        raise BuildError(f"reading the inputs of {flake} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+        raise BuildError(f"reading the inputs of {flake} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
     return parse_root_inputs(result.stdout)
 
 
@@ -82,4 +82,4 @@ def flake_update(runner: LocalRunner, flake: str, inputs: Sequence[str] = (), ex
     argv = commands.nix_flake_update(flake, inputs, inputs_are_arguments=inputs_are_arguments(nix_version(runner)), extra=extra)
     result = runner.run(argv)
     if not result.ok:
-        raise BuildError(f"updating the lock file of {flake} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+        raise BuildError(f"updating the lock file of {flake} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")

@@ -53,7 +53,7 @@ class HostStatus:
 
 def probe(session: Session, machine: str, flake_system: str | None, tokens: Sequence[str] = ()) -> HostStatus:
     spec = session.inventory.host(machine)
-    host = session.new_remote(spec.name, spec.ssh, use_sudo=False, echo=Emitter.plain(show_commands=False))
+    host = session.new_remote(spec.name, spec.ssh, use_sudo=False, echo=Emitter())  # commands as the output policy says: with -v only
     argv = [
         "sh", "-c", script("host_state"), "sh", commands.SYSTEM_PROFILE, STATE_DIR, script("watchdogs_pending"),
         VERDICTS_DIR, script("read_verdicts"), *tokens,
@@ -125,7 +125,7 @@ def host_status(
     """asking: by host, the tokens of deploys whose verdicts are wanted (Journal.awaiting_verdicts)."""
     specs = [session.inventory.host(machine) for machine in machines]
     asking = asking or {}
-    quiet = LocalRunner(Emitter.plain(show_commands=False))
+    quiet = LocalRunner(Emitter())
     try:
         wanted = evaluate_out_paths(quiet, flake, [spec.attr for spec in specs], extra)
     except BuildError as error:

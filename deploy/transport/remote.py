@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from deploy.errors import HostKeyRejected, HostUnreachable, LoginRefused, RemoteCommandFailed, SudoFailed
 from deploy.transport.openssh import DEFAULT_CONNECT_TIMEOUT, SshOptions, SshResolver
@@ -53,6 +53,12 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 # changes); streamed ones and the closure import have none, the keepalives bound them.
 SHORT_COMMAND_TIMEOUT = 300.0
 NO_DEADLINE = math.inf
+
+
+class Readable(Protocol):
+    """What feed() reads a command's stdin from: a pipe, or a wrapper that counts what passes."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass
@@ -534,7 +540,7 @@ class RemoteHost:
             self.echo.record(outcome.stdout + outcome.stderr)
         return Result(tuple(argv), int(outcome.exited if outcome.exited is not None else 255), outcome.stdout, outcome.stderr)
 
-    def feed(self, argv: Sequence[str], source: IO[bytes], *, describe_source: str) -> Result:
+    def feed(self, argv: Sequence[str], source: IO[bytes] | Readable, *, describe_source: str) -> Result:
         """Run argv with `source` as its stdin, over the connection we already have.
 
         Fabric's in_stream reads text a byte at a time; a NAR stream needs a raw channel.

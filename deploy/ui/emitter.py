@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from deploy.ui import events
-from deploy.ui.events import CommandRun, Event, Events, Note, OutputText
+from deploy.ui.events import CommandRun, Event, Events, Failure, Note, OutputText, Step
 from deploy.ui.log import LogSink
 from deploy.ui.plain import STDERR, Console, PlainRenderer, Tee
 
@@ -36,6 +36,14 @@ class Emitter:
     def warning(self, text: str) -> None:
         self.emit(events.Warning(text))
 
+    def step(self, text: str, *, seconds: float | None = None) -> None:
+        """A step is done: `copied 3 paths, 64 KiB`, and how long it took (`in 0.2 s` follows)."""
+        self.emit(Step(text, None if seconds is None else round(seconds, 3)))
+
+    def failure(self, text: str, details: str | None = None) -> None:
+        """The host's error, said once; `details` is the output that shows why (None: the renderers add the last lines)."""
+        self.emit(Failure(text, details))
+
     def output(self, text: str) -> None:
         """Whole lines a command printed, shown live (and logged)."""
         if text:
@@ -51,15 +59,20 @@ class Emitter:
         return LineWriter(self)
 
     @classmethod
-    def plain(cls, stream: TextIO | None = None, *, show_commands: bool = True) -> Emitter:
-        """Plain lines on `stream` (default: stderr); show_commands=False leaves out the `+ command` lines."""
+    def plain(cls, stream: TextIO | None = None, *, show_commands: bool | None = True) -> Emitter:
+        """Plain lines on `stream` (default: stderr); show_commands: always (True), never (False), as the policy says (None)."""
         return cls(PlainRenderer(Console(stream) if stream is not None else STDERR, show_commands=show_commands))
 
 
-def host_emitter(console: Console, prefix: str, log: TextIO | None = None) -> Emitter:
-    """A fleet host's emitter: lines on the shared console with the host's prefix, and everything in its log."""
-    lines = PlainRenderer(console, prefix)
-    return Emitter(lines if log is None else Tee(lines, LogSink(log)))
+def host_emitter(console: Console, prefix: str, log: TextIO | None = None, *, also: Events | None = None) -> Emitter:
+    """A fleet host's emitter: lines on the shared console with the host's prefix, everything in its log, and `also`
+    (the live table's HostLine) if given."""
+    sinks: list[Events] = [PlainRenderer(console, prefix, host=True)]
+    if log is not None:
+        sinks.append(LogSink(log))
+    if also is not None:
+        sinks.append(also)
+    return Emitter(sinks[0] if len(sinks) == 1 else Tee(*sinks))
 
 
 class LineWriter:

@@ -37,6 +37,26 @@ class Warning:  # shadows the builtin here only: modules say events.Warning and 
 
 
 @dataclass(frozen=True)
+class Step:
+    """A step of a host's deploy is done: what it did and how much (`copied 3 paths, 64 KiB`), and how long it took."""
+
+    text: str
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A host's deploy failed: its one-line error, and the output that shows why (the last lines, or None).
+
+    Each failure is said once; the renderers add the last lines of what the host's
+    commands printed when `details` is None and they did not show it already.
+    """
+
+    text: str
+    details: str | None = None
+
+
+@dataclass(frozen=True)
 class OutputText:
     """What a command printed, in whole lines (a last newline is implied).
 
@@ -64,7 +84,7 @@ class HostFinished:
     result: Result
 
 
-Event: TypeAlias = CommandRun | Note | Warning | OutputText | PhaseStarted | HostFinished
+Event: TypeAlias = CommandRun | Note | Warning | Step | Failure | OutputText | PhaseStarted | HostFinished
 
 
 class Events(Protocol):

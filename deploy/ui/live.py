@@ -1,7 +1,9 @@
-"""The live table: each host's phase and elapsed time, drawn by rich above the scrolling lines.
+"""The live table: each host's phase, elapsed time and latest line, drawn by rich below the scrolling lines.
 
-It is kept from PhaseStarted and HostFinished events, and drawn only when
-stderr is a terminal; pipes and CI get the plain prefixed lines alone.
+It is kept from PhaseStarted and HostFinished events (and each host's lines,
+through HostLine), and drawn only when stderr is a terminal; pipes and CI get
+the plain prefixed lines alone. Hosts not started yet are `queued`; a staged
+rollout (--canary, --batch) names the wave in the table's title.
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deploy.model import Phase, Result
-from deploy.ui.events import Event, HostFinished, PhaseStarted
-from deploy.ui.plain import Console
+from deploy.ui.events import CommandRun, Event, Failure, HostFinished, Note, OutputText, PhaseStarted, Step
+from deploy.ui.plain import Console, event_lines
 
 RESULT_STYLES: dict[Result, str] = {
     Result.OK: "green",
@@ -39,11 +41,12 @@ class HostProgress:
     started: float | None = None
     finished: float | None = None
     result: Result | None = None
+    latest: str = ""  # the host's latest line: a step, a note, or what its command printed
 
     @property
     def shown(self) -> str:
-        """The progress table's phase column: the result once there is one, else the phase, else waiting."""
-        return self.result or self.phase or "waiting"
+        """The progress table's phase column: the result once there is one, else the phase, else queued."""
+        return self.result or self.phase or "queued"
 
     def elapsed(self, now: float) -> float:
         if self.started is None:
@@ -58,6 +61,7 @@ class Progress:
     names: Sequence[str]
     hosts: dict[str, HostProgress] = field(init=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    wave: str | None = None  # `wave 2/3` during a staged rollout
 
     def __post_init__(self) -> None:
         self.hosts = {name: HostProgress(name) for name in self.names}
@@ -88,20 +92,55 @@ class Progress:
         """emit(HostFinished(name, result))."""
         self.emit(HostFinished(name, result))
 
+    def queued(self, name: str) -> None:
+        """Waiting for its turn (after the shared build, behind --parallel or a wave): its clock starts when it does."""
+        with self.lock:
+            host = self.hosts[name]
+            if host.result is None:
+                host.phase, host.started = None, None
+
+    def line(self, name: str, text: str) -> None:
+        with self.lock:
+            if name in self.hosts and text.strip():
+                self.hosts[name].latest = text.strip()
+
+
+class HostLine:
+    """One host's events to the live table: its latest line (never a command's, nor captured output)."""
+
+    def __init__(self, progress: Progress, name: str) -> None:
+        self.progress = progress
+        self.name = name
+
+    def emit(self, event: Event, /) -> None:
+        match event:
+            case CommandRun() | OutputText(captured=True):
+                return
+            case Step() | Note() | Failure() | OutputText():
+                lines = event_lines(event)
+                if lines:
+                    self.progress.line(self.name, lines[0] if isinstance(event, Failure) else lines[-1])
+            case _:
+                return
+
 
 def progress_table(progress: Progress) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     now = time.monotonic()
-    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
-    table.add_column("host")
-    table.add_column("phase")
-    table.add_column("elapsed", justify="right")
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2), title=progress.wave, title_justify="left")
+    table.add_column("host", no_wrap=True)
+    table.add_column("phase", no_wrap=True)
+    table.add_column("elapsed", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True, overflow="ellipsis")
     with progress.lock:
-        rows = list(progress.hosts.values())
-    for host in rows:
+        rows = [(host, host.latest) for host in progress.hosts.values()]
+    for host, latest in rows:
         style = (RESULT_STYLES.get(host.result) if host.result else None) or ("cyan" if host.started else "dim")
-        table.add_row(host.name, f"[{style}]{host.shown}[/]", f"{host.elapsed(now):.1f}s" if host.started else "")
+        table.add_row(
+            host.name, f"[{style}]{host.shown}[/]", f"{host.elapsed(now):.1f}s" if host.started else "", Text(latest, style="dim")
+        )
     return table
 
 

@@ -26,11 +26,20 @@ def stderr_passthrough(text: str) -> None:
         sys.stderr.flush()
 
 
-SUMMARY_COLUMNS = ("host", "result", "gen", "time", "error")
+def summary_line(text: str) -> None:
+    """The summary's last line (totals, time, logs) on stderr, at every verbosity."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
-def show_summary(rows: Sequence[tuple[str, str, str, str, str]], plain: str, *, rich: bool, stream: TextIO) -> None:
-    """The fleet's summary: `plain` (pipes and logs), or on a terminal a rich table of the same rows."""
+SUMMARY_COLUMNS = ("host", "result", "gen", "time")
+
+
+def show_summary(rows: Sequence[tuple[str, str, str, str]], plain: str, *, rich: bool, stream: TextIO) -> None:
+    """The fleet's summary table: `plain` (pipes and logs), or on a terminal a rich table of the same rows.
+
+    Its totals line follows it (the CLI says it: on failure, as the run's one error line).
+    """
     if not rich:
         stream.write(plain + "\n")
         stream.flush()
@@ -41,6 +50,6 @@ def show_summary(rows: Sequence[tuple[str, str, str, str, str]], plain: str, *, 
     table = Table(title="nixfab", title_justify="left", show_lines=False)
     for column in SUMMARY_COLUMNS:
         table.add_column(column, overflow="fold")
-    for host, result, generation, duration, error in rows:
-        table.add_row(host, f"[{RESULT_STYLES.get(Result(result), '')}]{result}[/]", generation, duration, error)
+    for host, result, generation, duration in rows:
+        table.add_row(host, f"[{RESULT_STYLES.get(Result(result), '')}]{result}[/]", generation, duration)
     RichConsole(file=stream).print(table)
