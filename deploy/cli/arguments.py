@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         DeployOptions,
         ExecOptions,
         FlakeOptions,
+        FleetOptions,
         GenerationsOptions,
         HistoryOptions,
         HomeOptions,
@@ -171,6 +172,31 @@ class DeployPreset(NamedTuple):
     collect_garbage: bool = False
 
 
+def fleet_options(
+    *,
+    parallel: str | int,
+    fail_fast: bool,
+    keep_going: bool,
+    log_dir: str,
+    log_keep: str | int = 20,
+    canary: bool = False,
+    batch: str = "",
+) -> FleetOptions:
+    """How a fleet run goes, for every task that runs one (deploys, keys)."""
+    from deploy.cli.options import FleetOptions
+
+    if fail_fast and keep_going:
+        raise UsageError("--fail-fast and --keep-going contradict each other; give one")
+    return FleetOptions(
+        batch=count("--batch", batch) if batch else None,
+        parallel=count("--parallel", parallel),
+        fail_fast=bool(fail_fast),
+        canary=bool(canary),
+        log_dir=Path(log_dir) if log_dir else None,
+        log_keep=kept_runs(log_keep),
+    )
+
+
 def deploy(
     preset: DeployPreset,
     *,
@@ -207,22 +233,15 @@ def deploy(
     delete_older_than: str | None = None,
     reboot_timeout: str | float = 300.0,
 ) -> DeployOptions:
-    from deploy.cli.options import DeployOptions, FleetOptions
+    from deploy.cli.options import DeployOptions
 
-    if fail_fast and keep_going:
-        raise UsageError("--fail-fast and --keep-going contradict each other; give one")
+    fleet = fleet_options(
+        parallel=parallel, fail_fast=fail_fast, keep_going=keep_going, log_dir=log_dir, log_keep=log_keep, canary=canary, batch=batch
+    )
     checked_action = check_action(action) if action is not None else preset.action
     older_than = check_older_than(delete_older_than) if delete_older_than else None
     reboot_seconds = seconds("--reboot-timeout", reboot_timeout)
     confirm_seconds = seconds("--confirm-timeout", confirm_timeout)
-    fleet = FleetOptions(
-        batch=count("--batch", batch) if batch else None,
-        parallel=count("--parallel", parallel),
-        fail_fast=bool(fail_fast),
-        canary=bool(canary),
-        log_dir=Path(log_dir) if log_dir else None,
-        log_keep=kept_runs(log_keep),
-    )
     return DeployOptions(
         selection=selection(machine=machine, host=host, tag=tag, all=all, flake=flake, inventory=inventory),
         dry_run=bool(dry_run),
@@ -266,11 +285,9 @@ def keys(
     log_dir: str,
     sudo: bool,
 ) -> KeysOptions:
-    from deploy.cli.options import FleetOptions, KeysOptions
+    from deploy.cli.options import KeysOptions
 
-    if fail_fast and keep_going:
-        raise UsageError("--fail-fast and --keep-going contradict each other; give one")
-    fleet = FleetOptions(parallel=count("--parallel", parallel), fail_fast=bool(fail_fast), log_dir=Path(log_dir) if log_dir else None)
+    fleet = fleet_options(parallel=parallel, fail_fast=fail_fast, keep_going=keep_going, log_dir=log_dir)
     return KeysOptions(
         selection=selection(machine=machine, host=host, tag=tag, all=all, flake=flake, inventory=inventory),
         dry_run=bool(dry_run),

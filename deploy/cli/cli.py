@@ -263,22 +263,28 @@ def deploy_request(options: DeployOptions, *, local: bool, extra_nix: tuple[str,
     )
 
 
+@contextmanager
+def fleet_session(context: Any, selection: Selection, *, dry_run: bool, sudo: bool) -> Iterator[tuple[Session, list[str], bool]]:
+    """The session a fleet task runs in (`--sudo` forcing sudo on every host), its machines, and whether it is this machine."""
+    session = open_session(selection.inventory, dry_run=dry_run, ssh_config=fab_ssh_config(context), flake=selection.flake)
+    if sudo:
+        session.inventory = with_sudo(session.inventory)
+    try:
+        machines, local = selected_machines(context, session, selection)
+        yield session, machines, local
+    finally:
+        session.close()
+
+
 def run_deploy(context: Any, options: DeployOptions) -> None:
     """Every deploy task: select hosts, check the flake, then build and deploy them as a fleet."""
     with errors_as_exit_codes():
         extra_nix = extra_nix_options() if not hasattr(context, "original_host") else ()
         if options.show_trace and "--show-trace" not in extra_nix:
             extra_nix = (*extra_nix, "--show-trace")
-        selection = options.selection
-        session = open_session(selection.inventory, dry_run=options.dry_run, ssh_config=fab_ssh_config(context), flake=selection.flake)
-        if options.sudo:
-            session.inventory = with_sudo(session.inventory)
-        try:
-            machines, local = selected_machines(context, session, selection)
+        with fleet_session(context, options.selection, dry_run=options.dry_run, sudo=options.sudo) as (session, machines, local):
             request = deploy_request(options, local=local, extra_nix=extra_nix)
             run_fleet(session, request, machines, options.fleet, as_json=options.as_json, skip_checks=options.skip_checks)
-        finally:
-            session.close()
 
 
 def run_keys(context: Any, options: KeysOptions) -> None:
@@ -286,16 +292,9 @@ def run_keys(context: Any, options: KeysOptions) -> None:
     from deploy.engine.pipeline import DeployRequest
 
     with errors_as_exit_codes():
-        selection = options.selection
-        session = open_session(selection.inventory, dry_run=options.dry_run, ssh_config=fab_ssh_config(context), flake=selection.flake)
-        if options.sudo:
-            session.inventory = with_sudo(session.inventory)
-        try:
-            machines, local = selected_machines(context, session, selection)
-            request = DeployRequest(flake=selection.flake, action=None, local=local, keys_only=True)
+        with fleet_session(context, options.selection, dry_run=options.dry_run, sudo=options.sudo) as (session, machines, local):
+            request = DeployRequest(flake=options.selection.flake, action=None, local=local, keys_only=True)
             run_fleet(session, request, machines, options.fleet, as_json=options.as_json, skip_checks=True)
-        finally:
-            session.close()
 
 
 def run_fleet(
