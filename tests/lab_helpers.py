@@ -39,3 +39,10 @@ def toplevel_of(flake: Path, attr: str) -> str:
         capture_output=True, text=True, check=True,
     )
     return out.stdout.strip()
+
+
+def git(directory: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(directory), "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()

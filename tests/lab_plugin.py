@@ -62,3 +62,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter:
             reporter.write_line(f"NIXFAB_REQUIRE_LAB=1: {skipped} test(s) skipped; a skip is a failure here", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The journal, logs and caches of every run go here, never into the repository (modules opt in with usefixtures)."""
+    directory = tmp_path / "state"
+    monkeypatch.setenv("NIXFAB_STATE_DIR", str(directory))
+    return directory

@@ -21,9 +21,19 @@ from pathlib import Path
 import pytest
 
 from deploy.lab import Lab, set_fixture_kernel, set_fixture_revision, write_fixture_flake
-from lab_helpers import BIN, REPO, inv, ok, toplevel_of, write_inventory
+from lab_helpers import (
+    BIN,
+    REPO,
+    git,
+    inv,
+    ok,
+    toplevel_of,
+    write_inventory,
+)
 
 NIXFAB = str(BIN / "nixfab")
+
+pytestmark = pytest.mark.usefixtures("state_directory")
 
 
 def nixfab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -41,21 +51,6 @@ def only_line(result: subprocess.CompletedProcess[str], code: int) -> str:
     assert result.returncode == code, f"exit {result.returncode}, wanted {code}\n{result.stdout}\n{result.stderr}"
     assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
     return result.stderr.rstrip("\n")
-
-
-def git(directory: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(directory), "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The journal and logs of every run go here, never into the repository."""
-    directory = tmp_path / "state"
-    monkeypatch.setenv("NIXFAB_STATE_DIR", str(directory))
-    return directory
 
 
 class Site:

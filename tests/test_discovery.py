@@ -27,15 +27,10 @@ from deploy.record import history
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="meta.nix is read by nix-instantiate")
-
-
-@pytest.fixture(autouse=True)
-def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The cache goes to a directory of the test's own, not the checkout's .nixfab/."""
-    directory = tmp_path / "state"
-    monkeypatch.setenv("NIXFAB_STATE_DIR", str(directory))
-    return directory
+pytestmark = [
+    pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="meta.nix is read by nix-instantiate"),
+    pytest.mark.usefixtures("state_directory"),  # the cache in the test's own directory, not the checkout's .nixfab/
+]
 
 
 class NixRuns:

@@ -19,7 +19,17 @@ from pathlib import Path
 import pytest
 
 from deploy.lab import Lab, nix_system, set_fixture_revision, write_fixture_flake
-from lab_helpers import BIN, REPO, inv, ok, toplevel_of, write_inventory
+from lab_helpers import (
+    BIN,
+    REPO,
+    git,
+    inv,
+    ok,
+    toplevel_of,
+    write_inventory,
+)
+
+pytestmark = pytest.mark.usefixtures("state_directory")
 
 SWITCH_UNIT_HINT = "journalctl -u nixfab-switch-"  # each run has its own unit, nixfab-switch-<token>
 
@@ -55,21 +65,6 @@ def host_error(result: subprocess.CompletedProcess[str], code: int, host: str) -
     said = [line for line in result.stderr.splitlines() if line.startswith(f"{host} | error: ")]
     assert len(said) == 1, result.stderr
     return said[0]
-
-
-def git(directory: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(directory), "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The journal and logs of every run go here, never into the repository."""
-    directory = tmp_path / "state"
-    monkeypatch.setenv("NIXFAB_STATE_DIR", str(directory))
-    return directory
 
 
 @dataclass
