@@ -80,7 +80,7 @@ def files_holding(secret: str, places: Iterable[Path]) -> list[str]:
 
 def test_a_deploy_puts_each_key_in_place_with_its_owner_and_mode_and_the_secret_goes_nowhere_else(setup: Setup) -> None:
     lab = setup.lab
-    result = ok(setup.deploy())
+    result = ok(setup.deploy("switch-push", "-v"))  # -v: every command is shown, and none of them may hold a secret
     assert stat(lab, "/run/keys/db-password") == "deploy deploy 640"
     assert on_host(lab, "cat", "/run/keys/db-password") == setup.file_secret
     assert stat(lab, "/run/keys/api-token") == "root deploy 440"
@@ -126,7 +126,7 @@ def test_an_up_to_date_host_still_gets_its_keys_and_a_rotated_key_replaces_the_o
 def test_keys_over_a_sudo_login_share_stdin_with_the_sudo_password_and_neither_leaks(setup: Setup) -> None:
     lab = setup.lab
     setup.write_inventory(KEYS, ssh="deploy@alpha")
-    result = ok(setup.deploy(input=lab.sudo_password + "\n"))
+    result = ok(setup.deploy("switch-push", "-v", input=lab.sudo_password + "\n"))
     assert on_host(lab, "cat", "/run/keys/db-password") == setup.file_secret  # the password line did not end up in the key
     assert on_host(lab, "cat", "/run/keys/api-token") == setup.command_secret
     assert stat(lab, "/run/keys/db-password") == "deploy deploy 640"

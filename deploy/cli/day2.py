@@ -233,6 +233,8 @@ def exec_on_hosts(context: Any, options: ExecOptions) -> None:
         after = cli.extra_nix_options() if not hasattr(context, "original_host") else ()
         selection, argv = exec_selection_and_command(options, after)
         command = remote_command.RemoteCommand(argv)
+        # What the command prints on each host is the answer exec is run for: shown at normal verbosity (-q hides it).
+        ui.set_policy(replace(ui.policy(), host_output=True))
         session = cli.open_session(selection.inventory, dry_run=options.dry_run, ssh_config=cli.fab_ssh_config(context), flake=selection.flake)
         try:
             machines, local = cli.selected_machines(context, session, selection)
