@@ -187,6 +187,15 @@ class RecordingHost:
             return Result(call.argv, dry_returncode, dry_stdout)
         return self.table.answer(call)
 
+    def run_with_secret(self, argv: Sequence[str], secret: bytes, *, sudo: bool = False, describe: str, ready: str) -> Result:
+        """Recorded as a call with the secret's description (never the secret) after argv; answered from the table."""
+        call = Call((*argv, "<", describe), sudo, False, self.dry_run, self.connection)
+        if self.dry_run:
+            with self.table.lock:
+                self.table.calls.append(call)
+            return Result(call.argv, 0, f"{ready}\n")
+        return self.table.answer(call)
+
     def close(self) -> None:
         self.closed += 1
 

@@ -197,7 +197,7 @@ def test_a_missing_source_or_a_failing_command_stops_the_host_before_anything_ch
     logins = lab.accepted_ssh_logins("alpha")
     missing = setup.deploy()
     assert missing.returncode == 19, missing.stderr
-    assert f"alpha: key 'db-password': {setup.secrets / 'db'} does not exist" in missing.stderr
+    assert f"alpha | error: key 'db-password': {setup.secrets / 'db'} does not exist" in missing.stderr
     assert "nothing was changed on alpha" in missing.stderr and "Traceback" not in missing.stderr
     assert lab.accepted_ssh_logins("alpha") == logins  # not even a connection
     state = lab.state("alpha")
