@@ -228,13 +228,13 @@ def exec_on_hosts(context: Any, options: ExecOptions) -> None:
     from deploy.engine.pipeline import DeployRequest
     from deploy.errors import NixfabError
 
+    # What the command prints on the hosts is exec's answer: shown at the default verbosity too, as dry-activate's.
+    ui.set_policy(replace(ui.policy(), host_output=True))
     with cli.errors_as_exit_codes():
         # Under `fab`, what follows `--` is fab's own remote command, never ours.
         after = cli.extra_nix_options() if not hasattr(context, "original_host") else ()
         selection, argv = exec_selection_and_command(options, after)
         command = remote_command.RemoteCommand(argv)
-        # What the command prints on each host is the answer exec is run for: shown at normal verbosity (-q hides it).
-        ui.set_policy(replace(ui.policy(), host_output=True))
         session = cli.open_session(selection.inventory, dry_run=options.dry_run, ssh_config=cli.fab_ssh_config(context), flake=selection.flake)
         try:
             machines, local = cli.selected_machines(context, session, selection)
@@ -244,7 +244,7 @@ def exec_on_hosts(context: Any, options: ExecOptions) -> None:
             results = fleet.run()
         finally:
             session.close()
-        session.echo.note(remote_command.format_summary(results, work.outputs))
+        ui.summary_line(remote_command.format_summary(results, work.outputs))  # the summary: at every verbosity
         if options.as_json:
             ui.stdout_result(remote_command.results_json(command, results, work.outputs, interrupted=fleet.interrupted, hangup=fleet.hangup))
         code = remote_command.exit_code(results, interrupted=fleet.interrupted, hangup=fleet.hangup)
