@@ -136,21 +136,13 @@ def hangup_is_an_interrupt() -> Iterator[None]:
     or a build, with no summary and the child left running. (A fleet's own
     handler takes over while its hosts deploy: see Fleet.run.)
     """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    from deploy.engine.hangup import handling_hangup
 
     def hangup(signum: int, frame: object) -> None:
         raise HangUp
 
-    previous = signal.signal(signal.SIGHUP, hangup)
-    try:
+    with handling_hangup(hangup):
         yield
-    finally:
-        signal.signal(signal.SIGHUP, previous)
 
 
 def extra_nix_options(argv: Sequence[str] | None = None) -> tuple[str, ...]:

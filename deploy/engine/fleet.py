@@ -20,7 +20,6 @@ import concurrent.futures
 import errno
 import functools
 import json
-import signal
 import threading
 import time
 import traceback
@@ -32,6 +31,7 @@ from types import FrameType
 from typing import TextIO
 
 from deploy.cli.options import FleetOptions
+from deploy.engine.hangup import handling_hangup
 from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_here, build_location, deploy_host
 from deploy.errors import ActivationFailed, BuildError, FleetFailed, HealthCheckFailed, JournalError, NixfabError, NotConfirmed
 from deploy.model import Phase, Result
@@ -176,19 +176,13 @@ class Fleet:
     @contextmanager
     def _hangup_is_an_interrupt(self) -> Iterator[None]:
         """SIGHUP (the terminal or the SSH session went away) stops the run as Ctrl-C does: no half-deployed host."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
 
         def hangup(signum: int, frame: FrameType | None) -> None:
             self.hangup = True
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGHUP, hangup)
-        try:
+        with handling_hangup(hangup):
             yield
-        finally:
-            signal.signal(signal.SIGHUP, previous)
 
     @contextmanager
     def _out_link(self) -> Iterator[Path]:
