@@ -314,6 +314,12 @@ def up_to_date(request: DeployRequest, target: Host, path: str) -> SystemState |
     return state if profile_matches and running_matches else None
 
 
+def what_it_already_does(action: Action) -> str:
+    """What up_to_date found true of the host, in words: `runs and boots`, `boots` or `runs` the system."""
+    said = [word for word, holds in (("runs", action.changes_running_system), ("boots", action.changes_boot_default)) if holds]
+    return " and ".join(said)
+
+
 def finish(
     session: Session, request: DeployRequest, run: HostRun, target: Host, built: Built, keys: Sequence[LoadedKey] = ()
 ) -> DeployOutcome:
@@ -328,7 +334,7 @@ def finish(
 
     current = None if request.force or request.diff_only or target.dry_run else up_to_date(request, target, path)
     if current is not None:
-        run.note(f"{spec.name}: up to date (already {request.action} {path}); nothing copied or activated (--force to redo)")
+        run.note(f"{spec.name}: up to date (already {what_it_already_does(request.action)} {path}); nothing copied or activated (--force to redo)")
         # Keys are not part of the system: a deploy leaves them current even when the system already is.
         upload_host_keys(run, target, keys, KeyUpload.PRE_ACTIVATION)
         upload_host_keys(run, target, keys, KeyUpload.POST_ACTIVATION)
