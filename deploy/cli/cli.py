@@ -298,7 +298,7 @@ def run_fleet(
     from deploy.model import Action
     from deploy.nix.flake_ops import flake_check
     from deploy.record.history import Journal, journal_path, state_directory
-    from deploy.ui import policy, prune_runs, set_policy, stdout_result
+    from deploy.ui import Verbosity, policy, prune_runs, set_policy, stdout_result
 
     started = time.monotonic()
     flake_dir = flake_directory(request.flake)
@@ -320,7 +320,7 @@ def run_fleet(
     with run_log(session, log_dir):
         if request.action is not None and not skip_checks:
             session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
-            flake_check(session.runner, request.flake, request.extra_nix)
+            flake_check(session.runner, request.flake, request.extra_nix, show_progress=policy().verbosity >= Verbosity.VERBOSE)
         journal = FleetJournal(Journal(journal_path(flake_dir)), request) if not session.dry_run else None
         if needs_sudo_password(session, request, machines):
             # Asked now, before the live table is drawn: a prompt under it would sit unseen while the table ticks on.

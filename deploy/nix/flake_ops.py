@@ -44,9 +44,13 @@ def inputs_are_arguments(version: tuple[int, ...] | None) -> bool:
     return version is None or version >= INPUTS_AS_ARGUMENTS_SINCE
 
 
-def flake_check(runner: LocalRunner, flake: str, extra: Sequence[str] = ()) -> None:
-    """`nix flake check`; BuildError with Nix's error and the --show-trace hint if it fails."""
-    result = runner.run(commands.nix_flake_check(flake, extra))
+def flake_check(runner: LocalRunner, flake: str, extra: Sequence[str] = (), *, show_progress: bool = True) -> None:
+    """`nix flake check`; BuildError with Nix's error and the --show-trace hint if it fails.
+
+    show_progress False: what Nix prints (from 2.19 a line per checked configuration, all of the
+    flake's) goes to the log only, as a deploy's own step rather than its answer.
+    """
+    result = runner.run(commands.nix_flake_check(flake, extra), show_stderr=show_progress)
     if not result.ok:
         raise BuildError(f"nix flake check {flake} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
 
