@@ -68,3 +68,25 @@ def test_flake_reference_absolutises_directories(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert flake_reference(".") == str(tmp_path)
     assert flake_reference("github:owner/repo") == "github:owner/repo"
+
+
+def test_nix_builds_list_of_what_it_will_build_is_logged_not_shown() -> None:
+    from deploy.build.build import NixProgress
+
+    # What Nix 2.26 prints in a pipe; Nix 2.8 prints only the `building` lines.
+    lines = [
+        "these 2 derivations will be built:\n",
+        "  /nix/store/5byq25c4026pb18cswdkxc6bj2zrdamv-etc-alpha.drv\n",
+        "  /nix/store/748mnpww2m7q2a07bd7agr5659lbm97f-nixos-system-alpha-lab.1.drv\n",
+        "building '/nix/store/5byq25c4026pb18cswdkxc6bj2zrdamv-etc-alpha.drv'...\n",
+        "these 1 paths will be fetched (0.01 MiB download, 0.02 MiB unpacked):\n",
+        "  /nix/store/00000000000000000000000000000000-hello\n",
+        "error: builder for '/nix/store/x.drv' failed with exit code 1\n",
+        "  /nix/store/not-part-of-a-listing\n",
+    ]
+    progress = NixProgress()
+    assert [line for line in lines if progress.shown(line)] == [
+        "building '/nix/store/5byq25c4026pb18cswdkxc6bj2zrdamv-etc-alpha.drv'...\n",
+        "error: builder for '/nix/store/x.drv' failed with exit code 1\n",
+        "  /nix/store/not-part-of-a-listing\n",
+    ]

@@ -19,6 +19,23 @@ NOT_EVALUATION = (
 )
 
 
+class NixProgress:
+    """Which lines of a `nix build`'s stderr are its progress, shown by default: not the list of
+    what it is about to build or fetch (Nix 2.19+ prints one line per derivation before it starts,
+    and then one again as each builds), which goes to the log only."""
+
+    def __init__(self) -> None:
+        self.in_listing = False
+
+    def shown(self, line: str) -> bool:
+        if line.startswith("these ") and line.rstrip().endswith(":") and "will be" in line:
+            self.in_listing = True
+            return False
+        if self.in_listing and line.startswith("  /nix/store/"):
+            return False
+        self.in_listing = False
+        return True
+
 def trace_hint(stderr: str) -> str:
     """`; run again with -- --show-trace …` only where it helps: an evaluation error (not a builder's, a flag's, a network's)."""
     return "" if any(marker in stderr for marker in NOT_EVALUATION) else f"; {TRACE_HINT}"
@@ -53,7 +70,7 @@ def build_locally(
     """One `nix build` for every attr; out_link holds the results as GC roots."""
     installables = [commands.toplevel_installable(flake, attr) for attr in attrs]
     dry = json.dumps([{"outputs": {"out": placeholder(attr)}} for attr in attrs])
-    result = runner.run(commands.nix_build(installables, out_link=out_link, extra=extra), dry_stdout=dry)
+    result = runner.run(commands.nix_build(installables, out_link=out_link, extra=extra), dry_stdout=dry, shown=NixProgress().shown)
     if not result.ok:
         raise BuildError(missing_configuration(runner, flake, attrs, result.stderr, extra)
                          or f"building {', '.join(attrs)} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,13 +76,17 @@ def interrupts_deferred() -> Iterator[None]:
             signal.raise_signal(pending)  # now, with the caller's handler, where its cleanup covers the child
 
 
-def _tee(source: IO[str], output: Emitter | None, collected: list[str]) -> None:
-    """Collect a child's stream line by line; each line is also live output when `output` is given."""
+def _tee(source: IO[str], output: Emitter | None, collected: list[str], shown: Callable[[str], bool] | None = None) -> None:
+    """Collect a child's stream line by line; each line is also live output when `output` is given
+    (only logged where `shown` says no)."""
     for line in source:
         collected.append(line)
         if output is not None:
             try:
-                output.output(line)
+                if shown is None or shown(line):
+                    output.output(line)
+                else:
+                    output.record(line)
             except (OSError, ValueError):
                 pass  # a log that cannot be written must not stop the reader: the child would block on a full pipe
 
@@ -99,10 +103,11 @@ class LocalRunner:
         *,
         env: Mapping[str, str] | None = None,
         show_stderr: bool = True,
+        shown: Callable[[str], bool] | None = None,
         dry_stdout: str = "",
         dry_returncode: int = 0,
     ) -> Result:
-        """Run argv; stdout is captured, stderr is shown live and kept for errors."""
+        """Run argv; stdout is captured, stderr is shown live (the lines `shown` accepts; the rest logged) and kept for errors."""
         extra_env = {**self.env, **(env or {})}
         self.echo.command(argv, env=extra_env)
         if self.dry_run:
@@ -126,7 +131,7 @@ class LocalRunner:
                     return Result(tuple(argv), 127, "", f"{argv[0]}: command not found\n")
                 readers = [
                     threading.Thread(target=_tee, args=(process.stdout, None, stdout)),
-                    threading.Thread(target=_tee, args=(process.stderr, self.echo if show_stderr else None, stderr)),
+                    threading.Thread(target=_tee, args=(process.stderr, self.echo if show_stderr else None, stderr, shown)),
                 ]
                 for reader in readers:
                     reader.start()
