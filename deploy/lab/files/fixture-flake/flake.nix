@@ -16,6 +16,14 @@
         PATH = "/usr/bin:/bin";
       };
 
+      # A pure computation of evalWork x 2000 steps, forced into each toplevel, so that
+      # systems take as long to evaluate as real ones (bench/: about 1.3 s); per system,
+      # since it depends on the name. Zero (the default) adds nothing.
+      evalWork = settings.evalWork or 0;
+      slowEvaluation = name:
+        builtins.foldl' (acc: i: acc + builtins.foldl' (a: j: a + builtins.stringLength (toString (i * j))) 0 (builtins.genList (j: j) 2000))
+          (builtins.stringLength name) (builtins.genList (i: i) evalWork);
+
       mkSystem = name: variant:
         let
           revision = settings.revisions.${name} or settings.revision;
@@ -27,11 +35,11 @@
             PATH = "/usr/bin:/bin";
             hostName = name;
           };
-          toplevel = derivation {
+          toplevel = derivation ({
             inherit system revision variant etc;
             name = "nixos-system-${name}-lab.${revision}";
             builder = "/bin/sh";
-            args = [ ./build-toplevel.sh ];
+            args = if variant == "unbuildable" then [ "-c" "echo 'lab: this system does not build' >&2; exit 1" ] else [ ./build-toplevel.sh ];
             PATH = "/usr/bin:/bin";
             sw = shell;
             hostName = name;
@@ -42,12 +50,14 @@
             # every other variant's store path alone.
             slowSeconds = if variant == "slow" then toString (settings.slowSeconds or 6) else "0";
             health = if variant == "sick" then "sick" else "ok";
-          };
+          } // (if evalWork > 0 then { evalWork = toString (slowEvaluation name); } else { }));
+          # settings.traceEvaluation: Nix says so each time a process evaluates a toplevel (once per process).
+          traced = if settings.traceEvaluation or false then builtins.trace "lab: evaluating the toplevel of ${name}${if variant == "ok" then "" else "-" + variant}" toplevel else toplevel;
         in {
           config = {
             networking.hostName = name;
             nixpkgs.hostPlatform = system;
-            system.build.toplevel = toplevel;
+            system.build.toplevel = traced;
             system.nixos.version = "24.11.lab.${revision}";
           };
         };
@@ -59,6 +69,7 @@
         "-slow" = "slow";
         "-sick" = "sick";
         "-netdrop" = "netdrop";
+        "-unbuildable" = "unbuildable";
       };
       forHost = name:
         builtins.listToAttrs (map (suffix: {
@@ -68,7 +79,7 @@
 
       homeUsers = settings.homeUsers or [ "deploy" ];
       homeDirectory = user:
-        (settings.homeDirectories or { }).${user} or (if user == "root" then "/root" else "/home/${user}");
+        (settings.homeDirectories or { }).${user} or "/home/${user}"; # root's too, in the lab (deploy/lab/lab.py)
 
       # Home Manager's activationPackage, reduced to its contract: an
       # executable `activate` that must run as the user it was built for.
@@ -92,6 +103,13 @@
       plainHomes = map (user: { name = user; value = mkHome user "" settings.revision; }) homeUsers;
     in {
       nixosConfigurations = builtins.foldl' (acc: name: acc // forHost name) { } settings.hosts;
+      # What `nix flake check` builds besides evaluating every system; settings.failingCheck makes it fail.
+      checks.${system}.lab = derivation {
+        inherit system;
+        name = "lab-check";
+        builder = "/bin/sh";
+        args = [ "-c" (if settings.failingCheck or false then "echo 'lab: the check fails' >&2; exit 1" else "echo ok > $out") ];
+      };
       homeConfigurations = builtins.listToAttrs (plainHomes ++ builtins.concatMap homesOf settings.hosts);
     };
 }
