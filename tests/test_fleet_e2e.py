@@ -286,6 +286,25 @@ def test_cut_off_host_rolls_itself_back(make_fleet) -> None:  # type: ignore[no-
     assert lab.ssh("alpha", ["true"], check=False).returncode == 0
 
 
+def nixfab_processes(lab: Lab, name: str) -> dict[int, str]:
+    return {pid: command for pid, command in lab.processes(name).items() if "nixfab" in command}
+
+
+def test_a_confirmed_deploy_leaves_no_nixfab_process_on_the_host(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    good = fleet.inventory("hosts:\n  alpha: {}\n")
+    for revision in ("1", "2"):
+        set_fixture_revision(fleet.flake, revision)
+        ok(inv("switch-push", "alpha", *fleet.args(good)))
+        assert lab.state("alpha").current_system == toplevel_of(fleet.flake, "alpha")
+        # The confirmation is the watchdog's verdict: it ends (within its one-second poll) instead of
+        # looping for the activation limit (30 minutes) and then finding nothing to decide.
+        wait_for("the watchdog to end after the confirmation", lambda: not nixfab_processes(lab, "alpha"), timeout=15)
+    verdicts = lab.ssh("alpha", ["sh", "-c", "cat /nix/var/nix/nixfab/verdicts/*"]).stdout.split()
+    assert verdicts == ["confirmed", "confirmed"]
+
+
 # ---- 4. health checks and canaries ----------------------------------------------------------------------------------
 
 
