@@ -13,11 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy import ui
 from deploy.cli import cli
 from deploy.errors import UsageError
 from deploy.model import Result
-from deploy.nix import commands
 
 if TYPE_CHECKING:
     from deploy.activate.activation import Activation
@@ -66,7 +64,7 @@ def ssh_wait(context: Any, options: SshWaitOptions) -> None:
 
         def wait_then_run(host: Host) -> None:
             result = wait(host, options.command, timeout=options.timeout, interval=options.interval)
-            ui.stdout_result(result.stdout, end="")
+            stdout_result(result.stdout, end="")
 
         cli.run_on_target(context, target, wait_then_run)
 
@@ -76,7 +74,7 @@ def generations(context: Any, options: GenerationsOptions) -> None:
 
     def show(target: Host) -> None:
         listed = list_generations(target)
-        ui.stdout_result(generations_json(listed) if options.as_json else format_generations(listed), end="" if not options.as_json else "\n")
+        stdout_result(generations_json(listed) if options.as_json else format_generations(listed), end="" if not options.as_json else "\n")
 
     cli.run_on_target(context, options.target, show)
 
@@ -117,7 +115,16 @@ def journal_day2(options: OneHostOptions, host: str, action: str, activation: Ac
 
 
 def print_note(message: str) -> None:
+    from deploy import ui
+
     ui.note(message)
+
+
+def stdout_result(text: str, end: str = "\n") -> None:
+    """ui.stdout_result, imported when a task prints: `inv --list` and tab completion import this module only to name handlers."""
+    from deploy import ui
+
+    ui.stdout_result(text, end=end)
 
 
 def check(context: Any, options: FlakeOptions) -> None:
@@ -163,7 +170,7 @@ def history(context: Any, options: HistoryOptions) -> None:
         if options.hosts:
             wanted = set(options.hosts)
             records = [record for record in records if record.host in wanted]
-        ui.stdout_result(history_json(records) if options.as_json else format_history(records), end="" if not options.as_json else "\n")
+        stdout_result(history_json(records) if options.as_json else format_history(records), end="" if not options.as_json else "\n")
 
 
 def hosts(context: Any, options: HostsOptions) -> None:
@@ -177,9 +184,9 @@ def hosts(context: Any, options: HostsOptions) -> None:
         inventory = load_inventory(Path(options.inventory), required=options.inventory != "hosts.yaml")
         rows = host_listing(inventory, discover_systems(flake_dir))
         if options.as_json:
-            ui.stdout_result(json.dumps([{**row.__dict__, "tags": list(row.tags), "problems": list(row.problems)} for row in rows], indent=2))
+            stdout_result(json.dumps([{**row.__dict__, "tags": list(row.tags), "problems": list(row.problems)} for row in rows], indent=2))
         else:
-            ui.stdout_result(format_host_listing(rows), end="")
+            stdout_result(format_host_listing(rows), end="")
 
 
 # ---- Home Manager ---------------------------------------------------------------------------
@@ -209,7 +216,7 @@ def hm_build(context: Any, options: HomeOptions) -> None:
         path = build_home(
             LocalRunner(Emitter(), dry_run=target.dry_run), target.flake, user, name, out_link=Path("result"), extra=cli.extra_nix_options(),
         )
-        ui.stdout_result(path)
+        stdout_result(path)
 
 
 def hm_switch(context: Any, options: HomeOptions) -> None:
@@ -234,6 +241,7 @@ def hm_pull(context: Any, options: HomeOptions) -> None:
 
 def home_remote(context: Any, options: HomeOptions, how: str) -> None:
     from deploy.activate import home_manager
+    from deploy.nix import commands
 
     with cli.errors_as_exit_codes():
         target = require_machine(context, options.target, f"hm.{how}")
