@@ -221,8 +221,8 @@ def run_deploy(context: Any, options: DeployOptions) -> None:
 
 
 def run_fleet(session: Session, request: DeployRequest, machines: list[str], options: DeployOptions) -> None:
+    from deploy.build.flake_check import PASSED_DIRECTORY, FlakeCheck, PassedChecks
     from deploy.engine.fleet import Fleet, exit_code, print_summary, results_json
-    from deploy.nix.flake_ops import flake_check
     from deploy.record.history import Journal, journal_path, state_directory
     from deploy.ui import stdout_result
 
@@ -232,16 +232,18 @@ def run_fleet(session: Session, request: DeployRequest, machines: list[str], opt
         log_dir=options.fleet.log_dir or state_directory(flake_dir) / "logs" / run_stamp(),
         live=sys.stderr.isatty() and not request.ask and not session.dry_run,
     )
-    if request.action is not None and not options.skip_checks:
-        session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
-        flake_check(session.runner, request.flake, request.extra_nix)
+    check = None
+    if request.action is not None and (session.inventory.check if options.check is None else options.check):
+        check = FlakeCheck(session.runner, request.flake, PassedChecks(state_directory(flake_dir) / PASSED_DIRECTORY), request.extra_nix)
     journal = FleetJournal(Journal(journal_path(flake_dir)), request) if not session.dry_run else None
 
     fleet = Fleet(
         session, request, machines, fleet_options,
-        on_start=journal.started if journal else None, on_result=journal.finished if journal else None,
+        on_start=journal.started if journal else None, on_result=journal.finished if journal else None, check=check,
     )
     results = fleet.run()
+    # The check ends before the run does, whatever the hosts did: its verdict is part of the run's.
+    check_failed = check.outcome() if check is not None and not fleet.interrupted else None
     print_summary(results, rich=sys.stderr.isatty(), stream=sys.stderr)
     if options.as_json:
         stdout_result(results_json(results, interrupted=fleet.interrupted, hangup=fleet.hangup, journal_errors=fleet.journal_errors))
@@ -255,6 +257,8 @@ def run_fleet(session: Session, request: DeployRequest, machines: list[str], opt
         session.echo.warning(f"the deploy journal was not written: {fleet.journal_errors[0]}")
     if code == JournalError.exit_code and fleet.journal_errors:
         raise JournalError(f"every host deployed, but the deploy journal was not written: {fleet.journal_errors[0]}")
+    if check_failed is not None and code in (0, check_failed.exit_code):
+        raise check_failed  # what stopped the hosts at activation; or, with none activating, still the run's failure
     if code:
         raise fleet_error(results, code, interrupted=fleet.interrupted)
 

@@ -322,6 +322,7 @@ class Inventory:
     default_sudo: bool = False
     default_tags: tuple[str, ...] = ()
     default_health: HealthCheck | None = None
+    check: bool = False  # run `nix flake check` with every activating deploy (defaults: check: true)
 
     def __post_init__(self) -> None:
         # Callers (tests, other modules) may pass plain dicts; freeze them so the inventory stays immutable.
@@ -730,14 +731,20 @@ class _Health(_Schema):
     # once every field of it is valid, and so hide this problem behind any other in the same mapping.
 
 
-class _Defaults(_Schema):
+class _HostSettings(_Schema):
+    """What a host says for itself, or 'defaults' for every host."""
+
     build_on: _Text = None
     sudo: Annotated[bool | None, _not_null("bool_type")] = None
     tags: _Tags = None
     health: Annotated[_Health | None, _not_null("dict_type")] = None
 
 
-class _Host(_Defaults):
+class _Defaults(_HostSettings):
+    check: Annotated[bool | None, _not_null("bool_type")] = None  # of the whole flake, so never per host
+
+
+class _Host(_HostSettings):
     ssh: Annotated[SshTarget | None, PlainValidator(_ssh_target)] = None
     attr: Annotated[str | None, PlainValidator(_attr)] = None
 
@@ -795,6 +802,8 @@ def _unknown_key(loc: Loc, key: str) -> str:
     if loc == ("defaults",) and key in ("ssh", "attr"):
         # Say why per-host keys are refused here, not just that they are.
         return f"{_quote(key)} is not allowed in 'defaults': it is per host and defaults to the host's name"
+    if loc[:1] == ("hosts",) and len(loc) == 2 and key == "check":
+        return "'check' is allowed only in 'defaults': `nix flake check` checks the whole flake, not one host"
     allowed = _keys_at(loc)
     message = f"unknown key {_quote(key)} {_where(loc)} (expected one of: {', '.join(allowed)})"
     suggestion = _did_you_mean(key, allowed)
@@ -895,6 +904,7 @@ def _inventory(path: Path, file: _File) -> Inventory:
         default_sudo=default_sudo,
         default_tags=default_tags,
         default_health=default_health,
+        check=bool(defaults.check),
     )
 
 
