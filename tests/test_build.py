@@ -5,11 +5,14 @@ The pure parts are checked on their own; the rest against the real Nix and the l
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +22,7 @@ from deploy.build.flake_check import FlakeCheck, PassedChecks, check_key
 from deploy.errors import BuildError
 from deploy.lab import write_fixture_flake
 from deploy.nix import commands
-from deploy.transport.process import LocalRunner
+from deploy.transport.process import LocalRunner, Result
 from deploy.ui import Emitter
 from deploy.ui.events import CommandRun, Event, Note, OutputText
 
@@ -88,7 +91,9 @@ def test_one_process_per_core_at_most() -> None:
 def test_the_dry_run_answer_is_the_one_systems_derivation_and_out_path() -> None:
     stdout = json.dumps([{"drvPath": "/nix/store/a.drv", "outputs": {"out": "/nix/store/a"}}])
     assert parse_dry_run(stdout, "a") == Evaluation("/nix/store/a.drv", "/nix/store/a")
-    for odd in ("[]", "{}", "not json", json.dumps([{"drvPath": "/nix/store/a.drv", "outputs": {}}])):
+    # A Nix that leaves the out path out: the caller reads it from the derivation.
+    assert parse_dry_run(json.dumps([{"drvPath": "/nix/store/a.drv", "outputs": {}}]), "a") == Evaluation("/nix/store/a.drv", "")
+    for odd in ("[]", "{}", "not json", json.dumps([{"outputs": {}}]), json.dumps(["x"])):
         with pytest.raises(BuildError, match="building a failed: nix build --dry-run --json said"):
             parse_dry_run(odd, "a")
 
@@ -140,6 +145,24 @@ def test_one_evaluation_per_system_then_a_build_that_evaluates_nothing(tmp_path:
     # An unchanged flake is answered from Nix's evaluation cache: not evaluated again.
     assert build_system(runner, f"path:{flake}", "alpha", gc_root=tmp_path / "again") == path
     assert recorder.output.count("lab: evaluating") == 1
+
+
+class DryRunWithoutOutPaths(LocalRunner):
+    """A Nix whose `nix build --dry-run --json` names the derivation only (as some may, for some derivations)."""
+
+    def run(self, argv: Sequence[str], **options: Any) -> Result:
+        result = super().run(argv, **options)
+        if "--dry-run" not in argv:
+            return result
+        entries = [{"drvPath": entry["drvPath"]} for entry in json.loads(result.stdout)]
+        return dataclasses.replace(result, stdout=json.dumps(entries))
+
+
+@needs_nix
+def test_an_out_path_the_dry_run_does_not_say_is_read_from_the_derivation(tmp_path: Path) -> None:
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    runner = DryRunWithoutOutPaths(Emitter(Recorder()))
+    assert build_system(runner, f"path:{flake}", "alpha", gc_root=tmp_path / "alpha") == toplevel_of(flake, "alpha")
 
 
 @needs_nix

@@ -50,15 +50,23 @@ def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = 
     result = runner.run(commands.nix_build_dry_run(commands.toplevel_installable(flake, attr), extra), dry_stdout=dry)
     if not result.ok:
         raise BuildError(f"building {attr} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
-    return parse_dry_run(result.stdout, attr)
+    evaluation = parse_dry_run(result.stdout, attr)
+    if evaluation.out_path:
+        return evaluation
+    # A Nix that does not say the out path in a dry run: the derivation file names it (read, not evaluated).
+    outputs = runner.run(commands.nix_store_outputs(evaluation.derivation), show_stderr=False)
+    if not outputs.ok or len(outputs.stdout.split()) != 1:
+        raise BuildError(f"building {attr} failed: cannot read the output of {evaluation.derivation}: {nix_error(outputs.stderr)}")
+    return Evaluation(evaluation.derivation, outputs.stdout.strip())
 
 
 def parse_dry_run(stdout: str, attr: str) -> Evaluation:
-    """The one toplevel's {drvPath, outputs.out} from `nix build --dry-run --json` (pure)."""
+    """The one toplevel's {drvPath, outputs.out} from `nix build --dry-run --json`; out_path "" where it is not said (pure)."""
     try:
         (entry,) = json.loads(stdout)
-        return Evaluation(str(entry["drvPath"]), str(entry["outputs"]["out"]))
-    except (ValueError, TypeError, KeyError):
+        out = (entry.get("outputs") or {}).get("out")
+        return Evaluation(str(entry["drvPath"]), out if isinstance(out, str) else "")
+    except (ValueError, TypeError, KeyError, AttributeError):
         raise BuildError(f"building {attr} failed: nix build --dry-run --json said {stdout.strip()[:200]!r}, not its derivation") from None
 
 

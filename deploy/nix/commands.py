@@ -127,6 +127,10 @@ def nix_store_realise_many(paths: Sequence[str], gc_root: Path, extra: Sequence[
     return ["nix-store", "--realise", *paths, "--add-root", str(gc_root), "--keep-going", *store_options(extra)]
 
 
+def nix_store_outputs(derivation: str) -> list[str]:
+    return ["nix-store", "--query", "--outputs", derivation]
+
+
 def nix_store_requisites(path: str) -> list[str]:
     # Dependencies come first, which is the order nix-store --import needs.
     return ["nix-store", "--query", "--requisites", path]
