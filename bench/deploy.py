@@ -383,17 +383,22 @@ def report(
                     print(f"| {tool} | " + " | ".join(spread([s.seconds for s in cell]) for cell in cells) + " |")
             print()
 
-    print("Per deploy, medians: remote commands and SSH connections per host, the deployer's CPU (all its processes):\n")
-    print("| | commands/host | connections/host | CPU, 1 host | CPU, " + f"{max(sizes)} hosts |")
-    print("|---|---|---|---|---|")
+    print("Per deploy, medians: remote commands and SSH connections per host; the deployer's CPU (user+system of all its processes):\n")
+    cpu_columns = [(fixture, size) for fixture in fixtures for size in sorted({min(sizes), max(sizes)})]
+    headings = [f"CPU, {size} host{'s' if size > 1 else ''}, {fixture.name}" for fixture, size in cpu_columns]
+    print("| | commands/host | connections/host | " + " | ".join(headings) + " |")
+    print("|---|---|---|" + "---|" * len(cpu_columns))
     for tool in tools:
         everything = [s for (_, _, _, name), runs in samples.items() if name == tool for s in runs]
         if not everything:
             continue
-        one = [s.cpu for (_, _, size, name), runs in samples.items() if name == tool and size == 1 for s in runs]
-        most = [s.cpu for (_, _, size, name), runs in samples.items() if name == tool and size == max(sizes) for s in runs]
-        print(f"| {tool} | {statistics.median(s.commands for s in everything):.0f} | {statistics.median(s.connections for s in everything):.0f} "
-              f"| {spread(one)} | {spread(most)} |")
+        cpu = [
+            spread([s.cpu for (fixture_name, _, size, name), runs in samples.items()
+                    if name == tool and size == wanted and fixture_name == fixture.name for s in runs])
+            for fixture, wanted in cpu_columns
+        ]
+        print(f"| {tool} | {statistics.median(s.commands for s in everything):.0f} | {statistics.median(s.connections for s in everything):.0f} | "
+              + " | ".join(cpu) + " |")
     print()
 
     print("Where the time goes, one host, medians in seconds (from when each progress line appears):\n")
