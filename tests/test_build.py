@@ -5,24 +5,21 @@ The pure parts are checked on their own; the rest against the real Nix and the l
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from deploy.build import build
-from deploy.build.build import Evaluation, ParallelBuild, build_system, error_naming, parse_dry_run
+from deploy.build.build import ParallelBuild, build_system
 from deploy.build.flake_check import FlakeCheck, PassedChecks, check_key
 from deploy.errors import BuildError
 from deploy.lab import write_fixture_flake
 from deploy.nix import commands
-from deploy.transport.process import LocalRunner, Result
+from deploy.transport.process import LocalRunner
 from deploy.ui import Emitter
 from deploy.ui.events import CommandRun, Event, Note, OutputText
 
@@ -65,12 +62,6 @@ def toplevel_of(flake: Path, attr: str) -> str:
 # --- pure ------------------------------------------------------------------------------------------------------------
 
 
-def test_a_system_is_evaluated_by_a_dry_run_of_its_own_build() -> None:
-    argv = commands.nix_build_dry_run(commands.toplevel_installable("path:/f", "alpha"), ["--show-trace"])
-    assert argv == [*commands.NIX, "build", "--dry-run", "--json", "--no-link",
-                    'path:/f#nixosConfigurations."alpha".config.system.build.toplevel', "--show-trace"]
-
-
 def test_nix_store_gets_the_extra_options_it_understands() -> None:
     extra = ["--show-trace", "--impure", "--override-input", "nixpkgs", "path:/n", "-L", "--option", "cores", "2",
              "--arg", "a", "1", "--update-input=x", "-j", "4", "--refresh", "--keep-failed"]
@@ -86,22 +77,6 @@ def test_nix_store_gets_the_extra_options_it_understands() -> None:
 def test_one_process_per_core_at_most() -> None:
     assert [build.evaluation_processes(count, cores=2) for count in (1, 2, 8)] == [1, 2, 2]
     assert build.evaluation_processes(8, cores=16) == 8
-
-
-def test_the_dry_run_answer_is_the_one_systems_derivation_and_out_path() -> None:
-    stdout = json.dumps([{"drvPath": "/nix/store/a.drv", "outputs": {"out": "/nix/store/a"}}])
-    assert parse_dry_run(stdout, "a") == Evaluation("/nix/store/a.drv", "/nix/store/a")
-    # A Nix that leaves the out path out: the caller reads it from the derivation.
-    assert parse_dry_run(json.dumps([{"drvPath": "/nix/store/a.drv", "outputs": {}}]), "a") == Evaluation("/nix/store/a.drv", "")
-    for odd in ("[]", "{}", "not json", json.dumps([{"outputs": {}}]), json.dumps(["x"])):
-        with pytest.raises(BuildError, match="building a failed: nix build --dry-run --json said"):
-            parse_dry_run(odd, "a")
-
-
-def test_a_build_error_is_the_line_that_names_the_derivation() -> None:
-    stderr = "building '/nix/store/x-a.drv'...\nerror: builder for '/nix/store/x-b.drv' failed with exit code 1\nerror: build of a, b failed\n"
-    assert error_naming(stderr, "/nix/store/x-b.drv") == "error: builder for '/nix/store/x-b.drv' failed with exit code 1"
-    assert error_naming(stderr, "/nix/store/x-c.drv") == "error: builder for '/nix/store/x-b.drv' failed with exit code 1"
 
 
 METADATA_2_8 = {"locked": {"narHash": "sha256-A", "type": "path"}, "locks": {"nodes": {"root": {}}, "root": "root", "version": 7}}
@@ -132,37 +107,17 @@ def test_passed_checks_are_remembered_and_the_oldest_forgotten(tmp_path: Path) -
 
 
 @needs_nix
-def test_one_evaluation_per_system_then_a_build_that_evaluates_nothing(tmp_path: Path) -> None:
+def test_a_system_is_evaluated_once_by_the_one_nix_build_that_builds_it(tmp_path: Path) -> None:
     flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta"], trace_evaluation=True)
     runner, recorder = recording_runner()
     path = build_system(runner, f"path:{flake}", "alpha", gc_root=tmp_path / "alpha")
     assert path == toplevel_of(flake, "alpha") and os.readlink(tmp_path / "alpha") == path
-    # Nix says it each time a process evaluates a toplevel: once, in the dry run; the realisation evaluates nothing.
+    # Nix says it each time a process evaluates a toplevel: once, in the one `nix build` that also builds it.
     assert [line for line in recorder.output.splitlines() if "lab: evaluating" in line] == ["trace: lab: evaluating the toplevel of alpha"]
-    assert [argv[:5] if argv[0] == "nix" else argv[:2] for argv in recorder.commands] == [
-        (*commands.NIX, "build", "--dry-run"), ("nix-store", "--realise"),
-    ]
+    assert [argv[:4] for argv in recorder.commands] == [(*commands.NIX, "build")]
     # An unchanged flake is answered from Nix's evaluation cache: not evaluated again.
     assert build_system(runner, f"path:{flake}", "alpha", gc_root=tmp_path / "again") == path
     assert recorder.output.count("lab: evaluating") == 1
-
-
-class DryRunWithoutOutPaths(LocalRunner):
-    """A Nix whose `nix build --dry-run --json` names the derivation only (as some may, for some derivations)."""
-
-    def run(self, argv: Sequence[str], **options: Any) -> Result:
-        result = super().run(argv, **options)
-        if "--dry-run" not in argv:
-            return result
-        entries = [{"drvPath": entry["drvPath"]} for entry in json.loads(result.stdout)]
-        return dataclasses.replace(result, stdout=json.dumps(entries))
-
-
-@needs_nix
-def test_an_out_path_the_dry_run_does_not_say_is_read_from_the_derivation(tmp_path: Path) -> None:
-    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
-    runner = DryRunWithoutOutPaths(Emitter(Recorder()))
-    assert build_system(runner, f"path:{flake}", "alpha", gc_root=tmp_path / "alpha") == toplevel_of(flake, "alpha")
 
 
 @needs_nix
@@ -192,7 +147,7 @@ def test_systems_build_side_by_side_and_the_build_task_links_them_in_host_order(
     with pytest.raises(BuildError, match="building nosuch failed"):
         parallel.result("nosuch")
     parallel.finish()
-    assert sum(1 for argv in recorder.commands if argv[3:5] == ("build", "--dry-run")) == 4
+    assert sum(1 for argv in recorder.commands if argv[3] == "build") == 4
     assert [os.readlink(tmp_path / link) for link in ("result", "result-2", "result-3")] == [toplevel_of(flake, name) for name in names]
     assert sorted(os.readlink(link) for link in (tmp_path / "roots").iterdir()) == sorted(toplevel_of(flake, name) for name in names)
 

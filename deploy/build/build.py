@@ -40,51 +40,31 @@ def nix_error(stderr: str) -> str:
 
 
 def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = ()) -> Evaluation:
-    """The system's derivation (written to the store) and out path, from one Nix process that builds nothing.
-
-    `nix build --dry-run --json` of the one toplevel: the pairing with attr is
-    exact, and an unchanged locked flake is answered from Nix's evaluation
-    cache instead of being evaluated again.
-    """
-    dry = json.dumps([{"drvPath": f"<derivation of {attr}>", "outputs": {"out": placeholder(attr)}}])
-    result = runner.run(commands.nix_build_dry_run(commands.toplevel_installable(flake, attr), extra), dry_stdout=dry)
+    """The system's derivation (written to the store) and out path, for a build elsewhere; builds and fetches nothing."""
+    installable = commands.toplevel_installable(flake, attr)
+    dry = json.dumps({"drv": f"<derivation of {attr}>", "out": placeholder(attr)})
+    result = runner.run(commands.nix_eval_derivation(installable, extra), dry_stdout=dry)
     if not result.ok:
-        raise BuildError(f"building {attr} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
-    evaluation = parse_dry_run(result.stdout, attr)
-    if evaluation.out_path:
-        return evaluation
-    # A Nix that does not say the out path in a dry run: the derivation file names it (read, not evaluated).
-    outputs = runner.run(commands.nix_store_outputs(evaluation.derivation), show_stderr=False)
-    if not outputs.ok or len(outputs.stdout.split()) != 1:
-        raise BuildError(f"building {attr} failed: cannot read the output of {evaluation.derivation}: {nix_error(outputs.stderr)}")
-    return Evaluation(evaluation.derivation, outputs.stdout.strip())
-
-
-def parse_dry_run(stdout: str, attr: str) -> Evaluation:
-    """The one toplevel's {drvPath, outputs.out} from `nix build --dry-run --json`; out_path "" where it is not said (pure)."""
-    try:
-        (entry,) = json.loads(stdout)
-        out = (entry.get("outputs") or {}).get("out")
-        return Evaluation(str(entry["drvPath"]), out if isinstance(out, str) else "")
-    except (ValueError, TypeError, KeyError, AttributeError):
-        raise BuildError(f"building {attr} failed: nix build --dry-run --json said {stdout.strip()[:200]!r}, not its derivation") from None
-
-
-def error_naming(stderr: str, derivation: str) -> str:
-    """Nix's error line about this derivation, else its first error line (pure)."""
-    for line in stderr.splitlines():
-        if line.strip().startswith("error:") and derivation in line:
-            return line.strip().removesuffix(";")
-    return nix_error(stderr)
+        raise BuildError(f"evaluating {attr} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+    data = json.loads(result.stdout)
+    return Evaluation(data["drv"], data["out"])
 
 
 def build_system(runner: LocalRunner, flake: str, attr: str, *, gc_root: Path, extra: Sequence[str] = ()) -> str:
-    """Evaluate the system once, then realise its derivation without evaluating again; gc_root keeps the result."""
-    evaluation = evaluate(runner, flake, attr, extra)
-    result = runner.run(commands.nix_store_realise(evaluation.derivation, str(gc_root), extra))
+    """One `nix build` of this one system: evaluated once (or answered by Nix's evaluation cache) and built in the same process.
+
+    One installable per process, so the result is this system's without any
+    pairing; gc_root is its out link, which says the path and keeps it.
+    """
+    result = runner.run(commands.nix_build([commands.toplevel_installable(flake, attr)], out_link=gc_root, extra=extra))
     if not result.ok:
-        raise BuildError(f"building {attr} failed: {error_naming(result.stderr, evaluation.derivation)}; {TRACE_HINT}")
-    return evaluation.out_path
+        raise BuildError(f"building {attr} failed: {nix_error(result.stderr)}; {TRACE_HINT}")
+    if runner.dry_run:
+        return placeholder(attr)
+    try:
+        return os.readlink(gc_root)
+    except OSError as error:
+        raise BuildError(f"building {attr} failed: nix build left no {gc_root}: {error.strerror}") from None
 
 
 def usable_cores() -> int:

@@ -44,11 +44,6 @@ def nix_eval_derivation(installable: str, extra: Sequence[str] = ()) -> list[str
     return [*NIX, "eval", "--json", installable, "--apply", "d: { drv = d.drvPath; out = d.outPath; }", *extra]
 
 
-def nix_build_dry_run(installable: str, extra: Sequence[str] = ()) -> list[str]:
-    """One installable's derivation and out path, built not, evaluated only if Nix's evaluation cache lacks them."""
-    return [*NIX, "build", "--dry-run", "--json", "--no-link", installable, *extra]
-
-
 def nix_flake_check(flake: str, extra: Sequence[str] = ()) -> list[str]:
     return [*NIX, "flake", "check", flake, *extra]
 
@@ -125,10 +120,6 @@ def nix_store_realise(derivation: str, gc_root: str, extra: Sequence[str] = ()) 
 def nix_store_realise_many(paths: Sequence[str], gc_root: Path, extra: Sequence[str] = ()) -> list[str]:
     """Root every path (building what is missing) as gc_root, gc_root-2, … in order: the `build` task's ./result links."""
     return ["nix-store", "--realise", *paths, "--add-root", str(gc_root), "--keep-going", *store_options(extra)]
-
-
-def nix_store_outputs(derivation: str) -> list[str]:
-    return ["nix-store", "--query", "--outputs", derivation]
 
 
 def nix_store_requisites(path: str) -> list[str]:
