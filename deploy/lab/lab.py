@@ -126,8 +126,9 @@ def write_fixture_flake(
     -netdrop (activation drops every SSH session, as a network restart
     would, and succeeds) and -unbuildable (its build fails), and
     homeConfigurations "<user>@<host>" and "<user>" for each of home_users.
-    eval_work makes each system's evaluation a pure computation of that many
-    thousand steps (bench/ calibrates it); trace_evaluation has Nix print a
+    eval_work makes each toplevel need a pure computation of eval_work x 2000
+    steps before it is a value (bench/ calibrates it; derivations do not
+    change, and `nix flake check` pays it too); trace_evaluation has Nix print a
     line each time a process evaluates a toplevel; failing_check makes the
     flake's `checks` (which `nix flake check` builds) fail.
     """
