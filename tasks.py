@@ -56,7 +56,8 @@ HELP = {
     "magic-rollback": "roll back unless a new SSH connection confirms the host after activation (default on)",
     "confirm-timeout": "seconds a host waits for that confirmation before rolling back (default 30)",
     "health-checks": "run hosts.yaml health checks after activation (default on)",
-    "skip-checks": "do not run `nix flake check` first",
+    "check": "run `nix flake check` beside the build; hosts activate once it passes (skipped for a locked flake that passed before)",
+    "skip-checks": "do not run `nix flake check`, even if hosts.yaml says `check: true` (not running it is the default)",
     "diff": "show what changes (nvd or nix store diff-closures, on the target) before activating",
     "ask": "show the diff and ask before activating each host",
     "sudo": "run privileged steps with sudo on every selected host, as hosts.yaml's `sudo: true` (nixos-rebuild's --use-remote-sudo)",
@@ -101,7 +102,7 @@ OUTPUT_ALIASES: dict[str, tuple[str, ...]] = {"verbose": ("v",), "quiet": ("q",)
 SELECTION: dict[str, Any] = {"machine": None, "host": [], "tag": [], "all": False, "flake": ".", "inventory": "hosts.yaml", "dry_run": False}
 FLEET: dict[str, Any] = {
     "parallel": "10", "fail_fast": False, "keep_going": False, "canary": False, "batch": "", "json": False, "log_dir": "",
-    "log_keep": "20", "skip_checks": False, "show_trace": False,
+    "log_keep": "20", "check": False, "skip_checks": False, "show_trace": False,
 }
 ACTIVATING: dict[str, Any] = {
     "force": False, "magic_rollback": True, "confirm_timeout": "30", "health_checks": True, "diff": False, "ask": False, "sudo": False,

@@ -203,18 +203,59 @@ def test_parallel_deploy_by_names_all_tags_and_globs(make_fleet, tmp_path: Path)
         assert [number for number, _ in generations(lab, name)] == [1, 2]
 
 
-def test_flake_check_failure_stops_before_building(make_fleet) -> None:  # type: ignore[no-untyped-def]
+def test_each_selected_system_is_evaluated_once_and_a_failing_one_fails_alone(make_fleet) -> None:  # type: ignore[no-untyped-def]
     fleet = make_fleet()
+    lab = fleet.lab
+    write_fixture_flake(fleet.flake, HOSTS, trace_evaluation=True)
     inventory = fleet.inventory("hosts:\n  alpha: {}\n  beta: {}\n  gamma: {}\n")
-    flake_nix = fleet.flake / "flake.nix"
-    flake_nix.write_text(flake_nix.read_text().replace("outputs = { self }:", "outputs = { self }: (", 1))
-    logins = fleet.logins()
-    result = exits(inv("switch-push", "--all", *fleet.args(inventory)), 3)
-    assert "nix flake check" in result.stderr.splitlines()[-1]
-    assert "==> building" not in result.stderr and " build --json" not in result.stderr
-    assert fleet.logins() == logins
+    result = ok(inv("switch-push", "--all", *fleet.args(inventory)))
+    # Nix prints the trace each time a process evaluates a toplevel: no flake check, no second evaluation to pair results.
+    assert sorted(re.findall(r"lab: evaluating the toplevel of (\S+)", result.stderr)) == sorted(HOSTS)
+    assert "flake check" not in result.stderr
     for name in HOSTS:
-        assert fleet.lab.state(name).generations == () and fleet.lab.state(name).current_system is None
+        assert lab.state(name).current_system == toplevel_of(fleet.flake, name)
+
+    set_fixture_revision(fleet.flake, "2")
+    broken = fleet.inventory("hosts:\n  alpha: { attr: alpha-unbuildable }\n  beta: { attr: nosuch }\n  gamma: {}\n", "broken.yaml")
+    logins = fleet.logins()
+    failed = exits(inv("switch-push", "--all", *fleet.args(broken), "--json"), 3)
+    results = results_of(failed)
+    assert {name: entry["result"] for name, entry in results.items()} == {"alpha": "failed", "beta": "failed", "gamma": "ok"}
+    assert results["alpha"]["error"].startswith("building alpha-unbuildable failed: error: builder for ")
+    assert results["beta"]["error"].startswith(f'{fleet.flake} has no nixosConfigurations."nosuch"; it has: alpha, ')
+    after = fleet.logins()
+    assert after["alpha"] == logins["alpha"] and after["beta"] == logins["beta"]
+    assert lab.state("gamma").current_system == toplevel_of(fleet.flake, "gamma")
+
+
+def test_the_flake_check_runs_when_asked_beside_the_build_and_stops_every_host_before_activation(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet()
+    lab = fleet.lab
+    inventory = fleet.inventory("hosts:\n  alpha: {}\n  beta: {}\n  gamma: {}\n")
+    write_fixture_flake(fleet.flake, HOSTS, failing_check=True)
+    result = exits(inv("switch-push", "--all", *fleet.args(inventory), "--check", "--json"), 3)
+    results = results_of(result)
+    for name in HOSTS:
+        assert results[name]["result"] == "failed" and results[name]["error"] == f"not activated: nix flake check {fleet.flake} failed"
+        assert lab.state(name).generations == () and lab.state(name).current_system is None and lab.activations(name) == []
+    # Nix's error is said once, on the last line, with the totals.
+    assert result.stderr.splitlines()[-1].startswith(f"nixfab: error: nix flake check {fleet.flake} failed: error:")
+    assert "3 failed" in result.stderr.splitlines()[-1]
+
+    # hosts.yaml can ask for it; --skip-checks still skips it.
+    checked = fleet.inventory("defaults:\n  check: true\nhosts:\n  alpha: {}\n", "checked.yaml")
+    exits(inv("switch-push", "alpha", *fleet.args(checked)), 3)
+    assert lab.activations("alpha") == []
+    ok(inv("switch-push", "alpha", *fleet.args(checked), "--skip-checks"))
+    assert lab.state("alpha").current_system == toplevel_of(fleet.flake, "alpha")
+
+    # A flake whose check passed is not checked again until it changes.
+    write_fixture_flake(fleet.flake, HOSTS, revision="2")
+    first = ok(inv("switch-push", "alpha", *fleet.args(checked)))
+    assert "==> checking " in first.stderr
+    again = ok(inv("switch-push", "alpha", *fleet.args(checked), "--force"))
+    assert "==> checking " not in again.stderr and "passed before for this locked" in again.stderr
+    assert [line.split()[1] for line in lab.activations("alpha")] == ["switch", "switch", "switch"]
 
 
 # ---- 2. one failing host among healthy ones -------------------------------------------------------------------------
@@ -285,6 +326,25 @@ def test_cut_off_host_rolls_itself_back(make_fleet) -> None:  # type: ignore[no-
     # The cut-off variant really was activated (and reverted), and SSH answers again.
     assert [line.split()[1:] for line in lab.activations("alpha")][-2:] == [["switch", toplevel_of(fleet.flake, "alpha-cutoff")], ["test", gen1]]
     assert lab.ssh("alpha", ["true"], check=False).returncode == 0
+
+
+def nixfab_processes(lab: Lab, name: str) -> dict[int, str]:
+    return {pid: command for pid, command in lab.processes(name).items() if "nixfab" in command}
+
+
+def test_a_confirmed_deploy_leaves_no_nixfab_process_on_the_host(make_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    good = fleet.inventory("hosts:\n  alpha: {}\n")
+    for revision in ("1", "2"):
+        set_fixture_revision(fleet.flake, revision)
+        ok(inv("switch-push", "alpha", *fleet.args(good)))
+        assert lab.state("alpha").current_system == toplevel_of(fleet.flake, "alpha")
+        # The confirmation is the watchdog's verdict: it ends (within its one-second poll) instead of
+        # looping for the activation limit (30 minutes) and then finding nothing to decide.
+        wait_for("the watchdog to end after the confirmation", lambda: not nixfab_processes(lab, "alpha"), timeout=15)
+    listed = lab.ssh("alpha", ["sh", "-c", "cat /nix/var/nix/nixfab/verdicts/*"]).stdout.splitlines()
+    assert [line.split("\t", 1)[1] for line in listed if line.startswith("verdict\t")] == ["confirmed", "confirmed"]
 
 
 # ---- 4. health checks and canaries ----------------------------------------------------------------------------------

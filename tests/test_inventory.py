@@ -128,6 +128,15 @@ def test_plain_dicts_passed_to_inventory_are_frozen_copies() -> None:
         inventory.hosts["beta"] = inventory.hosts["alpha"]  # type: ignore[index]
 
 
+def test_the_flake_check_is_asked_for_in_defaults_only(tmp_path: Path) -> None:
+    assert load_inventory(write_inventory(tmp_path, "defaults: { check: true }\nhosts:\n  alpha:\n")).check is True
+    assert load_inventory(write_inventory(tmp_path, "hosts:\n  alpha:\n")).check is False
+    path, message = error_for(tmp_path, "hosts:\n  alpha: { check: true }\n")
+    assert message == f"{path}:2:12: 'check' is allowed only in 'defaults': `nix flake check` checks the whole flake, not one host"
+    path, message = error_for(tmp_path, "defaults:\n  check: 'true'\n")
+    assert message == f"{path}:2:10: 'check' must be true or false, not 'true' (remove the quotes)"
+
+
 def test_defaults_apply_to_hosts_that_do_not_override_them(tmp_path: Path) -> None:
     path = write_inventory(
         tmp_path,
@@ -471,7 +480,10 @@ def test_deep_nesting_does_not_escape_as_traceback(tmp_path: Path) -> None:
         ("hosts:\n  alpha:\n    colour: red\n", "3:5", "unknown key 'colour' in host 'alpha' (expected one of: attr, build_on, health, keys, ssh, sudo, tags)"),
         ("defaults:\n  attr: x\n", "2:3", "'attr' is not allowed in 'defaults': it is per host and defaults to the host's name"),
         ("defaults:\n  ssh: x\n", "2:3", "'ssh' is not allowed in 'defaults': it is per host and defaults to the host's name"),
-        ("defaults:\n  sudoo: true\n", "2:3", "unknown key 'sudoo' in 'defaults' (expected one of: build_on, health, keys, sudo, tags); did you mean 'sudo'?"),
+        (
+            "defaults:\n  sudoo: true\n", "2:3",
+            "unknown key 'sudoo' in 'defaults' (expected one of: build_on, check, health, keys, sudo, tags); did you mean 'sudo'?",
+        ),
         ("builders:\n  b: { ssh: x, port: 22 }\n", "2:16", "unknown key 'port' in builder 'b' (expected one of: ssh)"),
         ("hosts:\n  alpha:\n    ssh: a\n    ssh: b\n", "4:5", "duplicate key 'ssh' in host 'alpha' (first on line 3)"),
         ("hosts: {}\nhosts:\n  alpha:\n", "2:1", "duplicate key 'hosts' at the top level (first on line 1)"),

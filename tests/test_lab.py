@@ -317,3 +317,36 @@ def test_size_options_must_name_lab_hosts(lab: Lab) -> None:
         lab.up(["alpha"], nix_size_mib={"beta": 32})
     with pytest.raises(LabError, match="positive number of MiB"):
         lab.up(["alpha"], boot_size_mib={"alpha": 0})
+
+
+# --- what a session costs: no start-up files of this machine, systemd-run as the real one ---------------------
+
+
+def test_ssh_sessions_run_none_of_this_machines_start_up_files(lab: Lab) -> None:
+    lab.up(["alpha"])
+    # sshd runs each command through the login shell; bash (root's) reads /etc/bash.bashrc and ~/.bashrc even for -c.
+    probe = 'echo "$HOME"; for f in .bashrc .bash_profile .bash_login .profile; do test -e "$HOME/$f" && echo "has $f"; done; cat /etc/bash.bashrc 2>/dev/null'
+    machines_own = Path("/etc/bash.bashrc").read_text() if Path("/etc/bash.bashrc").exists() else None
+    for user in ("root", "deploy"):
+        home, *rest = lab.ssh("alpha", ["sh", "-c", probe], user=user).stdout.splitlines()
+        assert [line for line in rest if line.startswith("has ")] == [], (user, home)
+        sessions_own = "".join(line + "\n" for line in rest)
+        assert machines_own is None or sessions_own != machines_own
+    # root's home is the host's own directory, not this machine's /root.
+    inside = lab.ssh("alpha", ["sh", "-c", 'stat -c %d:%i "$HOME"']).stdout.strip()
+    assert inside != f"{os.stat('/root').st_dev}:{os.stat('/root').st_ino}"
+
+
+def test_systemd_run_pipe_waits_for_its_unit_and_hands_it_the_callers_stdio(lab: Lab) -> None:
+    lab.up(["alpha"])
+    unit = ["sh", "-c", "sleep 0.5; echo out; echo err >&2; exit 3"]
+    for wait in ([], ["--wait"]):
+        piped = lab.ssh("alpha", ["systemd-run", "--pipe", "--quiet", *wait, "--unit", "piped", "--", *unit], check=False)
+        assert (piped.returncode, piped.stdout, piped.stderr) == (3, "out\n", "err\n")
+        assert lab.inside("alpha", ["systemctl", "is-active", "piped"], check=False).returncode != 0
+        # With --pipe the output went to the caller, not to the journal.
+        assert "out" not in lab.inside("alpha", ["journalctl", "-u", "piped"]).stdout
+    # Without --pipe the output goes to the journal, and only --wait waits.
+    journaled = lab.ssh("alpha", ["systemd-run", "--quiet", "--wait", "--unit", "journaled", "--", *unit], check=False)
+    assert (journaled.returncode, journaled.stdout) == (3, "")
+    assert "out" in lab.inside("alpha", ["journalctl", "-u", "journaled"]).stdout

@@ -189,6 +189,12 @@ def test_deploy_options_from_switch_push() -> None:
     assert (built.reboot, built.collect_garbage, built.delete_older_than, built.reboot_timeout) == (False, False, None, 300.0)
 
 
+def test_the_flake_check_is_asked_for_skipped_or_left_to_hosts_yaml() -> None:
+    assert build("switch-push").check is None
+    assert build("switch-push", check=True).check is True
+    assert build("boot", skip_checks=True).check is False
+
+
 @pytest.mark.parametrize(
     ("task", "action", "build_on", "local", "diff_only", "reboot"),
     [
@@ -255,6 +261,7 @@ def test_status_history_and_flake_tasks() -> None:
         ("ssh-wait", {"timeout": "1\n2"}, "--timeout takes a number of seconds, not '1\\n2'"),
         ("switch-generation", {"generation": "x"}, "switch-generation takes a generation number (see `inv generations`), not 'x'"),
         ("switch-generation", {"generation": "²"}, "switch-generation takes a generation number (see `inv generations`), not '²'"),
+        ("switch-push", {"check": True, "skip_checks": True}, "--check and --skip-checks contradict each other; give one of them"),
     ],
 )
 def test_bad_values_are_one_line_usage_errors(task: str, changes: dict[str, Any], message: str) -> None:

@@ -120,6 +120,21 @@ def test_a_deadline_whose_timer_is_still_closing_the_channel_is_still_a_deadline
         host.close()
 
 
+def test_the_connection_sends_small_packets_at_once(lab: Lab) -> None:
+    """TCP_NODELAY: without it each command's small packets wait for a delayed ACK (some 40 ms a command)."""
+    import socket
+
+    lab.up(["alpha"])
+    host = RemoteHost("alpha", "alpha", port=None, ssh_config=lab.ssh_config, echo=Emitter.plain(io.StringIO()))
+    try:
+        assert host.run(["true"]).ok
+        transport = host.connection.client.get_transport()
+        assert transport is not None
+        assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        host.close()
+
+
 def wait_for(what: str, predicate: object, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]

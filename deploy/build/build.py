@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ class NixProgress:
         self.in_listing = False
         return True
 
+
 def trace_hint(stderr: str) -> str:
     """`; run again with -- --show-trace …` only where it helps: an evaluation error (not a builder's, a flag's, a network's)."""
     return "" if any(marker in stderr for marker in NOT_EVALUATION) else f"; {TRACE_HINT}"
@@ -60,30 +63,129 @@ def nix_error(stderr: str) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for line in lines:
         if line.startswith("error:") and line != "error:":
-            return line
+            return line.removesuffix(";")  # Nix ends "builder for … failed with exit code 1;" before the log lines
     return lines[-1] if lines else "no output"
 
 
-def build_locally(
-    runner: LocalRunner, flake: str, attrs: Sequence[str], *, out_link: Path | None, extra: Sequence[str] = ()
-) -> dict[str, str]:
-    """One `nix build` for every attr; out_link holds the results as GC roots."""
-    installables = [commands.toplevel_installable(flake, attr) for attr in attrs]
-    dry = json.dumps([{"outputs": {"out": placeholder(attr)}} for attr in attrs])
-    result = runner.run(commands.nix_build(installables, out_link=out_link, extra=extra), dry_stdout=dry, shown=NixProgress().shown)
+def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = ()) -> Evaluation:
+    """The system's derivation (written to the store) and out path, for a build elsewhere; builds and fetches nothing."""
+    installable = commands.toplevel_installable(flake, attr)
+    dry = json.dumps({"drv": f"<derivation of {attr}>", "out": placeholder(attr)})
+    result = runner.run(commands.nix_eval_derivation(installable, extra), dry_stdout=dry)
     if not result.ok:
-        raise BuildError(missing_configuration(runner, flake, attrs, result.stderr, extra)
-                         or f"building {', '.join(attrs)} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
-    outputs = [item["outputs"]["out"] for item in json.loads(result.stdout)]
-    if len(attrs) == 1 or runner.dry_run:
-        return dict(zip(attrs, outputs, strict=True))
-    # Nix 2.8 does not keep the installables' order in its JSON, so pair them by out path.
-    expected = evaluate_out_paths(runner, flake, attrs, extra)
-    built = set(outputs)
-    missing = [attr for attr in attrs if expected.get(attr) not in built]
-    if missing:
-        raise BuildError(f"nix build did not report a result for {', '.join(missing)}")
-    return {attr: str(expected[attr]) for attr in attrs}
+        raise BuildError(missing_configuration(runner, flake, [attr], result.stderr, extra)
+                         or f"evaluating {attr} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
+    data = json.loads(result.stdout)
+    return Evaluation(data["drv"], data["out"])
+
+
+def build_system(runner: LocalRunner, flake: str, attr: str, *, gc_root: Path, extra: Sequence[str] = ()) -> str:
+    """One `nix build` of this one system: evaluated once (or answered by Nix's evaluation cache) and built in the same process.
+
+    One installable per process, so the result is this system's without any
+    pairing; gc_root is its out link, which says the path and keeps it.
+    """
+    result = runner.run(
+        commands.nix_build([commands.toplevel_installable(flake, attr)], out_link=gc_root, extra=extra), shown=NixProgress().shown,
+    )
+    if not result.ok:
+        raise BuildError(missing_configuration(runner, flake, [attr], result.stderr, extra)
+                         or f"building {attr} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
+    if runner.dry_run:
+        return placeholder(attr)
+    try:
+        return os.readlink(gc_root)
+    except OSError as error:
+        raise BuildError(f"building {attr} failed: nix build left no {gc_root}: {error.strerror}") from None
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def evaluation_processes(count: int, cores: int | None = None) -> int:
+    """How many systems evaluate at once: one Nix process per core at most, since one evaluates one system at a time."""
+    return max(1, min(count, cores or usable_cores()))
+
+
+class ParallelBuild:
+    """Build systems here, each evaluated once in its own Nix process, as many at once as there are cores.
+
+    A system is ready as soon as it is built: result() waits for that one
+    only, so its host's deploy goes on while other systems still evaluate.
+    `out_link` (the `build` task's ./result) roots every built system as
+    out_link, out_link-2, … in the order of attrs once all are done.
+    """
+
+    def __init__(
+        self, runner: LocalRunner, flake: str, attrs: Sequence[str], *, roots: Path, out_link: Path | None = None,
+        extra: Sequence[str] = (), processes: int | None = None,
+    ) -> None:
+        """roots: a directory of this run's own; each system's GC root stays there until the run ends."""
+        self.attrs = list(dict.fromkeys(attrs))
+        self._runner = runner
+        self._flake = flake
+        self._roots = roots
+        self._out_link = out_link
+        self._extra = tuple(extra)
+        self._outcomes: dict[str, str | BuildError | OSError] = {}
+        self._ready = {attr: threading.Event() for attr in self.attrs}
+        self._queue = list(enumerate(self.attrs))
+        self._queue_lock = threading.Lock()
+        workers = evaluation_processes(len(self.attrs), processes) if self.attrs else 0
+        self._threads = [threading.Thread(target=self._work, name=f"build-{index}", daemon=True) for index in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._queue_lock:
+                if not self._queue:
+                    return
+                index, attr = self._queue.pop(0)
+            outcome: str | BuildError | OSError = BuildError(f"building {attr} was interrupted")
+            try:
+                outcome = build_system(self._runner, self._flake, attr, gc_root=self._roots / f"system-{index}", extra=self._extra)
+            except (BuildError, OSError) as error:  # OSError: out of descriptors, say; the fleet words it
+                outcome = error
+            except Exception as error:  # noqa: BLE001 - a waiting host must hear of it, never wait forever
+                outcome = BuildError(f"building {attr} failed: {type(error).__name__}: {error}")
+            finally:
+                self._outcomes[attr] = outcome
+                self._ready[attr].set()
+
+    def result(self, attr: str) -> str:
+        """attr's toplevel path once it is built; its BuildError (or OSError) if it failed."""
+        self._ready[attr].wait()
+        outcome = self._outcomes[attr]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def finish(self) -> None:
+        """Wait for every build, then leave the out links (if asked for) of what was built."""
+        for thread in self._threads:
+            thread.join()
+        built = [outcome for outcome in (self._outcomes.get(attr) for attr in self.attrs) if isinstance(outcome, str)]
+        if self._out_link is not None and built:
+            linked = self._runner.run(commands.nix_store_realise_many(built, self._out_link, self._extra))
+            if not linked.ok:
+                raise BuildError(f"cannot link {self._out_link}: {nix_error(linked.stderr)}")
+
+
+def build_locally(
+    runner: LocalRunner, flake: str, attrs: Sequence[str], *, out_link: Path, extra: Sequence[str] = ()
+) -> dict[str, str]:
+    """Every attr's toplevel, built here and rooted at out_link (out_link-2, …); the first failure raises."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nixfab-gcroot-") as roots:
+        build = ParallelBuild(runner, flake, attrs, roots=Path(roots), out_link=out_link, extra=extra)
+        build.finish()
+        return {attr: build.result(attr) for attr in build.attrs}
 
 
 def missing_configuration(runner: LocalRunner, flake: str, attrs: Sequence[str], stderr: str, extra: Sequence[str] = ()) -> str | None:
@@ -115,17 +217,6 @@ def evaluate_out_paths(runner: LocalRunner, flake: str, attrs: Sequence[str], ex
     if not result.ok:
         raise BuildError(f"evaluating {flake} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
     return dict(json.loads(result.stdout))
-
-
-def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = ()) -> Evaluation:
-    installable = commands.toplevel_installable(flake, attr)
-    dry = json.dumps({"drv": f"<derivation of {attr}>", "out": placeholder(attr)})
-    result = runner.run(commands.nix_eval_derivation(installable, extra), dry_stdout=dry)
-    if not result.ok:
-        raise BuildError(missing_configuration(runner, flake, [attr], result.stderr, extra)
-                         or f"evaluating {attr} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
-    data = json.loads(result.stdout)
-    return Evaluation(data["drv"], data["out"])
 
 
 @dataclass(frozen=True)

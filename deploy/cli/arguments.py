@@ -84,6 +84,13 @@ def check_older_than(value: str) -> str:
     return value
 
 
+def flake_check_choice(*, check: bool, skip_checks: bool) -> bool | None:
+    """--check forces `nix flake check`, --skip-checks skips it; neither leaves it to hosts.yaml (default: skipped)."""
+    if check and skip_checks:
+        raise UsageError("--check and --skip-checks contradict each other; give one of them")
+    return True if check else False if skip_checks else None
+
+
 def check_action(action: str) -> Action:
     try:
         return Action(action)
@@ -218,6 +225,7 @@ def deploy(
     skip_checks: bool,
     show_trace: bool,
     log_keep: str | int = 20,
+    check: bool = False,
     # Tasks that activate.
     force: bool = False,
     magic_rollback: bool = True,
@@ -247,7 +255,7 @@ def deploy(
         dry_run=bool(dry_run),
         fleet=fleet,
         as_json=bool(json),
-        skip_checks=bool(skip_checks),
+        check=flake_check_choice(check=bool(check), skip_checks=bool(skip_checks)),
         action=checked_action,
         build_on=build_on or preset.build_on,
         local=preset.local,

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from deploy.errors import HangUp, JournalError, NixfabError, UsageError
+from deploy.errors import BuildError, HangUp, JournalError, NixfabError, UsageError
 from deploy.model import Result
 
 if TYPE_CHECKING:
@@ -276,7 +276,7 @@ def run_deploy(context: Any, options: DeployOptions) -> None:
             extra_nix = (*extra_nix, "--show-trace")
         with fleet_session(context, options.selection, dry_run=options.dry_run, sudo=options.sudo) as (session, machines, local):
             request = deploy_request(options, local=local, extra_nix=extra_nix)
-            run_fleet(session, request, machines, options.fleet, as_json=options.as_json, skip_checks=options.skip_checks)
+            run_fleet(session, request, machines, options.fleet, as_json=options.as_json, check=options.check)
 
 
 def run_keys(context: Any, options: KeysOptions) -> None:
@@ -286,17 +286,17 @@ def run_keys(context: Any, options: KeysOptions) -> None:
     with errors_as_exit_codes():
         with fleet_session(context, options.selection, dry_run=options.dry_run, sudo=options.sudo) as (session, machines, local):
             request = DeployRequest(flake=options.selection.flake, action=None, local=local, keys_only=True)
-            run_fleet(session, request, machines, options.fleet, as_json=options.as_json, skip_checks=True)
+            run_fleet(session, request, machines, options.fleet, as_json=options.as_json, check=False)
 
 
 def run_fleet(
-    session: Session, request: DeployRequest, machines: list[str], fleet_options: FleetOptions, *, as_json: bool, skip_checks: bool
+    session: Session, request: DeployRequest, machines: list[str], fleet_options: FleetOptions, *, as_json: bool, check: bool | None
 ) -> None:
     import time
 
+    from deploy.build.flake_check import PASSED_DIRECTORY, FlakeCheck, PassedChecks
     from deploy.engine.fleet import Fleet, exit_code, print_summary, results_json, totals_line
     from deploy.model import Action
-    from deploy.nix.flake_ops import flake_check
     from deploy.record.history import Journal, journal_path, state_directory
     from deploy.ui import Verbosity, policy, prune_runs, set_policy, stdout_result
 
@@ -318,9 +318,12 @@ def run_fleet(
         specs = (session.inventory.host(machine) for machine in machines)
         refuse_sources_in_the_flake(request.flake, ((spec.name, key) for spec in specs for key in spec.keys))
     with run_log(session, log_dir):
-        if request.action is not None and not skip_checks:
-            session.echo.note(f"==> checking {request.flake} (skip with --skip-checks)")
-            flake_check(session.runner, request.flake, request.extra_nix, show_progress=policy().verbosity >= Verbosity.VERBOSE)
+        flake_check = None
+        if request.action is not None and (session.inventory.check if check is None else check):
+            flake_check = FlakeCheck(
+                session.runner, request.flake, PassedChecks(state_directory(flake_dir) / PASSED_DIRECTORY), request.extra_nix,
+                show_progress=policy().verbosity >= Verbosity.VERBOSE,
+            )
         journal = FleetJournal(Journal(journal_path(flake_dir)), request) if not session.dry_run else None
         if needs_sudo_password(session, request, machines):
             # Asked now, before the live table is drawn: a prompt under it would sit unseen while the table ticks on.
@@ -328,9 +331,11 @@ def run_fleet(
 
         fleet = Fleet(
             session, request, machines, fleet_options,
-            on_start=journal.started if journal else None, on_result=journal.finished if journal else None,
+            on_start=journal.started if journal else None, on_result=journal.finished if journal else None, check=flake_check,
         )
         results = fleet.run()
+        # The check ends before the run does, whatever the hosts did: its verdict is part of the run's.
+        check_failed = flake_check.outcome() if flake_check is not None and not fleet.interrupted else None
     print_summary(results, rich=sys.stderr.isatty(), stream=sys.stderr)
     if as_json:
         stdout_result(results_json(results, interrupted=fleet.interrupted, hangup=fleet.hangup, journal_errors=fleet.journal_errors))
@@ -352,6 +357,9 @@ def run_fleet(
         session.echo.warning(f"the deploy journal was not written: {fleet.journal_errors[0]}")
     if code == JournalError.exit_code and fleet.journal_errors:
         raise JournalError(f"every host deployed, but the deploy journal was not written: {fleet.journal_errors[0]}; {totals}")
+    if check_failed is not None and code in (0, check_failed.exit_code):
+        # What stopped the hosts at activation (each said only that), or, with none activating, still the run's failure.
+        raise BuildError(f"{check_failed}; {totals}")
     if code:
         raise fleet_error(totals, code, interrupted=fleet.interrupted, hangup=fleet.hangup)
     from deploy.ui import summary_line

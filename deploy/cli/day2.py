@@ -13,11 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy import ui
 from deploy.cli import cli
 from deploy.errors import UsageError
 from deploy.model import Result
-from deploy.nix import commands
 
 if TYPE_CHECKING:
     from deploy.activate.activation import Activation
@@ -62,6 +60,7 @@ def reset(context: Any, options: ResetOptions) -> None:
 
 
 def ssh_wait(context: Any, options: SshWaitOptions) -> None:
+    from deploy import ui
     from deploy.reboot.reboot import ssh_wait as wait
 
     with cli.errors_as_exit_codes():
@@ -87,7 +86,7 @@ def generations(context: Any, options: GenerationsOptions) -> None:
     def show(target: Host) -> None:
         listed = list_generations(target)
         # Every line ends in a newline, the table's last too (a shell prompt or `wc -l` after it counts on that).
-        ui.stdout_result(generations_json(listed) if options.as_json else format_generations(listed).rstrip("\n"))
+        stdout_result(generations_json(listed) if options.as_json else format_generations(listed).rstrip("\n"))
 
     cli.run_on_target(context, options.target, show)
 
@@ -128,7 +127,16 @@ def journal_day2(options: OneHostOptions, host: str, action: str, activation: Ac
 
 
 def print_note(message: str) -> None:
+    from deploy import ui
+
     ui.note(message)
+
+
+def stdout_result(text: str, end: str = "\n") -> None:
+    """ui.stdout_result, imported when a task prints: `inv --list` and tab completion import this module only to name handlers."""
+    from deploy import ui
+
+    ui.stdout_result(text, end=end)
 
 
 def check(context: Any, options: FlakeOptions) -> None:
@@ -193,7 +201,7 @@ def history(context: Any, options: HistoryOptions) -> None:
         if options.hosts:
             wanted = set(options.hosts)
             records = [record for record in records if record.host in wanted]
-        ui.stdout_result(history_json(records) if options.as_json else format_history(records), end="" if not options.as_json else "\n")
+        stdout_result(history_json(records) if options.as_json else format_history(records), end="" if not options.as_json else "\n")
 
 
 def hosts(context: Any, options: HostsOptions) -> None:
@@ -207,9 +215,9 @@ def hosts(context: Any, options: HostsOptions) -> None:
         inventory = load_inventory(Path(options.inventory), required=options.inventory != "hosts.yaml")
         rows = host_listing(inventory, discover_systems(flake_dir))
         if options.as_json:
-            ui.stdout_result(json.dumps([{**row.__dict__, "tags": list(row.tags), "problems": list(row.problems)} for row in rows], indent=2))
+            stdout_result(json.dumps([{**row.__dict__, "tags": list(row.tags), "problems": list(row.problems)} for row in rows], indent=2))
         else:
-            ui.stdout_result(format_host_listing(rows), end="")
+            stdout_result(format_host_listing(rows), end="")
 
 
 def fleet_options(flake: str, parallel: int) -> FleetOptions:
@@ -222,6 +230,7 @@ def fleet_options(flake: str, parallel: int) -> FleetOptions:
 
 def exec_on_hosts(context: Any, options: ExecOptions) -> None:
     """inv exec: the command on every selected host, as a fleet; a summary of exit codes, or --json."""
+    from deploy import ui
     from deploy.cli.arguments import exec_selection_and_command
     from deploy.engine import remote_command
     from deploy.engine.fleet import Fleet, FleetWork
@@ -258,6 +267,7 @@ def plan(context: Any, options: PlanOptions) -> None:
     """inv plan: build as a deploy does, then ask each host what the deploy would change there; a table, or --json."""
     import time
 
+    from deploy import ui
     from deploy.engine.fleet import Fleet, FleetWork, exit_code, totals_line
     from deploy.engine.pipeline import DeployRequest
     from deploy.plan.deploy_plan import DeployPlanner, format_plans, plans_json
@@ -316,7 +326,7 @@ def hm_build(context: Any, options: HomeOptions) -> None:
         path = build_home(
             LocalRunner(Emitter(), dry_run=target.dry_run), target.flake, user, name, out_link=Path("result"), extra=cli.extra_nix_options(),
         )
-        ui.stdout_result(path)
+        stdout_result(path)
 
 
 def hm_switch(context: Any, options: HomeOptions) -> None:
@@ -341,6 +351,7 @@ def hm_pull(context: Any, options: HomeOptions) -> None:
 
 def home_remote(context: Any, options: HomeOptions, how: str) -> None:
     from deploy.activate import home_manager
+    from deploy.nix import commands
 
     with cli.errors_as_exit_codes():
         target = require_machine(context, options.target, f"hm.{how}")

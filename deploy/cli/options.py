@@ -59,7 +59,7 @@ class DeployOptions:
     dry_run: bool
     fleet: FleetOptions
     as_json: bool
-    skip_checks: bool
+    check: bool | None  # --check True, --skip-checks False, neither None (hosts.yaml's `check`, default off)
     action: Action | None  # None builds only
     build_on: str | None  # None: what hosts.yaml says
     local: bool  # the task fixes the target to this machine (`switch`)

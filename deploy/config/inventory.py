@@ -364,6 +364,7 @@ class Inventory:
     default_tags: tuple[str, ...] = ()
     default_health: HealthCheck | None = None
     default_keys: tuple[KeySpec, ...] = ()
+    check: bool = False  # run `nix flake check` with every activating deploy (defaults: check: true)
 
     def __post_init__(self) -> None:
         # Callers (tests, other modules) may pass plain dicts; freeze them so the inventory stays immutable.
@@ -902,7 +903,9 @@ class _Key(_Schema):
 _Keys = Annotated[dict[Annotated[str, AfterValidator(_key_name)], _Key | None] | None, _not_null("dict_type")]
 
 
-class _Defaults(_Schema):
+class _HostSettings(_Schema):
+    """What a host says for itself, or 'defaults' for every host."""
+
     build_on: _Text = None
     sudo: Annotated[bool | None, _not_null("bool_type")] = None
     tags: _Tags = None
@@ -910,7 +913,11 @@ class _Defaults(_Schema):
     keys: _Keys = None
 
 
-class _Host(_Defaults):
+class _Defaults(_HostSettings):
+    check: Annotated[bool | None, _not_null("bool_type")] = None  # of the whole flake, so never per host
+
+
+class _Host(_HostSettings):
     ssh: Annotated[SshTarget | None, PlainValidator(_ssh_target)] = None
     attr: Annotated[str | None, PlainValidator(_attr)] = None
 
@@ -973,6 +980,8 @@ def _unknown_key(loc: Loc, key: str) -> str:
     if loc == ("defaults",) and key in ("ssh", "attr"):
         # Say why per-host keys are refused here, not just that they are.
         return f"{_quote(key)} is not allowed in 'defaults': it is per host and defaults to the host's name"
+    if loc[:1] == ("hosts",) and len(loc) == 2 and key == "check":
+        return "'check' is allowed only in 'defaults': `nix flake check` checks the whole flake, not one host"
     allowed = _keys_at(loc)
     message = f"unknown key {_quote(key)} {_where(loc)} (expected one of: {', '.join(allowed)})"
     suggestion = _did_you_mean(key, allowed)
@@ -1161,6 +1170,7 @@ def _inventory(path: Path, file: _File) -> Inventory:
         default_tags=default_tags,
         default_health=default_health,
         default_keys=default_keys,
+        check=bool(defaults.check),
     )
 
 

@@ -28,11 +28,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
+from deploy.build.build import ParallelBuild
 from deploy.cli.options import FleetOptions
 from deploy.engine.hangup import handling_hangup
-from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_here, build_location, deploy_host
+from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_location, deploy_host
 from deploy.errors import ActivationFailed, BuildError, FleetFailed, HealthCheckFailed, JournalError, NixfabError, NotConfirmed
 from deploy.model import Phase, Result
 from deploy.transport.process import LocalRunner
@@ -40,6 +41,9 @@ from deploy.ui import Console, Emitter, Progress, host_emitter, live_display, op
 from deploy.ui.live import HostLine
 from deploy.ui.plain import duration
 from deploy.ui.results import SUMMARY_COLUMNS
+
+if TYPE_CHECKING:
+    from deploy.build.flake_check import FlakeCheck
 
 
 @dataclass(frozen=True)
@@ -107,9 +111,12 @@ class Fleet:
         on_result: Callable[[HostResult, HostRun], None] | None = None,
         on_start: Callable[[HostRun], None] | None = None,
         work: FleetWork | None = None,
+        check: FlakeCheck | None = None,
     ) -> None:
         self.session = session
         self.work = work
+        self.check = check  # `nix flake check` running beside the build: hosts wait for it before activating
+        self.builds: ParallelBuild | None = None
         self.request = request
         self.options = options
         self.console = console or Console()
@@ -136,7 +143,7 @@ class Fleet:
             echo = self._emitter(spec.name)
             self.runs[spec.name] = HostRun(
                 spec, echo, LocalRunner(echo, dry_run=session.dry_run),
-                on_phase=functools.partial(self.progress.phase, spec.name), ask_lock=self.ask_lock,
+                on_phase=functools.partial(self._enter_phase, spec.name), ask_lock=self.ask_lock,
             )
         # Which unfinished hosts need each SSH connection (their own, their builder's): the last one to end closes it.
         self._connection_users: dict[tuple[str, int | None], set[str]] = {}
@@ -162,10 +169,12 @@ class Fleet:
             stack.callback(self._close_logs)
             stack.enter_context(self._hangup_is_an_interrupt())
             stack.enter_context(live_display(self.console, self.progress, enabled=self.options.live))
-            gc_root = stack.enter_context(self._out_link())
+            gc_roots = stack.enter_context(self._gc_roots())
             try:
-                built = self.build_locally(gc_root) if self.work is None or self.work.build_first else {}
-                self.deploy_in_waves(built)
+                if self.work is None or self.work.build_first:
+                    self.build_locally(gc_roots)
+                self.deploy_in_waves()
+                self.finish_builds()
             except KeyboardInterrupt:
                 self.interrupted = True
             for name in self.runs:
@@ -185,52 +194,58 @@ class Fleet:
             yield
 
     @contextmanager
-    def _out_link(self) -> Iterator[Path]:
-        if self.request.out_link is not None:
-            yield self.request.out_link
-            return
+    def _gc_roots(self) -> Iterator[Path]:
+        """A directory for the run's GC roots of what it builds here, removed (so they can be collected) when it ends."""
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="nixfab-gcroot-") as directory:
-            yield Path(directory) / "result"
+            yield Path(directory)
 
-    def build_locally(self, gc_root: Path) -> dict[str, str]:
-        """One `nix build` for every system built here; if it fails, one per host to find which."""
+    def build_locally(self, gc_roots: Path) -> None:
+        """Start building every system built here: evaluated once, in up to one Nix process per core.
+
+        Each host's deploy waits for its own system (deploy_one), so the first
+        hosts copy and activate while later systems still evaluate.
+        """
         local = [run for run in self.runs.values() if build_location(self.request, run.spec) == "local"]
         if not local or self.request.keys_only:
-            return {}
+            return
         for run in local:
             self.progress.phase(run.spec.name, Phase.BUILD)
-        names = ", ".join(run.spec.attr for run in local)
         from deploy.plan.disk import check_free_space
 
         for warning in check_free_space(self.session.runner, ["/nix"], "this machine"):
             self.session.echo.warning(warning)
-        self.session.echo.note(f"==> building {names} on this machine")
-        started = time.monotonic()
-        try:
-            built_all = build_here(self.session, self.request, local, gc_root)
-            self.session.echo.step(f"==> built {names}", seconds=time.monotonic() - started)
-            return built_all
-        except BuildError as batch_error:
-            if len(local) == 1:
-                self.fail(local[0], batch_error, started)
-                return {}
-        except OSError as error:
-            for run in local:
-                self.fail(run, os_error(run.spec.name, error), started)
-            return {}
-        built: dict[str, str] = {}
-        for index, run in enumerate(local):
-            try:
-                built |= build_here(self.session, self.request, [run], gc_root.with_name(f"{gc_root.name}-single-{index}"))
-            except BuildError as error:
-                self.fail(run, error, started)
-            except OSError as error:
-                self.fail(run, os_error(run.spec.name, error), started)
-        return built
+        attrs = list(dict.fromkeys(run.spec.attr for run in local))
+        self.session.echo.note(f"==> building {', '.join(attrs)} on this machine")
+        self.builds = ParallelBuild(
+            self.session.runner, self.request.flake, attrs, roots=gc_roots, out_link=self.request.out_link, extra=self.request.extra_nix,
+        )
 
-    def deploy_in_waves(self, built: dict[str, str]) -> None:
+    def finish_builds(self) -> None:
+        """Wait for every build (the `build` task's ./result links are made once all are done)."""
+        if self.builds is None:
+            return
+        try:
+            self.builds.finish()
+        except BuildError as error:
+            self.session.echo.warning(str(error))
+
+    def _built_here(self, run: HostRun) -> str | None:
+        """The host's system, once built here (BuildError if it failed); None when it is built elsewhere."""
+        if self.builds is None or build_location(self.request, run.spec) != "local":
+            return None
+        return self.builds.result(run.spec.attr)
+
+    def _enter_phase(self, name: str, phase: Phase) -> None:
+        """A host's next phase; activation first waits for the flake check, whose failure stops the host there."""
+        if phase is Phase.ACTIVATE and self.check is not None:
+            if not self.check.done:
+                self.progress.phase(name, Phase.CHECK)
+            self.check.wait()
+        self.progress.phase(name, phase)
+
+    def deploy_in_waves(self) -> None:
         pending = [name for name in self.runs if name not in self.results]
         for name in pending:
             self.progress.queued(name)
@@ -240,7 +255,7 @@ class Fleet:
                 canary = " (the canary)" if self.options.canary and number == 1 else ""
                 self.session.echo.note(f"==> wave {number}/{len(planned)}: {', '.join(wave)}{canary}")
                 self.progress.wave = f"wave {number}/{len(planned)}"
-            self.deploy_wave(wave, built)
+            self.deploy_wave(wave)
             if self.stop.is_set():
                 return
             staged = self.options.canary or self.options.batch
@@ -250,9 +265,9 @@ class Fleet:
                 self.stop.set()
                 return
 
-    def deploy_wave(self, wave: Sequence[str], built: dict[str, str]) -> None:
+    def deploy_wave(self, wave: Sequence[str]) -> None:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.options.parallel), thread_name_prefix="deploy") as pool:
-            futures = [pool.submit(self.deploy_one, name, built.get(name)) for name in wave]
+            futures = [pool.submit(self.deploy_one, name) for name in wave]
             try:
                 while not all(future.done() for future in futures):
                     concurrent.futures.wait(futures, timeout=0.2)
@@ -273,14 +288,25 @@ class Fleet:
             except KeyboardInterrupt:
                 self.session.echo.note("==> still waiting for running deploys (they roll back on their own if cut off)")
 
-    def deploy_one(self, name: str, built_here: str | None) -> None:
+    def deploy_one(self, name: str) -> None:
         run = self.runs[name]
         if name in self.results:
             return
-        if self.stop.is_set():
+        started = time.monotonic()
+        built_here: str | None = None
+        if not self.stop.is_set():
+            try:
+                built_here = self._built_here(run)
+                check_failed = self.check.failure() if self.check is not None else None
+                if check_failed is not None:
+                    raise check_failed  # known before the host is touched: it is not even connected to
+            except (BuildError, OSError) as error:
+                if not self.stop.is_set():
+                    self.fail(run, error if isinstance(error, BuildError) else os_error(name, error), started)
+                    return
+        if self.stop.is_set():  # also when it came while this host's system was building
             self.finish(name, HostResult(name, Result.INTERRUPTED if self.interrupted else Result.NOT_STARTED, 0.0))
             return
-        started = time.monotonic()
         if self.work is None:
             self.progress.phase(name, Phase.LOCK if self.request.action or self.request.keys_only else Phase.BUILD)
         try:

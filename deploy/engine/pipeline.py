@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploy.activate.activation import SWITCH_RECORDS_DIR, Activation, SystemState, activate, new_token, system_state, undo
-from deploy.build.build import build_locally, build_remotely, evaluate
+from deploy.build.build import build_remotely, evaluate
 from deploy.config.inventory import HostSpec, Inventory, SshTarget
 from deploy.copy.closure import copy_closure
 from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, NixfabError, NotConfirmed, UsageError
@@ -232,16 +232,6 @@ def remote_gc_root(builder: Host, root_dir: str | None) -> Iterator[None]:
                 builder.run(commands.remove_tree(root_dir))
             except NixfabError:
                 pass  # a host that went away keeps a stale temporary root; harmless
-
-
-def build_here(session: Session, request: DeployRequest, runs: Sequence[HostRun], out_link: Path | None) -> dict[str, str]:
-    """Every locally built system in one `nix build`; on failure, one per host, to say which failed.
-
-    Returns the paths of those that built; the others' errors are in `failures`.
-    """
-    attrs = list(dict.fromkeys(run.spec.attr for run in runs))
-    paths = build_locally(session.runner, request.flake, attrs, out_link=out_link, extra=request.extra_nix)
-    return {run.spec.name: paths[run.spec.attr] for run in runs}
 
 
 def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_here: str | None) -> DeployOutcome:

@@ -116,14 +116,22 @@ def write_fixture_flake(
     payload_kib: int = 0,
     slow_seconds: int = 6,
     home_users: Sequence[str] = (SUDO_USER,),
+    eval_work: int = 0,
+    trace_evaluation: bool = False,
+    failing_check: bool = False,
 ) -> Path:
     """Copy the fixture flake to `destination`; a new revision makes a new generation.
 
     Per host it has nixosConfigurations <host>, <host>-broken, -cutoff, -slow
-    (activation waits slow_seconds), -sick (its lab-health says sick) and
+    (activation waits slow_seconds), -sick (its lab-health says sick),
     -netdrop (activation, or `boot`, drops every SSH session, as a network restart
-    would, and succeeds), and
+    would, and succeeds) and -unbuildable (its build fails), and
     homeConfigurations "<user>@<host>" and "<user>" for each of home_users.
+    eval_work makes each toplevel need a pure computation of eval_work x 2000
+    steps before it is a value (bench/ calibrates it; derivations do not
+    change, and `nix flake check` pays it too); trace_evaluation has Nix print a
+    line each time a process evaluates a toplevel; failing_check makes the
+    flake's `checks` (which `nix flake check` builds) fail.
     """
     if destination.exists():
         shutil.rmtree(destination)
@@ -136,6 +144,9 @@ def write_fixture_flake(
         "payloadKiB": payload_kib,
         "slowSeconds": slow_seconds,
         "homeUsers": list(dict.fromkeys(home_users)),
+        "evalWork": eval_work,
+        "traceEvaluation": trace_evaluation,
+        "failingCheck": failing_check,
     }
     (destination / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
     return destination
@@ -174,6 +185,21 @@ def set_fixture_revision(flake: Path, revision: str, host: str | None = None) ->
     else:
         settings["revisions"][host] = revision
     (flake / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
+LAB_ROOT_HOME = "/home/root"  # in the host's own /home: this machine's /root holds its shell start-up files
+
+
+def host_passwd(machines: str) -> str:
+    """This machine's passwd with root's home moved to LAB_ROOT_HOME (pure)."""
+    lines = []
+    for line in machines.splitlines():
+        fields = line.split(":")
+        if len(fields) == 7 and fields[0] == "root":
+            fields[5] = LAB_ROOT_HOME
+            line = ":".join(fields)
+        lines.append(line)
+    return "".join(line + "\n" for line in lines)
 
 
 def free_port() -> int:
@@ -316,8 +342,9 @@ class Lab:
         record_commands: bool = False,
     ) -> LabHost:
         directory = self.root / "hosts" / name
-        for sub in ("nix", "boot", "etc", "etc-nix", f"home/{SUDO_USER}/.ssh"):
+        for sub in ("nix", "boot", "etc", "etc-nix", f"home/{SUDO_USER}/.ssh", "home/root"):
             (directory / sub).mkdir(parents=True)
+        (directory / "home" / "root").chmod(0o700)
         (directory / "boot_id").write_text(str(uuid.uuid4()) + "\n")
         port = free_port()
         http_port = free_port()
@@ -387,7 +414,7 @@ class Lab:
             ["openssl", "passwd", "-6", "-stdin"], input=self.sudo_password, capture_output=True, text=True, check=True
         ).stdout.strip()
         home = f"/home/{SUDO_USER}"
-        (etc / "passwd").write_text(Path("/etc/passwd").read_text() + f"{SUDO_USER}:x:{SUDO_UID}:{SUDO_UID}::{home}:/bin/sh\n")
+        (etc / "passwd").write_text(host_passwd(Path("/etc/passwd").read_text()) + f"{SUDO_USER}:x:{SUDO_UID}:{SUDO_UID}::{home}:/bin/sh\n")
         (etc / "group").write_text(Path("/etc/group").read_text() + f"{SUDO_USER}:x:{SUDO_UID}:\n")
         (etc / "shadow").write_text(Path("/etc/shadow").read_text() + f"{SUDO_USER}:{password_hash}:19000:0:99999:7:::\n")
         (etc / "shadow").chmod(0o640)
@@ -397,6 +424,7 @@ class Lab:
             f"root ALL=(ALL:ALL) ALL\n{SUDO_USER} ALL=(ALL:ALL) ALL\n"
         )
         sudoers.chmod(0o440)
+        (etc / "bash.bashrc").write_text("# The lab host's own: empty, so SSH sessions run none of this machine's start-up files.\n")
         os.chown(directory / "home" / SUDO_USER, SUDO_UID, SUDO_UID)
         os.chown(directory / "home" / SUDO_USER / ".ssh", SUDO_UID, SUDO_UID)
         deployer_conf = Path("/etc/nix/nix.conf")
@@ -632,6 +660,21 @@ class Lab:
     def activations(self, name: str) -> list[str]:
         log = self.disk_path(name, "/nix") / "var/nix/lab/activations.log"
         return log.read_text().splitlines() if log.exists() else []
+
+    def processes(self, name: str) -> dict[int, str]:
+        """Every live process of the host but its PID 1, by pid (as the host numbers them): its command line."""
+        procfs = Path(f"/proc/{self.init_pid(self.host(name))}/root/proc")  # the host's own /proc
+        found = {}
+        for entry in procfs.iterdir():
+            if not entry.name.isdigit() or entry.name == "1":
+                continue
+            try:
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except (OSError, IndexError):
+                continue  # it ended while we looked
+        return found
 
     def accepted_ssh_logins(self, name: str) -> int:
         log = self.host(name).directory / "sshd.log"

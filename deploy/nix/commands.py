@@ -87,8 +87,39 @@ def nix_sshopts(ssh_config: Path | None, port: int | None) -> str:
     return " ".join(options)
 
 
+# Options of the `nix` command that the legacy nix-store refuses, with how many values each takes:
+# what follows `--` reaches both the evaluation (`nix eval`) and the build (`nix-store --realise`).
+NIX_COMMAND_ONLY_OPTIONS = {
+    "--impure": 0, "--offline": 0, "--refresh": 0, "-L": 0, "--print-build-logs": 0, "--debugger": 0,
+    "--recreate-lock-file": 0, "--no-update-lock-file": 0, "--no-write-lock-file": 0, "--commit-lock-file": 0,
+    "--no-registries": 0, "--update-input": 1, "--inputs-from": 1, "--reference-lock-file": 1, "--output-lock-file": 1,
+    "--eval-store": 1, "-I": 1, "--include": 1, "--override-input": 2, "--override-flake": 2, "--arg": 2, "--argstr": 2,
+}
+
+
+def store_options(extra: Sequence[str]) -> list[str]:
+    """The extra options nix-store understands: those of `nix` alone (and their values) are left out (pure)."""
+    kept: list[str] = []
+    skip = 0
+    for option in extra:
+        if skip:
+            skip -= 1
+            continue
+        name = option.split("=", 1)[0] if option.startswith("--") else option
+        if name in NIX_COMMAND_ONLY_OPTIONS:
+            skip = 0 if "=" in option else NIX_COMMAND_ONLY_OPTIONS[name]
+            continue
+        kept.append(option)
+    return kept
+
+
 def nix_store_realise(derivation: str, gc_root: str, extra: Sequence[str] = ()) -> list[str]:
-    return ["nix-store", "--realise", derivation, "--add-root", gc_root, *extra]
+    return ["nix-store", "--realise", derivation, "--add-root", gc_root, *store_options(extra)]
+
+
+def nix_store_realise_many(paths: Sequence[str], gc_root: Path, extra: Sequence[str] = ()) -> list[str]:
+    """Root every path (building what is missing) as gc_root, gc_root-2, … in order: the `build` task's ./result links."""
+    return ["nix-store", "--realise", *paths, "--add-root", str(gc_root), "--keep-going", *store_options(extra)]
 
 
 def nix_store_requisites(path: str) -> list[str]:

@@ -13,7 +13,9 @@
 # waits for, and the verdict goes to $4/<token> for status, history and the
 # next deploy: `key<TAB>value` lines (verdict: its words; by; system: the one
 # guarded; generation: the one it rolled back, if any; undid: 1 when it put
-# anything back), parsed by deploy.confirm.magic_rollback.parse_verdicts. $1/hurry (a later deploy found this one's deployer gone)
+# anything back), parsed by deploy.confirm.magic_rollback.parse_verdicts. A
+# confirmation also removes $1, which ends the watchdog (within its one-second
+# poll). $1/hurry (a later deploy found this one's deployer gone)
 # makes it decide as soon as no activation runs.
 # It undoes only what it guards: the profile only while it still points at
 # $6 (a generation other than $7), the running system only while it is $6.
@@ -22,19 +24,24 @@ dir=$1 activation_limit=$2 confirm_timeout=$3 verdicts=$4 profile=$5 guarded=$6
 previous_generation=$7 previous_path=$8 previous_running=$9
 changes_boot=${10} changes_running=${11} created=${12}
 token=${dir##*/}
+# Someone decided: the deployer's undo (its verdict directory), or the confirmation, which
+# also removes our directory once it has claimed the verdict.
+decided() {
+  [ -d "$dir/verdict" ] || [ ! -d "$dir" ]
+}
 running_activation() {
   [ -e "$dir/activated.pid" ] && kill -0 "$(cat "$dir/activated.pid")" 2>/dev/null
 }
 waited=0
 while [ ! -e "$dir/activated" ]; do
-  [ -d "$dir/verdict" ] && exit 0
+  decided && exit 0
   [ "$waited" -ge "$activation_limit" ] && break
   if [ -e "$dir/hurry" ] && ! running_activation && [ ! -e "$dir/activated" ]; then break; fi
   sleep 1; waited=$((waited + 1))
 done
 waited=0
 while [ "$waited" -lt "$confirm_timeout" ]; do
-  [ -d "$dir/verdict" ] && exit 0
+  decided && exit 0
   [ -e "$dir/hurry" ] && break
   sleep 1; waited=$((waited + 1))
 done

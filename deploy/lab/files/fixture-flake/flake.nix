@@ -37,6 +37,15 @@
         let units = (settings.hostUnits or { }).${name} or settings.units or defaultUnits;
         in map (unit: builtins.toFile unit units.${unit}) (builtins.attrNames units);
 
+      # A pure computation of evalWork x 2000 steps that each toplevel needs before it is a value at
+      # all (so `nix flake check`, which only looks at its type, pays it too), so that systems take
+      # as long to evaluate as real ones (bench/: about 1.3 s each). It changes no derivation;
+      # zero (the default) adds nothing.
+      evalWork = settings.evalWork or 0;
+      slowEvaluation = name:
+        builtins.foldl' (acc: i: acc + builtins.foldl' (a: j: a + builtins.stringLength (toString (i * j))) 0 (builtins.genList (j: j) 2000))
+          (builtins.stringLength name) (builtins.genList (i: i) evalWork);
+
       mkSystem = name: variant:
         let
           revision = settings.revisions.${name} or settings.revision;
@@ -54,7 +63,7 @@
             inherit system revision variant etc kernel;
             name = "nixos-system-${name}-lab.${revision}";
             builder = "/bin/sh";
-            args = [ ./build-toplevel.sh ];
+            args = if variant == "unbuildable" then [ "-c" "echo 'lab: this system does not build' >&2; exit 1" ] else [ ./build-toplevel.sh ];
             PATH = "/usr/bin:/bin";
             sw = shell;
             hostName = name;
@@ -66,11 +75,14 @@
             slowSeconds = if variant == "slow" then toString (settings.slowSeconds or 6) else "0";
             health = if variant == "sick" then "sick" else "ok";
           };
+          forced = if evalWork > 0 then builtins.seq (slowEvaluation name) toplevel else toplevel;
+          # settings.traceEvaluation: Nix says so each time a process evaluates a toplevel (once per process).
+          traced = if settings.traceEvaluation or false then builtins.trace "lab: evaluating the toplevel of ${name}${if variant == "ok" then "" else "-" + variant}" forced else forced;
         in {
           config = {
             networking.hostName = name;
             nixpkgs.hostPlatform = system;
-            system.build.toplevel = toplevel;
+            system.build.toplevel = traced;
             system.nixos.version = "24.11.lab.${revision}";
           };
         };
@@ -82,6 +94,7 @@
         "-slow" = "slow";
         "-sick" = "sick";
         "-netdrop" = "netdrop";
+        "-unbuildable" = "unbuildable";
       };
       forHost = name:
         builtins.listToAttrs (map (suffix: {
@@ -91,7 +104,7 @@
 
       homeUsers = settings.homeUsers or [ "deploy" ];
       homeDirectory = user:
-        (settings.homeDirectories or { }).${user} or (if user == "root" then "/root" else "/home/${user}");
+        (settings.homeDirectories or { }).${user} or "/home/${user}"; # root's too, in the lab (deploy/lab/lab.py)
 
       # Home Manager's activationPackage, reduced to its contract: an
       # executable `activate` that must run as the user it was built for.
@@ -115,6 +128,13 @@
       plainHomes = map (user: { name = user; value = mkHome user "" settings.revision; }) homeUsers;
     in {
       nixosConfigurations = builtins.foldl' (acc: name: acc // forHost name) { } settings.hosts;
+      # What `nix flake check` builds besides evaluating every system; settings.failingCheck makes it fail.
+      checks.${system}.lab = derivation {
+        inherit system;
+        name = "lab-check";
+        builder = "/bin/sh";
+        args = [ "-c" (if settings.failingCheck or false then "echo 'lab: the check fails' >&2; exit 1" else "echo ok > $out") ];
+      };
       homeConfigurations = builtins.listToAttrs (plainHomes ++ builtins.concatMap homesOf settings.hosts);
     };
 }

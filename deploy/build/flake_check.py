@@ -1,0 +1,125 @@
+"""`nix flake check` on request, beside the build, once per locked flake.
+
+The check evaluates every output of the flake (every system, not only the
+selected ones) and builds its checks, so it is off unless asked for
+(`--check`, or `check: true` in hosts.yaml's defaults). When it runs, it runs
+in the background while the systems build and copy; a host waits for it only
+before activation, and a failed check stops every host there. A flake whose
+check passed is remembered by what identifies it locked (its narHash and its
+inputs' locks, from `nix flake metadata --json`, and the extra Nix options),
+so an unchanged flake is not checked again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from deploy.errors import BuildError
+from deploy.nix import commands
+from deploy.nix.flake_ops import flake_check
+from deploy.transport.process import LocalRunner
+
+PASSED_DIRECTORY = "flake-checks"  # under the state directory: one empty file per passed locked flake
+KEEP_PASSED = 50  # the newest passes kept; older ones only cost a check again
+
+
+def check_key(metadata_json: str, extra: Sequence[str] = ()) -> str | None:
+    """What identifies a locked flake to the check, from `nix flake metadata --json`; None when it is not locked (pure).
+
+    Nix 2.8 puts the narHash under "locked", later versions also at the top.
+    """
+    try:
+        metadata = json.loads(metadata_json)
+    except ValueError:
+        return None
+    if not isinstance(metadata, dict):
+        return None
+    locked = metadata.get("locked")
+    nar_hash = (locked.get("narHash") if isinstance(locked, dict) else None) or metadata.get("narHash")
+    if not isinstance(nar_hash, str) or not nar_hash:
+        return None
+    identity = json.dumps({"narHash": nar_hash, "locks": metadata.get("locks"), "extra": list(extra)}, sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+class PassedChecks:
+    """The locked flakes whose check passed on this machine: a file each, named by check_key."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def passed(self, key: str) -> bool:
+        return (self.directory / key).is_file()
+
+    def remember(self, key: str) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / key).touch()
+            entries = sorted(self.directory.iterdir(), key=lambda entry: entry.stat().st_mtime, reverse=True)
+            for stale in entries[KEEP_PASSED:]:
+                stale.unlink(missing_ok=True)
+        except OSError:
+            pass  # forgetting a pass costs one more check, never a deploy
+
+
+class FlakeCheck:
+    """One `nix flake check`, started at once in a thread; wait() before activating.
+
+    show_progress: as flake_ops.flake_check's (Nix's lines are shown only with -v).
+    """
+
+    def __init__(
+        self, runner: LocalRunner, flake: str, passed: PassedChecks, extra: Sequence[str] = (), *, show_progress: bool = True
+    ) -> None:
+        self.flake = flake
+        self._show_progress = show_progress
+        self._runner = runner
+        self._passed = passed
+        self._extra = tuple(extra)
+        self._error: BuildError | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._check, name="flake-check", daemon=True)
+        self._thread.start()
+
+    def _check(self) -> None:
+        try:
+            metadata = self._runner.run(commands.nix_flake_metadata(self.flake, self._extra), show_stderr=False, dry_stdout="{}")
+            key = check_key(metadata.stdout, self._extra) if metadata.ok else None
+            if key is not None and self._passed.passed(key):
+                self._runner.echo.note(f"==> nix flake check: passed before for this locked {self.flake}; not run again")
+                return
+            self._runner.echo.note(f"==> checking {self.flake} (nix flake check) while building; hosts activate once it passes")
+            flake_check(self._runner, self.flake, self._extra, show_progress=self._show_progress)
+            if key is not None and not self._runner.dry_run:
+                self._passed.remember(key)
+        except BuildError as error:
+            self._error = error
+        except Exception as error:  # noqa: BLE001 - a host waiting for the check must hear of it, never wait forever
+            self._error = BuildError(f"nix flake check {self.flake} failed: {type(error).__name__}: {error}")
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def failure(self) -> BuildError | None:
+        """What a host says when the check has already failed (its own error is the run's, said once at the end); else None."""
+        if not self._done.is_set() or self._error is None:
+            return None
+        return BuildError(f"not activated: nix flake check {self.flake} failed")
+
+    def outcome(self) -> BuildError | None:
+        """Wait for the check to end: its error, or None when it passed."""
+        self._done.wait()
+        return self._error
+
+    def wait(self) -> None:
+        """Return once the check has passed; raise failure()'s error if it failed."""
+        self._done.wait()
+        error = self.failure()
+        if error is not None:
+            raise error

@@ -1,0 +1,180 @@
+"""Building here: each selected system evaluated once, realised without a second evaluation, failures kept to their host;
+and `nix flake check` on request, remembered per locked flake.
+
+The pure parts are checked on their own; the rest against the real Nix and the lab's fixture flake (no hosts needed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploy.build import build
+from deploy.build.build import ParallelBuild, build_system
+from deploy.build.flake_check import FlakeCheck, PassedChecks, check_key
+from deploy.errors import BuildError
+from deploy.lab import write_fixture_flake
+from deploy.nix import commands
+from deploy.transport.process import LocalRunner
+from deploy.ui import Emitter
+from deploy.ui.events import CommandRun, Event, Note, OutputText
+
+NIX = shutil.which("nix")
+needs_nix = pytest.mark.skipif(NIX is None, reason="nix is not installed")
+
+
+class Recorder:
+    """Every event a runner's emitter sends: the commands it ran, its notes, what the commands printed."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event, /) -> None:
+        self.events.append(event)
+
+    @property
+    def commands(self) -> list[tuple[str, ...]]:
+        return [event.argv for event in self.events if isinstance(event, CommandRun)]
+
+    @property
+    def notes(self) -> str:
+        return "\n".join(event.text for event in self.events if isinstance(event, Note))
+
+    @property
+    def output(self) -> str:
+        return "".join(event.text for event in self.events if isinstance(event, OutputText))
+
+
+def recording_runner() -> tuple[LocalRunner, Recorder]:
+    recorder = Recorder()
+    return LocalRunner(Emitter(recorder)), recorder
+
+
+def toplevel_of(flake: Path, attr: str) -> str:
+    installable = f'path:{flake}#nixosConfigurations."{attr}".config.system.build.toplevel.outPath'
+    return subprocess.run([*commands.NIX, "eval", "--raw", installable], capture_output=True, text=True, check=True).stdout
+
+
+# --- pure ------------------------------------------------------------------------------------------------------------
+
+
+def test_nix_store_gets_the_extra_options_it_understands() -> None:
+    extra = ["--show-trace", "--impure", "--override-input", "nixpkgs", "path:/n", "-L", "--option", "cores", "2",
+             "--arg", "a", "1", "--update-input=x", "-j", "4", "--refresh", "--keep-failed"]
+    assert commands.store_options(extra) == ["--show-trace", "--option", "cores", "2", "-j", "4", "--keep-failed"]
+    assert commands.nix_store_realise_many(["/nix/store/a.drv", "/nix/store/b.drv"], Path("/r/result"), ["--impure", "-v"]) == [
+        "nix-store", "--realise", "/nix/store/a.drv", "/nix/store/b.drv", "--add-root", "/r/result", "--keep-going", "-v",
+    ]
+    assert commands.nix_store_realise("/nix/store/a.drv", "/t/result", ["-L", "-v"]) == [
+        "nix-store", "--realise", "/nix/store/a.drv", "--add-root", "/t/result", "-v",
+    ]
+
+
+def test_one_process_per_core_at_most() -> None:
+    assert [build.evaluation_processes(count, cores=2) for count in (1, 2, 8)] == [1, 2, 2]
+    assert build.evaluation_processes(8, cores=16) == 8
+
+
+METADATA_2_8 = {"locked": {"narHash": "sha256-A", "type": "path"}, "locks": {"nodes": {"root": {}}, "root": "root", "version": 7}}
+METADATA_2_26 = {**METADATA_2_8, "narHash": "sha256-A"}
+
+
+def test_a_locked_flake_is_known_by_its_nar_hash_locks_and_options() -> None:
+    key = check_key(json.dumps(METADATA_2_8))
+    assert key is not None and key == check_key(json.dumps(METADATA_2_26))
+    assert check_key(json.dumps({**METADATA_2_8, "locked": {"narHash": "sha256-B"}})) != key
+    assert check_key(json.dumps({**METADATA_2_8, "locks": {"nodes": {"root": {"inputs": {"n": "n"}}, "n": {}}}})) != key
+    assert check_key(json.dumps(METADATA_2_8), ["--override-input", "n", "path:/n"]) != key
+    assert check_key(json.dumps({"locked": {"type": "git"}})) is None
+    assert check_key("not json") is None and check_key("[]") is None
+
+
+def test_passed_checks_are_remembered_and_the_oldest_forgotten(tmp_path: Path) -> None:
+    passed = PassedChecks(tmp_path / "checks")
+    assert not passed.passed("a")
+    for index in range(55):
+        passed.remember(f"k{index}")
+        os.utime(tmp_path / "checks" / f"k{index}", (index, index))
+    assert passed.passed("k54") and not passed.passed("k0")
+    assert len(list((tmp_path / "checks").iterdir())) == 50
+
+
+# --- against Nix ---------------------------------------------------------------------------------------------------
+
+
+@needs_nix
+def test_a_system_is_evaluated_once_by_the_one_nix_build_that_builds_it(tmp_path: Path) -> None:
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta"], trace_evaluation=True)
+    runner, recorder = recording_runner()
+    path = build_system(runner, f"path:{flake}", "alpha", gc_root=tmp_path / "alpha")
+    assert path == toplevel_of(flake, "alpha") and os.readlink(tmp_path / "alpha") == path
+    # Nix says it each time a process evaluates a toplevel: once, in the one `nix build` that also builds it.
+    assert [line for line in recorder.output.splitlines() if "lab: evaluating" in line] == ["trace: lab: evaluating the toplevel of alpha"]
+    assert [argv[:4] for argv in recorder.commands] == [(*commands.NIX, "build")]
+    # An unchanged flake is answered from Nix's evaluation cache: not evaluated again.
+    assert build_system(runner, f"path:{flake}", "alpha", gc_root=tmp_path / "again") == path
+    assert recorder.output.count("lab: evaluating") == 1
+
+
+@needs_nix
+def test_a_system_that_fails_to_evaluate_or_to_build_says_so_in_one_line(tmp_path: Path) -> None:
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta"])
+    runner, _ = recording_runner()
+    with pytest.raises(BuildError) as unbuildable:
+        build_system(runner, f"path:{flake}", "beta-unbuildable", gc_root=tmp_path / "root")
+    assert str(unbuildable.value).startswith("building beta-unbuildable failed: error: builder for '/nix/store/")
+    assert "nixos-system-beta" in str(unbuildable.value) and "\n" not in str(unbuildable.value)
+    with pytest.raises(BuildError) as missing:
+        build_system(runner, f"path:{flake}", "nosuch", gc_root=tmp_path / "root")
+    assert str(missing.value).startswith(f'path:{flake} has no nixosConfigurations."nosuch"; it has: alpha, ')
+    assert not (tmp_path / "root").exists()
+
+
+@needs_nix
+def test_systems_build_side_by_side_and_the_build_task_links_them_in_host_order(tmp_path: Path) -> None:
+    names = ["alpha", "beta", "gamma"]
+    flake = write_fixture_flake(tmp_path / "flake", names)
+    runner, recorder = recording_runner()
+    (tmp_path / "roots").mkdir()
+    parallel = ParallelBuild(
+        runner, f"path:{flake}", [*names, "nosuch"], roots=tmp_path / "roots", out_link=tmp_path / "result", processes=2,
+    )
+    assert parallel.result("gamma") == toplevel_of(flake, "gamma")
+    with pytest.raises(BuildError, match='has no nixosConfigurations."nosuch"'):
+        parallel.result("nosuch")
+    parallel.finish()
+    assert sum(1 for argv in recorder.commands if argv[3] == "build") == 4
+    assert [os.readlink(tmp_path / link) for link in ("result", "result-2", "result-3")] == [toplevel_of(flake, name) for name in names]
+    assert sorted(os.readlink(link) for link in (tmp_path / "roots").iterdir()) == sorted(toplevel_of(flake, name) for name in names)
+
+
+@needs_nix
+def test_the_flake_check_runs_once_per_locked_flake(tmp_path: Path) -> None:
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    passed = PassedChecks(tmp_path / "checks")
+    runner, recorder = recording_runner()
+
+    def checked() -> int:
+        return sum(1 for argv in recorder.commands if argv[3:5] == ("flake", "check"))
+
+    FlakeCheck(runner, f"path:{flake}", passed).wait()
+    assert checked() == 1
+    FlakeCheck(runner, f"path:{flake}", passed).wait()
+    assert checked() == 1 and "passed before for this locked" in recorder.notes
+    write_fixture_flake(tmp_path / "flake", ["alpha"], revision="2")
+    FlakeCheck(runner, f"path:{flake}", passed).wait()
+    assert checked() == 2
+
+    write_fixture_flake(tmp_path / "flake", ["alpha"], failing_check=True)
+    failing = FlakeCheck(runner, f"path:{flake}", passed)
+    with pytest.raises(BuildError, match=r"^not activated: nix flake check path:\S+ failed$"):
+        failing.wait()  # what each host says; the check's own error is the run's, said once
+    assert re.match(r"^nix flake check path:\S+ failed: error: builder for .*lab-check.drv", str(failing.outcome()))
+    assert failing.failure() is not None and checked() == 3
+    FlakeCheck(runner, f"path:{flake}", passed).outcome()
+    assert checked() == 4  # a failed check is not remembered
