@@ -162,5 +162,11 @@ class KeysFailed(NixfabError):
     exit_code = 19
 
 
+class StoppedByInterrupt(NixfabError):
+    """A host stopped before it changed, because the run was interrupted while it waited (for its build, for the flake check)."""
+
+    exit_code = 130
+
+
 class HangUp(KeyboardInterrupt):
     """SIGHUP (the terminal or the SSH session nixfab runs in went away), raised where Ctrl-C would be: exit 129."""

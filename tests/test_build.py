@@ -145,7 +145,7 @@ def test_systems_build_side_by_side_and_the_build_task_links_them_in_host_order(
         runner, f"path:{flake}", [*names, "nosuch"], roots=tmp_path / "roots", out_link=tmp_path / "result", processes=2,
     )
     assert parallel.result("gamma") == toplevel_of(flake, "gamma")
-    with pytest.raises(BuildError, match='has no nixosConfigurations."nosuch"'):
+    with pytest.raises(BuildError, match=r'has no nixosConfigurations\."nosuch"'):
         parallel.result("nosuch")
     parallel.finish()
     assert sum(1 for argv in recorder.commands if argv[3] == "build") == 4

@@ -31,11 +31,31 @@ def test_switch_push_makes_generations_current_and_default(fleet) -> None:  # ty
     set_fixture_revision(flake, "2")
     second = toplevel_of(flake, "alpha")
     result = ok(inv("switch-push", "--host", "alpha", "--flake", str(flake), "--inventory", str(inventory), "-v"))
-    assert "+ [alpha] nix-env -p /nix/var/nix/profiles/system --set " + second in result.stderr
+    # -v shows every command: the activation's sets the profile to the new system (activate.sh's arguments).
+    assert "+ [alpha] sh -c " in result.stderr and f" sh {second} /nix/var/nix/profiles/system 1 " in result.stderr
     state = lab.state("alpha")
     assert [g.path for g in state.generations] == [first, second]
     assert state.current_system == second and state.boot_default == "nixos-generation-2.conf"
     assert lab.state("beta").generations == ()
+
+
+def test_a_deploy_makes_four_commands_and_a_second_connection_and_a_no_op_one_command(fleet) -> None:  # type: ignore[no-untyped-def]
+    """The lock's round trip asks the rest (state, space, what the host lacks, systemd-run); the import; one activation
+    (watchdog, profile, switch); the release (with the revision). The confirmation comes over a connection of its own."""
+    lab, flake, inventory = fleet
+    args = ("--flake", str(flake), "--inventory", str(inventory))
+
+    def asked(deploy: tuple[str, ...]) -> tuple[int, int]:
+        commands, connections = lab.remote_commands("alpha"), lab.accepted_ssh_logins("alpha")
+        ok(inv(*deploy))
+        return lab.remote_commands("alpha") - commands, lab.accepted_ssh_logins("alpha") - connections
+
+    assert asked(("switch-push", "alpha", *args)) == (4 + 1, 2)  # a fresh host
+    set_fixture_revision(flake, "2")
+    assert asked(("switch-push", "alpha", *args)) == (4 + 1, 2)
+    assert asked(("switch-push", "alpha", *args, "--no-magic-rollback")) == (1, 1)  # already current: the lock's round trip says so
+    assert lab.state("alpha").current_system == toplevel_of(flake, "alpha")
+    assert len(lab.state("alpha").generations) == 2
 
 
 def test_build_leaves_result_and_touches_no_host(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -120,7 +140,7 @@ def test_dry_run_changes_nothing_and_connects_nowhere(fleet) -> None:  # type: i
     logins = lab.accepted_ssh_logins("alpha")
     result = ok(inv("switch-push-reset", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--dry-run"))
     for expected in ("nix --extra-experimental-features 'nix-command flakes' build", "+ nix-store --export", "[alpha] nix-store --import",
-                     "[alpha] nix-env -p /nix/var/nix/profiles/system --set", "/bin/switch-to-configuration' boot",
+                     "[alpha] sh -c '\npath=$1 profile=$2 set_profile=$3 ", "/bin/switch-to-configuration' boot",
                      "systemctl reboot", "[alpha] nix-collect-garbage"):
         assert expected in result.stderr
     assert lab.accepted_ssh_logins("alpha") == logins

@@ -65,16 +65,22 @@ def expect(*pairs: tuple[tuple[str, ...], bool]) -> list[tuple[tuple[str, ...], 
     return [(shown(argv), sudo) for argv, sudo in pairs]
 
 
-VERSION = (("test", "-e", f"{NEW}/nixos-version"), False)
 STATE = (sh("system_state", PROFILE), False)
-SET_PROFILE = (("nix-env", "-p", PROFILE, "--set", NEW), True)
-READ_PROFILE = (("readlink", PROFILE), False)
 JOURNAL = (("journalctl", "--no-pager", "-n", "30", "-u", UNIT), False)
+# What activate.sh prints before the switch's own output when it set the profile.
+ACTIVATED = "nixfab-activate\tprofile\tsystem-42-link\n"
+
+
+def activating(action: str, *, arming: tuple[str, ...] = (), switch: tuple[str, ...] = ()) -> tuple[tuple[str, ...], bool]:
+    """The one activation command (activate.sh, as root): check, arm the watchdog, set the profile (switch, boot), switch."""
+    sets_profile = action in ("switch", "boot")
+    switch = switch or unit(NEW, action, bootloader=sets_profile)
+    return (sh("activate", NEW, PROFILE, "1" if sets_profile else "0", str(len(arming)), *arming, *switch), True)
 
 
 def web1(**facts: bool) -> RecordingHost:
     """A host on generation 41 that runs OLD_RUNNING; setting the profile makes generation 42."""
-    return RecordingHost(facts={"systemd-run": True, **facts}).on("system_state", probe()).on(["readlink", PROFILE], "system-42-link\n")
+    return RecordingHost(facts={"systemd-run": True, **facts}).on("system_state", probe()).on("activate", ACTIVATED)
 
 
 # ---- a switch that works ------------------------------------------------------------------------------------------------
@@ -83,73 +89,95 @@ def web1(**facts: bool) -> RecordingHost:
 def test_switch_sets_the_profile_then_runs_switch_to_configuration_in_a_unit() -> None:
     host = web1()
     activation = activate(host, NEW, "switch")
-    assert steps(host) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, (unit(NEW, "switch", bootloader=True), True))
-    assert [call.stream for call in host.calls] == [False, False, False, False, True]
+    assert steps(host) == expect(STATE, activating("switch"))
+    assert [call.stream for call in host.calls] == [False, True]
     assert activation == Activation(NEW, "switch", 42, SystemState(41, OLD_GEN, OLD_RUNNING))
+
+
+def test_the_state_the_host_gave_under_the_lock_is_not_asked_again() -> None:
+    host = web1()
+    assert activate(host, NEW, "switch", previous=SystemState(41, OLD_GEN, OLD_RUNNING)).generation == 42
+    assert steps(host) == expect(activating("switch"))
 
 
 def test_boot_sets_the_profile_and_installs_the_bootloader() -> None:
     host = web1()
     assert activate(host, NEW, "boot").generation == 42
-    assert steps(host) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, (unit(NEW, "boot", bootloader=True), True))
+    assert steps(host) == expect(STATE, activating("boot"))
 
 
 @pytest.mark.parametrize("action", ["test", "dry-activate"])
 def test_test_and_dry_activate_leave_the_profile_alone(action: str) -> None:
-    host = web1()
+    host = web1().on("activate", "")
     assert activate(host, NEW, action) == Activation(NEW, action, 41, SystemState(41, OLD_GEN, OLD_RUNNING))
-    assert steps(host) == expect(VERSION, STATE, (unit(NEW, action, bootloader=False), True))
+    assert steps(host) == expect(STATE, activating(action))
 
 
 def test_without_systemd_run_the_switch_runs_in_a_clean_environment() -> None:
-    host = RecordingHost().on("system_state", probe()).on(["readlink", PROFILE], "system-42-link\n").on(["systemd-run"], 1)
+    host = RecordingHost().on("system_state", probe()).on("activate", ACTIVATED).on(["systemd-run"], 1)
     activate(host, NEW, "switch")
     probe_unit = (
         "systemd-run", "-E", "LOCALE_ARCHIVE", "-E", "NIXOS_INSTALL_BOOTLOADER=", "--collect", "--no-ask-password", "--pipe", "--quiet",
         "--service-type=exec", "--unit=nixfab-switch-to-configuration-probe", "--wait", "true",
     )
     clean = ("env", "-i", "NIXOS_INSTALL_BOOTLOADER=1", f"{NEW}/bin/switch-to-configuration", "switch")
-    assert steps(host) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, (probe_unit, True), (clean, True))
+    assert steps(host) == expect(STATE, (probe_unit, True), activating("switch", switch=clean))
     assert host.facts == {"systemd-run": False}
 
 
 def test_a_path_that_is_not_a_system_here_is_refused_before_anything_changes() -> None:
-    host = web1().on(["test", "-e"], 1)
+    host = web1().on("activate", Reply(1, "nixfab-activate\tnot-nixos\n"))
     with pytest.raises(NotInStore) as refused:
         activate(host, NEW, "switch")
     assert refused.value.exit_code == 12 and str(refused.value).startswith(f"web1: {NEW} is not a NixOS system on this host")
-    assert steps(host) == expect(VERSION)
+    assert steps(host) == expect(STATE, activating("switch"))  # activate.sh checked it first, and went no further
 
 
 def test_a_profile_that_cannot_be_set_stops_before_the_switch() -> None:
-    host = web1().on(["nix-env"], Reply(1, "", "error: opening lock file '/nix/var/nix/profiles/system.lock': Permission denied\n"))
+    unset = "nixfab-activate\tunset\terror: opening lock file '/nix/var/nix/profiles/system.lock': Permission denied\n"
+    host = web1().on("activate", Reply(1, unset))
+    undone: list[bool] = []
     with pytest.raises(RemoteCommandFailed, match=r"^web1: nix-env --set failed: error: opening lock file") as failed:
-        activate(host, NEW, "switch")
+        activate(host, NEW, "switch", before_undo=lambda: undone.append(True))
     assert failed.value.exit_code == 9
-    assert steps(host) == expect(VERSION, STATE, SET_PROFILE)
+    assert steps(host) == expect(STATE, activating("switch"))
+    assert undone == [True]  # a watchdog armed before it is told to stand down: nothing changed
 
 
-def test_before_switch_sees_the_prepared_activation_before_the_profile_changes_and_wrap_wraps_the_argv() -> None:
-    # It used to run after `nix-env --set` (seeing generation 42): a deployer killed in between left a never-activated
-    # generation as the boot default with no watchdog to put it back. The generation is not known yet.
+def test_a_watchdog_that_cannot_start_stops_the_deploy_before_anything_changes() -> None:
+    host = web1().on("activate", Reply(1, "nixfab-activate\tunarmed\tmkdir: Permission denied\n"))
+    with pytest.raises(NixfabError, match=r"^web1: cannot start the rollback watchdog: mkdir: Permission denied$"):
+        activate(host, NEW, "switch", arm=lambda prepared: ["start", "watchdog"])
+    assert steps(host) == expect(STATE, activating("switch", arming=("start", "watchdog")))
+
+
+def test_arm_sees_the_prepared_activation_before_the_profile_changes_and_wrap_wraps_the_argv() -> None:
+    # The watchdog once started after `nix-env --set` (seeing generation 42): a deployer killed in between left a never-activated
+    # generation as the boot default with no watchdog to put it back. activate.sh starts it first; the generation is not known yet.
     host = web1()
-    seen: list[tuple[Activation, int]] = []
-    activate(host, NEW, "switch", before_switch=lambda prepared: seen.append((prepared, len(host.calls))), wrap=lambda argv: ["wrapped", *argv])
-    assert seen == [(Activation(NEW, "switch", None, SystemState(41, OLD_GEN, OLD_RUNNING)), 2)]
-    assert seen[0][0].token == TOKEN and seen[0][0].unit == UNIT
+    seen: list[Activation] = []
+
+    def arm(prepared: Activation) -> list[str]:
+        seen.append(prepared)
+        return ["start", "watchdog"]
+
+    activate(host, NEW, "switch", arm=arm, wrap=lambda argv: ["wrapped", *argv])
+    assert seen == [Activation(NEW, "switch", None, SystemState(41, OLD_GEN, OLD_RUNNING))]
+    assert seen[0].token == TOKEN and seen[0].unit == UNIT
     assert host.argvs[-1][-3:] == ("wrapped", f"{NEW}/bin/switch-to-configuration", "switch")
+    assert host.argvs[-1][8:10] == ("start", "watchdog")  # activate.sh's words that arm it: run before the profile is set
 
 
 # ---- a switch that fails, and what is put back --------------------------------------------------------------------------
 
 
 def test_a_failed_switch_restores_generation_boot_default_and_running_system() -> None:
-    host = web1().on(switching_to(NEW), Reply(4, "", "warning: the following units failed: nginx.service\n")).on(["journalctl"], "nginx: bad config\n")
+    failing = Reply(4, ACTIVATED, "warning: the following units failed: nginx.service\n")
+    host = web1().on(switching_to(NEW), failing).on(["journalctl"], "nginx: bad config\n")
     with pytest.raises(ActivationFailed) as failed:
         activate(host, NEW, "switch")
     assert steps(host) == expect(
-        VERSION, STATE, SET_PROFILE, READ_PROFILE, (unit(NEW, "switch", bootloader=True), True),
-        JOURNAL,
+        STATE, activating("switch"),
         (("nix-env", "-p", PROFILE, "--switch-generation", "41"), True),
         (unit(OLD_GEN, "boot", bootloader=True), True),
         (("nix-env", "-p", PROFILE, "--delete-generations", "42"), True),
@@ -160,14 +188,24 @@ def test_a_failed_switch_restores_generation_boot_default_and_running_system() -
         "web1: switch-to-configuration switch failed (exit 4): warning: the following units failed: nginx.service; "
         f"rolled back: profile and boot default back to generation 41; running system back to {OLD_RUNNING}"
     )
-    assert failed.value.details == f"journalctl -u {UNIT} (last lines):\n  nginx: bad config"  # shown once, under the error
+    # Shown once, under the error: the switch's own output (under systemd-run --pipe it came to us, not to the journal),
+    # without activate.sh's lines.
+    assert failed.value.details == "switch-to-configuration switch (last lines):\n  warning: the following units failed: nginx.service"
+
+
+def test_a_failed_switch_that_printed_nothing_is_explained_by_its_unit_s_journal() -> None:
+    host = web1().on(switching_to(NEW), Reply(4, ACTIVATED)).on(["journalctl"], "nginx: bad config\n")
+    with pytest.raises(ActivationFailed) as failed:
+        activate(host, NEW, "switch")
+    assert steps(host)[2] == expect(JOURNAL)[0]
+    assert failed.value.details == f"journalctl -u {UNIT} (last lines):\n  nginx: bad config"
 
 
 def test_a_failed_boot_restores_the_profile_and_boot_default_but_not_the_running_system() -> None:
-    host = web1().on(switching_to(NEW), 1)
+    host = web1().on(switching_to(NEW), Reply(1, ACTIVATED))
     with pytest.raises(ActivationFailed, match=r"; rolled back: profile and boot default back to generation 41$"):
         activate(host, NEW, "boot")
-    assert steps(host)[6:] == expect(
+    assert steps(host)[3:] == expect(
         (("nix-env", "-p", PROFILE, "--switch-generation", "41"), True),
         (unit(OLD_GEN, "boot", bootloader=True), True),
         (("nix-env", "-p", PROFILE, "--delete-generations", "42"), True),
@@ -178,23 +216,23 @@ def test_a_failed_test_only_brings_the_running_system_back() -> None:
     host = web1().on(switching_to(NEW), 1)
     with pytest.raises(ActivationFailed, match=f"; rolled back: running system back to {OLD_RUNNING}$"):
         activate(host, NEW, "test")
-    assert steps(host)[3:] == expect(JOURNAL, (unit(OLD_RUNNING, "test", bootloader=False), True))
+    assert steps(host)[2:] == expect(JOURNAL, (unit(OLD_RUNNING, "test", bootloader=False), True))
 
 
 def test_on_a_host_without_a_profile_a_failed_switch_removes_the_new_one() -> None:
     installer = "/nix/store/0000000000000000000000000000000d-nixos-system-nixos-installer"
     host = RecordingHost(facts={"systemd-run": True}).on("system_state", probe(None, None, installer))
-    host.on(["readlink", PROFILE], "system-1-link\n").on(switching_to(NEW), 1)
+    host.on(switching_to(NEW), Reply(1, "nixfab-activate\tprofile\tsystem-1-link\n"))
     with pytest.raises(ActivationFailed, match=f"; rolled back: removed the new profile \\(the host had none\\); running system back to {installer}$"):
         activate(host, NEW, "switch")
-    assert steps(host)[6:] == expect(
+    assert steps(host)[3:] == expect(
         (("rm", "-f", "--", PROFILE, f"{PROFILE}-1-link"), True),
         (unit(installer, "test", bootloader=False), True),
     )
 
 
 def test_a_restore_that_fails_too_is_said_and_the_rest_still_runs() -> None:
-    host = web1().on(switching_to(NEW), 1).on(switching_to(OLD_GEN), Reply(1, "", "Failed to install bootloader\n"))
+    host = web1().on(switching_to(NEW), Reply(1, ACTIVATED)).on(switching_to(OLD_GEN), Reply(1, "", "Failed to install bootloader\n"))
     with pytest.raises(ActivationFailed) as failed:
         activate(host, NEW, "switch")
     assert (
@@ -205,7 +243,7 @@ def test_a_restore_that_fails_too_is_said_and_the_rest_still_runs() -> None:
 
 
 def test_no_journal_is_read_where_the_switch_did_not_run_under_systemd() -> None:
-    host = RecordingHost(facts={"systemd-run": False}).on("system_state", probe()).on(["readlink", PROFILE], "system-42-link\n")
+    host = RecordingHost(facts={"systemd-run": False}).on("system_state", probe()).on("activate", ACTIVATED)
     host.on(switching_to(NEW), 1)
     with pytest.raises(ActivationFailed):
         activate(host, NEW, "test")
@@ -262,12 +300,11 @@ def test_system_state_reads_generation_path_and_running_system_in_one_round_trip
 
 @pytest.mark.parametrize("probe_failure", [LOST, Reply(1, "", "readlink: Input/output error\n")], ids=["lost", "error"])
 def test_a_failed_state_probe_never_leads_to_removing_the_system_profile(probe_failure: Reply) -> None:
-    host = RecordingHost(facts={"systemd-run": True}).on("system_state", probe_failure)
-    host.on(["readlink", PROFILE], "system-42-link\n").on(switching_to(NEW), 1)
+    host = RecordingHost(facts={"systemd-run": True}).on("system_state", probe_failure).on(switching_to(NEW), Reply(1, ACTIVATED))
     with pytest.raises(NixfabError):
         activate(host, NEW, "switch")
     assert not any(call.argv[:3] == ("rm", "-f", "--") and PROFILE in call.argv for call in host.calls), steps(host)
-    assert steps(host) == expect(VERSION, STATE)  # refused before anything changed
+    assert steps(host) == expect(STATE)  # refused before anything changed
 
 
 def test_a_lost_channel_during_the_switch_is_unknown_and_nothing_is_undone() -> None:
@@ -278,4 +315,4 @@ def test_a_lost_channel_during_the_switch_is_unknown_and_nothing_is_undone() -> 
     assert unknown.value.exit_code == 18
     assert "cannot tell whether it finished and undid nothing" in str(unknown.value)
     assert f"journalctl -u {UNIT}" in str(unknown.value)
-    assert steps(host) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, (unit(NEW, "switch", bootloader=True), True))
+    assert steps(host) == expect(STATE, activating("switch"))

@@ -53,6 +53,19 @@ def probe(generation: int = 41, generation_path: str = OLD_GEN, running: str = O
     return f"profile\tsystem-{generation}-link\ngeneration\t{generation_path}\nrunning\t{running}\n"
 
 
+def preflight(*closure: str, wanted: str | None = NEW, space: tuple[str, ...] = ("/nix", "/boot")) -> tuple[str, ...]:
+    """The deploy's first command: the lock, and a switch's questions (the system state, free space, systemd-run, the closure)."""
+    probe_argv = unit("true", bootloader=False, name="nixfab-switch-to-configuration-probe")
+    return sh(
+        "preflight", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending"), script("system_state"), PROFILE, wanted or "", "1", "1",
+        script("free_space"), str(len(space)), *space, str(len(probe_argv)), *probe_argv, *closure,
+    )
+
+
+def release(*record: str) -> tuple[str, ...]:
+    return sh("lock_release", LOCK, HOLDER, script("lock_clear_if_held_by"), *((script("write_revision"), *record) if record else ("",)))
+
+
 UNIT = f"nixfab-switch-{TOKEN}"
 VERDICTS = "/nix/var/nix/nixfab/verdicts"
 WATCHDOGS = "/run/nixfab/magic-rollback"
@@ -85,14 +98,21 @@ def expect(*triples: tuple[int, tuple[str, ...], bool]) -> list[tuple[int, tuple
 
 
 STATE = (0, sh("system_state", PROFILE), False)
-VERSION = (0, ("test", "-e", f"{NEW}/nixos-version"), False)
-SET_PROFILE = (0, ("nix-env", "-p", PROFILE, "--set", NEW), True)
 READ_PROFILE = (0, ("readlink", PROFILE), False)
-SWITCH = (0, unit(*stc(NEW, "switch"), bootloader=True), True)
+# What activate.sh prints before the switch's own output when it set the profile.
+ACTIVATED = "nixfab-activate\tprofile\tsystem-42-link\n"
+
+
+def activating(switch: tuple[str, ...], arming: tuple[str, ...] = (), connection: int = 0) -> tuple[int, tuple[str, ...], bool]:
+    """The one activation command (activate.sh): check the system, arm the watchdog, set the profile, switch."""
+    return (connection, sh("activate", NEW, PROFILE, "1", str(len(arming)), *arming, *switch), True)
+
+
+ACTIVATE = activating(unit(*stc(NEW, "switch"), bootloader=True))
 RECORD_REVISION = (0, sh("write_revision", "/nix/var/nix/nixfab/generations", REVISION, "42"), True)
 WATCHDOG = (*sh("rollback_watchdog", DIR, "1800", "30"), VERDICTS, PROFILE, NEW, "41", OLD_GEN, OLD_RUNNING, "1", "1", "1")
-ARM = (0, sh("mkdir_then_exec", DIR, "systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit=nixfab-watchdog-{TOKEN}", *WATCHDOG), True)
-MARKED_SWITCH = (0, unit(*sh("mark_activated", f"{DIR}/activated", *stc(NEW, "switch")), bootloader=True), True)
+ARM = sh("mkdir_then_exec", DIR, "systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit=nixfab-watchdog-{TOKEN}", *WATCHDOG)
+GUARDED_ACTIVATE = activating(unit(*sh("mark_activated", f"{DIR}/activated", *stc(NEW, "switch")), bootloader=True), ARM)
 UNDO = (
     (0, ("journalctl", "--no-pager", "-n", "30", "-u", UNIT), False),
     (0, ("nix-env", "-p", PROFILE, "--switch-generation", "41"), True),
@@ -152,8 +172,8 @@ class World:
         self.runner = RecordingRunner(dry_run=dry_run)
         self.run = HostRun(self.spec, self.runner.echo, self.runner)  # type: ignore[arg-type]
         self.host = RecordingHost(dry_run=dry_run, facts={"systemd-run": True})
-        self.host.on("system_state", probe()).on(["readlink", PROFILE], "system-42-link\n")
-        self.host.on("lock_acquire", "acquired\n").on("confirm_activation", "confirmed\n")
+        self.host.on("system_state", probe()).on(["readlink", PROFILE], "system-42-link\n").on("activate", ACTIVATED)
+        self.host.on("preflight", "acquired\n").on("confirm_activation", "confirmed\n")
         monkeypatch.setattr(self.session, "target", lambda spec, echo=None: self.host)
         monkeypatch.setattr(self.session, "fresh_target", lambda spec, echo=None: self.host.reconnect())
 
@@ -193,7 +213,7 @@ def request(**fields: object) -> DeployRequest:
 
 def test_switch_probes_activates_and_records_the_revision(world: World) -> None:
     outcome = finish(world.session, request(revision="abc123", dirty=False), world.run, world.host, Built(NEW, "target"))
-    assert steps(world.host.calls) == expect(STATE, VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH, RECORD_REVISION)
+    assert steps(world.host.calls) == expect(STATE, STATE, ACTIVATE, RECORD_REVISION)
     assert outcome == DeployOutcome("web1", NEW, "target", "ok", copied=False, generation=42)
     assert world.runner.calls == []
     assert "activated generation 42 (switch) in " in world.notes
@@ -238,7 +258,7 @@ def test_force_activates_an_up_to_date_host_without_asking_whether_it_is(world: 
     world.host.on("system_state", probe(42, NEW, NEW))
     outcome = finish(world.session, request(force=True), world.run, world.host, Built(NEW, "target"))
     assert outcome.status == "ok"
-    assert steps(world.host.calls) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH)
+    assert steps(world.host.calls) == expect(STATE, ACTIVATE)
 
 
 def test_a_push_checks_space_then_copies_what_the_target_lacks(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,7 +271,7 @@ def test_a_push_checks_space_then_copies_what_the_target_lacks(world: World, mon
         STATE,
         (0, sh("free_space", "/nix", "/boot"), False),
         (0, ("nix-store", "--check-validity", NEW), False),
-        VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH,
+        STATE, ACTIVATE,
     )
     assert [(call.argv, call.env) for call in world.runner.calls] == [
         (("nix", "--extra-experimental-features", "nix-command flakes", "path-info", "--json", "--closure-size", NEW), {}),
@@ -267,7 +287,7 @@ def test_a_failed_health_check_undoes_the_switch(world: World) -> None:
     with pytest.raises(HealthCheckFailed) as failed:
         finish(world.session, request(), world.run, world.host, Built(NEW, "target"))
     assert steps(world.host.calls) == expect(
-        STATE, VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH,
+        STATE, STATE, ACTIVATE,
         (0, ("timeout", "10", "sh", "-c", "curl -fs localhost"), False),
         *UNDO[1:],
     )
@@ -289,7 +309,7 @@ def test_boot_skips_the_health_check(world: World) -> None:
 def test_a_guarded_switch_arms_the_watchdog_marks_the_activation_and_confirms_over_a_new_connection(world: World) -> None:
     outcome = finish(world.session, request(), world.run, world.host, Built(NEW, "target"))
     assert steps(world.host.calls) == expect(
-        STATE, VERSION, STATE, ARM, SET_PROFILE, READ_PROFILE, MARKED_SWITCH,
+        STATE, STATE, GUARDED_ACTIVATE,
         (1, sh("confirm_activation", DIR, VERDICTS), True),
     )
     assert outcome.status == "ok" and outcome.generation == 42
@@ -302,18 +322,19 @@ def test_a_guarded_switch_arms_the_watchdog_marks_the_activation_and_confirms_ov
 def test_no_watchdog_without_magic_rollback_or_for_boot(world: World, fields: dict[str, object]) -> None:
     finish(world.session, request(**fields), world.run, world.host, Built(NEW, "target"))
     assert world.host.opened == []
-    assert not any(call.script in ("mkdir_then_exec", "confirm_activation") for call in world.host.calls)
+    assert not any(call.script == "confirm_activation" for call in world.host.calls)
+    assert [call.argv[7] for call in world.host.calls if call.script == "activate"] == ["0"]  # activate.sh armed no watchdog
 
 
 RECORD = f"/run/nixfab/switches/{TOKEN}"
-RECORDED_SWITCH = (0, unit(*sh("mark_activated", f"{RECORD}/activated", *stc(NEW, "switch")), bootloader=True), True)
+RECORDED_ACTIVATE = activating(unit(*sh("mark_activated", f"{RECORD}/activated", *stc(NEW, "switch")), bootloader=True))
 FORGET_RECORD = (0, ("rm", "-rf", "--", RECORD), True)
 
 
 @pytest.mark.usefixtures("guarded")
 def test_an_unguarded_remote_switch_records_its_exit_status_and_forgets_it_once_known(world: World) -> None:
     activate_with_rollback(world.session, request(magic_rollback=False), world.run, world.host, NEW)
-    assert steps(world.host.calls) == expect(VERSION, STATE, SET_PROFILE, READ_PROFILE, RECORDED_SWITCH, FORGET_RECORD)
+    assert steps(world.host.calls) == expect(STATE, RECORDED_ACTIVATE, FORGET_RECORD)
 
 
 @pytest.mark.usefixtures("guarded")
@@ -322,7 +343,7 @@ def test_an_unguarded_switch_whose_channel_was_lost_asks_the_host_and_goes_on(wo
     activation = activate_with_rollback(world.session, request(magic_rollback=False), world.run, world.host, NEW)
     assert activation.generation == 42
     assert steps(world.host.calls) == expect(
-        VERSION, STATE, SET_PROFILE, READ_PROFILE, RECORDED_SWITCH,
+        STATE, RECORDED_ACTIVATE,
         (1, sh("activation_status", RECORD), True), (2, sh("activation_status", RECORD), True), READ_PROFILE, FORGET_RECORD,
     )
     assert world.host.closed == 1 and "the switch finished (exit 0) while we were away" in world.notes
@@ -334,7 +355,7 @@ def test_an_unguarded_switch_that_failed_while_we_were_away_is_undone(world: Wor
     with pytest.raises(ActivationFailed) as failed:
         activate_with_rollback(world.session, request(magic_rollback=False), world.run, world.host, NEW)
     assert str(failed.value) == f"web1: switch-to-configuration switch failed (exit 4) after the connection dropped; {ROLLED_BACK}"
-    assert steps(world.host.calls)[5:] == expect((1, sh("activation_status", RECORD), True), READ_PROFILE, *UNDO[1:], FORGET_RECORD)
+    assert steps(world.host.calls)[2:] == expect((1, sh("activation_status", RECORD), True), READ_PROFILE, *UNDO[1:], FORGET_RECORD)
 
 
 @pytest.mark.usefixtures("guarded")
@@ -352,17 +373,17 @@ def test_an_unguarded_switch_on_a_host_that_stays_unreachable_says_it_may_be_cut
     )
     assert unknown.value.exit_code == 18
     # Nothing undone over a guess, and the record is left for the user to read.
-    assert {call[1] for call in steps(world.host.calls)[5:]} == {shown(sh("activation_status", RECORD))}
+    assert {call[1] for call in steps(world.host.calls)[2:]} == {shown(sh("activation_status", RECORD))}
 
 
 @pytest.mark.usefixtures("guarded")
 def test_a_failed_guarded_switch_is_undone_here_and_the_watchdog_disarmed(world: World) -> None:
-    world.host.on(switching_to(NEW), 1)
+    world.host.on(switching_to(NEW), Reply(1, ACTIVATED))
     with pytest.raises(ActivationFailed, match=f"; {ROLLED_BACK}$"):
         activate_with_rollback(world.session, request(), world.run, world.host, NEW)
     # The verdict is claimed before undo, so that the watchdog cannot run the same steps meanwhile (it used to come after).
     assert steps(world.host.calls) == expect(
-        VERSION, STATE, ARM, SET_PROFILE, READ_PROFILE, MARKED_SWITCH, UNDO[0],
+        STATE, GUARDED_ACTIVATE, UNDO[0],
         (0, ("mkdir", "-p", "--", f"{DIR}/verdict"), True),
         *UNDO[1:],
     )
@@ -376,7 +397,7 @@ def test_a_connection_lost_during_the_switch_asks_the_host_then_confirms_over_a_
     activation = activate_with_rollback(world.session, request(), world.run, world.host, NEW)
     assert activation == Activation(NEW, "switch", 42, SystemState(41, OLD_GEN, OLD_RUNNING))
     assert steps(world.host.calls) == expect(
-        VERSION, STATE, ARM, SET_PROFILE, READ_PROFILE, MARKED_SWITCH,
+        STATE, GUARDED_ACTIVATE,
         (1, sh("activation_status", DIR), True), (2, sh("activation_status", DIR), True),
         READ_PROFILE,  # the deploy's own connection, opened again
         (3, sh("confirm_activation", DIR, VERDICTS), True),
@@ -387,7 +408,7 @@ def test_a_connection_lost_during_the_switch_asks_the_host_then_confirms_over_a_
 
 @pytest.mark.usefixtures("guarded")
 def test_a_connection_lost_before_the_watchdog_runs_is_just_an_error(world: World) -> None:
-    world.host.on(["test", "-e"], HostUnreachable("web1: no answer"))
+    world.host.on("system_state", HostUnreachable("web1: no answer"))
     with pytest.raises(HostUnreachable):
         activate_with_rollback(world.session, request(), world.run, world.host, NEW)
     assert len(world.host.calls) == 1 and world.host.opened == []
@@ -404,7 +425,7 @@ def test_no_confirmation_waits_for_the_host_to_roll_itself_back(world: World, de
         "web1: not confirmed within 3s after activation (web1: no answer); the host rolled itself back and runs " + OLD_RUNNING + " again"
     )
     assert missed.value.exit_code == 15
-    after_switch = steps(world.host.calls)[6:]
+    after_switch = steps(world.host.calls)[2:]
     assert after_switch == expect(
         *[(n, sh("confirm_activation", DIR, VERDICTS), True) for n in (1, 2, 3)],
         *[(n, ("test", "-e", f"{DIR}/rolled-back"), True) for n in (4, 5, 6)],
@@ -436,7 +457,7 @@ def test_a_switch_that_failed_while_we_were_away_is_claimed_then_undone(world: W
     with pytest.raises(ActivationFailed) as failed:
         activate_with_rollback(world.session, request(), world.run, world.host, NEW)
     assert str(failed.value) == f"web1: switch-to-configuration switch failed (exit 4) after the connection dropped; {ROLLED_BACK}"
-    assert steps(world.host.calls)[6:] == expect(
+    assert steps(world.host.calls)[2:] == expect(
         (1, sh("activation_status", DIR), True), READ_PROFILE, (0, ("mkdir", "-p", "--", f"{DIR}/verdict"), True), *UNDO[1:],
     )
     assert failed.value.exit_code == 6
@@ -453,7 +474,7 @@ def test_a_switch_whose_end_cannot_be_told_is_never_undone_over_a_guess(world: W
     assert "(web1: the SSH channel closed during switch-to-configuration switch without an exit status); asked" in message
     assert f"; asked over a new connection: {said}; nixfab cannot tell whether it finished and undid nothing; the rollback watchdog {TOKEN}" in message
     assert f"journalctl -u {UNIT}" in message and f"{VERDICTS}/{TOKEN}" in message and f"`cat {DIR}/activated`" in message
-    after_switch = steps(world.host.calls)[6:]
+    after_switch = steps(world.host.calls)[2:]
     assert {call[1] for call in after_switch} == {shown(sh("activation_status", DIR))}  # no undo, no disarm, no confirmation
 
 
@@ -464,8 +485,9 @@ def test_health_checks_run_before_the_confirmation(world: World) -> None:
     scripts = [call.argv[0] if call.script is None else call.script for call in world.host.calls]
     assert scripts.index("timeout") < scripts.index("confirm_activation")
     # The watchdog's window covers the checks: 30 s for the confirmation, 15 for one attempt.
-    arm = next(call for call in world.host.calls if call.script == "mkdir_then_exec")
-    assert arm.argv[arm.argv.index(DIR, 5) + 2] == "45"
+    activation = next(call.argv for call in world.host.calls if call.script == "activate")
+    watchdog = activation.index(script("rollback_watchdog"))  # its words: sh -c SCRIPT sh DIR LIMIT WINDOW ...
+    assert activation[watchdog + 2 : watchdog + 5] == (DIR, "1800", "45")
 
 
 @pytest.mark.usefixtures("guarded")
@@ -474,7 +496,7 @@ def test_a_failed_health_check_claims_the_verdict_undoes_and_never_confirms(worl
     world.host.on(["timeout"], 1)
     with pytest.raises(HealthCheckFailed, match=f"; {ROLLED_BACK}$"):
         finish(world.session, request(), world.run, world.host, Built(NEW, "target"))
-    assert steps(world.host.calls)[7:] == expect(
+    assert steps(world.host.calls)[3:] == expect(
         (0, ("timeout", "10", "sh", "-c", "false"), False), (0, ("mkdir", "-p", "--", f"{DIR}/verdict"), True), *UNDO[1:],
     )
     assert world.host.opened == []
@@ -482,7 +504,7 @@ def test_a_failed_health_check_claims_the_verdict_undoes_and_never_confirms(worl
 
 @pytest.mark.usefixtures("guarded")
 def test_a_failed_guarded_switch_claims_the_verdict_before_undoing(world: World) -> None:
-    world.host.on(switching_to(NEW), 1)
+    world.host.on(switching_to(NEW), Reply(1, ACTIVATED))
     with pytest.raises(ActivationFailed):
         activate_with_rollback(world.session, request(), world.run, world.host, NEW)
     argvs = world.host.argvs
@@ -499,36 +521,71 @@ def test_deploy_host_takes_the_lock_first_and_releases_it_last(world: World) -> 
     world.host.on(["nix-store", "--check-validity"], 0)
     outcome = deploy_host(world.session, request(), world.run, NEW)
     assert steps(world.host.calls) == expect(
-        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending")), True),
+        (0, preflight(), True),
         STATE,
         (0, sh("free_space", "/nix", "/boot"), False),
         (0, ("nix-store", "--check-validity", NEW), False),
-        VERSION, STATE, SET_PROFILE, READ_PROFILE, SWITCH,
-        (0, sh("lock_clear_if_held_by", LOCK, HOLDER), True),
+        STATE, ACTIVATE,
+        (0, release(), True),
     )
     assert outcome.status == "ok" and outcome.copied is False
 
 
+def test_the_lock_s_round_trip_answers_what_the_deploy_would_ask_one_command_at_a_time(world: World) -> None:
+    """The state, the free space and systemd-run come with the lock; the revision goes with its release."""
+    world.run.spec = spec(build_on="local")
+    answers = f"acquired\n{probe()}df\t/nix\t/dev/vda 1000000 10 999990 1% /nix\nsystemd-run\t1\n"
+    world.host.on("preflight", answers).on(["nix-store", "--check-validity"], 0)
+    world.host.facts.clear()  # systemd-run not yet probed: the answer says it works
+    outcome = deploy_host(world.session, request(revision="abc123", dirty=False), world.run, NEW)
+    assert steps(world.host.calls) == expect(
+        (0, preflight(), True),
+        (0, ("nix-store", "--check-validity", NEW), False),  # nix copy's (RecordingHost is no RemoteHost to stream to)
+        ACTIVATE,
+        (0, release("/nix/var/nix/nixfab/generations", REVISION, "42"), True),
+    )
+    assert outcome.status == "ok" and outcome.generation == 42
+
+
+def test_a_host_that_already_has_the_system_answers_so_and_lets_go_of_the_lock_in_one_command(world: World) -> None:
+    world.run.spec = spec(build_on="local")
+    world.host.on("preflight", f"acquired\n{probe(42, NEW, NEW)}current\n")
+    outcome = deploy_host(world.session, request(), world.run, NEW)
+    assert steps(world.host.calls) == expect((0, preflight(), True))
+    assert outcome.status == "up-to-date" and outcome.generation == 42
+
+
+def test_the_answers_state_is_asked_again_after_an_earlier_deploy_s_watchdog_decided(world: World) -> None:
+    world.run.spec = spec(build_on="local")
+    world.host.on("preflight", f"acquired\npending\t{TOKEN}\t5\n{probe(42, NEW, NEW)}")
+    world.host.on("system_state", probe())  # the watchdog put generation 41 back meanwhile
+    world.host.on("read_verdicts", f"{TOKEN}\tverdict\trolled back by the watchdog\n")
+    world.host.on(["nix-store", "--check-validity"], 0)
+    outcome = deploy_host(world.session, request(), world.run, NEW)
+    assert outcome.status == "ok"
+    assert sh("system_state", PROFILE) in world.host.argvs
+
+
 def test_deploy_host_releases_the_lock_when_the_switch_fails(world: World) -> None:
     world.run.spec = spec(build_on="local")
-    world.host.on(switching_to(NEW), 1)
+    world.host.on(switching_to(NEW), Reply(1, ACTIVATED))
     with pytest.raises(ActivationFailed):
         deploy_host(world.session, request(), world.run, NEW)
-    assert world.host.argvs[0] == sh("lock_acquire", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending"))
-    assert world.host.argvs[-1] == sh("lock_clear_if_held_by", LOCK, HOLDER)
+    assert world.host.argvs[0] == preflight()
+    assert world.host.argvs[-1] == release()
 
 
 def test_a_busy_host_gets_nothing_but_the_lock_attempt(world: World) -> None:
     world.run.spec = spec(build_on="local")
-    world.host.on("lock_acquire", 'held\n3\n{"machine": "laptop", "pid": 7, "user": "bob"}\n')
+    world.host.on("preflight", 'held\n3\n{"machine": "laptop", "pid": 7, "user": "bob"}\n')
     with pytest.raises(HostBusy):
         deploy_host(world.session, request(), world.run, NEW)
-    assert [call.script for call in world.host.calls] == ["lock_acquire"]
+    assert [call.script for call in world.host.calls] == ["preflight"]
 
 
 def test_a_cleared_stale_lock_is_noted_on_the_hosts_output(world: World) -> None:
     world.run.spec = spec(build_on="local")
-    world.host.on("lock_acquire", 'held\n600\n{"machine": "laptop", "pid": 7, "user": "bob"}\n', "acquired\n")
+    world.host.on("preflight", 'held\n600\n{"machine": "laptop", "pid": 7, "user": "bob"}\n', "acquired\n")
     world.host.on("system_state", probe(42, NEW, NEW))
     assert deploy_host(world.session, request(), world.run, NEW).status == "up-to-date"
     assert "==> web1: cleared a stale deploy lock left by bob@laptop (pid 7, deploy, since ?)" in world.host.output.getvalue()
@@ -539,7 +596,7 @@ def test_no_lock_without_an_action_or_with_locking_off(world: World, fields: dic
     world.run.spec = spec(build_on="local")
     world.host.on(["nix-store", "--check-validity"], 0)
     deploy_host(world.session, request(**fields), world.run, NEW)
-    assert not any(call.script in ("lock_acquire", "lock_clear_if_held_by") for call in world.host.calls)
+    assert not any(call.script in ("preflight", "lock_release") for call in world.host.calls)
 
 
 # ---- dry run --------------------------------------------------------------------------------------------------------------
@@ -554,15 +611,16 @@ def test_a_dry_run_sends_nothing_and_echoes_the_whole_plan(monkeypatch: pytest.M
     dry_running = "<running system>"
     watchdog = (*sh("rollback_watchdog", DIR, "1800", "30"), VERDICTS, PROFILE, NEW, "", "", dry_running, "1", "1", "1")
     assert steps(dry.host.calls) == expect(
-        (0, sh("lock_acquire", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending")), True),
+        (0, preflight(), True),
         (0, sh("free_space", "/nix", "/boot"), False),
         (0, ("nix-store", "--check-validity", NEW), False),
-        VERSION, STATE,
-        (0, sh("mkdir_then_exec", DIR, "systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit=nixfab-watchdog-{TOKEN}", *watchdog), True),
-        SET_PROFILE, READ_PROFILE,
-        MARKED_SWITCH,
+        STATE,
+        activating(
+            unit(*sh("mark_activated", f"{DIR}/activated", *stc(NEW, "switch")), bootloader=True),
+            sh("mkdir_then_exec", DIR, "systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit=nixfab-watchdog-{TOKEN}", *watchdog),
+        ),
         (1, sh("confirm_activation", DIR, VERDICTS), True),
-        (0, sh("lock_clear_if_held_by", LOCK, HOLDER), True),
+        (0, release(), True),
     )
     assert dry.host.sent == [] and all(call.dry for call in dry.host.calls)
     assert all(call.dry for call in dry.runner.calls)

@@ -31,14 +31,14 @@ def test_recording_host_methods_take_what_the_protocol_and_local_host_take(metho
 
 
 def test_rules_match_scripts_by_exact_text_and_argv_by_prefix() -> None:
-    host = RecordingHost().on("lock_acquire", "acquired\n").on(["readlink"], "/nix/store/x\n")
-    assert host.run(sh("lock_acquire", "/d", "{}")).stdout == "acquired\n"
+    host = RecordingHost().on("preflight", "acquired\n").on(["readlink"], "/nix/store/x\n")
+    assert host.run(sh("preflight", "/d", "{}")).stdout == "acquired\n"
     assert host.run(["readlink", "/p"]).stdout == "/nix/store/x\n"
     # The same words with a changed script text are not the script.
-    assert host.run(["sh", "-c", script("lock_acquire") + " ", "sh", "/d", "{}"]).stdout == ""
+    assert host.run(["sh", "-c", script("preflight") + " ", "sh", "/d", "{}"]).stdout == ""
     unmatched = host.run(["true"])
     assert (unmatched.returncode, unmatched.stdout) == (0, "")
-    assert [call.script for call in host.calls[:3]] == ["lock_acquire", None, None]
+    assert [call.script for call in host.calls[:3]] == ["preflight", None, None]
 
 
 def test_replies_come_in_turn_and_the_last_repeats() -> None:

@@ -126,40 +126,40 @@ def test_describe_holder_names_who_what_and_since() -> None:
 
 
 def test_acquire_sends_the_lock_script_with_who_we_are_and_release_clears_only_our_own(deployer: None) -> None:
-    host = RecordingHost().on("lock_acquire", "acquired\n")
+    host = RecordingHost().on("preflight", "acquired\n")
     taken = acquire(host, "switch")
     try:
-        assert host.argvs == [sh("lock_acquire", "/run/nixfab/deploy.engine.lock", OUR_HOLDER, "/run/nixfab/magic-rollback", script("watchdogs_pending"))]
+        assert host.argvs == [sh("preflight", "/run/nixfab/deploy.engine.lock", OUR_HOLDER, "/run/nixfab/magic-rollback", script("watchdogs_pending"))]
         assert [call.sudo for call in host.calls] == [True]
         assert json.loads(OUR_HOLDER)["since"] == 1700000000
         assert taken.holder_text == OUR_HOLDER and taken.cleared_stale is None
     finally:
         taken.release()
-    assert host.argvs[-1] == sh("lock_clear_if_held_by", LOCK_DIR, OUR_HOLDER)
+    assert host.argvs[-1] == sh("lock_release", LOCK_DIR, OUR_HOLDER, script("lock_clear_if_held_by"), "")
     assert host.calls[-1].sudo is True
 
 
 def test_a_fresh_foreign_holder_makes_the_host_busy_with_exit_14(deployer: None) -> None:
     theirs = json.dumps(holder())
-    host = RecordingHost().on("lock_acquire", held(5, theirs))
+    host = RecordingHost().on("preflight", held(5, theirs))
     with pytest.raises(HostBusy) as busy:
         acquire(host, "switch")
     assert busy.value.exit_code == 14
     assert f"web1: another deploy is running: {describe_holder(holder())}; lock {LOCK_DIR}" == str(busy.value)
-    assert host.argvs == [sh("lock_acquire", LOCK_DIR, OUR_HOLDER, WATCHDOGS, script("watchdogs_pending"))]  # nothing cleared
+    assert host.argvs == [sh("preflight", LOCK_DIR, OUR_HOLDER, WATCHDOGS, script("watchdogs_pending"))]  # nothing cleared
 
 
 def test_a_stale_holder_is_cleared_by_its_exact_line_and_the_lock_taken(deployer: None) -> None:
     theirs = json.dumps(holder())
-    host = RecordingHost().on("lock_acquire", held(STALE_AFTER_SECONDS + 1, theirs), "acquired\n")
+    host = RecordingHost().on("preflight", held(STALE_AFTER_SECONDS + 1, theirs), "acquired\n")
     taken = acquire(host, "boot")
     taken.release()
     ours = OUR_HOLDER.replace('"switch"', '"boot"')
     assert host.argvs == [
-        sh("lock_acquire", LOCK_DIR, ours, WATCHDOGS, script("watchdogs_pending")),
+        sh("preflight", LOCK_DIR, ours, WATCHDOGS, script("watchdogs_pending")),
         sh("lock_clear_if_held_by", LOCK_DIR, theirs),
-        sh("lock_acquire", LOCK_DIR, ours, WATCHDOGS, script("watchdogs_pending")),
-        sh("lock_clear_if_held_by", LOCK_DIR, ours),
+        sh("preflight", LOCK_DIR, ours, WATCHDOGS, script("watchdogs_pending")),
+        sh("lock_release", LOCK_DIR, ours, script("lock_clear_if_held_by"), ""),
     ]
     assert taken.cleared_stale == describe_holder(holder())
 
@@ -167,7 +167,7 @@ def test_a_stale_holder_is_cleared_by_its_exact_line_and_the_lock_taken(deployer
 def test_our_own_dead_process_on_this_machine_is_cleared_at_once(deployer: None) -> None:
     # pid 31337 on this machine does not exist (lock.process_start_time answers None for it).
     theirs = json.dumps(holder(machine=ME, pid=31337))
-    host = RecordingHost().on("lock_acquire", held(0, theirs), "acquired\n")
+    host = RecordingHost().on("preflight", held(0, theirs), "acquired\n")
     taken = acquire(host, "switch")
     taken.release()
     assert host.argvs[1] == sh("lock_clear_if_held_by", LOCK_DIR, theirs)
@@ -176,19 +176,19 @@ def test_our_own_dead_process_on_this_machine_is_cleared_at_once(deployer: None)
 
 def test_a_lock_that_stays_stale_after_clearing_changed_hands(deployer: None) -> None:
     theirs = json.dumps(holder())
-    host = RecordingHost().on("lock_acquire", held(500, theirs))
+    host = RecordingHost().on("preflight", held(500, theirs))
     with pytest.raises(HostBusy, match="changed hands while a stale one was cleared; try again") as busy:
         acquire(host, "switch")
     assert busy.value.exit_code == 14
-    assert [call.script for call in host.calls] == ["lock_acquire", "lock_clear_if_held_by", "lock_acquire", "lock_clear_if_held_by"]
+    assert [call.script for call in host.calls] == ["preflight", "lock_clear_if_held_by", "preflight", "lock_clear_if_held_by"]
 
 
 def test_after_clearing_a_fresh_holder_that_won_the_race_makes_the_host_busy(deployer: None) -> None:
     old, new = json.dumps(holder(pid=1)), json.dumps(holder(pid=2))
-    host = RecordingHost().on("lock_acquire", held(500, old), held(1, new))
+    host = RecordingHost().on("preflight", held(500, old), held(1, new))
     with pytest.raises(HostBusy, match="another deploy is running: bob@laptop \\(pid 2,"):
         acquire(host, "switch")
-    assert [call.script for call in host.calls] == ["lock_acquire", "lock_clear_if_held_by", "lock_acquire"]
+    assert [call.script for call in host.calls] == ["preflight", "lock_clear_if_held_by", "preflight"]
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ def test_after_clearing_a_fresh_holder_that_won_the_race_makes_the_host_busy(dep
     ],
 )
 def test_malformed_answers_are_judged_by_age_alone(deployer: None, answer: str, stale: bool) -> None:
-    host = RecordingHost().on("lock_acquire", answer, "acquired\n")
+    host = RecordingHost().on("preflight", answer, "acquired\n")
     if not stale:
         with pytest.raises(HostBusy, match=r"another deploy is running: \?@\? \(pid \?, deploy, since \?\)"):
             acquire(host, "switch")
@@ -218,7 +218,7 @@ READ_ONLY = Reply(1, "", "some noise\nmkdir: cannot create directory '/run/nixfa
 
 @pytest.mark.parametrize(("failure", "last_line"), [(READ_ONLY, "mkdir: cannot create directory '/run/nixfab': Read-only file system"), (LOST, "")])
 def test_a_failing_lock_script_is_an_error_with_its_last_line(deployer: None, failure: Reply, last_line: str) -> None:
-    host = RecordingHost().on("lock_acquire", failure)
+    host = RecordingHost().on("preflight", failure)
     with pytest.raises(NixfabError) as error:
         acquire(host, "switch")
     assert type(error.value) is NixfabError and error.value.exit_code == 1
@@ -227,21 +227,21 @@ def test_a_failing_lock_script_is_an_error_with_its_last_line(deployer: None, fa
 
 
 def test_release_on_a_host_that_went_away_is_quiet(deployer: None) -> None:
-    host = RecordingHost().on("lock_acquire", "acquired\n").on("lock_clear_if_held_by", HostUnreachable("web1: gone"))
+    host = RecordingHost().on("preflight", "acquired\n").on("lock_release", HostUnreachable("web1: gone"))
     acquire(host, "switch").release()
-    assert [call.script for call in host.calls] == ["lock_acquire", "lock_clear_if_held_by"]
+    assert [call.script for call in host.calls] == ["preflight", "lock_release"]
 
 
 def test_dry_run_takes_the_lock_without_a_heartbeat(deployer: None) -> None:
     host = RecordingHost(dry_run=True)
     taken = acquire(host, "switch")
     assert taken._stop is None and host.sent == []
-    assert host.argvs == [sh("lock_acquire", LOCK_DIR, OUR_HOLDER, WATCHDOGS, script("watchdogs_pending"))]
+    assert host.argvs == [sh("preflight", LOCK_DIR, OUR_HOLDER, WATCHDOGS, script("watchdogs_pending"))]
 
 
 def test_the_heartbeat_touches_the_lock_until_release(deployer: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.005)
-    host = RecordingHost().on("lock_acquire", "acquired\n")
+    host = RecordingHost().on("preflight", "acquired\n")
     before = set(threading.enumerate())
     taken = acquire(host, "switch")
     (beat,) = [thread for thread in set(threading.enumerate()) - before if thread.name == "lock-heartbeat-web1"]
@@ -261,7 +261,7 @@ def test_the_heartbeat_touches_the_lock_until_release(deployer: None, monkeypatc
 
 def test_the_heartbeat_stops_when_the_host_goes_away(deployer: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.005)
-    host = RecordingHost().on("lock_acquire", "acquired\n").on(["touch"], HostUnreachable("web1: gone"))
+    host = RecordingHost().on("preflight", "acquired\n").on(["touch"], HostUnreachable("web1: gone"))
     before = set(threading.enumerate())
     taken = acquire(host, "switch")
     (beat,) = [thread for thread in set(threading.enumerate()) - before if thread.name == "lock-heartbeat-web1"]
@@ -274,13 +274,13 @@ def test_the_heartbeat_stops_when_the_host_goes_away(deployer: None, monkeypatch
 @pytest.mark.parametrize("since", ["1e300", "NaN"])
 def test_a_malformed_since_still_makes_the_host_busy(deployer: None, since: str) -> None:
     theirs = json.dumps(holder()).replace('"since": 1700000000', f'"since": {since}')
-    host = RecordingHost().on("lock_acquire", held(5, theirs))
+    host = RecordingHost().on("preflight", held(5, theirs))
     with pytest.raises(HostBusy):
         acquire(host, "switch")
 
 
 def test_taking_the_lock_lists_the_watchdogs_that_have_no_verdict_yet(deployer: None) -> None:
-    host = RecordingHost().on("lock_acquire", "acquired\n0123456789ab\t42\nfedcba987654\t7\n")
+    host = RecordingHost().on("preflight", "acquired\npending\t0123456789ab\t42\npending\tfedcba987654\t7\n")
     taken = acquire(host, "switch")
     assert taken.pending_watchdogs == {"0123456789ab": 42, "fedcba987654": 7}
     taken.release()

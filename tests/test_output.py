@@ -107,8 +107,8 @@ def test_a_one_host_switch_push_says_at_most_15_lines_and_no_script(site: Site) 
     assert totals and lines[-1].startswith("1 ok in "), lines[-1]
     # The per-host log holds everything the terminal did not show: every command, whole scripts, what they printed.
     log = (Path(totals["logs"]) / "alpha.log").read_text()
-    assert "+ [alpha] sh -c '\nlock=$1 holder=$2 " in log  # the lock script, whole
-    assert f"+ [alpha] nix-env -p /nix/var/nix/profiles/system --set {toplevel_of(site.flake, 'alpha')}\n" in log
+    assert "+ [alpha] sh -c '\nlock=$1 holder=$2 " in log  # the lock's round trip, whole
+    assert f"' sh {toplevel_of(site.flake, 'alpha')} /nix/var/nix/profiles/system 1 " in log  # the activation's arguments
     assert "activating the configuration...\n" in log and "acquired\n" in log
     assert "nix --extra-experimental-features 'nix-command flakes' build --json" in (Path(totals["logs"]) / "run.log").read_text()
 
@@ -152,7 +152,7 @@ def test_verbose_shows_every_command_local_and_remote_and_echo_means_verbose(sit
         result = ok(site.deploy("switch-push", name, "--skip-checks", *flags))
         deployed(site, name, 1)
         assert f"{name} | + [{name}] sh -c '\n{name} | lock=$1 holder=$2 " in result.stderr  # a whole remote script
-        assert f"{name} | + [{name}] nix-env -p /nix/var/nix/profiles/system --set {toplevel_of(site.flake, name)}\n" in result.stderr
+        assert f"{name} | ' sh {toplevel_of(site.flake, name)} /nix/var/nix/profiles/system 1 " in result.stderr
         assert "\n+ nix --extra-experimental-features 'nix-command flakes' build --json " in result.stderr  # a local one
         assert f"{name} | + nix-store --export " in result.stderr
         assert f"{name} | activating the configuration..." in result.stderr  # and what the commands on the host print
@@ -189,7 +189,8 @@ def test_quiet_still_says_an_error_once_with_what_shows_why(site: Site) -> None:
     assert site.lab.state("alpha") == good  # rolled back
     lines = result.stderr.splitlines()
     assert lines[0].startswith("alpha | error: switch-to-configuration switch failed (exit 4): "), result.stderr
-    assert "alpha |   journalctl -u nixfab-switch-" in lines[1] and any("broken-lab.service" in line for line in lines[2:-3])
+    # What shows why: the switch's own output (under systemd-run --pipe it comes to us, not to its unit's journal).
+    assert lines[1] == "alpha |   switch-to-configuration switch (last lines):" and any("broken-lab.service" in line for line in lines[2:-3])
     assert lines[-3].split() == ["host", "result", "gen", "time"] and lines[-2].split()[:2] == ["alpha", "rolled-back"]
     assert lines[-1].startswith("nixfab: error: 1 rolled back (alpha) in ") and TOTALS.match(lines[-1]), result.stderr
     assert not any("copied" in line or "activated" in line for line in lines)
@@ -206,8 +207,8 @@ def test_an_error_is_said_once_with_its_journal_and_no_useless_hint(site: Site) 
     deployed(site, "alpha", 1)  # back on its first generation
     assert result.stderr.count("switch-to-configuration switch failed") == 1, result.stderr
     assert result.stderr.count("rolled back: profile and boot default back to generation 1") == 1, result.stderr
-    assert result.stderr.count("journalctl -u nixfab-switch-") == 1, result.stderr  # the failed switch's journal, once
-    assert result.stderr.count("warning: the following units failed: broken-lab.service") == 2  # in the error, and the journal
+    assert result.stderr.count("switch-to-configuration switch (last lines):") == 1, result.stderr  # the failed switch's output, once
+    assert result.stderr.count("warning: the following units failed: broken-lab.service") == 2  # in the error, and its output
     assert "show-trace" not in result.stderr  # no Nix hint for an activation
     assert result.stderr.rstrip("\n").splitlines()[-1].startswith("nixfab: error: 1 up to date, 1 rolled back (alpha) in ")
     no_internal_script(result.stderr)

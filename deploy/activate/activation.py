@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from deploy.errors import ActivationFailed, ActivationUnknown, HostUnreachable, NotInStore, RemoteCommandFailed
+from deploy.errors import ActivationFailed, ActivationUnknown, HostUnreachable, NixfabError, NotInStore, RemoteCommandFailed
 from deploy.model import Action
 from deploy.nix import commands
 from deploy.scripts import script
@@ -72,11 +72,16 @@ def system_state(host: Host) -> SystemState:
             f"{host.label}: cannot read the system profile and the running system ({why}: {result.tail(1)}); "
             "refusing to activate without knowing what to restore"
         )
-    facts = tab_fields(result.stdout)
+    return parse_system_state(result.stdout, host.label, dry_run=host.dry_run)
+
+
+def parse_system_state(stdout: str, label: str, *, dry_run: bool = False) -> SystemState:
+    """system_state.sh's lines (pure); RemoteCommandFailed when the profile's system cannot be read."""
+    facts = tab_fields(stdout)
     generation = parse_generation(facts["profile"]) if facts.get("profile") else None
-    if facts.get("profile") and (generation is None or not facts.get("generation")) and not host.dry_run:
+    if facts.get("profile") and (generation is None or not facts.get("generation")) and not dry_run:
         raise RemoteCommandFailed(
-            f"{host.label}: the system profile points at {facts['profile']!r}, whose system cannot be read; "
+            f"{label}: the system profile points at {facts['profile']!r}, whose system cannot be read; "
             "refusing to activate without knowing what to restore"
         )
     return SystemState(generation, facts.get("generation") or None, facts.get("running") or None)
@@ -115,12 +120,18 @@ def run_switch_to_configuration(
         result = host.run(wrap_for_host(host, wrap(argv) if wrap else argv, action, unit), sudo=True, stream=True)
     except HostUnreachable as lost:
         raise SwitchLost(str(lost)) from None
+    raise_for_switch(host, result, action, unit)
+
+
+def raise_for_switch(host: Host, result: Result, action: Action, unit: str) -> None:
+    """SwitchLost when the switch's exit status never came back, ActivationFailed when it is not 0."""
     if result.returncode == -1:
         # Fabric's exit status for a channel that closed without one: the switch may well go on in its unit.
         raise SwitchLost(f"{host.label}: the SSH channel closed during switch-to-configuration {action} without an exit status")
     if not result.ok:
         failed = ActivationFailed(f"{host.label}: switch-to-configuration {action} failed (exit {result.returncode}): {result.tail(1)}")
-        failed.details = journal_tail(host, unit) or output_tail(f"switch-to-configuration {action}", result)
+        # Under systemd-run --pipe, as without systemd-run, the switch's output came to us, not to its unit's journal.
+        failed.details = output_tail(f"switch-to-configuration {action}", result) or journal_tail(host, unit)
         raise failed
 
 
@@ -131,7 +142,7 @@ def output_tail(what: str, result: Result, lines: int = 20) -> str | None:
 
 
 def journal_tail(host: Host, unit: str) -> str | None:
-    """The unit's journal says more than the exit code, as `nixos-rebuild` users expect to see: the failure's details."""
+    """The unit's journal, for a switch that printed nothing: what systemd says of how it ended."""
     if not host.facts.get("systemd-run"):
         return None  # then the switch's own output, which the renderers keep, is the failure's details
     journal = host.run(commands.journal_tail(unit))
@@ -145,38 +156,52 @@ def activate(
     path: str,
     action: Action,
     *,
-    before_switch: Callable[[Activation], None] | None = None,
+    arm: Callable[[Activation], Sequence[str]] | None = None,
     wrap: Callable[[list[str]], list[str]] | None = None,
     before_undo: Callable[[], None] | None = None,
     token: str | None = None,
+    previous: SystemState | None = None,
 ) -> Activation:
-    """Set the profile (for switch and boot) and run switch-to-configuration.
+    """Set the profile (for switch and boot) and run switch-to-configuration, in one command (scripts/activate.sh).
 
     On failure the host goes back to its previous generation, boot default
     and running system, and ActivationFailed says what went wrong. A
     connection lost during the switch is not a failure: ActivationUnknown
     carries the activation, and nothing is undone over a guess.
-    `before_switch` sees the prepared activation before the profile changes
-    (magic rollback arms its watchdog there; its generation is not known
-    yet); `wrap` wraps the switch-to-configuration argv; `before_undo` runs
-    before undo() (magic rollback claims its verdict there).
+    `arm` gives the argv that starts the rollback watchdog for the prepared
+    activation (its generation is not known yet): it runs before the
+    profile changes. `wrap` wraps the switch-to-configuration argv;
+    `before_undo` runs before undo() (magic rollback claims its verdict
+    there). `previous`: the host's state as it said under the deploy's lock
+    (else it is asked).
     """
     action = Action(action)  # a caller's plain "switch" becomes the member; anything else is a ValueError
-    if not host.run(commands.test_file(f"{path}/nixos-version")).ok:
-        raise NotInStore(f"{host.label}: {path} is not a NixOS system on this host (no nixos-version); refusing to activate it")
-    previous = system_state(host)
+    previous = previous or system_state(host)
     activation = Activation(path, action, previous.generation, previous, token=token or new_token())
-    if before_switch is not None:
-        before_switch(replace(activation, generation=None) if action.changes_boot_default else activation)
-    if action.changes_boot_default:
-        result = host.run(commands.set_system_profile(path), sudo=True)
-        if not result.ok:
-            if before_undo is not None:
-                before_undo()
-            raise RemoteCommandFailed(f"{host.label}: nix-env --set failed: {result.tail(1)}")
-        activation = replace(activation, generation=parse_generation(read_link(host, commands.SYSTEM_PROFILE) or ""))
+    prepared = replace(activation, generation=None) if action.changes_boot_default else activation
+    arming = list(arm(prepared)) if arm is not None else []
+    switch = commands.switch_to_configuration(path, action)
+    argv = activation_argv(path, action, arming, wrap_for_host(host, wrap(switch) if wrap else switch, action, activation.unit))
     try:
-        run_switch_to_configuration(host, path, action, wrap, unit=activation.unit)
+        result = host.run(argv, sudo=True, stream=True, dry_stdout=f"nixfab-activate\tprofile\t{commands.SYSTEM_PROFILE}-<new>-link\n")
+    except HostUnreachable as lost:
+        # Whether the profile was set is the host's to say (pipeline.settle_lost_switch reads it again).
+        raise lost_activation(host.label, prepared, str(lost)) from None
+    said = activation_markers(result.stdout)
+    # activate.sh's own lines are not the switch's output: the failure's details quote only the switch.
+    result = Result(result.argv, result.returncode, without_markers(result.stdout), result.stderr)
+    if "not-nixos" in said:
+        raise NotInStore(f"{host.label}: {path} is not a NixOS system on this host (no nixos-version); refusing to activate it")
+    if "unarmed" in said:
+        raise NixfabError(f"{host.label}: cannot start the rollback watchdog: {said['unarmed']}")
+    if "unset" in said:
+        if before_undo is not None:
+            before_undo()
+        raise RemoteCommandFailed(f"{host.label}: nix-env --set failed: {said['unset']}")
+    if action.changes_boot_default:
+        activation = replace(activation, generation=parse_generation(said.get("profile", "")))
+    try:
+        raise_for_switch(host, result, action, activation.unit)
     except ActivationFailed as failure:
         if before_undo is not None:
             before_undo()
@@ -187,6 +212,26 @@ def activate(
     except SwitchLost as lost:
         raise lost_activation(host.label, activation, lost.why) from None
     return activation
+
+
+def activation_argv(path: str, action: Action, arming: Sequence[str], switch: Sequence[str]) -> list[str]:
+    """scripts/activate.sh: check the system, arm the watchdog, set the profile, then the switch (pure)."""
+    set_profile = "1" if action.changes_boot_default else "0"
+    return ["sh", "-c", script("activate"), "sh", path, commands.SYSTEM_PROFILE, set_profile, str(len(arming)), *arming, *switch]
+
+
+def without_markers(stdout: str) -> str:
+    return "".join(line for line in stdout.splitlines(keepends=True) if not line.startswith("nixfab-activate\t"))
+
+
+def activation_markers(stdout: str) -> dict[str, str]:
+    """activate.sh's `nixfab-activate<TAB>WHAT[<TAB>DETAIL]` lines, as {WHAT: DETAIL} (pure)."""
+    said: dict[str, str] = {}
+    for line in stdout.splitlines():
+        if line.startswith("nixfab-activate\t"):
+            what, _, detail = line.removeprefix("nixfab-activate\t").partition("\t")
+            said[what] = detail.strip()
+    return said
 
 
 def lost_activation(

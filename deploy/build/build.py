@@ -1,6 +1,7 @@
 """Evaluate and build toplevels: here, on the target, or on a builder."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 from deploy.errors import BuildError, HostKeyRejected
 from deploy.nix import commands
 from deploy.transport.hosts import Host
-from deploy.transport.process import LocalRunner
+from deploy.transport.process import ChildProcesses, LocalRunner
 
 TRACE_HINT = "run again with `-- --show-trace` for Nix's full trace"
 # Nix errors that are no evaluation error: --show-trace would add nothing to them.
@@ -126,7 +127,8 @@ class ParallelBuild:
     ) -> None:
         """roots: a directory of this run's own; each system's GC root stays there until the run ends."""
         self.attrs = list(dict.fromkeys(attrs))
-        self._runner = runner
+        self._children = ChildProcesses()
+        self._runner = dataclasses.replace(runner, children=self._children)
         self._flake = flake
         self._roots = roots
         self._out_link = out_link
@@ -165,10 +167,21 @@ class ParallelBuild:
             raise outcome
         return outcome
 
+    def stop(self) -> None:
+        """Interrupted: end the builds under way and start no more; a system not built says so."""
+        with self._queue_lock:
+            left, self._queue = self._queue, []
+        for _index, attr in left:
+            self._outcomes[attr] = BuildError(f"building {attr} was interrupted")
+            self._ready[attr].set()
+        self._children.stop()
+
     def finish(self) -> None:
         """Wait for every build, then leave the out links (if asked for) of what was built."""
         for thread in self._threads:
             thread.join()
+        if self._children.stopped:
+            return
         built = [outcome for outcome in (self._outcomes.get(attr) for attr in self.attrs) if isinstance(outcome, str)]
         if self._out_link is not None and built:
             linked = self._runner.run(commands.nix_store_realise_many(built, self._out_link, self._extra))

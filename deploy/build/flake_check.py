@@ -11,16 +11,17 @@ so an unchanged flake is not checked again.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploy.errors import BuildError
+from deploy.errors import BuildError, NixfabError, StoppedByInterrupt
 from deploy.nix import commands
 from deploy.nix.flake_ops import flake_check
-from deploy.transport.process import LocalRunner
+from deploy.transport.process import ChildProcesses, LocalRunner
 
 PASSED_DIRECTORY = "flake-checks"  # under the state directory: one empty file per passed locked flake
 KEEP_PASSED = 50  # the newest passes kept; older ones only cost a check again
@@ -76,7 +77,8 @@ class FlakeCheck:
     ) -> None:
         self.flake = flake
         self._show_progress = show_progress
-        self._runner = runner
+        self._children = ChildProcesses()
+        self._runner = dataclasses.replace(runner, children=self._children)
         self._passed = passed
         self._extra = tuple(extra)
         self._error: BuildError | None = None
@@ -106,8 +108,14 @@ class FlakeCheck:
     def done(self) -> bool:
         return self._done.is_set()
 
-    def failure(self) -> BuildError | None:
+    def stop(self) -> None:
+        """Interrupted: end the check; hosts waiting for it go no further."""
+        self._children.stop()
+
+    def failure(self) -> NixfabError | None:
         """What a host says when the check has already failed (its own error is the run's, said once at the end); else None."""
+        if self._children.stopped:
+            return StoppedByInterrupt(f"not activated: the run was interrupted during nix flake check {self.flake}")
         if not self._done.is_set() or self._error is None:
             return None
         return BuildError(f"not activated: nix flake check {self.flake} failed")
@@ -118,7 +126,7 @@ class FlakeCheck:
         return self._error
 
     def wait(self) -> None:
-        """Return once the check has passed; raise failure()'s error if it failed."""
+        """Return once the check has passed; raise failure()'s error if it failed or was stopped."""
         self._done.wait()
         error = self.failure()
         if error is not None:

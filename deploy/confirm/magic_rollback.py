@@ -87,13 +87,10 @@ def mark_activated(marker: str, argv: Sequence[str]) -> list[str]:
     return ["sh", "-c", script("mark_activated"), "sh", marker, *argv]
 
 
-def arm(host: Host, watchdog: Watchdog, activation: Activation) -> None:
-    """Start the watchdog before switch-to-configuration runs."""
+def arm_argv(host: Host, watchdog: Watchdog, activation: Activation) -> list[str]:
+    """What starts the watchdog (its directory, then the watchdog, detached), run by activate.sh before the profile changes."""
     start = detached(watchdog_argv(watchdog, activation), unit=watchdog.unit, use_systemd=systemd_run_works(host))
-    # Its directory and the watchdog in one round trip.
-    started = host.run(["sh", "-c", script("mkdir_then_exec"), "sh", watchdog.directory, *start], sudo=True)
-    if not started.ok:
-        raise NixfabError(f"{host.label}: cannot start the rollback watchdog: {started.tail(1)}")
+    return ["sh", "-c", script("mkdir_then_exec"), "sh", watchdog.directory, *start]
 
 
 def disarm(host: Host, watchdog: Watchdog) -> None:

@@ -34,7 +34,16 @@ from deploy.build.build import ParallelBuild
 from deploy.cli.options import FleetOptions
 from deploy.engine.hangup import handling_hangup
 from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_location, deploy_host
-from deploy.errors import ActivationFailed, BuildError, FleetFailed, HealthCheckFailed, JournalError, NixfabError, NotConfirmed
+from deploy.errors import (
+    ActivationFailed,
+    BuildError,
+    FleetFailed,
+    HealthCheckFailed,
+    JournalError,
+    NixfabError,
+    NotConfirmed,
+    StoppedByInterrupt,
+)
 from deploy.model import Phase, Result
 from deploy.transport.process import LocalRunner
 from deploy.ui import Console, Emitter, Progress, host_emitter, live_display, open_log, show_summary, stream_prefix
@@ -72,6 +81,8 @@ ROLLED_BACK_ERRORS = (ActivationFailed, NotConfirmed, HealthCheckFailed)
 
 
 def result_of_error(error: NixfabError) -> Result:
+    if isinstance(error, StoppedByInterrupt):
+        return Result.INTERRUPTED
     return Result.ROLLED_BACK if type(error) in ROLLED_BACK_ERRORS else Result.FAILED
 
 
@@ -177,6 +188,7 @@ class Fleet:
                 self.finish_builds()
             except KeyboardInterrupt:
                 self.interrupted = True
+                self.stop_background()
             for name in self.runs:
                 if name not in self.results:
                     self.finish(name, HostResult(name, Result.INTERRUPTED if self.interrupted else Result.NOT_STARTED, 0.0))
@@ -221,6 +233,13 @@ class Fleet:
         self.builds = ParallelBuild(
             self.session.runner, self.request.flake, attrs, roots=gc_roots, out_link=self.request.out_link, extra=self.request.extra_nix,
         )
+
+    def stop_background(self) -> None:
+        """Interrupted: the builds and the flake check run in threads, whose children only we can stop."""
+        if self.builds is not None:
+            self.builds.stop()
+        if self.check is not None:
+            self.check.stop()
 
     def finish_builds(self) -> None:
         """Wait for every build (the `build` task's ./result links are made once all are done)."""
@@ -274,6 +293,7 @@ class Fleet:
             except KeyboardInterrupt:
                 self.interrupted = True
                 self.stop.set()
+                self.stop_background()
                 what = "hung up (SIGHUP)" if self.hangup else "interrupted"
                 self.session.echo.note(f"==> {what}: no new host starts; waiting for running deploys to finish or roll back")
                 self.wait_despite_interrupts(futures)
@@ -300,9 +320,9 @@ class Fleet:
                 check_failed = self.check.failure() if self.check is not None else None
                 if check_failed is not None:
                     raise check_failed  # known before the host is touched: it is not even connected to
-            except (BuildError, OSError) as error:
+            except (NixfabError, OSError) as error:
                 if not self.stop.is_set():
-                    self.fail(run, error if isinstance(error, BuildError) else os_error(name, error), started)
+                    self.fail(run, error if isinstance(error, NixfabError) else os_error(name, error), started)
                     return
         if self.stop.is_set():  # also when it came while this host's system was building
             self.finish(name, HostResult(name, Result.INTERRUPTED if self.interrupted else Result.NOT_STARTED, 0.0))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from deploy.confirm.magic_rollback import STATE_DIR as WATCHDOG_DIR
 from deploy.confirm.magic_rollback import parse_pending
+from deploy.engine.preflight import Answers, Questions, parse_answers
 from deploy.errors import HostBusy, NixfabError
 from deploy.scripts import script
 from deploy.transport.hosts import Host
@@ -32,6 +33,7 @@ from deploy.transport.hosts import Host
 LOCK_DIR = "/run/nixfab/deploy.engine.lock"
 HEARTBEAT_SECONDS = 15.0
 STALE_AFTER_SECONDS = 90
+
 
 def process_start_time(pid: int) -> str | None:
     """The kernel's start time of pid (field 22 of /proc/pid/stat), so a reused pid is not mistaken for ours."""
@@ -71,19 +73,34 @@ class HostLock:
     cleared_stale: str | None = None
     # Rollback watchdogs without a verdict, by token, with their age: the holder lets them decide first.
     pending_watchdogs: dict[str, int] = field(default_factory=dict)
+    # What the deploy asked in the same round trip (preflight.Questions); None when it asked nothing.
+    answers: Answers | None = None
+    # The flake's revision of the generation made, written by the release (history.revision_record_args).
+    revision_record: tuple[str, str, str] | None = None
     _stop: threading.Event | None = None
+
+    @property
+    def held(self) -> bool:
+        """False when the host already had the system and the lock was let go in the same round trip."""
+        return not (self.answers is not None and self.answers.current)
 
     def release(self) -> None:
         if self._stop is not None:
             self._stop.set()
+        if not self.held:
+            return
+        record = ("",) if self.revision_record is None else (script("write_revision"), *self.revision_record)
         try:
-            self.host.run(["sh", "-c", script("lock_clear_if_held_by"), "sh", LOCK_DIR, self.holder_text], sudo=True)
+            self.host.run(["sh", "-c", script("lock_release"), "sh", LOCK_DIR, self.holder_text, script("lock_clear_if_held_by"), *record], sudo=True)
         except NixfabError:
             pass  # a host that went away (rebooted) lost its /run, and with it the lock
 
 
-def acquire(host: Host, action: str) -> HostLock:
-    """Take the host's lock or raise HostBusy naming the holder; clears a stale lock first."""
+def acquire(host: Host, action: str, questions: Questions | None = None) -> HostLock:
+    """Take the host's lock or raise HostBusy naming the holder; clears a stale lock first.
+
+    With questions, the same round trip answers them (HostLock.answers).
+    """
     machine = socket.gethostname()
     me = {
         "user": getpass.getuser(),
@@ -95,18 +112,23 @@ def acquire(host: Host, action: str) -> HostLock:
         "token": secrets.token_hex(4),
     }
     holder_text = json.dumps(me, sort_keys=True)
+    asked = questions.argv() if questions is not None else []
     cleared: str | None = None
     for _attempt in range(2):
         result = host.run(
-            ["sh", "-c", script("lock_acquire"), "sh", LOCK_DIR, holder_text, WATCHDOG_DIR, script("watchdogs_pending")],
+            ["sh", "-c", script("preflight"), "sh", LOCK_DIR, holder_text, WATCHDOG_DIR, script("watchdogs_pending"), *asked],
             sudo=True, dry_stdout="acquired\n",
         )
         if not result.ok:
             raise NixfabError(f"{host.label}: cannot take the deploy lock {LOCK_DIR}: {result.tail(1)}")
         lines = result.stdout.splitlines()
         if lines and lines[0] == "acquired":
-            lock = HostLock(host, holder_text, cleared, parse_pending("\n".join(lines[1:])))
-            if not host.dry_run:
+            pending = [line.removeprefix("pending\t") for line in lines[1:] if line.startswith("pending\t")]
+            answers = None
+            if questions is not None:
+                answers = parse_answers([line for line in lines[1:] if not line.startswith("pending\t")], questions, host.label, dry_run=host.dry_run)
+            lock = HostLock(host, holder_text, cleared, parse_pending("\n".join(pending)), answers)
+            if not host.dry_run and lock.held:
                 lock._stop = start_heartbeat(host)
             return lock
         age = int(lines[1]) if len(lines) > 1 and lines[1].lstrip("-").isdigit() else 0

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from deploy.activate.activation import SWITCH_RECORDS_DIR, Activation, SystemState, activate, new_token, system_state, undo
 from deploy.build.build import build_remotely, evaluate
 from deploy.config.inventory import HostSpec, Inventory, SshTarget
-from deploy.copy.closure import copy_closure
+from deploy.copy.closure import closure_of, copy_closure
 from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, NixfabError, NotConfirmed, UsageError
 from deploy.gc.gc import collect_garbage
 from deploy.model import Action, KeyUpload, Phase, Result
@@ -35,7 +35,10 @@ from deploy.ui import Emitter
 
 if TYPE_CHECKING:
     from deploy.confirm.magic_rollback import Verdict, Watchdog
+    from deploy.engine.lock import HostLock
+    from deploy.engine.preflight import Questions
     from deploy.keys.sources import LoadedKey
+    from deploy.plan.disk import DiskSpace
 
 
 @dataclass(frozen=True)
@@ -244,8 +247,9 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
     target = target_of(session, request, run)
     if build_on == "local":
         assert built_here is not None
-        with host_lock(request, target, run.verdicts_seen):
-            return finish(session, request, run, target, Built(built_here, "local"), keys)
+        built = Built(built_here, "local")
+        with host_lock(request, target, run.verdicts_seen, preflight_questions(request, run, target, built, keys)) as lock:
+            return finish(session, request, run, target, built, keys, lock)
     run.phase(Phase.BUILD)
     builder: RemoteHost = session.target(spec, run.echo) if build_on == "target" else session.builder(build_on)
     started = time.monotonic()
@@ -256,9 +260,28 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
         nix_env=session.nix_env(builder_ssh), extra=request.extra_nix,
     )
     run.step(f"built {spec.attr} on {builder.label}", started)
-    with remote_gc_root(builder, remote.gc_root_dir), host_lock(request, target, run.verdicts_seen):
-        source_store = commands.ssh_store_uri(builder.destination) if builder is not target else None
-        return finish(session, request, run, target, Built(remote.out_path, build_on, source_store), keys)
+    source_store = commands.ssh_store_uri(builder.destination) if builder is not target else None
+    built = Built(remote.out_path, build_on, source_store)
+    questions = preflight_questions(request, run, target, built, keys)
+    with remote_gc_root(builder, remote.gc_root_dir), host_lock(request, target, run.verdicts_seen, questions) as lock:
+        return finish(session, request, run, target, built, keys, lock)
+
+
+def preflight_questions(request: DeployRequest, run: HostRun, target: Host, built: Built, keys: Sequence[LoadedKey]) -> Questions | None:
+    """What the round trip that takes the lock asks too, so that none of it costs a command of its own."""
+    from deploy.engine.preflight import Questions
+
+    action = request.action
+    if action is None or isinstance(target, LocalHost):
+        return None
+    # A host that already has the system is let go at once, unless the deploy still has something to do there.
+    wanted = None if request.force or request.diff_only or keys or not action.changes_system else built.path
+    copies = not request.local and built.built_on != "target"
+    streams = copies and built.source_store is None and not request.substitute_on_destination and isinstance(target, RemoteHost)
+    streams = streams and not target.dry_run
+    return Questions(
+        action, wanted, space=space_paths(action) if copies else (), closure=tuple(closure_of(run.runner, built.path)) if streams else (),
+    )
 
 
 # How long a deploy waits for an earlier deploy's watchdog to decide (it first lets a still running switch end).
@@ -266,14 +289,19 @@ LEFTOVER_WATCHDOG_WAIT_SECONDS = 300.0
 
 
 @contextmanager
-def host_lock(request: DeployRequest, target: Host, verdicts_seen: list[Verdict] | None = None) -> Iterator[None]:
-    """The host's lock, once every watchdog an earlier deploy left behind has decided (their verdicts go to verdicts_seen)."""
+def host_lock(
+    request: DeployRequest, target: Host, verdicts_seen: list[Verdict] | None = None, questions: Questions | None = None
+) -> Iterator[HostLock | None]:
+    """The host's lock, once every watchdog an earlier deploy left behind has decided (their verdicts go to verdicts_seen).
+
+    With questions, the lock carries the host's answers (preflight.Answers); None when no lock is taken.
+    """
     if (request.action is None and not request.keys_only) or not request.lock or isinstance(target, LocalHost):
-        yield
+        yield None
         return
     from deploy.engine.lock import acquire
 
-    lock = acquire(target, request.action or "keys")
+    lock = acquire(target, request.action or "keys", questions)
 
     def note(message: str) -> None:
         target.echo.note(f"==> {message}")
@@ -288,14 +316,19 @@ def host_lock(request: DeployRequest, target: Host, verdicts_seen: list[Verdict]
             seen = magic_rollback.settle_leftovers(target, lock.pending_watchdogs, timeout=LEFTOVER_WATCHDOG_WAIT_SECONDS, note=note)
             if verdicts_seen is not None:
                 verdicts_seen.extend(seen)
-        yield
+            if lock.answers is not None:
+                lock.answers = dataclasses.replace(lock.answers, state=None)  # a watchdog may have put the system back: ask again
+        yield lock
     finally:
         lock.release()
 
 
-def up_to_date(request: DeployRequest, target: Host, path: str) -> SystemState | None:
-    """The host's state when it already has this system where the action would put it, else None."""
-    state = system_state(target)
+def up_to_date(request: DeployRequest, target: Host, path: str, known: SystemState | None = None) -> SystemState | None:
+    """The host's state when it already has this system where the action would put it, else None.
+
+    known: the state the host gave under the deploy's lock, instead of asking again.
+    """
+    state = known or system_state(target)
     action = request.action
     if action is None or not action.changes_system:
         return None  # dry-activate is never "already done"
@@ -311,9 +344,14 @@ def what_it_already_does(action: Action) -> str:
 
 
 def finish(
-    session: Session, request: DeployRequest, run: HostRun, target: Host, built: Built, keys: Sequence[LoadedKey] = ()
+    session: Session, request: DeployRequest, run: HostRun, target: Host, built: Built, keys: Sequence[LoadedKey] = (),
+    lock: HostLock | None = None,
 ) -> DeployOutcome:
+    """Copy, activate, confirm, reboot, collect garbage: under `lock`, whose answers spare asking the host again."""
     spec, path = run.spec, built.path
+    answers = lock.answers if lock is not None else None
+    if answers is not None and answers.systemd_run is not None:
+        target.facts["systemd-run"] = answers.systemd_run
     run.path = path
     if request.action is None:
         if target.dry_run:
@@ -322,7 +360,11 @@ def finish(
         run.note(f"{spec.name}: built {path}")
         return DeployOutcome(spec.name, path, built.built_on, Result.BUILT)
 
-    current = None if request.force or request.diff_only or target.dry_run else up_to_date(request, target, path)
+    if answers is not None and answers.current:
+        current = answers.state  # the host said so, and let go of the lock in the same round trip
+    else:
+        known = answers.state if answers is not None else None
+        current = None if request.force or request.diff_only or target.dry_run else up_to_date(request, target, path, known)
     if current is not None:
         run.note(f"{spec.name}: up to date (already {what_it_already_does(request.action)} {path}); nothing copied or activated (--force to redo)")
         # Keys are not part of the system: a deploy leaves them current even when the system already is.
@@ -333,13 +375,13 @@ def finish(
     copied = False
     if not request.local and built.built_on != "target":
         run.phase(Phase.COPY)
-        check_space(run, target, path, action=request.action)
+        check_space(run, target, path, action=request.action, spaces=answers.spaces if answers is not None else None)
         sources = [spec.ssh] + ([session.ssh_of(built.built_on)] if built.source_store else [])
         try:
             copied = copy_closure(
                 run.runner, path, target=target, target_store=commands.ssh_store_uri(spec.ssh.destination()),
                 source_store=built.source_store, substitute_on_destination=request.substitute_on_destination,
-                nix_env=session.nix_env(*sources), extra=request.extra_nix,
+                nix_env=session.nix_env(*sources), extra=request.extra_nix, lacking=answers.lacking if answers is not None else None,
             )
         except NixfabError as error:
             from deploy.plan.disk import raise_if_disk_full
@@ -365,11 +407,11 @@ def finish(
 
     upload_host_keys(run, target, keys, KeyUpload.PRE_ACTIVATION)
     run.phase(Phase.ACTIVATE)
-    activation = activate_with_rollback(session, request, run, target, path)
+    activation = activate_with_rollback(session, request, run, target, path, previous=answers.state if answers is not None else None)
     # Only switch and boot make a generation; after test or dry-activate the profile's generation is another system's.
     generation = activation.generation if request.action.changes_boot_default else None
     run.generation = generation
-    record_revision(request, target, activation)
+    record_revision(request, target, activation, lock)
 
     boot_id = None
     if request.reboot:
@@ -424,11 +466,21 @@ def upload_keys_only(session: Session, request: DeployRequest, run: HostRun, key
     return DeployOutcome(spec.name, None, "", status, warnings=tuple(run.warnings))
 
 
-def check_space(run: HostRun, target: Host, path: str, *, action: Action) -> None:
-    from deploy.plan.disk import check_free_space, closure_size
+def space_paths(action: Action) -> tuple[str, ...]:
+    """Where a deploy of this action needs room on the target."""
+    return ("/nix", "/boot") if action.changes_boot_default else ("/nix",)
 
-    paths = ["/nix"] + (["/boot"] if action.changes_boot_default else [])
-    for warning in check_free_space(target, paths, run.spec.name, closure_size(run.runner, path)):
+
+def check_space(run: HostRun, target: Host, path: str, *, action: Action, spaces: Mapping[str, DiskSpace] | None = None) -> None:
+    """Warn when the target is short of room; spaces: what its df said under the deploy's lock, else it is asked."""
+    from deploy.plan.disk import check_free_space, closure_size, space_warnings
+
+    needed = closure_size(run.runner, path)
+    if spaces is not None:
+        warnings = space_warnings(run.spec.name, spaces, needed)
+    else:
+        warnings = check_free_space(target, list(space_paths(action)), run.spec.name, needed)
+    for warning in warnings:
         run.warn(warning)
 
 
@@ -478,7 +530,9 @@ def check_health(request: DeployRequest, run: HostRun, target: Host, activation:
     run.step("health checks passed", started)
 
 
-def activate_with_rollback(session: Session, request: DeployRequest, run: HostRun, target: Host, path: str) -> Activation:
+def activate_with_rollback(
+    session: Session, request: DeployRequest, run: HostRun, target: Host, path: str, previous: SystemState | None = None
+) -> Activation:
     """activate() and the health checks, guarded by the magic-rollback watchdog when the action changes what runs.
 
     The activation protocol (README, "The activation protocol"): probe; arm
@@ -496,24 +550,25 @@ def activate_with_rollback(session: Session, request: DeployRequest, run: HostRu
 
     if not isinstance(target, RemoteHost):
         # This machine: no channel to lose, nobody to be cut off from.
-        activation = activate(target, path, request.action, token=run.token)
+        activation = activate(target, path, request.action, token=run.token, previous=previous)
         run.step(activated(activation), started)
         check_health(request, run, target, activation)
         return activation
     if not (request.magic_rollback and request.action.changes_running_system):
-        return activate_unguarded(request, run, target, path, open_fresh)
+        return activate_unguarded(request, run, target, path, open_fresh, previous)
     from deploy.confirm import magic_rollback
 
     watchdog = magic_rollback.new_watchdog(request.confirm_timeout, health_budget(request, run.spec), token=run.token)
 
-    def arm(prepared: Activation) -> None:
-        magic_rollback.arm(target, watchdog, prepared)
+    def arm(prepared: Activation) -> list[str]:
+        return magic_rollback.arm_argv(target, watchdog, prepared)
 
     disarm = functools.partial(magic_rollback.disarm, target, watchdog)
     try:
         activation = activate(
-            target, path, request.action, before_switch=arm,
+            target, path, request.action, arm=arm,
             wrap=lambda argv: magic_rollback.mark_activated(watchdog.activated_marker, argv), before_undo=disarm, token=watchdog.token,
+            previous=previous,
         )
     except ActivationUnknown as unknown:
         activation = settle_lost_switch(run, request, target, open_fresh, unknown, record=watchdog.directory, watchdog=watchdog)
@@ -531,7 +586,9 @@ def activate_with_rollback(session: Session, request: DeployRequest, run: HostRu
     return activation
 
 
-def activate_unguarded(request: DeployRequest, run: HostRun, target: Host, path: str, open_fresh: Callable[[], Host]) -> Activation:
+def activate_unguarded(
+    request: DeployRequest, run: HostRun, target: Host, path: str, open_fresh: Callable[[], Host], previous: SystemState | None = None
+) -> Activation:
     """A remote activation no watchdog guards (--no-magic-rollback, `boot`): a lost channel is still asked about, never guessed.
 
     The switch records its exit status on the host as a guarded one does, in
@@ -547,6 +604,7 @@ def activate_unguarded(request: DeployRequest, run: HostRun, target: Host, path:
         try:
             activation = activate(
                 target, path, request.action, wrap=lambda argv: magic_rollback.mark_activated(f"{record}/activated", argv), token=run.token,
+                previous=previous,
             )
         except ActivationUnknown as unknown:
             activation = settle_lost_switch(run, request, target, open_fresh, unknown, record=record, watchdog=None)
@@ -645,13 +703,16 @@ def self_rollback(run: HostRun, open_fresh: Callable[[], Host], watchdog: Watchd
     return NotConfirmed(f"{missed}; the host rolled itself back and runs {running} again")
 
 
-def record_revision(request: DeployRequest, target: Host, activation: Activation) -> None:
-    """Leave the flake's revision next to the generation, for `generations` to show."""
+def record_revision(request: DeployRequest, target: Host, activation: Activation, lock: HostLock | None = None) -> None:
+    """Leave the flake's revision next to the generation, for `generations` to show: with the lock's release, when one is held."""
     if activation.generation is None or not activation.action.changes_boot_default or request.revision is None:
         return
-    from deploy.record.history import deployed_by, revision_payload, revision_record_argv
+    from deploy.record.history import deployed_by, revision_payload, revision_record_args, revision_record_argv
 
     payload = revision_payload(request.revision, request.dirty, by=deployed_by())
+    if lock is not None and lock.held:
+        lock.revision_record = revision_record_args(activation.generation, payload)
+        return
     target.run(revision_record_argv(activation.generation, payload), sudo=True)
 
 

@@ -677,5 +677,13 @@ class Lab:
         return found
 
     def accepted_ssh_logins(self, name: str) -> int:
+        """SSH connections the host accepted so far (its sshd logs at LogLevel VERBOSE)."""
+        return self._sshd_log(name).count("Accepted publickey")
+
+    def remote_commands(self, name: str) -> int:
+        """Commands (SSH sessions) the host ran so far, over every connection."""
+        return self._sshd_log(name).count("Starting session:")
+
+    def _sshd_log(self, name: str) -> str:
         log = self.host(name).directory / "sshd.log"
-        return log.read_text(errors="replace").count("Accepted publickey") if log.exists() else 0
+        return log.read_text(errors="replace") if log.exists() else ""

@@ -159,14 +159,6 @@ def read_boot_id() -> list[str]:
     return ["cat", BOOT_ID_FILE]
 
 
-def test_file(path: str) -> list[str]:
-    return ["test", "-e", path]
-
-
-def set_system_profile(path: str) -> list[str]:
-    return ["nix-env", "-p", SYSTEM_PROFILE, "--set", path]
-
-
 def switch_system_generation(generation: int) -> list[str]:
     return ["nix-env", "-p", SYSTEM_PROFILE, "--switch-generation", str(generation)]
 

@@ -517,8 +517,12 @@ def revision_record_argv(generation: int, payload: dict[str, Any], directory: st
     its positional parameters, so nothing in them can become shell code even
     after the remote layer joins this argv into one command line.
     """
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=True)
-    return ["sh", "-c", script("write_revision"), "sh", directory, text, str(_check_generation(generation))]
+    return ["sh", "-c", script("write_revision"), "sh", *revision_record_args(generation, payload, directory)]
+
+
+def revision_record_args(generation: int, payload: dict[str, Any], directory: str = TARGET_REVISIONS_DIRECTORY) -> tuple[str, str, str]:
+    """write_revision.sh's arguments: the directory, the JSON text and the generation (pure)."""
+    return directory, json.dumps(payload, sort_keys=True, ensure_ascii=True), str(_check_generation(generation))
 
 
 def revisions_read_argv(directory: str = TARGET_REVISIONS_DIRECTORY) -> list[str]:

@@ -1,5 +1,5 @@
 # shellcheck shell=sh
-# Used by: deploy.nix.commands.df_argv
+# Used by: deploy.nix.commands.df_argv, deploy.engine.preflight.Questions.argv
 # Parsed by: deploy.plan.disk.parse_df
 # $@: the paths to ask about. df for each path on its own, so that a missing
 # path (no /boot) cannot shift the others' lines; each output line is

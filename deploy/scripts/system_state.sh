@@ -1,6 +1,6 @@
 # shellcheck shell=sh
-# Used by: deploy.activate.activation.system_state
-# Parsed by: deploy.activate.activation.system_state
+# Used by: deploy.activate.activation.system_state, deploy.engine.preflight.Questions.argv
+# Parsed by: deploy.activate.activation.parse_system_state
 # $1: the system profile. `key<TAB>value` lines: profile, generation, running.
 # One round trip for what used to take three: every command over SSH costs a channel.
 

@@ -91,11 +91,49 @@ def _tee(source: IO[str], output: Emitter | None, collected: list[str], shown: C
                 pass  # a log that cannot be written must not stop the reader: the child would block on a full pipe
 
 
+class ChildProcesses:
+    """The children of runners that work in threads of their own (the build, the flake check).
+
+    Only the main thread hears Ctrl-C and SIGHUP, so a child started in another
+    thread would outlive an interrupted run: stop() ends those running and
+    refuses to start more.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[str]] = set()
+        self.stopped = False
+
+    def started(self, process: subprocess.Popen[str]) -> bool:
+        """Track process; False (and the process terminated) when stop() came first."""
+        with self._lock:
+            if not self.stopped:
+                self._running.add(process)
+                return True
+        process.terminate()
+        return False
+
+    def ended(self, process: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._running.discard(process)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            running = list(self._running)
+        for process in running:
+            try:
+                process.terminate()
+            except OSError:
+                pass  # it ended meanwhile
+
+
 @dataclass
 class LocalRunner:
     echo: Emitter
     dry_run: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
+    children: ChildProcesses | None = None  # where the children are tracked, for a runner used outside the main thread
 
     def run(
         self,
@@ -129,6 +167,8 @@ class LocalRunner:
                     )
                 except FileNotFoundError:
                     return Result(tuple(argv), 127, "", f"{argv[0]}: command not found\n")
+                if self.children is not None:
+                    self.children.started(process)
                 readers = [
                     threading.Thread(target=_tee, args=(process.stdout, None, stdout)),
                     threading.Thread(target=_tee, args=(process.stderr, self.echo if show_stderr else None, stderr, shown)),
@@ -144,6 +184,8 @@ class LocalRunner:
         finally:
             for reader in readers:
                 reader.join()
+            if self.children is not None and process is not None:
+                self.children.ended(process)
         self.echo.record("".join(stdout) + ("" if show_stderr else "".join(stderr)))
         return Result(tuple(argv), process.returncode, "".join(stdout), "".join(stderr))
 

@@ -1,0 +1,12 @@
+# shellcheck shell=sh
+# Used by: deploy.engine.lock.HostLock.release
+# The deploy's last round trip: what it leaves on the host, then the lock.
+# $1: the lock directory; $2: our holder line; $3: the text of
+# lock_clear_if_held_by.sh; $4: the text of write_revision.sh, or '' when
+# there is no revision to record; $5, $6, $7: its directory, JSON text and
+# generation. Records the revision even when the lock is gone (a reboot
+# empties /run). Prints nothing; exits 1 when someone else holds the lock.
+
+lock=$1 holder=$2 clear=$3 write_revision=$4
+if [ -n "$write_revision" ]; then sh -c "$write_revision" sh "$5" "$6" "$7"; fi
+exec sh -c "$clear" sh "$lock" "$holder"

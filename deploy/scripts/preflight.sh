@@ -1,0 +1,93 @@
+# shellcheck shell=sh
+# Used by: deploy.engine.lock.acquire
+# Parsed by: deploy.engine.lock.acquire, deploy.engine.preflight.parse_answers, deploy.confirm.magic_rollback.parse_pending
+# A deploy's first round trip: the host's lock and, once it holds it, what the
+# deploy needs to know of the host, so that no question costs a command of
+# its own. $1: the lock directory; $2: the holder, one line of JSON; $3: the
+# rollback watchdogs' state directory; $4: the text of watchdogs_pending.sh.
+# The questions follow, all or none: $5: the text of system_state.sh; $6: the
+# system profile; $7: the system the deploy brings ('' to keep the lock
+# whatever the host runs); $8, $9: 1 when that system must be the boot
+# default, and the running system, for the host to count as current; ${10}:
+# the text of free_space.sh; ${11}: N, then the N paths to ask df about; then
+# M, then the M words of the systemd-run probe (M is 0: no probe); then the
+# closure paths to check (none: no check).
+# mkdir is the test-and-set that two deployers cannot both win. Prints "held",
+# the lock's age in seconds and the holder's line, so that the deployer can
+# judge in the same round trip whether it is stale; or "acquired", a
+# "pending<TAB>TOKEN<TAB>AGE" line for each watchdog with no verdict yet (the
+# holder must let them decide before it changes anything), and the answers:
+# system_state.sh's lines; "current" when the host already has the system
+# where the deploy would put it and no watchdog is pending, in which case the
+# lock is released at once and nothing else is asked; "df<TAB>" lines;
+# "systemd-run<TAB>1" or 0; "closure-checked" and an "invalid<TAB>PATH" line
+# for each path the host lacks, or "closure-unchecked" (nix-store's error on
+# stderr).
+
+lock=$1 holder=$2 watchdogs=$3 list_pending=$4
+shift 4
+tab=$(printf '\t')
+tagged() {
+  while IFS= read -r line; do printf '%s\t%s\n' "$1" "$line"; done
+}
+# Runs the first $1 of the words after it as a command: the way to pass a
+# list among other values without joining it into one string.
+run_first() (
+  n=$1
+  shift
+  total=$#
+  i=0
+  for word do
+    i=$((i + 1))
+    if [ "$i" -le "$n" ]; then set -- "$@" "$word"; fi
+  done
+  shift "$total"
+  "$@"
+)
+
+mkdir -p "${lock%/*}"
+if ! mkdir "$lock" 2>/dev/null; then
+  echo held
+  echo "$(( $(date +%s) - $(stat -c %Y "$lock") ))"
+  cat "$lock/holder" 2>/dev/null
+  exit 0
+fi
+printf '%s\n' "$holder" > "$lock/holder"
+echo acquired
+pending=$(sh -c "$list_pending" sh "$watchdogs")
+[ -n "$pending" ] && printf '%s\n' "$pending" | tagged pending
+[ "$#" -eq 0 ] && exit 0
+
+state_text=$1 profile=$2 wanted=$3 wanted_boot=$4 wanted_running=$5 df_text=$6 df_count=$7
+shift 7
+state=$(sh -c "$state_text" sh "$profile")
+printf '%s\n' "$state"
+value_of() {
+  printf '%s\n' "$state" | while IFS="$tab" read -r key value; do
+    if [ "$key" = "$1" ]; then printf '%s' "$value"; fi
+  done
+}
+if [ -n "$wanted" ] && [ -z "$pending" ] &&
+  { [ "$wanted_boot" = 0 ] || [ "$(value_of generation)" = "$wanted" ]; } &&
+  { [ "$wanted_running" = 0 ] || [ "$(value_of running)" = "$wanted" ]; }; then
+  rm -rf "$lock"
+  echo current
+  exit 0
+fi
+
+run_first "$((df_count + 4))" sh -c "$df_text" sh "$@" | tagged df
+shift "$df_count"
+probe_count=$1
+shift
+if [ "$probe_count" -gt 0 ]; then
+  if run_first "$probe_count" "$@" </dev/null >/dev/null 2>&1; then echo "systemd-run${tab}1"; else echo "systemd-run${tab}0"; fi
+  shift "$probe_count"
+fi
+[ "$#" -eq 0 ] && exit 0
+if invalid=$(nix-store --check-validity --print-invalid "$@"); then
+  echo closure-checked
+  [ -n "$invalid" ] && printf '%s\n' "$invalid" | tagged invalid
+else
+  echo closure-unchecked
+fi
+exit 0

@@ -1,0 +1,163 @@
+"""preflight.sh and activate.sh run by /bin/sh here, with stand-ins for nix-store and nix-env on PATH.
+
+Each folds several questions or steps into one round trip, and passes lists
+among other values by count: these tests check that logic itself (what is
+asked, in which order, where a failure stops), which the lab's deploys only
+see as a whole. Nothing outside tmp_path is touched: the lock, the profile
+and the watchdogs' directory are the test's own.
+"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploy.engine.preflight import Questions, parse_answers
+from deploy.model import Action
+from deploy.scripts import script
+
+STORE_SYSTEM = "/nix/store/0000000000000000000000000000000c-nixos-system-web1"
+
+
+def run(name: str, *args: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": f"{path}:/usr/bin:/bin" if path else "/usr/bin:/bin"}
+    return subprocess.run(["/bin/sh", "-c", script(name), "sh", *args], capture_output=True, text=True, env=env, timeout=30, check=False)
+
+
+def stand_in(directory: Path, name: str, body: str) -> None:
+    directory.mkdir(exist_ok=True)
+    tool = directory / name
+    tool.write_text(f"#!/bin/sh\n{body}\n")
+    tool.chmod(0o755)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    """A profile on generation 3 (whose system is STORE_SYSTEM), and room for the lock and the watchdogs."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "system-3-link").symlink_to(STORE_SYSTEM)
+    (profiles / "system").symlink_to("system-3-link")
+    return tmp_path
+
+
+def preflight(host: Path, *questions: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    lock = host / "run" / "deploy.lock"
+    return run("preflight", str(lock), '{"me": 1}', str(host / "watchdogs"), script("watchdogs_pending"), *questions, path=path)
+
+
+def asked(host: Path, wanted: str, *, boot: str = "1", running: str = "0", space: tuple[str, ...] = (),
+          probe: tuple[str, ...] = (), closure: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return (
+        script("system_state"), str(host / "profiles" / "system"), wanted, boot, running,
+        script("free_space"), str(len(space)), *space, str(len(probe)), *probe, *closure,
+    )
+
+
+# ---- preflight.sh -------------------------------------------------------------------------------------------------------
+
+
+def test_the_lock_alone_is_taken_and_its_holder_written(host: Path) -> None:
+    result = preflight(host)
+    assert (result.returncode, result.stdout) == (0, "acquired\n")
+    assert (host / "run" / "deploy.lock" / "holder").read_text() == '{"me": 1}\n'
+
+
+def test_a_held_lock_answers_its_age_and_holder_and_nothing_else(host: Path) -> None:
+    preflight(host)
+    result = preflight(host, *asked(host, STORE_SYSTEM))
+    lines = result.stdout.splitlines()
+    assert lines[0] == "held" and lines[1].isdigit() and lines[2] == '{"me": 1}' and len(lines) == 3
+
+
+def test_a_host_that_has_the_system_says_current_and_lets_the_lock_go(host: Path) -> None:
+    result = preflight(host, *asked(host, STORE_SYSTEM, space=("/",), probe=("false",), closure=("/nix/store/x",)))
+    assert result.stdout.splitlines() == ["acquired", "profile\tsystem-3-link", f"generation\t{STORE_SYSTEM}", "running\t", "current"]
+    assert not (host / "run" / "deploy.lock").exists()  # nothing else asked: the deploy ends here
+
+
+def test_a_pending_watchdog_keeps_the_lock_even_when_the_host_looks_current(host: Path) -> None:
+    (host / "watchdogs" / "0123456789ab").mkdir(parents=True)
+    result = preflight(host, *asked(host, STORE_SYSTEM))
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("pending\t0123456789ab\t") and "current" not in lines
+    assert (host / "run" / "deploy.lock").is_dir()
+
+
+def test_an_older_system_is_asked_the_rest_each_list_passed_by_its_count(host: Path) -> None:
+    tools = host / "bin"
+    # nix-store --check-validity --print-invalid PATHS: these two are missing.
+    stand_in(tools, "nix-store", 'shift 2; for p do case "$p" in */b|*/c) echo "$p";; esac; done')
+    closure = ("/nix/store/a", "/nix/store/b", "/nix/store/c")
+    result = preflight(host, *asked(host, "/nix/store/new", space=("/", str(host)), probe=("sh", "-c", "exit 0"), closure=closure), path=tools)
+    lines = result.stdout.splitlines()
+    assert lines[:4] == ["acquired", "profile\tsystem-3-link", f"generation\t{STORE_SYSTEM}", "running\t"]
+    assert [line.split("\t")[:2] for line in lines if line.startswith("df\t")] == [["df", "/"], ["df", str(host)]]
+    assert lines[-4:] == ["systemd-run\t1", "closure-checked", "invalid\t/nix/store/b", "invalid\t/nix/store/c"]
+    assert (host / "run" / "deploy.lock").is_dir()
+    questions = Questions(Action.SWITCH, "/nix/store/new", space=("/", str(host)), closure=closure)
+    answers = parse_answers(lines[1:], questions, "web1")
+    assert answers.state is not None and answers.state.generation == 3 and not answers.current
+    assert answers.spaces is not None and set(answers.spaces) == {"/", str(host)}
+    assert (answers.lacking, answers.systemd_run) == (frozenset({"/nix/store/b", "/nix/store/c"}), True)
+
+
+def test_a_probe_that_fails_and_a_check_that_fails_are_answers_too(host: Path) -> None:
+    tools = host / "bin"
+    stand_in(tools, "nix-store", "echo 'error: cannot open the database' >&2; exit 1")
+    result = preflight(host, *asked(host, "/nix/store/new", probe=("false",), closure=("/nix/store/a",)), path=tools)
+    assert result.stdout.splitlines()[-2:] == ["systemd-run\t0", "closure-unchecked"]
+    assert "cannot open the database" in result.stderr
+
+
+# ---- activate.sh --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Path:
+    toplevel = tmp_path / "system"
+    toplevel.mkdir()
+    (toplevel / "nixos-version").write_text("24.11\n")
+    return toplevel
+
+
+def activate(host: Path, toplevel: Path, set_profile: str, arming: tuple[str, ...], *switch: str) -> subprocess.CompletedProcess[str]:
+    tools = host / "bin"
+    # nix-env -p PROFILE --set PATH: a new generation 4, as nix-env makes it; each step notes itself in order.
+    stand_in(tools, "nix-env", f'echo nix-env >> {host}/order; ln -s "$4" "$2-4-link" && ln -sfn system-4-link "$2"')
+    return run("activate", str(toplevel), str(host / "profiles" / "system"), set_profile, str(len(arming)), *arming, *switch, path=tools)
+
+
+def test_it_arms_then_sets_the_profile_then_runs_the_switch_with_its_exit_status(host: Path, system: Path) -> None:
+    arm = ("sh", "-c", f"echo armed >> {host}/order")
+    result = activate(host, system, "1", arm, "sh", "-c", f"echo switched >> {host}/order; echo switching; exit 4")
+    assert result.returncode == 4
+    assert result.stdout == "nixfab-activate\tprofile\tsystem-4-link\nswitching\n"
+    assert (host / "order").read_text().split() == ["armed", "nix-env", "switched"]
+
+
+def test_test_and_dry_activate_neither_arm_nor_set_the_profile(host: Path, system: Path) -> None:
+    result = activate(host, system, "0", (), "sh", "-c", "echo switched")
+    assert (result.returncode, result.stdout) == (0, "switched\n")
+    assert not (host / "order").exists() and (host / "profiles" / "system").resolve().name != "system-4-link"
+
+
+def test_what_is_no_nixos_system_is_refused_before_anything(host: Path, tmp_path: Path) -> None:
+    result = activate(host, tmp_path / "nothing", "1", ("sh", "-c", f"echo armed >> {host}/order"), "sh", "-c", "echo switched")
+    assert (result.returncode, result.stdout) == (1, "nixfab-activate\tnot-nixos\n")
+    assert not (host / "order").exists()
+
+
+def test_a_watchdog_that_does_not_start_stops_it_before_the_profile_changes(host: Path, system: Path) -> None:
+    arm = ("sh", "-c", "echo 'mkdir: Permission denied' >&2; exit 1")
+    result = activate(host, system, "1", arm, "sh", "-c", "echo switched")
+    assert (result.returncode, result.stdout) == (1, "nixfab-activate\tunarmed\tmkdir: Permission denied\n")
+    assert not (host / "order").exists() and (host / "profiles" / "system").readlink() == Path("system-3-link")
+
+
+def test_a_profile_that_cannot_be_set_stops_it_before_the_switch(host: Path, system: Path) -> None:
+    stand_in(host / "bin", "nix-env", "echo 'error: opening lock file: Permission denied' >&2; exit 1")
+    tools = host / "bin"
+    result = run("activate", str(system), str(host / "profiles" / "system"), "1", "0", "sh", "-c", "echo switched", path=tools)
+    assert (result.returncode, result.stdout) == (1, "nixfab-activate\tunset\terror: opening lock file: Permission denied\n")
