@@ -227,7 +227,8 @@ def test_peers_words_select_and_pass_on(site: Site) -> None:
     builds = [line for line in plan.stderr.splitlines() if line.startswith("+ nix ") and " build " in line]
     assert builds and all(line.endswith("--show-trace") for line in builds), builds
     for name in ("alpha", "beta"):
-        assert f"+ [{name}] sudo sh -c '\npath=$1 profile=$2 set_profile=$3 " in plan.stderr  # the activation, with sudo
+        # The activation (activate.sh), with sudo.
+        assert re.search(rf"\+ \[{name}\] sudo sh -c '\n{name} +\| path=\$1 profile=\$2 set_profile=\$3 ", plan.stderr), plan.stderr
 
     tagged = write_inventory(site.lab, site.tmp / "tagged.yaml", "  alpha: { tags: [web] }\n  beta: {}\n")
     ok(inv("switch-push", "--on", "@web", "--flake", str(site.flake), "--inventory", str(tagged), "--skip-checks"))

@@ -14,6 +14,7 @@ import pytest
 from deploy.activate import activation as activation_module
 from deploy.activate.activation import Activation, SystemState, activate, rollback_steps, system_state, undo
 from deploy.errors import ActivationFailed, ActivationUnknown, NixfabError, NotInStore, RemoteCommandFailed
+from deploy.scripts import script
 from fake_host import LOST, RecordingHost, Reply, sh, shown
 
 PROFILE = "/nix/var/nix/profiles/system"
@@ -75,7 +76,7 @@ def activating(action: str, *, arming: tuple[str, ...] = (), switch: tuple[str, 
     """The one activation command (activate.sh, as root): check, arm the watchdog, set the profile (switch, boot), switch."""
     sets_profile = action in ("switch", "boot")
     switch = switch or unit(NEW, action, bootloader=sets_profile)
-    return (sh("activate", NEW, PROFILE, "1" if sets_profile else "0", str(len(arming)), *arming, *switch), True)
+    return (sh("activate", NEW, PROFILE, "1" if sets_profile else "0", script("run_first"), str(len(arming)), *arming, *switch), True)
 
 
 def web1(**facts: bool) -> RecordingHost:
@@ -165,7 +166,7 @@ def test_arm_sees_the_prepared_activation_before_the_profile_changes_and_wrap_wr
     assert seen == [Activation(NEW, "switch", None, SystemState(41, OLD_GEN, OLD_RUNNING))]
     assert seen[0].token == TOKEN and seen[0].unit == UNIT
     assert host.argvs[-1][-3:] == ("wrapped", f"{NEW}/bin/switch-to-configuration", "switch")
-    assert host.argvs[-1][8:10] == ("start", "watchdog")  # activate.sh's words that arm it: run before the profile is set
+    assert host.argvs[-1][9:11] == ("start", "watchdog")  # activate.sh's words that arm it: run before the profile is set
 
 
 # ---- a switch that fails, and what is put back --------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def preflight(*closure: str, wanted: str | None = NEW, space: tuple[str, ...] = 
     """The deploy's first command: the lock, and a switch's questions (the system state, free space, systemd-run, the closure)."""
     probe_argv = unit("true", bootloader=False, name="nixfab-switch-to-configuration-probe")
     return sh(
-        "preflight", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending"), script("system_state"), PROFILE, wanted or "", "1", "1",
+        "preflight", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending"), script("run_first"), script("system_state"), PROFILE, wanted or "",
+        "1", "1",
         script("free_space"), str(len(space)), *space, str(len(probe_argv)), *probe_argv, *closure,
     )
 
@@ -105,7 +106,7 @@ ACTIVATED = "nixfab-activate\tprofile\tsystem-42-link\n"
 
 def activating(switch: tuple[str, ...], arming: tuple[str, ...] = (), connection: int = 0) -> tuple[int, tuple[str, ...], bool]:
     """The one activation command (activate.sh): check the system, arm the watchdog, set the profile, switch."""
-    return (connection, sh("activate", NEW, PROFILE, "1", str(len(arming)), *arming, *switch), True)
+    return (connection, sh("activate", NEW, PROFILE, "1", script("run_first"), str(len(arming)), *arming, *switch), True)
 
 
 ACTIVATE = activating(unit(*stc(NEW, "switch"), bootloader=True))
@@ -323,7 +324,7 @@ def test_no_watchdog_without_magic_rollback_or_for_boot(world: World, fields: di
     finish(world.session, request(**fields), world.run, world.host, Built(NEW, "target"))
     assert world.host.opened == []
     assert not any(call.script == "confirm_activation" for call in world.host.calls)
-    assert [call.argv[7] for call in world.host.calls if call.script == "activate"] == ["0"]  # activate.sh armed no watchdog
+    assert [call.argv[8] for call in world.host.calls if call.script == "activate"] == ["0"]  # activate.sh armed no watchdog
 
 
 RECORD = f"/run/nixfab/switches/{TOKEN}"

@@ -50,7 +50,7 @@ def preflight(host: Path, *questions: str, path: Path | None = None) -> subproce
 def asked(host: Path, wanted: str, *, boot: str = "1", running: str = "0", space: tuple[str, ...] = (),
           probe: tuple[str, ...] = (), closure: tuple[str, ...] = ()) -> tuple[str, ...]:
     return (
-        script("system_state"), str(host / "profiles" / "system"), wanted, boot, running,
+        script("run_first"), script("system_state"), str(host / "profiles" / "system"), wanted, boot, running,
         script("free_space"), str(len(space)), *space, str(len(probe)), *probe, *closure,
     )
 
@@ -126,7 +126,8 @@ def activate(host: Path, toplevel: Path, set_profile: str, arming: tuple[str, ..
     tools = host / "bin"
     # nix-env -p PROFILE --set PATH: a new generation 4, as nix-env makes it; each step notes itself in order.
     stand_in(tools, "nix-env", f'echo nix-env >> {host}/order; ln -s "$4" "$2-4-link" && ln -sfn system-4-link "$2"')
-    return run("activate", str(toplevel), str(host / "profiles" / "system"), set_profile, str(len(arming)), *arming, *switch, path=tools)
+    profile = str(host / "profiles" / "system")
+    return run("activate", str(toplevel), profile, set_profile, script("run_first"), str(len(arming)), *arming, *switch, path=tools)
 
 
 def test_it_arms_then_sets_the_profile_then_runs_the_switch_with_its_exit_status(host: Path, system: Path) -> None:
@@ -159,5 +160,6 @@ def test_a_watchdog_that_does_not_start_stops_it_before_the_profile_changes(host
 def test_a_profile_that_cannot_be_set_stops_it_before_the_switch(host: Path, system: Path) -> None:
     stand_in(host / "bin", "nix-env", "echo 'error: opening lock file: Permission denied' >&2; exit 1")
     tools = host / "bin"
-    result = run("activate", str(system), str(host / "profiles" / "system"), "1", "0", "sh", "-c", "echo switched", path=tools)
+    profile = str(host / "profiles" / "system")
+    result = run("activate", str(system), profile, "1", script("run_first"), "0", "sh", "-c", "echo switched", path=tools)
     assert (result.returncode, result.stdout) == (1, "nixfab-activate\tunset\terror: opening lock file: Permission denied\n")

@@ -217,7 +217,9 @@ def activate(
 def activation_argv(path: str, action: Action, arming: Sequence[str], switch: Sequence[str]) -> list[str]:
     """scripts/activate.sh: check the system, arm the watchdog, set the profile, then the switch (pure)."""
     set_profile = "1" if action.changes_boot_default else "0"
-    return ["sh", "-c", script("activate"), "sh", path, commands.SYSTEM_PROFILE, set_profile, str(len(arming)), *arming, *switch]
+    return [
+        "sh", "-c", script("activate"), "sh", path, commands.SYSTEM_PROFILE, set_profile, script("run_first"), str(len(arming)), *arming, *switch,
+    ]
 
 
 def without_markers(stdout: str) -> str:

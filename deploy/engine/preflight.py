@@ -36,7 +36,7 @@ class Questions:
         """preflight.sh's arguments after the lock's (pure)."""
         probe = commands.systemd_run(["true"], unit=f"{commands.SWITCH_UNIT}-probe", install_bootloader=False) if self.probe_systemd_run else []
         return [
-            script("system_state"), commands.SYSTEM_PROFILE, self.wanted or "",
+            script("run_first"), script("system_state"), commands.SYSTEM_PROFILE, self.wanted or "",
             "1" if self.action.changes_boot_default else "0", "1" if self.action.changes_running_system else "0",
             script("free_space"), str(len(self.space)), *self.space,
             str(len(probe)), *probe,

@@ -3,9 +3,9 @@
 # Parsed by: deploy.activate.activation.activation_markers
 # An activation in one round trip, in the order that keeps the host safe:
 # $1: the system; $2: the system profile; $3: 1 to make the system the
-# profile's new generation; $4: N, then the N words that arm the rollback
-# watchdog (N is 0: none guards it); then the argv of the switch, under
-# systemd-run or in a clean environment.
+# profile's new generation; $4: the text of run_first.sh; $5: N, then the N
+# words that arm the rollback watchdog (N is 0: none guards it); then the
+# argv of the switch, under systemd-run or in a clean environment.
 # The system must be a NixOS system, the watchdog must be running before the
 # profile changes, and the profile must be set before the switch runs; the
 # first step that fails ends it, with exit 1 and a "nixfab-activate<TAB>WHY"
@@ -13,23 +13,9 @@
 # "nixfab-activate<TAB>profile<TAB>LINK" (when it set the profile) comes
 # before the switch's own output, and the exit status is the switch's.
 
-path=$1 profile=$2 set_profile=$3 count=$4
-shift 4
+path=$1 profile=$2 set_profile=$3 run_first=$4 count=$5
+shift 5
 tab=$(printf '\t')
-# Runs the first $1 of the words after it as a command: the way to pass a
-# list among other values without joining it into one string.
-run_first() (
-  n=$1
-  shift
-  total=$#
-  i=0
-  for word do
-    i=$((i + 1))
-    if [ "$i" -le "$n" ]; then set -- "$@" "$word"; fi
-  done
-  shift "$total"
-  "$@"
-)
 last_line() {
   printf '%s\n' "$1" | tail -n 1
 }
@@ -39,7 +25,7 @@ if [ ! -e "$path/nixos-version" ]; then
   exit 1
 fi
 if [ "$count" -gt 0 ]; then
-  if ! said=$(run_first "$count" "$@" 2>&1); then
+  if ! said=$(sh -c "$run_first" sh "$count" "$@" 2>&1); then
     echo "nixfab-activate${tab}unarmed${tab}$(last_line "$said")"
     exit 1
   fi

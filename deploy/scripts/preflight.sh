@@ -5,13 +5,13 @@
 # deploy needs to know of the host, so that no question costs a command of
 # its own. $1: the lock directory; $2: the holder, one line of JSON; $3: the
 # rollback watchdogs' state directory; $4: the text of watchdogs_pending.sh.
-# The questions follow, all or none: $5: the text of system_state.sh; $6: the
-# system profile; $7: the system the deploy brings ('' to keep the lock
-# whatever the host runs); $8, $9: 1 when that system must be the boot
-# default, and the running system, for the host to count as current; ${10}:
-# the text of free_space.sh; ${11}: N, then the N paths to ask df about; then
-# M, then the M words of the systemd-run probe (M is 0: no probe); then the
-# closure paths to check (none: no check).
+# The questions follow, all or none: $5: the text of run_first.sh; $6: the
+# text of system_state.sh; $7: the system profile; $8: the system the deploy
+# brings ('' to keep the lock whatever the host runs); $9, ${10}: 1 when that
+# system must be the boot default, and the running system, for the host to
+# count as current; ${11}: the text of free_space.sh; ${12}: N, then the N
+# paths to ask df about; then M, then the M words of the systemd-run probe (M
+# is 0: no probe); then the closure paths to check (none: no check).
 # mkdir is the test-and-set that two deployers cannot both win. Prints "held",
 # the lock's age in seconds and the holder's line, so that the deployer can
 # judge in the same round trip whether it is stale; or "acquired", a
@@ -30,20 +30,6 @@ tab=$(printf '\t')
 tagged() {
   while IFS= read -r line; do printf '%s\t%s\n' "$1" "$line"; done
 }
-# Runs the first $1 of the words after it as a command: the way to pass a
-# list among other values without joining it into one string.
-run_first() (
-  n=$1
-  shift
-  total=$#
-  i=0
-  for word do
-    i=$((i + 1))
-    if [ "$i" -le "$n" ]; then set -- "$@" "$word"; fi
-  done
-  shift "$total"
-  "$@"
-)
 
 mkdir -p "${lock%/*}"
 if ! mkdir "$lock" 2>/dev/null; then
@@ -58,8 +44,8 @@ pending=$(sh -c "$list_pending" sh "$watchdogs")
 [ -n "$pending" ] && printf '%s\n' "$pending" | tagged pending
 [ "$#" -eq 0 ] && exit 0
 
-state_text=$1 profile=$2 wanted=$3 wanted_boot=$4 wanted_running=$5 df_text=$6 df_count=$7
-shift 7
+run_first=$1 state_text=$2 profile=$3 wanted=$4 wanted_boot=$5 wanted_running=$6 df_text=$7 df_count=$8
+shift 8
 state=$(sh -c "$state_text" sh "$profile")
 printf '%s\n' "$state"
 value_of() {
@@ -75,12 +61,12 @@ if [ -n "$wanted" ] && [ -z "$pending" ] &&
   exit 0
 fi
 
-run_first "$((df_count + 4))" sh -c "$df_text" sh "$@" | tagged df
+sh -c "$run_first" sh "$((df_count + 4))" sh -c "$df_text" sh "$@" | tagged df
 shift "$df_count"
 probe_count=$1
 shift
 if [ "$probe_count" -gt 0 ]; then
-  if run_first "$probe_count" "$@" </dev/null >/dev/null 2>&1; then echo "systemd-run${tab}1"; else echo "systemd-run${tab}0"; fi
+  if sh -c "$run_first" sh "$probe_count" "$@" </dev/null >/dev/null 2>&1; then echo "systemd-run${tab}1"; else echo "systemd-run${tab}0"; fi
   shift "$probe_count"
 fi
 [ "$#" -eq 0 ] && exit 0
