@@ -100,7 +100,7 @@ def test_an_older_system_is_asked_the_rest_each_list_passed_by_its_count(host: P
     answers = parse_answers(lines[1:], questions, "web1")
     assert answers.state is not None and answers.state.generation == 3 and not answers.current
     assert answers.spaces is not None and set(answers.spaces) == {"/", str(host)}
-    assert (answers.lacking, answers.systemd_run) == (frozenset({"/nix/store/b", "/nix/store/c"}), True)
+    assert (answers.missing, answers.systemd_run) == (("/nix/store/b", "/nix/store/c"), True)
 
 
 def test_a_probe_that_fails_and_a_check_that_fails_are_answers_too(host: Path) -> None:

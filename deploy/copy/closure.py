@@ -37,15 +37,15 @@ def copy_closure(
     substitute_on_destination: bool = False,
     nix_env: Mapping[str, str],
     extra: Sequence[str] = (),
-    lacking: frozenset[str] | None = None,
+    missing: Sequence[str] | None = None,
 ) -> bool:
     """Copy path's closure to target (from source_store, or this machine); False if it was there.
 
-    lacking: which paths of the closure the target said it lacks (preflight), else it is asked.
+    missing: the paths of the closure the target said it lacks (preflight), else it is asked.
     Says what it did as one step line: `copied 3 paths, 64.0 KiB in 0.2 s`.
     """
     if source_store is None and not substitute_on_destination and isinstance(target, RemoteHost):
-        return stream_closure(runner, target, path, lacking)
+        return stream_closure(runner, target, path, missing)
     started = time.monotonic()
     if target.run(commands.check_store_path_valid(path), dry_returncode=1).ok:
         runner.echo.step(NOTHING_TO_COPY, seconds=time.monotonic() - started)
@@ -85,11 +85,9 @@ def closure_of(runner: LocalRunner, path: str) -> list[str]:
     return closure.stdout.split()
 
 
-def missing_paths(runner: LocalRunner, target: RemoteHost, path: str, lacking: frozenset[str] | None = None) -> list[str]:
-    """The closure of path, dependencies first, less what the target already has (lacking: what it said it lacks)."""
+def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[str]:
+    """The closure of path, dependencies first, less what the target already has."""
     paths = closure_of(runner, path)
-    if lacking is not None:
-        return [item for item in paths if item in lacking]
     invalid = target.run(commands.nix_store_print_invalid(paths), dry_stdout="\n".join(paths))
     if not invalid.ok:
         raise RemoteCommandFailed(f"{target.label}: cannot check which paths it has: {invalid.tail(1)}")
@@ -97,12 +95,12 @@ def missing_paths(runner: LocalRunner, target: RemoteHost, path: str, lacking: f
     return [item for item in paths if item in wanted]
 
 
-def stream_closure(runner: LocalRunner, target: RemoteHost, path: str, lacking: frozenset[str] | None = None) -> bool:
-    """Export what the target lacks into its nix-store --import; False when it lacked nothing."""
+def stream_closure(runner: LocalRunner, target: RemoteHost, path: str, missing: Sequence[str] | None = None) -> bool:
+    """Export what the target lacks (`missing`, when it said so already) into its nix-store --import; False when it lacked nothing."""
     from deploy.plan.disk import human_size
 
     started = time.monotonic()
-    missing = missing_paths(runner, target, path, lacking)
+    missing = list(missing) if missing is not None else missing_paths(runner, target, path)
     if not missing:
         runner.echo.step(NOTHING_TO_COPY, seconds=time.monotonic() - started)
         return False

@@ -381,7 +381,7 @@ def finish(
             copied = copy_closure(
                 run.runner, path, target=target, target_store=commands.ssh_store_uri(spec.ssh.destination()),
                 source_store=built.source_store, substitute_on_destination=request.substitute_on_destination,
-                nix_env=session.nix_env(*sources), extra=request.extra_nix, lacking=answers.lacking if answers is not None else None,
+                nix_env=session.nix_env(*sources), extra=request.extra_nix, missing=answers.missing if answers is not None else None,
             )
         except NixfabError as error:
             from deploy.plan.disk import raise_if_disk_full

@@ -51,8 +51,14 @@ class Answers:
     state: SystemState | None
     current: bool = False
     spaces: Mapping[str, DiskSpace] | None = None  # None: not asked
-    lacking: frozenset[str] | None = None  # the closure's paths the host lacks; None: not asked, or the check failed
+    missing: tuple[str, ...] | None = None  # the closure's paths the host lacks, dependencies first; None: not asked, or the check failed
     systemd_run: bool | None = None  # None: not probed
+
+
+def missing_from(closure: Sequence[str], invalid: Sequence[str]) -> tuple[str, ...]:
+    """The closure's paths that the host said it lacks, in the closure's order (dependencies first) (pure)."""
+    lacking = set(invalid)
+    return tuple(path for path in closure if path in lacking)
 
 
 def parse_answers(lines: Sequence[str], questions: Questions, label: str, *, dry_run: bool = False) -> Answers:
@@ -69,6 +75,6 @@ def parse_answers(lines: Sequence[str], questions: Questions, label: str, *, dry
         state=parse_system_state("\n".join(state_lines), label, dry_run=dry_run),
         current="current" in lines,
         spaces=parse_df("\n".join(tagged.get("df", []))) if questions.space and "current" not in lines else None,
-        lacking=frozenset(tagged.get("invalid", [])) if "closure-checked" in lines else None,
+        missing=missing_from(questions.closure, tagged.get("invalid", [])) if "closure-checked" in lines else None,
         systemd_run=probed[0] == "1" if probed else None,
     )
