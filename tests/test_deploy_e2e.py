@@ -54,8 +54,11 @@ def test_a_deploy_makes_four_commands_and_a_second_connection_and_a_no_op_one_co
     set_fixture_revision(flake, "2")
     assert asked(("switch-push", "alpha", *args)) == (4 + 1, 2)
     assert asked(("switch-push", "alpha", *args, "--no-magic-rollback")) == (1, 1)  # already current: the lock's round trip says so
+    set_fixture_revision(flake, "3")
+    assert asked(("switch-push", "alpha", *args, "--no-magic-rollback")) == (4, 1)  # no watchdog, no confirmation
     assert lab.state("alpha").current_system == toplevel_of(flake, "alpha")
-    assert len(lab.state("alpha").generations) == 2
+    assert len(lab.state("alpha").generations) == 3
+    assert lab.ssh("alpha", ["sh", "-c", "ls /run/nixfab/switches 2>/dev/null | wc -l"]).stdout.strip() == "0"  # the release removed its record
 
 
 def test_build_leaves_result_and_touches_no_host(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

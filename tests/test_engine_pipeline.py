@@ -63,8 +63,9 @@ def preflight(*closure: str, wanted: str | None = NEW, space: tuple[str, ...] = 
     )
 
 
-def release(*record: str) -> tuple[str, ...]:
-    return sh("lock_release", LOCK, HOLDER, script("lock_clear_if_held_by"), *((script("write_revision"), *record) if record else ("",)))
+def release(*record: str, leftovers: tuple[str, ...] = ()) -> tuple[str, ...]:
+    revision = (script("write_revision"), *record) if record else ("", "", "", "")
+    return sh("lock_release", LOCK, HOLDER, script("lock_clear_if_held_by"), *revision, *leftovers)
 
 
 UNIT = f"nixfab-switch-{TOKEN}"
@@ -546,6 +547,15 @@ def test_the_lock_s_round_trip_answers_what_the_deploy_would_ask_one_command_at_
         (0, release("/nix/var/nix/nixfab/generations", REVISION, "42"), True),
     )
     assert outcome.status == "ok" and outcome.generation == 42
+
+
+@pytest.mark.usefixtures("guarded")
+def test_an_unguarded_switch_under_the_lock_leaves_its_record_for_the_release_to_remove(world: World) -> None:
+    world.run.spec = spec(build_on="local")
+    world.host.on("preflight", f"acquired\n{probe()}systemd-run\t1\n").on(["nix-store", "--check-validity"], 0)
+    deploy_host(world.session, request(magic_rollback=False), world.run, NEW)
+    assert FORGET_RECORD[1] not in world.host.argvs  # no command of its own
+    assert world.host.argvs[-1] == release(leftovers=(RECORD,))
 
 
 def test_a_host_that_already_has_the_system_answers_so_and_lets_go_of_the_lock_in_one_command(world: World) -> None:

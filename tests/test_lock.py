@@ -135,7 +135,7 @@ def test_acquire_sends_the_lock_script_with_who_we_are_and_release_clears_only_o
         assert taken.holder_text == OUR_HOLDER and taken.cleared_stale is None
     finally:
         taken.release()
-    assert host.argvs[-1] == sh("lock_release", LOCK_DIR, OUR_HOLDER, script("lock_clear_if_held_by"), "")
+    assert host.argvs[-1] == sh("lock_release", LOCK_DIR, OUR_HOLDER, script("lock_clear_if_held_by"), "", "", "", "")
     assert host.calls[-1].sudo is True
 
 
@@ -159,7 +159,7 @@ def test_a_stale_holder_is_cleared_by_its_exact_line_and_the_lock_taken(deployer
         sh("preflight", LOCK_DIR, ours, WATCHDOGS, script("watchdogs_pending")),
         sh("lock_clear_if_held_by", LOCK_DIR, theirs),
         sh("preflight", LOCK_DIR, ours, WATCHDOGS, script("watchdogs_pending")),
-        sh("lock_release", LOCK_DIR, ours, script("lock_clear_if_held_by"), ""),
+        sh("lock_release", LOCK_DIR, ours, script("lock_clear_if_held_by"), "", "", "", ""),
     ]
     assert taken.cleared_stale == describe_holder(holder())
 

@@ -111,6 +111,28 @@ def test_a_probe_that_fails_and_a_check_that_fails_are_answers_too(host: Path) -
     assert "cannot open the database" in result.stderr
 
 
+# ---- lock_release.sh ---------------------------------------------------------------------------------------------------
+
+
+def test_the_release_records_the_revision_removes_the_leftovers_and_then_the_lock(host: Path) -> None:
+    preflight(host)
+    leftover = host / "run" / "switches" / "0123456789ab"
+    leftover.mkdir(parents=True)
+    revisions = host / "generations"
+    lock = str(host / "run" / "deploy.lock")
+    result = run("lock_release", lock, '{"me": 1}', script("lock_clear_if_held_by"), script("write_revision"), str(revisions), '{"r": 1}', "4",
+                 str(leftover))
+    assert result.returncode == 0, result.stderr
+    assert (revisions / "4.json").read_text() == '{"r": 1}' and not leftover.exists() and not (host / "run" / "deploy.lock").exists()
+
+
+def test_a_release_without_a_revision_leaves_someone_else_s_lock_alone(host: Path) -> None:
+    preflight(host)
+    lock = str(host / "run" / "deploy.lock")
+    result = run("lock_release", lock, '{"them": 2}', script("lock_clear_if_held_by"), "", "", "", "")
+    assert result.returncode == 1 and (host / "run" / "deploy.lock").is_dir()
+
+
 # ---- activate.sh --------------------------------------------------------------------------------------------------------
 
 

@@ -77,6 +77,8 @@ class HostLock:
     answers: Answers | None = None
     # The flake's revision of the generation made, written by the release (history.revision_record_args).
     revision_record: tuple[str, str, str] | None = None
+    # Paths on the host the release removes (what the deploy kept there until it knew how its switch ended).
+    leftovers: list[str] = field(default_factory=list)
     _stop: threading.Event | None = None
 
     @property
@@ -89,9 +91,12 @@ class HostLock:
             self._stop.set()
         if not self.held:
             return
-        record = ("",) if self.revision_record is None else (script("write_revision"), *self.revision_record)
+        record = ("", "", "", "") if self.revision_record is None else (script("write_revision"), *self.revision_record)
         try:
-            self.host.run(["sh", "-c", script("lock_release"), "sh", LOCK_DIR, self.holder_text, script("lock_clear_if_held_by"), *record], sudo=True)
+            self.host.run(
+                ["sh", "-c", script("lock_release"), "sh", LOCK_DIR, self.holder_text, script("lock_clear_if_held_by"), *record, *self.leftovers],
+                sudo=True,
+            )
         except NixfabError:
             pass  # a host that went away (rebooted) lost its /run, and with it the lock
 

@@ -407,7 +407,7 @@ def finish(
 
     upload_host_keys(run, target, keys, KeyUpload.PRE_ACTIVATION)
     run.phase(Phase.ACTIVATE)
-    activation = activate_with_rollback(session, request, run, target, path, previous=answers.state if answers is not None else None)
+    activation = activate_with_rollback(session, request, run, target, path, previous=answers.state if answers is not None else None, lock=lock)
     # Only switch and boot make a generation; after test or dry-activate the profile's generation is another system's.
     generation = activation.generation if request.action.changes_boot_default else None
     run.generation = generation
@@ -531,7 +531,8 @@ def check_health(request: DeployRequest, run: HostRun, target: Host, activation:
 
 
 def activate_with_rollback(
-    session: Session, request: DeployRequest, run: HostRun, target: Host, path: str, previous: SystemState | None = None
+    session: Session, request: DeployRequest, run: HostRun, target: Host, path: str, previous: SystemState | None = None,
+    lock: HostLock | None = None,
 ) -> Activation:
     """activate() and the health checks, guarded by the magic-rollback watchdog when the action changes what runs.
 
@@ -555,7 +556,7 @@ def activate_with_rollback(
         check_health(request, run, target, activation)
         return activation
     if not (request.magic_rollback and request.action.changes_running_system):
-        return activate_unguarded(request, run, target, path, open_fresh, previous)
+        return activate_unguarded(request, run, target, path, open_fresh, previous, lock)
     from deploy.confirm import magic_rollback
 
     watchdog = magic_rollback.new_watchdog(request.confirm_timeout, health_budget(request, run.spec), token=run.token)
@@ -587,7 +588,8 @@ def activate_with_rollback(
 
 
 def activate_unguarded(
-    request: DeployRequest, run: HostRun, target: Host, path: str, open_fresh: Callable[[], Host], previous: SystemState | None = None
+    request: DeployRequest, run: HostRun, target: Host, path: str, open_fresh: Callable[[], Host], previous: SystemState | None = None,
+    lock: HostLock | None = None,
 ) -> Activation:
     """A remote activation no watchdog guards (--no-magic-rollback, `boot`): a lost channel is still asked about, never guessed.
 
@@ -611,7 +613,10 @@ def activate_unguarded(
     except ActivationFailed:
         forget_record(target, record)
         raise
-    forget_record(target, record)
+    if lock is not None and lock.held:
+        lock.leftovers.append(record)  # removed by the release, in its round trip
+    else:
+        forget_record(target, record)
     run.step(activated(activation), started)
     check_health(request, run, target, activation)
     return activation
