@@ -156,7 +156,7 @@ def test_it_arms_then_sets_the_profile_then_runs_the_switch_with_its_exit_status
     arm = ("sh", "-c", f"echo armed >> {host}/order")
     result = activate(host, system, "1", arm, "sh", "-c", f"echo switched >> {host}/order; echo switching; exit 4")
     assert result.returncode == 4
-    assert result.stdout == "nixfab-activate\tprofile\tsystem-4-link\nswitching\n"
+    assert result.stdout == "nixfab-activate\tarmed\nnixfab-activate\tprofile\tsystem-4-link\nswitching\n"
     assert (host / "order").read_text().split() == ["armed", "nix-env", "switched"]
 
 
@@ -185,3 +185,23 @@ def test_a_profile_that_cannot_be_set_stops_it_before_the_switch(host: Path, sys
     profile = str(host / "profiles" / "system")
     result = run("activate", str(system), profile, "1", script("run_first"), "0", "sh", "-c", "echo switched", path=tools)
     assert (result.returncode, result.stdout) == (1, "nixfab-activate\tunset\terror: opening lock file: Permission denied\n")
+
+
+def test_a_deployer_gone_after_the_watchdog_started_leaves_the_profile_and_the_system_alone(host: Path, system: Path) -> None:
+    """Its closed stdout ends the script at the next line it writes, before the profile is set (the watchdog decides)."""
+    import os
+
+    tools = host / "bin"
+    stand_in(tools, "nix-env", f"echo nix-env >> {host}/order")
+    reader, writer = os.pipe()
+    os.close(reader)  # the SSH channel, gone with its deployer
+    argv = [
+        "/bin/sh", "-c", script("activate"), "sh", str(system), str(host / "profiles" / "system"), "1", script("run_first"),
+        "3", "sh", "-c", f"echo armed >> {host}/order", "sh", "-c", f"echo switched >> {host}/order",
+    ]
+    try:
+        finished = subprocess.run(argv, stdout=writer, stderr=subprocess.DEVNULL, env={"PATH": f"{tools}:/usr/bin:/bin"}, timeout=30, check=False)
+    finally:
+        os.close(writer)
+    assert finished.returncode != 0
+    assert (host / "order").read_text().split() == ["armed"]

@@ -10,8 +10,12 @@
 # profile changes, and the profile must be set before the switch runs; the
 # first step that fails ends it, with exit 1 and a "nixfab-activate<TAB>WHY"
 # line (not-nixos, unarmed<TAB>ERROR, unset<TAB>ERROR) on stdout. Otherwise
-# "nixfab-activate<TAB>profile<TAB>LINK" (when it set the profile) comes
+# "nixfab-activate<TAB>armed" (when it armed one) and
+# "nixfab-activate<TAB>profile<TAB>LINK" (when it set the profile) come
 # before the switch's own output, and the exit status is the switch's.
+# Each of those lines is also a question: a deployer that died meanwhile
+# closed our stdout, and the write ends the script (SIGPIPE, or exit 1)
+# before the next step, as separate commands would have stopped coming.
 
 path=$1 profile=$2 set_profile=$3 run_first=$4 count=$5
 shift 5
@@ -30,12 +34,13 @@ if [ "$count" -gt 0 ]; then
     exit 1
   fi
   shift "$count"
+  echo "nixfab-activate${tab}armed" || exit 1
 fi
 if [ "$set_profile" = 1 ]; then
   if ! said=$(nix-env -p "$profile" --set "$path" 2>&1); then
     echo "nixfab-activate${tab}unset${tab}$(last_line "$said")"
     exit 1
   fi
-  echo "nixfab-activate${tab}profile${tab}$(readlink "$profile")"
+  echo "nixfab-activate${tab}profile${tab}$(readlink "$profile")" || exit 1
 fi
 exec "$@"
