@@ -107,6 +107,13 @@ def test_passed_checks_are_remembered_and_the_oldest_forgotten(tmp_path: Path) -
 # --- against Nix ---------------------------------------------------------------------------------------------------
 
 
+def nix_caches_path_flakes() -> bool:
+    from deploy.nix.flake_ops import nix_version
+
+    version = nix_version(LocalRunner(Emitter()))
+    return version is not None and version < (2, 21)
+
+
 @needs_nix
 def test_a_system_is_evaluated_once_by_the_one_nix_build_that_builds_it(tmp_path: Path) -> None:
     flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta"], trace_evaluation=True)
@@ -116,9 +123,10 @@ def test_a_system_is_evaluated_once_by_the_one_nix_build_that_builds_it(tmp_path
     # Nix says it each time a process evaluates a toplevel: once, in the one `nix build` that also builds it.
     assert [line for line in recorder.output.splitlines() if "lab: evaluating" in line] == ["trace: lab: evaluating the toplevel of alpha"]
     assert [argv[:4] for argv in recorder.commands] == [(*commands.NIX, "build")]
-    # An unchanged flake is answered from Nix's evaluation cache: not evaluated again.
+    # Again: Nix 2.8 answers an unchanged flake from its evaluation cache; newer Nix does not cache a path: flake
+    # (NixOS/nix#10437, seen from 2.21; 2.26 here) and evaluates it once more, in the one process again.
     assert build_system(runner, f"path:{flake}", "alpha", gc_root=tmp_path / "again") == path
-    assert recorder.output.count("lab: evaluating") == 1
+    assert recorder.output.count("lab: evaluating") == (1 if nix_caches_path_flakes() else 2)
 
 
 @needs_nix
