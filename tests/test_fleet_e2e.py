@@ -329,7 +329,8 @@ def test_cut_off_host_rolls_itself_back(make_fleet) -> None:  # type: ignore[no-
 
 
 def nixfab_processes(lab: Lab, name: str) -> dict[int, str]:
-    return {pid: command for pid, command in lab.processes(name).items() if "nixfab" in command}
+    """What nixfab left running on the host: not the lab's own processes (their paths name the checkout, /work/nixfab in a fresh root)."""
+    return {pid: command for pid, command in lab.processes(name).items() if "nixfab" in command and "/deploy/lab/" not in command}
 
 
 def test_a_confirmed_deploy_leaves_no_nixfab_process_on_the_host(make_fleet) -> None:  # type: ignore[no-untyped-def]
