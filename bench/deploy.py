@@ -72,12 +72,13 @@ ssh -F "$ssh_config" "$host" "nix-env -p /nix/var/nix/profiles/system --set $pat
 NIXFAB_MARKS = (
     ("start-up", re.compile(r"^(\S+ \| )?(==> |\+ )")),
     ("before the build", re.compile(r"==> building ")),  # free space; a flake check that runs first (older nixfab)
-    ("build, lock", re.compile(r"copying the closure|up to date")),
-    ("copy", re.compile(r"activating \(")),
-    ("activate, confirm", re.compile(r": done: |confirmed over a new SSH connection")),
+    # Each phase ends when its line appears: today's step lines, or an older nixfab's (--before).
+    ("build, lock, copy", re.compile(r"\| copied |\| nothing to copy|up to date|copying the closure")),
+    ("activate", re.compile(r"\| activated |\| made |activating \(")),
+    ("confirm", re.compile(r"confirmed over a new SSH connection|: done: ")),
 )
 HAND_MARKS = (("build", re.compile(r"^bench: copy")), ("copy", re.compile(r"^bench: activate")))
-PHASES = ("start-up", "before the build", "build, lock", "build", "copy", "activate, confirm", "activate", "exit")
+PHASES = ("start-up", "before the build", "build, lock, copy", "build", "copy", "activate", "confirm", "exit")
 
 
 @dataclass
@@ -433,8 +434,9 @@ def report(
     ours_runs = [s for (_, _, _, name), runs in samples.items() if name == "nixfab, defaults" for s in runs]
     noop_runs = [s for (_, _, _, name), runs in samples.items() if name == "nixfab, defaults: no-op redeploy" for s in runs]
     if ours_runs:
-        worst = max(s.commands for s in ours_runs)
-        goals.append(("remote commands per host, fresh deploy (most seen)", f"{worst:.0f}", "≤ 4", worst <= 4))
+        # The confirming connection makes one command of its own; the goal counts the deploy's connection.
+        worst = max(s.commands - (s.connections - 1) for s in ours_runs)
+        goals.append(("remote commands per host on the deploy's connection, fresh deploy (most seen)", f"{worst:.0f}", "≤ 4", worst <= 4))
         worst = max(s.connections for s in ours_runs)
         goals.append(("SSH connections per host, fresh deploy (most seen)", f"{worst:.0f}", "≤ 2", worst <= 2))
     if noop_runs:
