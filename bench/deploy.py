@@ -278,6 +278,9 @@ def main() -> None:
     sizes = [int(size) for size in (options.sizes or ("1,8" if options.quick else "1,4,8")).split(",")]
     names = [f"h{index}" for index in range(1, max(sizes) + 1)]
     started = time.monotonic()
+    # As a user's Python does, keep bytecode caches: with PYTHONDONTWRITEBYTECODE set (as in some CI shells), every
+    # run would compile again whatever changed since the last cache was written.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
     with tempfile.TemporaryDirectory(prefix="nixfab-bench-") as directory:
         scratch = Path(directory)

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +150,11 @@ class ParallelBuild:
                     return
                 index, attr = self._queue.pop(0)
             outcome: str | BuildError | OSError = BuildError(f"building {attr} was interrupted")
+            started = time.monotonic()
             try:
                 outcome = build_system(self._runner, self._flake, attr, gc_root=self._roots / f"system-{index}", extra=self._extra)
+                if not self._runner.dry_run:
+                    self._runner.echo.step(f"==> built {attr}", seconds=time.monotonic() - started)
             except (BuildError, OSError) as error:  # OSError: out of descriptors, say; the fleet words it
                 outcome = error
             except Exception as error:  # noqa: BLE001 - a waiting host must hear of it, never wait forever
