@@ -26,12 +26,15 @@ NOT_EVALUATION = (
 class NixProgress:
     """Which lines of a `nix build`'s stderr are its progress, shown by default: not the list of
     what it is about to build or fetch (Nix 2.19+ prints one line per derivation before it starts,
-    and then one again as each builds), which goes to the log only."""
+    and then one again as each builds), nor an error Nix says it ignored (two builds of one flake
+    at once find its evaluation cache busy), which go to the log only."""
 
     def __init__(self) -> None:
         self.in_listing = False
 
     def shown(self, line: str) -> bool:
+        if line.startswith("error (ignored): "):
+            return False
         if line.startswith("these ") and line.rstrip().endswith(":") and "will be" in line:
             self.in_listing = True
             return False
