@@ -44,3 +44,25 @@ def test_an_interrupt_while_the_child_is_being_started_still_stops_the_child(mon
             if child.poll() is None:
                 child.kill()
                 child.wait()
+
+
+def test_children_started_in_a_thread_end_when_the_run_is_stopped() -> None:
+    """Only the main thread hears Ctrl-C: a build or flake check in a thread of its own is ended through its ChildProcesses."""
+    import threading
+    import time
+
+    from deploy.ui import Emitter
+
+    children = process.ChildProcesses()
+    runner = LocalRunner(Emitter(), children=children)
+    results: list[process.Result] = []
+    worker = threading.Thread(target=lambda: results.append(runner.run(["sleep", "30"])))
+    started = time.monotonic()
+    worker.start()
+    while not children._running and time.monotonic() - started < 10:
+        time.sleep(0.01)
+    children.stop()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and results[0].returncode != 0 and time.monotonic() - started < 10
+    assert runner.run(["sleep", "30"]).returncode != 0  # stopped: what starts later is ended at once
+    assert time.monotonic() - started < 10

@@ -104,14 +104,13 @@ class ChildProcesses:
         self._running: set[subprocess.Popen[str]] = set()
         self.stopped = False
 
-    def started(self, process: subprocess.Popen[str]) -> bool:
-        """Track process; False (and the process terminated) when stop() came first."""
+    def started(self, process: subprocess.Popen[str]) -> None:
+        """Track process, or end it at once when stop() came first."""
         with self._lock:
             if not self.stopped:
                 self._running.add(process)
-                return True
+                return
         process.terminate()
-        return False
 
     def ended(self, process: subprocess.Popen[str]) -> None:
         with self._lock:
