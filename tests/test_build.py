@@ -123,6 +123,8 @@ def test_a_system_is_evaluated_once_by_the_one_nix_build_that_builds_it(tmp_path
     # Nix says it each time a process evaluates a toplevel: once, in the one `nix build` that also builds it.
     assert [line for line in recorder.output.splitlines() if "lab: evaluating" in line] == ["trace: lab: evaluating the toplevel of alpha"]
     assert [argv[:4] for argv in recorder.commands] == [(*commands.NIX, "build")]
+    # Waits for a derivation another build holds are polled each second, not each five (Nix's default).
+    assert recorder.commands[0][-3:] == ("--option", "build-poll-interval", "1")
     # Again: Nix 2.8 answers an unchanged flake from its evaluation cache; newer Nix does not cache a path: flake
     # (NixOS/nix#10437, seen from 2.21; 2.26 here) and evaluates it once more, in the one process again.
     assert build_system(runner, f"path:{flake}", "alpha", gc_root=tmp_path / "again") == path

@@ -84,15 +84,20 @@ def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = 
     return Evaluation(data["drv"], data["out"])
 
 
+# Systems that build side by side share derivations (a kernel, most of a closure), and a Nix process that finds one
+# being built by another retries only every build-poll-interval seconds: 5 by default, a stall of up to 5 s whenever
+# two hosts need the same new derivation. One second keeps the wait short and the polling cheap (user options follow).
+LOCK_POLL = ("--option", "build-poll-interval", "1")
+
+
 def build_system(runner: LocalRunner, flake: str, attr: str, *, gc_root: Path, extra: Sequence[str] = ()) -> str:
     """One `nix build` of this one system: evaluated once (or answered by Nix's evaluation cache) and built in the same process.
 
     One installable per process, so the result is this system's without any
     pairing; gc_root is its out link, which says the path and keeps it.
     """
-    result = runner.run(
-        commands.nix_build([commands.toplevel_installable(flake, attr)], out_link=gc_root, extra=extra), shown=NixProgress().shown,
-    )
+    installable = commands.toplevel_installable(flake, attr)
+    result = runner.run(commands.nix_build([installable], out_link=gc_root, extra=(*LOCK_POLL, *extra)), shown=NixProgress().shown)
     if not result.ok:
         raise BuildError(missing_configuration(runner, flake, [attr], result.stderr, extra)
                          or f"building {attr} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
