@@ -265,7 +265,7 @@ def read_verdicts(host: Host, tokens: Sequence[str]) -> list[Verdict]:
 
 
 def parse_pending(stdout: str) -> dict[str, int]:
-    """`TOKEN<TAB>AGE` lines (watchdogs_pending.sh, and lock_acquire.sh after "acquired")."""
+    """`TOKEN<TAB>AGE` lines (watchdogs_pending.sh; preflight.sh tags them `pending<TAB>` after "acquired")."""
     return {token: int(age) if age.lstrip("-").isdigit() else 0 for token, age in tab_fields(stdout).items() if token}
 
 

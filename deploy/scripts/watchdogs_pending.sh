@@ -3,7 +3,7 @@
 # Parsed by: deploy.confirm.magic_rollback.parse_pending
 # $1: the watchdogs' state directory. One "TOKEN<TAB>AGE" line for each
 # watchdog that has no verdict yet (AGE: seconds since it was armed).
-# lock_acquire.sh and host_state.sh run it too, from its text passed as an argument.
+# preflight.sh and host_state.sh run it too, from its text passed as an argument.
 
 for dir in "$1"/*/; do
   [ -d "$dir" ] || continue
