@@ -28,7 +28,7 @@ from deploy.activate.generations import (
     rollback,
     switch_generation,
 )
-from deploy.build.build import build_locally
+from deploy.build.build import build_system
 from deploy.errors import ActivationFailed, BuildError, DiskFull, UsageError
 from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
 from deploy.nix import commands
@@ -357,7 +357,7 @@ class Fleet:
     def build(self, attr: str, revision: str) -> str:
         set_fixture_revision(self.flake, revision)
         out_link = self.gc_roots / f"{attr}-{revision}"
-        return build_locally(self.runner, str(self.flake), [attr], out_link=out_link)[attr]
+        return build_system(self.runner, str(self.flake), attr, gc_root=out_link)
 
     def copy(self, name: str, path: str) -> None:
         environment = {**os.environ, "NIX_SSHOPTS": commands.nix_sshopts(self.lab.ssh_config, None)}

@@ -78,8 +78,7 @@ def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = 
     dry = json.dumps({"drv": f"<derivation of {attr}>", "out": placeholder(attr)})
     result = runner.run(commands.nix_eval_derivation(installable, extra), dry_stdout=dry)
     if not result.ok:
-        raise BuildError(missing_configuration(runner, flake, [attr], result.stderr, extra)
-                         or f"evaluating {attr} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
+        raise nix_failure(runner, flake, attr, "evaluating", result.stderr, extra)
     data = json.loads(result.stdout)
     return Evaluation(data["drv"], data["out"])
 
@@ -99,8 +98,7 @@ def build_system(runner: LocalRunner, flake: str, attr: str, *, gc_root: Path, e
     installable = commands.toplevel_installable(flake, attr)
     result = runner.run(commands.nix_build([installable], out_link=gc_root, extra=(*LOCK_POLL, *extra)), shown=NixProgress().shown)
     if not result.ok:
-        raise BuildError(missing_configuration(runner, flake, [attr], result.stderr, extra)
-                         or f"building {attr} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
+        raise nix_failure(runner, flake, attr, "building", result.stderr, extra)
     if runner.dry_run:
         return placeholder(attr)
     try:
@@ -201,16 +199,11 @@ class ParallelBuild:
                 raise BuildError(f"cannot link {self._out_link}: {nix_error(linked.stderr)}")
 
 
-def build_locally(
-    runner: LocalRunner, flake: str, attrs: Sequence[str], *, out_link: Path, extra: Sequence[str] = ()
-) -> dict[str, str]:
-    """Every attr's toplevel, built here and rooted at out_link (out_link-2, …); the first failure raises."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="nixfab-gcroot-") as roots:
-        build = ParallelBuild(runner, flake, attrs, roots=Path(roots), out_link=out_link, extra=extra)
-        build.finish()
-        return {attr: build.result(attr) for attr in build.attrs}
+def nix_failure(runner: LocalRunner, flake: str, attr: str, doing: str, stderr: str, extra: Sequence[str] = ()) -> BuildError:
+    """Nix's failure at `doing` (evaluating, building) attr, in one line: a configuration the flake lacks lists those it has."""
+    return BuildError(
+        missing_configuration(runner, flake, [attr], stderr, extra) or f"{doing} {attr} failed: {nix_error(stderr)}{trace_hint(stderr)}"
+    )
 
 
 def missing_configuration(runner: LocalRunner, flake: str, attrs: Sequence[str], stderr: str, extra: Sequence[str] = ()) -> str | None:

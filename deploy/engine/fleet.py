@@ -101,7 +101,7 @@ class FleetWork:
     """What a fleet does for each host instead of a deploy (the day-2 operations: inv exec, inv plan).
 
     `run` takes what pipeline.deploy_host takes and returns (or raises) as it does; `build_first`:
-    the systems built here are built first, in one `nix build`, as for a deploy.
+    the systems built here are built first, as for a deploy, and each host's `run` gets its own.
     """
 
     run: Callable[[Session, DeployRequest, HostRun, str | None], DeployOutcome]

@@ -22,6 +22,7 @@ from deploy.activate.activation import SWITCH_RECORDS_DIR, Activation, SystemSta
 from deploy.build.build import build_remotely, evaluate
 from deploy.config.inventory import HostSpec, Inventory, SshTarget
 from deploy.copy.closure import closure_of, copy_closure
+from deploy.engine.preflight import Answers, Questions
 from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, NixfabError, NotConfirmed, UsageError
 from deploy.gc.gc import collect_garbage
 from deploy.model import Action, KeyUpload, Phase, Result
@@ -36,7 +37,6 @@ from deploy.ui import Emitter
 if TYPE_CHECKING:
     from deploy.confirm.magic_rollback import Verdict, Watchdog
     from deploy.engine.lock import HostLock
-    from deploy.engine.preflight import Questions
     from deploy.keys.sources import LoadedKey
     from deploy.plan.disk import DiskSpace
 
@@ -269,8 +269,6 @@ def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_he
 
 def preflight_questions(request: DeployRequest, run: HostRun, target: Host, built: Built, keys: Sequence[LoadedKey]) -> Questions | None:
     """What the round trip that takes the lock asks too, so that none of it costs a command of its own."""
-    from deploy.engine.preflight import Questions
-
     action = request.action
     if action is None or isinstance(target, LocalHost):
         return None
@@ -349,8 +347,8 @@ def finish(
 ) -> DeployOutcome:
     """Copy, activate, confirm, reboot, collect garbage: under `lock`, whose answers spare asking the host again."""
     spec, path = run.spec, built.path
-    answers = lock.answers if lock is not None else None
-    if answers is not None and answers.systemd_run is not None:
+    answers = lock.answers if lock is not None and lock.answers is not None else Answers(None)  # nothing known: each is asked
+    if answers.systemd_run is not None:
         target.facts["systemd-run"] = answers.systemd_run
     run.path = path
     if request.action is None:
@@ -360,11 +358,10 @@ def finish(
         run.note(f"{spec.name}: built {path}")
         return DeployOutcome(spec.name, path, built.built_on, Result.BUILT)
 
-    if answers is not None and answers.current:
+    if answers.current:
         current = answers.state  # the host said so, and let go of the lock in the same round trip
     else:
-        known = answers.state if answers is not None else None
-        current = None if request.force or request.diff_only or target.dry_run else up_to_date(request, target, path, known)
+        current = None if request.force or request.diff_only or target.dry_run else up_to_date(request, target, path, answers.state)
     if current is not None:
         run.note(f"{spec.name}: up to date (already {what_it_already_does(request.action)} {path}); nothing copied or activated (--force to redo)")
         # Keys are not part of the system: a deploy leaves them current even when the system already is.
@@ -375,13 +372,13 @@ def finish(
     copied = False
     if not request.local and built.built_on != "target":
         run.phase(Phase.COPY)
-        check_space(run, target, path, action=request.action, spaces=answers.spaces if answers is not None else None)
+        check_space(run, target, path, action=request.action, spaces=answers.spaces)
         sources = [spec.ssh] + ([session.ssh_of(built.built_on)] if built.source_store else [])
         try:
             copied = copy_closure(
                 run.runner, path, target=target, target_store=commands.ssh_store_uri(spec.ssh.destination()),
                 source_store=built.source_store, substitute_on_destination=request.substitute_on_destination,
-                nix_env=session.nix_env(*sources), extra=request.extra_nix, missing=answers.missing if answers is not None else None,
+                nix_env=session.nix_env(*sources), extra=request.extra_nix, missing=answers.missing,
             )
         except NixfabError as error:
             from deploy.plan.disk import raise_if_disk_full
@@ -407,7 +404,7 @@ def finish(
 
     upload_host_keys(run, target, keys, KeyUpload.PRE_ACTIVATION)
     run.phase(Phase.ACTIVATE)
-    activation = activate_with_rollback(session, request, run, target, path, previous=answers.state if answers is not None else None, lock=lock)
+    activation = activate_with_rollback(session, request, run, target, path, previous=answers.state, lock=lock)
     # Only switch and boot make a generation; after test or dry-activate the profile's generation is another system's.
     generation = activation.generation if request.action.changes_boot_default else None
     run.generation = generation
