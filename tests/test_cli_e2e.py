@@ -161,6 +161,38 @@ def test_a_closed_pipe_ends_quietly() -> None:
         assert result.stderr == "", result.stderr
 
 
+def test_the_command_line_ends_at_once_yet_flushes_and_runs_exit_handlers(tmp_path: Path) -> None:
+    """end_process skips the interpreter's teardown, not what a normal exit keeps: output, exit handlers, the code."""
+    marker = tmp_path / "exit-handler-ran"
+    program = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+        "from deploy.cli.cli import end_process\n"
+        "print('said', end='')\n"
+        "sys.stderr.write('warned')\n"
+        "end_process(int(sys.argv[1]))\n"
+    )
+    ended = subprocess.run([sys.executable, "-c", program, "3"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (ended.returncode, ended.stdout, ended.stderr) == (3, "said", "warned")
+    assert marker.read_text() == "ran"
+    # A reader that went away before the last flush: 141 and nothing on stderr, as for any closed pipe.
+    late = program.replace("print('said', end='')", "print('said', end=''); import time; time.sleep(0.5)")
+    buffered = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    cut = subprocess.run(["sh", "-c", '{ "$0" -c "$1" 0; echo "exit $?" >&2; } | true', sys.executable, late],
+                         cwd=REPO, capture_output=True, text=True, timeout=60, env=buffered)
+    assert cut.stderr == "warnedexit 141\n", cut.stderr
+
+
+def test_inv_ends_with_the_task_s_exit_code_and_message(tmp_path: Path) -> None:
+    """The command line's end (invoke_compat's execute) keeps Invoke's: an Exit's message on stderr and its code."""
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text("hosts:\n  alpha: {}\n")
+    refused = inv("hosts", "--inventory", str(inventory), "--host", "nosuch")
+    assert refused.returncode == 2 and refused.stderr.startswith("nixfab: error: "), refused
+    listed = inv("hosts", "--inventory", str(inventory), "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout), listed
+
+
 def test_invoke_s_dry_refuses_what_it_cannot_keep_from_running(tmp_path: Path) -> None:
     lab_dir = tmp_path / "lab"
     environment = {**os.environ, "NIXFAB_LAB": str(lab_dir)}

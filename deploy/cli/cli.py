@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from deploy.errors import BuildError, HangUp, JournalError, NixfabError, UsageError
 from deploy.model import Result
@@ -116,6 +116,25 @@ def stdout_reader_gone() -> bool:
         return any(events & select.POLLERR for _fd, events in poller.poll(0))
     except (OSError, ValueError):
         return False
+
+
+def end_process(code: int) -> NoReturn:
+    """End the process now with code: flushed, exit handlers run (logging's, temporary directories'), but no
+    interpreter teardown. Only for the end of the command line (invoke_compat), where nothing else is left to run."""
+    import atexit
+
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = quiet_broken_pipe() if stdout_reader_gone() else 120  # 120: what Python exits with when its last flush fails
+    except (OSError, ValueError):
+        pass
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 def quiet_broken_pipe() -> int:

@@ -131,6 +131,7 @@ def install() -> bool:
     _flags_are_never_positionals(ParseMachine)
     _one_line_errors(ParseMachine, Program)
     _task_help(Program)
+    _command_line_ends_at_once(Program)
     setattr(ParseMachine, _PATCHED, True)
     return True
 
@@ -216,6 +217,36 @@ def _task_help(program: Any) -> None:
         stdout_result(task_help(self.binary, name, self.collection[name], self.parser.contexts[name]), end="")
 
     program.print_task_help = print_task_help
+
+
+def _command_line_ends_at_once(program: Any) -> None:
+    """Once the command line's tasks are done, the process ends (deploy.cli.cli.end_process) instead of tearing
+    down every module one by one, which costs a one-host deploy about 5% of its time.
+
+    Program.execute is where run() hands over to the tasks, and it is looked up
+    after tasks.py is loaded (run() itself is already running by then). Only a
+    Program that reads sys.argv is the command line; another (run(argv=...),
+    run(exit=False)) returns as before. An Exit is said as run() says it.
+    """
+    import sys
+
+    original_execute = program.execute
+
+    def execute(self: Any) -> None:
+        if getattr(self, "argv", None) is not sys.argv:
+            original_execute(self)
+            return
+        from deploy.cli.cli import end_process
+
+        try:
+            original_execute(self)
+        except Exit as stop:
+            if stop.message:
+                print(stop.message, file=sys.stderr)
+            end_process(stop.code)
+        end_process(0)
+
+    program.execute = execute
 
 
 # --- the names of a task's options ----------------------------------------------------------
