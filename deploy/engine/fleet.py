@@ -233,6 +233,10 @@ class Fleet:
         self.builds = ParallelBuild(
             self.session.runner, self.request.flake, attrs, roots=gc_roots, out_link=self.request.out_link, extra=self.request.extra_nix,
         )
+        if self.request.action is not None and any(self._connections_of.values()):
+            from deploy.transport.remote import import_fabric_meanwhile
+
+            import_fabric_meanwhile()  # while Nix evaluates and builds
 
     def stop_background(self) -> None:
         """Interrupted: the builds and the flake check run in threads, whose children only we can stop."""

@@ -49,6 +49,20 @@ if TYPE_CHECKING:
 # configured, Python would print it. Every failure reaches the user as one error line instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
+def import_fabric_meanwhile() -> None:
+    """Import Fabric (and paramiko under it) in a thread of its own, so that the first connection, once a system is
+    built, does not wait for it (about 70 ms). Only Fabric's own modules: nothing it imports imports nixfab's, so
+    the thread can never wait on an import lock a deploy thread holds."""
+
+    def load() -> None:
+        try:
+            import fabric  # noqa: F401
+        except Exception:  # noqa: BLE001 - the connection's own import fails again and says why
+            pass
+
+    threading.Thread(target=load, name="import-fabric", daemon=True).start()
+
+
 # The fixed deadline of a command whose output is not streamed (probes, reads, locks, profile
 # changes); streamed ones and the closure import have none, the keepalives bound them.
 SHORT_COMMAND_TIMEOUT = 300.0
