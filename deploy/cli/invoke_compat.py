@@ -237,12 +237,13 @@ def _command_line_ends_at_once(program: Any) -> None:
             original_execute(self)
             return
         from deploy.cli.cli import end_process
+        from deploy.ui import exit_message
 
         try:
             original_execute(self)
         except Exit as stop:
             if stop.message:
-                print(stop.message, file=sys.stderr)
+                exit_message(stop.message)
             end_process(stop.code)
         end_process(0)
 

@@ -20,11 +20,11 @@ from deploy.ui.log import LOG_KEEP, RUN_LOG, LogSink, RunLog, open_log, prune_ru
 from deploy.ui.plain import STDERR, Console, PlainRenderer, Tee, command_line, event_lines, stream_prefix
 from deploy.ui.policy import OutputPolicy, Verbosity, verbosity_of
 from deploy.ui.prompt import ask, read_secret
-from deploy.ui.results import show_summary, stderr_passthrough, stdout_result, summary_line
+from deploy.ui.results import exit_message, show_summary, stderr_passthrough, stdout_result, summary_line
 
 
 def note(text: str) -> None:
-    """A note on stderr from code that has no run's Emitter at hand (the day-2 tasks' closing lines)."""
+    """A note on stderr from code that has no run's Emitter at hand (the operations' closing lines)."""
     Emitter().note(text)
 
 
@@ -65,6 +65,7 @@ __all__ = [
     "ask",
     "command_line",
     "event_lines",
+    "exit_message",
     "host_emitter",
     "live_display",
     "note",

@@ -26,6 +26,11 @@ def stderr_passthrough(text: str) -> None:
         sys.stderr.flush()
 
 
+def exit_message(text: str) -> None:
+    """The line the command line ends with (an Exit's message: `nixfab: error: …`), on stderr as Invoke prints it."""
+    print(text, file=sys.stderr)
+
+
 def summary_line(text: str) -> None:
     """The summary's last line (totals, time, logs) on stderr, at every verbosity."""
     sys.stderr.write(text + "\n")
