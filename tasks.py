@@ -1,7 +1,7 @@
 """nixfab's Invoke tasks: names, options and help, and for each task the two functions it runs:
 a builder of deploy/cli/arguments.py, which turns the options into a typed dataclass
 (deploy/cli/options.py), and the handler that takes it (cli.run_deploy, or one of
-deploy/cli/day2.py); the work happens in deploy/.
+deploy/cli/operations.py); the work happens in deploy/.
 
 Task names mirror flakem's commands: `inv TASK [MACHINE]`, or select with
 `--host a,b` (repeatable, globs), `--tag web`, `--all`; with none of them a
@@ -20,7 +20,7 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.tasks import task
 
-from deploy.cli import arguments, cli, day2, invoke_compat
+from deploy.cli import arguments, cli, invoke_compat, operations
 from deploy.cli.arguments import DeployPreset
 from deploy.cli.cli import Step
 from deploy.model import Action
@@ -167,7 +167,7 @@ def local_step(
     name: str, doc: str, handler: Callable[[Any, OptionsT], None], build: Callable[..., OptionsT], parameters: dict[str, Any],
     positional: tuple[str, ...] = ("machine",), *, usage: str = "[MACHINE]", nix_options: bool = False,
 ) -> StepTask:
-    """A task that works on one host's connection (or this machine): `build` makes its options, `handler` (deploy.cli.day2) runs."""
+    """A task that works on one host's connection (or this machine): `build` makes its options, `handler` (deploy.cli.operations) runs."""
     return make_task(name, doc, Step(build, handler), parameters, positional=positional, usage=usage, nix_options=nix_options)
 
 
@@ -214,42 +214,42 @@ DEPLOY_TASKS = [
 
 DAY2_TASKS = [
     local_step("reset", doc("Reboot the machine, wait until it is back, then collect garbage.", "inv reset bigmachine", "fab -H root@bigmachine reset"),
-               day2.reset, arguments.reset, {**ONE_HOST, **RESET}),
+               operations.reset, arguments.reset, {**ONE_HOST, **RESET}),
     local_step("ssh-wait", doc("Wait until the machine answers SSH, then run COMMAND there (flakem's ssh-wait); exits with COMMAND's status.",
                                "inv ssh-wait bigmachine", "inv ssh-wait bigmachine 'systemctl is-system-running --wait'"),
-               day2.ssh_wait, arguments.ssh_wait,
+               operations.ssh_wait, arguments.ssh_wait,
                {"machine": None, "command": None, "host": None, "flake": ".", "inventory": "hosts.yaml", "timeout": "300", "interval": "2"},
                positional=("machine", "command"), usage="[MACHINE] [COMMAND]"),
     local_step("generations", doc("List the system generations of the target (or this machine).", "inv generations bigmachine",
                                   "inv generations bigmachine --json"),
-               day2.generations, arguments.generations, {**ONE_HOST, "json": False}),
+               operations.generations, arguments.generations, {**ONE_HOST, "json": False}),
     local_step("switch-generation", doc("Make generation N current on the target and activate it.", "inv switch-generation bigmachine 41"),
-               day2.switch_generation, arguments.switch_generation, {**ONE_HOST, "generation": None}, positional=("machine", "generation"),
+               operations.switch_generation, arguments.switch_generation, {**ONE_HOST, "generation": None}, positional=("machine", "generation"),
                usage="[MACHINE] GENERATION"),
     local_step("rollback", doc("Go back to the previous generation and activate it (nixos-rebuild --rollback switch).", "inv rollback bigmachine"),
-               day2.rollback, arguments.one_host, ONE_HOST),
-    local_step("check", doc("Run `nix flake check` on the flake.", "inv check", "inv check --show-trace"), day2.check, arguments.flake_task,
+               operations.rollback, arguments.one_host, ONE_HOST),
+    local_step("check", doc("Run `nix flake check` on the flake.", "inv check", "inv check --show-trace"), operations.check, arguments.flake_task,
                {"flake": ".", "dry_run": False, "show_trace": False}, usage="", nix_options=True),
     local_step("update", doc("Update the flake's lock file: every input, or only --input NAME.", "inv update", "inv update --input nixpkgs"),
-               day2.update, arguments.flake_task, {"flake": ".", "input": [], "dry_run": False}, usage="", nix_options=True),
+               operations.update, arguments.flake_task, {"flake": ".", "input": [], "dry_run": False}, usage="", nix_options=True),
     local_step("status", doc("One row per host: reachable, generation, drift from the flake, reboot pending, uptime.", "inv status",
                              "inv status --on @web --json"),
-               day2.status, arguments.status,
+               operations.status, arguments.status,
                {"machine": None, "host": [], "tag": [], "all": False, "flake": ".", "inventory": "hosts.yaml", "json": False},
                nix_options=True),
     local_step("exec", doc("Run one command on the selected hosts, in parallel, each line prefixed with its host; exits with their common code, else 1.",
                            "inv exec --on @web -- systemctl is-active nginx", "inv exec --all 'df -h /nix | tail -1'",
                            "inv exec bigmachine --json -- cat /etc/machine-id",
                            more="The words after `--` run exactly as given; a COMMAND runs as `sh -c COMMAND`. sudo as the host's deploys use it."),
-               day2.exec_on_hosts, arguments.exec_on_hosts, {**SELECTION, "command": None, "parallel": "10", "json": False},
+               operations.exec_on_hosts, arguments.exec_on_hosts, {**SELECTION, "command": None, "parallel": "10", "json": False},
                positional=("machine", "command"), usage="[MACHINE] (COMMAND | -- ARGV...)"),
     local_step("plan", doc("What a deploy would do on each host (paths to copy, boot default, running system, units, reboot); changes nothing.",
                            "inv plan --all", "inv plan --on @web --action boot --json", "inv plan bigmachine -- --show-trace"),
-               day2.plan, arguments.plan,
+               operations.plan, arguments.plan,
                {**{key: value for key, value in SELECTION.items() if key != "dry_run"}, "action": "switch", "parallel": "10", "json": False},
                nix_options=True),
     local_step("history", doc("The local journal of deploys and rollbacks.", "inv history", "inv history bigmachine --json"),
-               day2.history, arguments.history, {"machine": None, "host": [], "json": False, "flake": "."}),
+               operations.history, arguments.history, {"machine": None, "host": [], "json": False, "flake": "."}),
     local_step("keys", doc("Upload the hosts' keys (hosts.yaml `keys`: secrets kept out of the Nix store) and nothing else.",
                            "inv keys bigmachine", "inv keys --tag web", "inv keys --all --dry-run",
                            more="Each key is read here (its file, or its command's output) before anything changes on a host, "
@@ -257,18 +257,18 @@ DAY2_TASKS = [
                cli.run_keys, arguments.keys,
                {**SELECTION, "parallel": "10", "fail_fast": False, "keep_going": False, "json": False, "log_dir": "", "sudo": False}),
     local_step("hosts", doc("Every host nixfab knows: from systems/, hosts.yaml or both, with mismatches flagged.", "inv hosts", "inv hosts --json"),
-               day2.hosts, arguments.hosts, {"flake": ".", "inventory": "hosts.yaml", "json": False}, usage=""),
+               operations.hosts, arguments.hosts, {"flake": ".", "inventory": "hosts.yaml", "json": False}, usage=""),
 ]
 
 HOME_TASKS = [
     local_step("build", doc("Build a Home Manager configuration here (homeConfigurations.\"user@host\").", "inv hm.build alice@bigmachine"),
-               day2.hm_build, arguments.home, {**ONE_HOST, "user": ""}, nix_options=True),
+               operations.hm_build, arguments.home, {**ONE_HOST, "user": ""}, nix_options=True),
     local_step("switch", doc("Build and activate a Home Manager configuration on this machine.", "inv hm.switch", "inv hm.switch --user alice"),
-               day2.hm_switch, arguments.home, {"user": "", "flake": ".", "dry_run": False}, usage="", nix_options=True),
+               operations.hm_switch, arguments.home, {"user": "", "flake": ".", "dry_run": False}, usage="", nix_options=True),
     local_step("push", doc("Build here, copy, and activate a Home Manager configuration on the target.", "inv hm.push alice@bigmachine"),
-               day2.hm_push, arguments.home, {**ONE_HOST, "user": ""}, nix_options=True),
+               operations.hm_push, arguments.home, {**ONE_HOST, "user": ""}, nix_options=True),
     local_step("pull", doc("Build and activate a Home Manager configuration on the target itself.", "inv hm.pull alice@bigmachine"),
-               day2.hm_pull, arguments.home, {**ONE_HOST, "user": ""}, nix_options=True),
+               operations.hm_pull, arguments.home, {**ONE_HOST, "user": ""}, nix_options=True),
 ]
 
 

@@ -14,7 +14,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import Task
 
 import tasks
-from deploy.cli import arguments, cli, day2, options
+from deploy.cli import arguments, cli, operations, options
 from deploy.cli.arguments import DeployPreset
 from deploy.engine.fleet import HostResult, results_json
 from deploy.errors import UsageError
@@ -145,11 +145,11 @@ def test_every_task_builds_its_options_from_its_declared_defaults(name: str, tas
 
 
 def test_an_option_no_builder_takes_is_an_error_the_check_sees() -> None:
-    stray = tasks.local_step("stray", "A task with an option nobody takes.", day2.hosts, arguments.hosts,
+    stray = tasks.local_step("stray", "A task with an option nobody takes.", operations.hosts, arguments.hosts,
                              {"flake": ".", "inventory": "hosts.yaml", "json": False, "colour": "auto"})
     with pytest.raises(TypeError, match="colour"):
         stray.step.build(**declared_defaults(stray))
-    short = tasks.local_step("short", "A task that lacks an option its builder needs.", day2.hosts, arguments.hosts, {"flake": "."})
+    short = tasks.local_step("short", "A task that lacks an option its builder needs.", operations.hosts, arguments.hosts, {"flake": "."})
     with pytest.raises(TypeError, match="inventory"):
         short.step.build(**declared_defaults(short))
 

@@ -1,4 +1,4 @@
-"""Day-2 operations: generations, switch-generation, rollback, diff, disk space, flake check and update.
+"""Operations on deployed hosts: generations, switch-generation, rollback, diff, disk space, flake check and update.
 
 Lab tests call the functions directly over deploy.transport.remote.RemoteHost and
 assert on the simulated hosts' state; the rest run the real commands

@@ -1,4 +1,4 @@
-"""The day-2 tasks, status and the CLI's refusals, end to end through `inv` against the lab.
+"""The operations (tasks that are not deploys), status and the CLI's refusals, end to end through `inv` against the lab.
 
 Every test runs the real `inv` as a subprocess and asserts on what the lab
 hosts' disks and memory say afterwards (profiles, boot entries, the running
@@ -76,7 +76,7 @@ class Site:
     def deploy(self, task: str, host: str, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
         return inv(task, host, "--flake", str(self.flake), "--inventory", str(self.inventory), "--skip-checks", *args, **kwargs)
 
-    def day2(self, task: str, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    def task(self, task: str, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
         return inv(task, *args, "--inventory", str(self.inventory), **kwargs)
 
     def path(self, revision: str, attr: str = "alpha") -> str:
@@ -92,7 +92,7 @@ def site(lab: Lab, tmp_path: Path) -> Site:
     return Site(lab, flake, inventory, tmp_path)
 
 
-# --- A: day-2 tasks ----------------------------------------------------------
+# --- A: operations ------------------------------------------------------------
 
 
 def test_check_passes_on_the_fixture_and_a_syntax_error_is_exit_3(tmp_path: Path) -> None:
@@ -116,31 +116,31 @@ def test_generations_with_revisions_switch_generation_rollback_and_history(site:
     ok(site.deploy("switch-push", "alpha"))
     ok(site.deploy("switch-push", "beta"))
 
-    table = ok(site.day2("generations", "alpha")).stdout.splitlines()
+    table = ok(site.task("generations", "alpha")).stdout.splitlines()
     assert table[0].split()[:2] == ["GEN", "DATE"]
     one, two = table[1], table[2]
     assert one.split()[0] == "1" and commit[:12] in one and "-dirty" not in one and one.endswith(first)
     assert two.split()[:2] == ["*", "2"] and f"{commit[:12]}-dirty" in two and "current,running" in two and two.endswith(second)
-    listed = json.loads(ok(site.day2("generations", "--host", "alpha", "--json")).stdout)
+    listed = json.loads(ok(site.task("generations", "--host", "alpha", "--json")).stdout)
     assert [(g["number"], g["current"], g["running"], g["path"], g["revision"], g["nixos_version"]) for g in listed] == [
         (1, False, False, first, commit, "24.11.lab.1"),
         (2, True, True, second, f"{commit}-dirty", "24.11.lab.2"),
     ]
 
-    ok(site.day2("switch-generation", "alpha", "1"))
+    ok(site.task("switch-generation", "alpha", "1"))
     state = lab.state("alpha")
     assert (state.current_generation, state.current_system, state.boot_default_path) == (1, first, first)
     assert [g.number for g in state.generations] == [1, 2]
     activations = len(lab.activations("alpha"))
-    message = refused(site.day2("switch-generation", "alpha", "7"), 2)
+    message = refused(site.task("switch-generation", "alpha", "7"), 2)
     assert "no system generation 7; it has: 1, 2" in message
-    refused(site.day2("switch-generation", "alpha", "x"), 2, only_line=True)
-    refused(site.day2("switch-generation", "alpha", "--generation", "-1"), 2, only_line=True)
+    refused(site.task("switch-generation", "alpha", "x"), 2, only_line=True)
+    refused(site.task("switch-generation", "alpha", "--generation", "-1"), 2, only_line=True)
     assert lab.state("alpha") == state and len(lab.activations("alpha")) == activations
 
-    ok(site.day2("switch-generation", "--host", "alpha", "--generation", "2"))
+    ok(site.task("switch-generation", "--host", "alpha", "--generation", "2"))
     assert lab.state("alpha").current_system == second
-    ok(site.day2("rollback", "alpha"))
+    ok(site.task("rollback", "alpha"))
     state = lab.state("alpha")
     assert (state.current_generation, state.current_system, state.boot_default) == (1, first, "nixos-generation-1.conf")
 
@@ -394,9 +394,9 @@ def test_unknown_unreachable_refusing_and_wrong_sudo_password(site: Site) -> Non
     lab = site.lab
     message = refused(site.deploy("switch-push", "alpah"), 2, only_line=True)
     assert "did you mean 'alpha'" in message
-    refused(site.day2("generations", "--host", "betta"), 2, only_line=True)
+    refused(site.task("generations", "--host", "betta"), 2, only_line=True)
     boot_id = lab.state("beta").boot_id
-    assert "--delete-older-than" in refused(site.day2("reset", "beta", "--delete-older-than", "2weeks"), 2, only_line=True)
+    assert "--delete-older-than" in refused(site.task("reset", "beta", "--delete-older-than", "2weeks"), 2, only_line=True)
     refused(site.deploy("switch-push-reset", "beta", "--delete-older-than", "-1d"), 2, only_line=True)
     assert lab.state("beta").boot_id == boot_id and lab.state("beta").generations == ()
 
@@ -690,4 +690,4 @@ def test_an_unusable_state_directory_is_a_warning_and_exit_17_not_a_traceback(si
 
 
 def test_switch_generation_with_a_non_ascii_digit_is_a_usage_error(site: Site) -> None:
-    assert "not '²'" in refused(site.day2("switch-generation", "alpha", "²"), 2, only_line=True)
+    assert "not '²'" in refused(site.task("switch-generation", "alpha", "²"), 2, only_line=True)

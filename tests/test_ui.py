@@ -271,7 +271,7 @@ def test_normal_verbosity_shows_steps_notes_warnings_and_errors_but_no_command_a
         "a | up to date", "a | copied 3 paths, 6.9 KiB in 0.2 s", "a | warning: only 1 MiB free on /nix",
         "a | error: switch-to-configuration switch failed", "a |   journalctl -u unit (last lines):", "a |     broken",
     ]
-    # Without a host (the run's own lines, a day-2 task) what the commands print is shown: Nix's build progress.
+    # Without a host (the run's own lines, an operation) what the commands print is shown: Nix's build progress.
     assert shown_at(Verbosity.NORMAL, host=False)[:2] == ["activating the configuration...", "up to date"]
 
 

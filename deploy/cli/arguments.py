@@ -305,7 +305,7 @@ def keys(
     )
 
 
-# --- the other tasks (deploy/cli/day2.py) ------------------------------------------------------------
+# --- the other tasks (deploy/cli/operations.py) ------------------------------------------------------------
 
 
 def reset(

@@ -3,7 +3,7 @@
 tasks.py declares tasks and options; each task is a Step: a function of
 deploy/cli/arguments.py builds its typed options (deploy/cli/options.py) from
 Invoke's keyword arguments, and its handler (run_deploy here, or one in
-deploy/cli/day2.py) gets them. Everything heavy
+deploy/cli/operations.py) gets them. Everything heavy
 (Fabric, paramiko, rich, yaml) is imported inside functions, so that
 Invoke's tab completion, which imports tasks.py on every TAB, stays fast.
 """

@@ -97,7 +97,7 @@ def switch_generation(context: Any, options: SwitchGenerationOptions) -> None:
     def run(target: Host) -> None:
         activation = switch(target, options.generation, note=print_note)
         print_note(f"==> {target.label}: generation {activation.generation} is current and running ({activation.path})")
-        journal_day2(options.target, target.label, "switch-generation", activation)
+        journal_operation(options.target, target.label, "switch-generation", activation)
 
     cli.run_on_target(context, options.target, run)
 
@@ -108,12 +108,12 @@ def rollback(context: Any, options: OneHostOptions) -> None:
     def run(target: Host) -> None:
         activation = roll_back(target, note=print_note)
         print_note(f"==> {target.label}: rolled back to generation {activation.generation} ({activation.path})")
-        journal_day2(options, target.label, "rollback", activation)
+        journal_operation(options, target.label, "rollback", activation)
 
     cli.run_on_target(context, options, run)
 
 
-def journal_day2(options: OneHostOptions, host: str, action: str, activation: Activation) -> None:
+def journal_operation(options: OneHostOptions, host: str, action: str, activation: Activation) -> None:
     if options.dry_run:
         return
     from deploy.record.history import DeployRecord, Journal, journal_path, local_user, utc_now
@@ -221,7 +221,7 @@ def hosts(context: Any, options: HostsOptions) -> None:
 
 
 def fleet_options(flake: str, parallel: int) -> FleetOptions:
-    """A day-2 fleet run's options: --parallel hosts at once, each host's log where a deploy's goes, no live table."""
+    """An operation's fleet run options: --parallel hosts at once, each host's log where a deploy's goes, no live table."""
     from deploy.cli.options import FleetOptions
     from deploy.record.history import state_directory
 

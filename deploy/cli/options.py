@@ -3,7 +3,7 @@
 deploy/cli/arguments.py builds them, once, from Invoke's keyword arguments, and
 does every conversion and check on the way; nothing changes them after that.
 A dataclass costs a few hundred microseconds to create, so this module is
-imported when a task runs, never by tasks.py itself (cli.py and day2.py
+imported when a task runs, never by tasks.py itself (cli.py and operations.py
 name these types for mypy only).
 """
 from __future__ import annotations

@@ -98,7 +98,7 @@ def waves(names: Sequence[str], *, canary: bool, batch: int | None) -> list[list
 
 @dataclass(frozen=True)
 class FleetWork:
-    """What a fleet does for each host instead of a deploy (the day-2 operations: inv exec, inv plan).
+    """What a fleet does for each host instead of a deploy (the operations: inv exec, inv plan).
 
     `run` takes what pipeline.deploy_host takes and returns (or raises) as it does; `build_first`:
     the systems built here are built first, as for a deploy, and each host's `run` gets its own.

@@ -229,7 +229,7 @@ def sudo_prefix() -> list[str]:
     return ["sudo", "--"]
 
 
-# day-2 operations
+# operations on deployed hosts
 #
 # The scripts are deploy/scripts/*.sh; everything that varies reaches them as
 # positional arguments ("$1", "$@"), so no value is ever parsed by a shell.
