@@ -98,6 +98,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("NIXFAB_STATE_DIR", raising=False)  # the cache is the project's own .nixfab/
     root = tmp_path / "project"
     root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)  # a repository: its state is .nixfab/ at its root
     (root / "tasks.py").write_text(TASKS_PY)
     (root / "hosts.yaml").write_text(HOSTS_YAML)
     write_systems(root, {

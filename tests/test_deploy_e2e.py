@@ -1,6 +1,7 @@
 """Every task, end to end against simulated hosts; assertions are on the hosts' state."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -60,6 +61,31 @@ def test_a_deploy_makes_four_commands_and_a_second_connection_and_a_no_op_one_co
     assert lab.state("alpha").current_system == toplevel_of(flake, "alpha")
     assert len(lab.state("alpha").generations) == 3
     assert lab.ssh("alpha", ["sh", "-c", "ls /run/nixfab/switches 2>/dev/null | wc -l"]).stdout.strip() == "0"  # the release removed its record
+
+
+def test_a_flake_outside_git_keeps_no_state_inside_itself(fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A path: flake is every file in its directory: state kept there (logs, the journal) would make every run's flake
+    a new one (another narHash, no evaluation cache, the flake check again, the logs copied into the store)."""
+    lab, flake, inventory = fleet
+    monkeypatch.delenv("NIXFAB_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+
+    def nar_hash() -> str:
+        metadata = subprocess.run(["nix", "flake", "metadata", "--json", str(flake)], capture_output=True, text=True, check=True)
+        return str(json.loads(metadata.stdout)["locked"]["narHash"])
+
+    before = nar_hash()
+    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--check"))
+    assert not (flake / ".nixfab").exists() and nar_hash() == before
+    assert lab.state("alpha").current_system == toplevel_of(flake, "alpha")
+    states = list((tmp_path / "xdg-state" / "nixfab").iterdir())
+    assert [state.name.split("-")[0] for state in states] == ["flake"] and (states[0] / "history.sqlite").exists()
+    assert list((states[0] / "logs").glob("*/alpha.log"))
+    # The same flake again: its check is remembered, the host is up to date, and history finds the deploy.
+    again = ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--check"))
+    assert "alpha | up to date" in again.stderr and "nix flake check: passed before" in again.stderr, again.stderr
+    listed = ok(inv("history", "--flake", str(flake), "--json"))
+    assert [entry["host"] for entry in json.loads(listed.stdout)] == ["alpha", "alpha"]
 
 
 def test_build_leaves_result_and_touches_no_host(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -375,7 +375,17 @@ def test_state_directory_is_at_the_repository_root(monkeypatch: pytest.MonkeyPat
     plain = tmp_path / "plain"
     plain.mkdir()
     monkeypatch.chdir(plain)
-    assert history.state_directory(None) == plain / ".nixfab"
+    # Outside git, never in the directory itself (a path: flake would change with every run): under XDG_STATE_HOME,
+    # one directory per flake directory.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    outside = history.state_directory(None)
+    assert outside.parent == tmp_path / "state" / "nixfab" and outside.name.startswith("plain-")
+    other = tmp_path / "other" / "plain"
+    other.mkdir(parents=True)
+    assert history.state_directory(other).parent == outside.parent and history.state_directory(other) != outside
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # not absolute: ignored, as the XDG spec says
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert history.state_directory(None).parent == tmp_path / "home" / ".local" / "state" / "nixfab"
 
 
 def test_flake_revision_of_a_clean_and_a_dirty_checkout(repository: Path) -> None:

@@ -29,7 +29,7 @@ FORMAT = 1
 # Entries for other flake directories kept besides the current one (tests and `--flake` elsewhere add them).
 KEEP_OTHER_FLAKES = 15
 
-# Also in deploy/record/history.py, which completion must not import (sqlite3, subprocess).
+# Here, not in deploy/record/history.py (which uses them too): completion must not import sqlite3 and subprocess.
 STATE_DIRECTORY_VARIABLE = "NIXFAB_STATE_DIR"
 STATE_DIRECTORY_NAME = ".nixfab"
 
@@ -74,7 +74,8 @@ def import_digests(paths: Sequence[str]) -> dict[str, str | None]:
 
 
 def state_directory(flake_dir: str) -> str:
-    """deploy/record/history.py's state_directory() without running git: $NIXFAB_STATE_DIR, else .nixfab/ at the checkout's root.
+    """deploy/record/history.py's state_directory() without running git: $NIXFAB_STATE_DIR, else .nixfab/ at the
+    checkout's root, else (outside git) unversioned_state_directory().
 
     The root is the nearest directory upwards holding `.git` (a directory, or a
     file in a worktree), as `git rev-parse --show-toplevel` finds it. Where the
@@ -91,8 +92,22 @@ def state_directory(flake_dir: str) -> str:
             return os.path.join(directory, STATE_DIRECTORY_NAME)
         parent = os.path.dirname(directory)
         if parent == directory:
-            return os.path.join(start, STATE_DIRECTORY_NAME)
+            return unversioned_state_directory(start)
         directory = parent
+
+
+def unversioned_state_directory(directory: str) -> str:
+    """The state of a flake directory outside any git checkout: $XDG_STATE_HOME/nixfab/<name>-<hash of its path>.
+
+    Never inside the directory: a path: flake is every file in it, so state
+    kept there would make each run's flake a new one (another narHash, a missed
+    evaluation cache, the flake check again, the logs copied into the store).
+    In a checkout, .nixfab/ is untracked and git flakes leave it out.
+    """
+    configured = os.environ.get("XDG_STATE_HOME", "")
+    base = configured if os.path.isabs(configured) else os.path.join(os.path.expanduser("~"), ".local", "state")
+    digest = hashlib.sha256(directory.encode()).hexdigest()[:16]
+    return os.path.join(base, "nixfab", f"{os.path.basename(directory) or 'root'}-{digest}")
 
 
 def cache_file(state_dir: str) -> str:

@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from deploy.config import flakeref
+from deploy.config.systems_cache import STATE_DIRECTORY_NAME, STATE_DIRECTORY_VARIABLE, unversioned_state_directory
 from deploy.errors import JournalError
 from deploy.model import Result
 from deploy.scripts import script
 
-STATE_DIRECTORY_VARIABLE = "NIXFAB_STATE_DIR"
-STATE_DIRECTORY_NAME = ".nixfab"
 JOURNAL_FILE_NAME = "history.sqlite"
 SCHEMA_VERSION = 1
 # Long enough for dozens of parallel deploys to queue behind each other's
@@ -133,7 +132,8 @@ def _git_toplevel(directory: Path) -> Path | None:
 
 
 def state_directory(flake_dir: Path | None = None) -> Path:
-    """Where nixfab keeps local state: $NIXFAB_STATE_DIR, else .nixfab/ at the root of the repository.
+    """Where nixfab keeps local state: $NIXFAB_STATE_DIR, else .nixfab/ at the root of the repository, else (outside
+    git) under $XDG_STATE_HOME/nixfab/ (systems_cache.unversioned_state_directory: never inside a path: flake).
 
     The repository is the git checkout around flake_dir (or the current
     directory), so running from a subdirectory still finds the same journal.
@@ -142,7 +142,8 @@ def state_directory(flake_dir: Path | None = None) -> Path:
     if configured:
         return Path(configured)
     start = (flake_dir or Path.cwd()).absolute()
-    return (_git_toplevel(start) or start) / STATE_DIRECTORY_NAME
+    toplevel = _git_toplevel(start)
+    return toplevel / STATE_DIRECTORY_NAME if toplevel else Path(unversioned_state_directory(str(start)))
 
 
 def journal_path(flake_dir: Path | None = None) -> Path:
