@@ -663,6 +663,25 @@ def test_an_unguarded_activation_that_loses_its_channel_asks_the_host_how_it_end
     assert lab.inside("alpha", ["find", "/run/nixfab/switches", "-mindepth", "1"], check=False).stdout == ""
 
 
+@pytest.mark.parametrize("task", ["rollback", "switch-generation"])
+def test_a_rollback_that_loses_its_channel_asks_the_host_how_it_ended(make_fleet, task: str) -> None:  # type: ignore[no-untyped-def]
+    # Going back to a generation whose switch restarts the network (the usual reason to roll back by hand) used to
+    # end in exit 18, "cannot tell whether it finished", while the host ran that generation and could have said so.
+    fleet = make_fleet(["alpha"])
+    lab = fleet.lab
+    netdrop = fleet.inventory("hosts:\n  alpha: { attr: alpha-netdrop }\n", "netdrop.yaml")
+    ok(inv("switch-push", "alpha", *fleet.args(netdrop), "--skip-checks"))
+    first = toplevel_of(fleet.flake, "alpha-netdrop")
+    plain = fleet.inventory("hosts:\n  alpha: {}\n")
+    ok(inv("switch-push", "alpha", *fleet.args(plain), "--skip-checks"))
+    back = ["rollback", "alpha"] if task == "rollback" else ["switch-generation", "alpha", "1"]
+    result = ok(inv(*back, "--inventory", str(plain)))
+    assert "lost the connection during" in result.stderr and "the switch finished (exit 0)" in result.stderr, result.stderr
+    assert f"alpha: generation 1 is current and running ({first})" in result.stderr or f"rolled back to generation 1 ({first})" in result.stderr
+    assert_consistent(lab, "alpha", first)
+    assert lab.inside("alpha", ["find", "/run/nixfab/switches", "-mindepth", "1"], check=False).stdout == ""
+
+
 def test_no_magic_rollback_and_a_host_the_switch_cut_off_says_so_and_what_to_check(make_fleet) -> None:  # type: ignore[no-untyped-def]
     # It used to end with "check `journalctl -u …` on the host": a host nixfab had just lost, and did not try to reach again.
     fleet = make_fleet(["alpha"])

@@ -255,6 +255,58 @@ def lost_activation(
     return ActivationUnknown(f"{message}On the host, check {checks}", activation, why)
 
 
+def settle_lost_switch(
+    host: Host,
+    unknown: ActivationUnknown,
+    answer: str,
+    *,
+    label: str,
+    record: str,
+    note: Callable[[str], None],
+    when_unreachable: Callable[[str], NixfabError] | None = None,
+    guard: str = "",
+    before_undo: Callable[[], None] | None = None,
+) -> Activation:
+    """What became of a switch whose channel closed, from the host's answer over a new connection
+    (magic_rollback.activation_status on the switch's record): go on, undo, or say that nobody can tell.
+
+    "finished 0": the activation, with the generation the profile now names.
+    "finished N": before_undo (a watchdog's disarm), undo, ActivationFailed.
+    Still running, or no record: ActivationUnknown with what the host said
+    (and `guard`: what a watchdog will do). Unreachable: when_unreachable's
+    error (a watchdog decides), else ActivationUnknown saying that the host
+    may be cut off and what to check from its console.
+    """
+    lost = unknown.activation
+    if answer.startswith("unreachable: "):
+        reason = answer.removeprefix("unreachable: ")
+        if when_unreachable is not None:
+            raise when_unreachable(reason)
+        raise unreachable_after_switch(label, lost, unknown.why, reason, record=record)
+    if not answer.startswith("finished"):
+        heard = {"running": "it is still running", "unknown": "the host has no record of how it ended"}.get(answer, answer)
+        raise lost_activation(label, lost, unknown.why, asked=heard, record=record, guard=guard)
+    status = answer.split()[-1]
+    activation = lost
+    if lost.action.changes_boot_default:
+        activation = replace(lost, generation=parse_generation(read_link(host, commands.SYSTEM_PROFILE) or ""))
+    if status == "0":
+        note(f"{label}: the switch finished (exit 0) while we were away")
+        return activation
+    if before_undo is not None:
+        before_undo()
+    undone = undo(host, activation)
+    raise ActivationFailed(f"{label}: switch-to-configuration {lost.action} failed (exit {status}) after the connection dropped; {undone}")
+
+
+def forget_record(host: Host, record: str) -> None:
+    """Remove a switch's record of its exit status (SWITCH_RECORDS_DIR/<token>) once nixfab knows how it ended."""
+    try:
+        host.run(["rm", "-rf", "--", record], sudo=True)
+    except NixfabError:
+        pass  # a host that went away keeps a few bytes in /run until it reboots
+
+
 def unreachable_after_switch(label: str, activation: Activation, why: str, unreachable: str, *, record: str) -> ActivationUnknown:
     """The connection dropped during a switch no watchdog guards, and no new one reaches the host: it may be cut off for good."""
     action, previous = activation.action, activation.previous

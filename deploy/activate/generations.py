@@ -13,21 +13,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from deploy.activate.activation import (
+    SWITCH_RECORDS_DIR,
     Activation,
     SwitchLost,
     SystemState,
+    forget_record,
     lost_activation,
     new_token,
     parse_generation,
     run_switch_to_configuration,
+    settle_lost_switch,
     undo,
 )
-from deploy.errors import ActivationFailed, NotInStore, RemoteCommandFailed, UsageError
+from deploy.errors import ActivationFailed, ActivationUnknown, NotInStore, RemoteCommandFailed, UsageError
 from deploy.model import Action
 from deploy.nix import commands
 from deploy.transport.hosts import Host
+from deploy.transport.remote import RemoteHost
 
 Note = Callable[[str], None]
+# How long a switch whose channel closed may still run before nixfab says it cannot tell how it ended (seconds):
+# a deploy's --confirm-timeout default.
+LOST_SWITCH_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -177,14 +184,37 @@ def _switch_to(host: Host, listing: GenerationListing, generation: Generation, n
     if not switched.ok:
         raise RemoteCommandFailed(f"{host.label}: nix-env --switch-generation {generation.number} failed: {switched.tail(1)}")
     activation = Activation(generation.path, Action.SWITCH, generation.number, previous, created_generation=False, token=new_token())
+    if not isinstance(host, RemoteHost):  # this machine: no channel to lose
+        _switch_or_undo(host, activation)
+        return activation
+    from deploy.confirm import magic_rollback
+
+    # The switch records its exit status, as a deploy's does: going back to a generation whose switch restarts the
+    # network (the usual reason to go back by hand) loses the channel, and the host can still say how it ended.
+    record = f"{SWITCH_RECORDS_DIR}/{activation.token}"
     try:
-        run_switch_to_configuration(host, generation.path, Action.SWITCH, unit=activation.unit)
+        try:
+            _switch_or_undo(host, activation, lambda argv: magic_rollback.mark_activated(f"{record}/activated", argv))
+        except ActivationUnknown as unknown:
+            if note is not None:
+                note(f"[{host.label}] lost the connection during the switch; asking the host over a new one how it ended")
+            host.close()
+            answer = magic_rollback.activation_status(host.fresh, record, timeout=LOST_SWITCH_TIMEOUT)
+            activation = settle_lost_switch(host, unknown, answer, label=host.label, record=record, note=note or (lambda _: None))
+    finally:
+        forget_record(host, record)
+    return activation
+
+
+def _switch_or_undo(host: Host, activation: Activation, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+    """switch-to-configuration of the generation made current; on failure, everything back as it was."""
+    try:
+        run_switch_to_configuration(host, activation.path, Action.SWITCH, wrap, unit=activation.unit)
     except ActivationFailed as failure:
         undone = undo(host, activation)
         raise ActivationFailed(f"{failure}; {undone}") from None
     except SwitchLost as lost:
         raise lost_activation(host.label, activation, lost.why) from None
-    return activation
 
 
 def _dry_run_switch(host: Host, number: int | None) -> Activation:

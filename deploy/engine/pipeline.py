@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deploy.activate.activation import SWITCH_RECORDS_DIR, Activation, SystemState, activate, new_token, system_state, undo
+from deploy.activate.activation import (
+    SWITCH_RECORDS_DIR,
+    Activation,
+    SystemState,
+    activate,
+    forget_record,
+    new_token,
+    system_state,
+    undo,
+)
 from deploy.build.build import build_remotely, evaluate
 from deploy.config.inventory import HostSpec, Inventory, SshTarget
 from deploy.copy.closure import closure_of, copy_closure
@@ -619,13 +628,6 @@ def activate_unguarded(
     return activation
 
 
-def forget_record(target: Host, record: str) -> None:
-    try:
-        target.run(["rm", "-rf", "--", record], sudo=True)
-    except NixfabError:
-        pass  # a host that went away keeps a few bytes in /run until it reboots
-
-
 def activated(activation: Activation) -> str:
     """The activation's step line (`in 1.1 s` follows), true for each action: only switch and boot make a generation."""
     action, name = activation.action, activation.path.rsplit("/", 1)[-1].split("-", 1)[-1]
@@ -648,51 +650,36 @@ def settle_lost_switch(
     record: str,
     watchdog: Watchdog | None,
 ) -> Activation:
-    """The channel closed during the switch: ask the host, over new connections, how it ended, then decide.
-
-    Succeeded: go on (health checks, confirmation). Failed: claim the verdict
-    (if a watchdog guards it) and undo. No new connection works: with a
-    watchdog, NotConfirmed after waiting for its rollback; without one,
-    ActivationUnknown saying that the host may be cut off and what to check
-    from its console. Still running at the deadline, or no record of it:
-    ActivationUnknown, and an armed watchdog puts back what it guards.
+    """The channel closed during the switch: ask the host, over new connections, how it ended, then decide
+    (activation.settle_lost_switch). With a watchdog: no new connection works is the case magic rollback exists
+    for, so NotConfirmed after waiting for its rollback; a failed switch claims the verdict before the undo.
     The deploy's own connection is dropped and opened again when next used.
     """
-    from deploy.activate.activation import lost_activation, parse_generation, read_link, unreachable_after_switch
+    from deploy.activate.activation import settle_lost_switch as settle
     from deploy.confirm import magic_rollback
 
-    name, lost = run.spec.name, unknown.activation
+    name = run.spec.name
     run.note(f"{name}: lost the connection during activation; asking the host over a new one how the switch ended")
     target.close()
     answer = magic_rollback.activation_status(open_fresh, record, timeout=request.confirm_timeout)
-    if answer.startswith("unreachable: "):
-        reason = answer.removeprefix("unreachable: ")
-        if watchdog is None:
-            raise unreachable_after_switch(name, lost, unknown.why, reason, record=record)
-        # No new connection works: the case magic rollback exists for. The watchdog decides; wait for its verdict.
+    if watchdog is None:
+        return settle(target, unknown, answer, label=name, record=record, note=run.note)
+    guarded = watchdog
+
+    def wait_for_its_rollback(reason: str) -> NixfabError:
         missed = NotConfirmed(
-            f"{name}: not confirmed within {watchdog.confirm_timeout}s after the connection dropped during activation ({reason})"
+            f"{name}: not confirmed within {guarded.confirm_timeout}s after the connection dropped during activation ({reason})"
         )
-        raise self_rollback(run, open_fresh, watchdog, request, missed)
-    if not answer.startswith("finished"):
-        heard = {"running": "it is still running", "unknown": "the host has no record of how it ended"}.get(answer, answer)
-        guard = (
-            f"; the rollback watchdog {watchdog.token} puts back what it guards unless confirmed "
-            f"(its verdict: {magic_rollback.VERDICTS_DIR}/{watchdog.token})"
-            if watchdog is not None else ""
-        )
-        raise lost_activation(name, lost, unknown.why, asked=heard, record=record, guard=guard)
-    status = answer.split()[-1]
-    activation = lost
-    if lost.action.changes_boot_default:
-        activation = dataclasses.replace(lost, generation=parse_generation(read_link(target, commands.SYSTEM_PROFILE) or ""))
-    if status == "0":
-        run.note(f"{name}: the switch finished (exit 0) while we were away")
-        return activation
-    if watchdog is not None:
-        magic_rollback.disarm(target, watchdog)
-    undone = undo(target, activation)
-    raise ActivationFailed(f"{name}: switch-to-configuration {lost.action} failed (exit {status}) after the connection dropped; {undone}")
+        return self_rollback(run, open_fresh, guarded, request, missed)
+
+    guard = (
+        f"; the rollback watchdog {guarded.token} puts back what it guards unless confirmed "
+        f"(its verdict: {magic_rollback.VERDICTS_DIR}/{guarded.token})"
+    )
+    return settle(
+        target, unknown, answer, label=name, record=record, note=run.note, when_unreachable=wait_for_its_rollback, guard=guard,
+        before_undo=lambda: magic_rollback.disarm(target, guarded),
+    )
 
 
 def self_rollback(run: HostRun, open_fresh: Callable[[], Host], watchdog: Watchdog, request: DeployRequest, missed: NotConfirmed) -> NotConfirmed:

@@ -399,6 +399,14 @@ class RemoteHost:
         self._connect_lock = threading.Lock()
         self.facts: dict[str, bool] = {}
 
+    def fresh(self) -> RemoteHost:
+        """A new connection to the same host, as this one would open it, never shared: to ask a host after the
+        channel to it closed, or to prove that a new connection still gets in (magic rollback)."""
+        return RemoteHost(
+            self.label, self.destination, port=self.port, ssh_config=self.ssh_config, echo=self.echo, dry_run=self.dry_run,
+            use_sudo=self.use_sudo, sudo_password=self.sudo_password, connect_timeout=self.connect_timeout, resolver=self.resolver,
+        )
+
     @property
     def connection(self) -> Connection:
         """The open connection; a lost one is dropped and a new one opened (never Fabric's silent reconnect)."""
