@@ -29,6 +29,7 @@ from deploy.activate.generations import (
     switch_generation,
 )
 from deploy.build.build import build_system
+from deploy.copy.closure import Closure, closure_of, parse_closure
 from deploy.errors import ActivationFailed, BuildError, DiskFull, UsageError
 from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
 from deploy.nix import commands
@@ -232,6 +233,33 @@ def test_closure_size_json_shapes() -> None:
     assert parse_closure_size(json.dumps([{"path": path, "valid": False}]), path) is None
     assert parse_closure_size(json.dumps({path: None}), path) is None
     assert parse_closure_size("not json", path) is None
+
+
+def test_closure_json_shapes_come_dependencies_first() -> None:
+    system, etc, unit, lib = "/nix/store/d-system", "/nix/store/c-etc", "/nix/store/b-unit", "/nix/store/a-lib"
+    infos = {
+        system: {"narSize": 8, "references": [etc, system, lib]},  # a self-reference, as Nix lists it
+        etc: {"narSize": 4, "references": [unit]},
+        unit: {"narSize": 2, "references": [lib]},
+        lib: {"narSize": 1, "references": []},
+    }
+    listed = parse_closure(json.dumps([{"path": path, **info} for path, info in infos.items()]))  # Nix up to 2.18
+    keyed = parse_closure(json.dumps(infos))  # Nix 2.19 and later
+    assert listed == keyed and listed is not None
+    assert listed.paths == (lib, unit, etc, system) and listed.size == 15
+    for index, path in enumerate(listed.paths):
+        assert set(infos[path]["references"]) - {path} <= set(listed.paths[:index])  # what nix-store --import needs
+    assert parse_closure(json.dumps({lib: {"references": []}})) == Closure((lib,), None)  # no size said: none claimed
+    assert parse_closure("not json") is None and parse_closure("3") is None
+
+
+def test_the_closure_of_a_built_system_is_what_nix_store_lists(fleet: Fleet) -> None:
+    path = fleet.deploy("alpha", "5")
+    closure = closure_of(fleet.runner, path)
+    listed = subprocess.run(["nix-store", "--query", "--requisites", path], capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(closure.paths) == sorted(listed) and closure.paths[-1] == path
+    sizes = subprocess.run(["nix-store", "--query", "--size", *listed], capture_output=True, text=True, check=True).stdout.split()
+    assert closure.size == sum(int(size) for size in sizes)
 
 
 def test_disk_full_is_its_own_error() -> None:

@@ -13,9 +13,11 @@ is what it was before the deploy.
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import IO
 
 from deploy.build.build import nix_error
@@ -77,17 +79,71 @@ class CountingReader:
         return data
 
 
-def closure_of(runner: LocalRunner, path: str) -> list[str]:
-    """path's closure in this machine's store, dependencies first."""
-    closure = runner.run(commands.nix_store_requisites(path), dry_stdout=f"{path}\n")
-    if not closure.ok:
-        raise RemoteCommandFailed(f"cannot list the closure of {path}: {nix_error(closure.stderr)}")
-    return closure.stdout.split()
+@dataclass(frozen=True)
+class Closure:
+    paths: tuple[str, ...]  # dependencies first: the order nix-store --import needs
+    size: int | None  # the sum of their NAR sizes; None when Nix did not say
+
+
+def closure_of(runner: LocalRunner, path: str) -> Closure:
+    """path's closure in this machine's store, and its size, from one `nix path-info --json --recursive`."""
+    dry = json.dumps([{"path": path, "narSize": 0, "references": []}])
+    result = runner.run(commands.nix_path_info_closure(path), dry_stdout=dry)
+    closure = parse_closure(result.stdout) if result.ok else None
+    if closure is None or path not in closure.paths:
+        raise RemoteCommandFailed(f"cannot list the closure of {path}: {nix_error(result.stderr) if not result.ok else 'Nix said no such path'}")
+    return closure
+
+
+def parse_closure(stdout: str) -> Closure | None:
+    """`nix path-info --json --recursive` as a Closure, dependencies first (pure); None if it is not what Nix prints.
+
+    Nix up to 2.18 prints a list of objects with "path"; 2.19 and later an
+    object keyed by path. The order is made here from the references, each
+    path after everything it refers to, the rest by name.
+    """
+    try:
+        data = json.loads(stdout)
+    except ValueError:
+        return None
+    if isinstance(data, list):
+        items = {item.get("path"): item for item in data if isinstance(item, dict)}
+    elif isinstance(data, dict):
+        items = {key: value for key, value in data.items() if isinstance(value, dict)}
+    else:
+        return None
+    infos = {path: info for path, info in items.items() if isinstance(path, str) and info.get("valid") is not False}
+    references = {
+        path: sorted(ref for ref in info.get("references") or () if isinstance(ref, str) and ref != path and ref in infos)
+        for path, info in infos.items()
+    }
+    ordered: list[str] = []
+    placed: set[str] = set()
+    entered: set[str] = set()  # on the way down: a cycle (which Nix never makes) cannot loop forever
+    for root in sorted(infos):
+        # Depth first, iteratively (a closure may be thousands of paths deep): a path goes after its references.
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            path, index = stack.pop()
+            if path in placed:
+                continue
+            entered.add(path)
+            if index < len(references[path]):
+                stack.append((path, index + 1))
+                reference = references[path][index]
+                if reference not in placed and reference not in entered:
+                    stack.append((reference, 0))
+                continue
+            placed.add(path)
+            ordered.append(path)
+    sizes = [info.get("narSize") for info in infos.values()]
+    size = sum(size for size in sizes if isinstance(size, int)) if all(isinstance(size, int) for size in sizes) else None
+    return Closure(tuple(ordered), size)
 
 
 def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[str]:
     """The closure of path, dependencies first, less what the target already has."""
-    paths = closure_of(runner, path)
+    paths = closure_of(runner, path).paths
     invalid = target.run(commands.nix_store_print_invalid(paths), dry_stdout="\n".join(paths))
     if not invalid.ok:
         raise RemoteCommandFailed(f"{target.label}: cannot check which paths it has: {invalid.tail(1)}")

@@ -30,7 +30,7 @@ from deploy.activate.activation import (
 )
 from deploy.build.build import build_remotely, evaluate
 from deploy.config.inventory import HostSpec, Inventory, SshTarget
-from deploy.copy.closure import closure_of, copy_closure
+from deploy.copy.closure import Closure, closure_of, copy_closure
 from deploy.engine.preflight import Answers, Questions
 from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, NixfabError, NotConfirmed, UsageError
 from deploy.gc.gc import collect_garbage
@@ -124,6 +124,7 @@ class HostRun:
     ask_lock: threading.Lock | None = None  # questions to the user, one host at a time
     warnings: list[str] = field(default_factory=list)
     path: str | None = None  # what is known so far, for the journal of a deploy that fails later: the system built
+    closure_size: int | None = None  # its closure's size, when the preflight listed the closure here
     generation: int | None = None  # and the generation it activated
     # The run's name on the host: its switch's unit, its watchdog and verdict, and its row in the journal.
     token: str = field(default_factory=new_token)
@@ -286,9 +287,20 @@ def preflight_questions(request: DeployRequest, run: HostRun, target: Host, buil
     copies = not request.local and built.built_on != "target"
     streams = copies and built.source_store is None and not request.substitute_on_destination and isinstance(target, RemoteHost)
     streams = streams and not target.dry_run
-    return Questions(
-        action, wanted, space=space_paths(action) if copies else (), closure=tuple(closure_of(run.runner, built.path)) if streams else (),
-    )
+    closure = closure_while_connecting(run, target, built.path) if streams and isinstance(target, RemoteHost) else None
+    return Questions(action, wanted, space=space_paths(action) if copies else (), closure=closure.paths if closure else ())
+
+
+def closure_while_connecting(run: HostRun, target: RemoteHost, path: str) -> Closure:
+    """The system's closure and size (a local Nix command) while the SSH handshake runs: the preflight needs both."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="closure") as pool:
+        asked = pool.submit(closure_of, run.runner, path)
+        target.connect()
+        closure = asked.result()
+    run.closure_size = closure.size
+    return closure
 
 
 # How long a deploy waits for an earlier deploy's watchdog to decide (it first lets a still running switch end).
@@ -481,7 +493,7 @@ def check_space(run: HostRun, target: Host, path: str, *, action: Action, spaces
     """Warn when the target is short of room; spaces: what its df said under the deploy's lock, else it is asked."""
     from deploy.plan.disk import check_free_space, closure_size, space_warnings
 
-    needed = closure_size(run.runner, path)
+    needed = run.closure_size if run.closure_size is not None else closure_size(run.runner, path)
     if spaces is not None:
         warnings = space_warnings(run.spec.name, spaces, needed)
     else:

@@ -122,9 +122,9 @@ def nix_store_realise_many(paths: Sequence[str], gc_root: Path, extra: Sequence[
     return ["nix-store", "--realise", *paths, "--add-root", str(gc_root), "--keep-going", *store_options(extra)]
 
 
-def nix_store_requisites(path: str) -> list[str]:
-    # Dependencies come first, which is the order nix-store --import needs.
-    return ["nix-store", "--query", "--requisites", path]
+def nix_path_info_closure(path: str) -> list[str]:
+    """Every path of path's closure with its size and references, in one command (copy.closure.parse_closure)."""
+    return [*NIX, "path-info", "--json", "--recursive", path]
 
 
 def nix_store_print_invalid(paths: Sequence[str]) -> list[str]:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from deploy.copy.closure import export_into
+from deploy.copy.closure import closure_of, export_into
 from deploy.engine.fleet import HostResult
 from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session, target_of
 from deploy.errors import NixfabError, RemoteCommandFailed
@@ -195,13 +195,6 @@ def reboot_needed(facts: HostFacts, new_kernel: Sequence[str]) -> tuple[bool | N
     return bool(differ), differ
 
 
-def closure_of(runner: LocalRunner, system: str) -> list[str]:
-    result = runner.run(commands.nix_store_requisites(system), show_stderr=False)
-    if not result.ok:
-        raise RemoteCommandFailed(f"cannot list the closure of {system}: {result.tail(1)}")
-    return result.stdout.split()
-
-
 def nar_bytes(runner: LocalRunner, paths: Sequence[str]) -> int | None:
     """The size of the paths' NARs, what a copy sends; None when this machine cannot say."""
     if not paths:
@@ -275,7 +268,7 @@ class DeployPlanner:
 
 
 def plan_host(action: Action, run: HostRun, target: Host, system: str) -> HostPlan:
-    closure = closure_of(run.runner, system)
+    closure = list(closure_of(run.runner, system).paths)
     facts = read_facts(target, system, closure, stage=action.changes_running_system and isinstance(target, RemoteHost))
     running_changes = action.changes_running_system and facts.current != system
     boot_changes = action.changes_boot_default and facts.boot_default != system

@@ -407,6 +407,10 @@ class RemoteHost:
             use_sudo=self.use_sudo, sudo_password=self.sudo_password, connect_timeout=self.connect_timeout, resolver=self.resolver,
         )
 
+    def connect(self) -> None:
+        """Open the connection now, rather than at the first command."""
+        _ = self.connection
+
     @property
     def connection(self) -> Connection:
         """The open connection; a lost one is dropped and a new one opened (never Fabric's silent reconnect)."""
