@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +120,35 @@ def test_resolver_asks_once_per_destination_and_reports_ssh_errors() -> None:
     assert len(calls) == 2
     with pytest.raises(UsageError, match=r"^broken: OpenSSH cannot resolve broken: /c: terminating, 1 bad configuration options$"):
         resolver.resolve("broken", port=None, ssh_config=Path("/c"), label="broken")
+
+
+def test_resolver_resolves_destinations_side_by_side_and_each_once() -> None:
+    """Eight hosts that connect at once must not queue behind each other's `ssh -G`; one destination still runs it once."""
+    inside = 0
+    most = 0
+    calls: list[str] = []
+    counting = threading.Lock()
+
+    def slow(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        nonlocal inside, most
+        with counting:
+            calls.append(argv[-1])
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.2)
+        with counting:
+            inside -= 1
+        return subprocess.CompletedProcess(argv, 0, SSH_G, "")
+
+    resolver = SshResolver(run=slow)
+    names = ["alpha", "beta", "alpha", "gamma", "beta"]
+    threads = [threading.Thread(target=resolver.resolve, args=(name,), kwargs={"port": None, "ssh_config": None, "label": name})
+               for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(calls) == ["alpha", "beta", "gamma"] and most > 1
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH's ssh is not installed")

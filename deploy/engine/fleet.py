@@ -234,9 +234,13 @@ class Fleet:
             self.session.runner, self.request.flake, attrs, roots=gc_roots, out_link=self.request.out_link, extra=self.request.extra_nix,
         )
         if self.request.action is not None and any(self._connections_of.values()):
-            from deploy.transport.remote import import_fabric_meanwhile
+            from deploy.transport.remote import prepare_meanwhile
 
-            import_fabric_meanwhile()  # while Nix evaluates and builds
+            ssh_config, resolver = self.session.inventory.ssh_config, self.session.ssh_resolver
+            prepare_meanwhile([
+                functools.partial(resolver.resolve, destination, port=port, ssh_config=ssh_config, label=name)
+                for name, keys in self._connections_of.items() for destination, port in keys
+            ])
 
     def stop_background(self) -> None:
         """Interrupted: the builds and the flake check run in threads, whose children only we can stop."""

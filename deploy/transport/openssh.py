@@ -222,11 +222,14 @@ class SshResolver:
 
     run: Callable[[list[str]], subprocess.CompletedProcess[str]] = run_ssh_g
     _cache: dict[tuple[str, int | None, str | None], SshOptions] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # guards _key_locks
+    _key_locks: dict[tuple[str, int | None, str | None], threading.Lock] = field(default_factory=dict)
 
     def resolve(self, destination: str, *, port: int | None, ssh_config: Path | None, label: str) -> SshOptions:
         key = (destination, port, str(ssh_config) if ssh_config else None)
         with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # one `ssh -G` per destination; different destinations resolve side by side
             if key not in self._cache:
                 argv = ssh_g_argv(destination, ssh_config=ssh_config, port=port)
                 try:

@@ -49,18 +49,27 @@ if TYPE_CHECKING:
 # configured, Python would print it. Every failure reaches the user as one error line instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-def import_fabric_meanwhile() -> None:
-    """Import Fabric (and paramiko under it) in a thread of its own, so that the first connection, once a system is
-    built, does not wait for it (about 70 ms). Only Fabric's own modules: nothing it imports imports nixfab's, so
-    the thread can never wait on an import lock a deploy thread holds."""
+def prepare_meanwhile(resolvers: Sequence[Callable[[], object]]) -> None:
+    """While Nix builds, in a thread of its own: import Fabric (and paramiko under it), then resolve each host's
+    `ssh -G` (resolvers), so that a host's first connection, once its system is built, waits for neither.
 
-    def load() -> None:
+    Only Fabric's own modules are imported: nothing they import imports
+    nixfab's, so the thread never waits on an import lock a deploy thread
+    holds. A failure is left for the connection itself to meet and report.
+    """
+
+    def prepare() -> None:
         try:
             import fabric  # noqa: F401
         except Exception:  # noqa: BLE001 - the connection's own import fails again and says why
             pass
+        for resolve in resolvers:
+            try:
+                resolve()
+            except Exception:  # noqa: BLE001 - unresolved; the connection asks ssh -G again and says why
+                pass
 
-    threading.Thread(target=load, name="import-fabric", daemon=True).start()
+    threading.Thread(target=prepare, name="prepare-connections", daemon=True).start()
 
 
 # The fixed deadline of a command whose output is not streamed (probes, reads, locks, profile
