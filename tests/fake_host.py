@@ -199,6 +199,9 @@ class RecordingHost:
     def close(self) -> None:
         self.closed += 1
 
+    def connect(self) -> None:
+        """RemoteHost opens its connection ahead of the first command; here there is nothing to open."""
+
     # ---- for tests ----
 
     def on(self, match: str | Sequence[str] | Callable[[Sequence[str]], bool], *replies: ReplyLike) -> RecordingHost:

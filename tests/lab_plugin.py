@@ -70,3 +70,9 @@ def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "state"
     monkeypatch.setenv("NIXFAB_STATE_DIR", str(directory))
     return directory
+
+
+@pytest.fixture(autouse=True)
+def state_outside_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flake outside git keeps its state under $XDG_STATE_HOME: a test's, never this machine's ~/.local/state."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-state"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -33,6 +34,7 @@ from deploy.engine.pipeline import (
     up_to_date,
 )
 from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, HostBusy, HostUnreachable, NotConfirmed
+from deploy.nix import commands
 from deploy.record import history
 from deploy.scripts import script
 from deploy.ui import Emitter
@@ -553,6 +555,8 @@ def test_the_lock_s_round_trip_answers_what_the_deploy_would_ask_one_command_at_
 def test_an_unguarded_switch_under_the_lock_leaves_its_record_for_the_release_to_remove(world: World) -> None:
     world.run.spec = spec(build_on="local")
     world.host.on("preflight", f"acquired\n{probe()}systemd-run\t1\n").on(["nix-store", "--check-validity"], 0)
+    # Streamed to (guarded makes it a RemoteHost here): the preflight asks about the closure, listed here first.
+    world.runner.on([*commands.NIX, "path-info", "--json", "--recursive", NEW], json.dumps({NEW: {"narSize": 1, "references": []}}))
     deploy_host(world.session, request(magic_rollback=False), world.run, NEW)
     assert FORGET_RECORD[1] not in world.host.argvs  # no command of its own
     assert world.host.argvs[-1] == release(leftovers=(RECORD,))

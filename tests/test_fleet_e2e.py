@@ -834,7 +834,8 @@ def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fle
     result = finished(deploy, output)
     assert result.returncode == 129, result.stderr
     assert "Traceback" not in result.stderr
-    assert not [pid for pid, started in nix.items() if process_start_time(pid) == started]  # nix went with it
+    left = [pid for pid, started in nix.items() if process_start_time(pid) == started]
+    assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]  # nix went with it
     assert fleet.lab.state("alpha").generations == ()
     if phase == "build":
         assert fleet.logins() == logins  # the host waits for its system before it is connected to

@@ -147,7 +147,7 @@ def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[st
     invalid = target.run(commands.nix_store_print_invalid(paths), dry_stdout="\n".join(paths))
     if not invalid.ok:
         raise RemoteCommandFailed(f"{target.label}: cannot check which paths it has: {invalid.tail(1)}")
-    wanted = set(invalid.stdout.split())
+    wanted = set(invalid.stdout.splitlines())  # a path per line (a dry run's placeholder has spaces)
     return [item for item in paths if item in wanted]
 
 

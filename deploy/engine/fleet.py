@@ -53,6 +53,7 @@ from deploy.ui.results import SUMMARY_COLUMNS
 
 if TYPE_CHECKING:
     from deploy.build.flake_check import FlakeCheck
+    from deploy.transport.remote import Preparation
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class Fleet:
         self.work = work
         self.check = check  # `nix flake check` running beside the build: hosts wait for it before activating
         self.builds: ParallelBuild | None = None
+        self.preparation: Preparation | None = None  # Fabric's import and `ssh -G`, while the systems build
         self.request = request
         self.options = options
         self.console = console or Console()
@@ -234,10 +236,10 @@ class Fleet:
             self.session.runner, self.request.flake, attrs, roots=gc_roots, out_link=self.request.out_link, extra=self.request.extra_nix,
         )
         if self.request.action is not None and any(self._connections_of.values()):
-            from deploy.transport.remote import prepare_meanwhile
+            from deploy.transport.remote import Preparation
 
             ssh_config, resolver = self.session.inventory.ssh_config, self.session.ssh_resolver
-            prepare_meanwhile([
+            self.preparation = Preparation([
                 functools.partial(resolver.resolve, destination, port=port, ssh_config=ssh_config, label=name)
                 for name, keys in self._connections_of.items() for destination, port in keys
             ])
@@ -248,6 +250,8 @@ class Fleet:
             self.builds.stop()
         if self.check is not None:
             self.check.stop()
+        if self.preparation is not None:
+            self.preparation.stop()
 
     def finish_builds(self) -> None:
         """Wait for every build (the `build` task's ./result links are made once all are done)."""

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 # configured, Python would print it. Every failure reaches the user as one error line instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-def prepare_meanwhile(resolvers: Sequence[Callable[[], object]]) -> None:
+class Preparation:
     """While Nix builds, in a thread of its own: import Fabric (and paramiko under it), then resolve each host's
     `ssh -G` (resolvers), so that a host's first connection, once its system is built, waits for neither.
 
@@ -58,18 +58,29 @@ def prepare_meanwhile(resolvers: Sequence[Callable[[], object]]) -> None:
     holds. A failure is left for the connection itself to meet and report.
     """
 
-    def prepare() -> None:
+    def __init__(self, resolvers: Sequence[Callable[[], object]]) -> None:
+        self._resolvers = list(resolvers)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._prepare, name="prepare-connections", daemon=True)
+        self._thread.start()
+
+    def _prepare(self) -> None:
         try:
             import fabric  # noqa: F401
         except Exception:  # noqa: BLE001 - the connection's own import fails again and says why
             pass
-        for resolve in resolvers:
+        for resolve in self._resolvers:
+            if self._stopping.is_set():
+                return
             try:
                 resolve()
             except Exception:  # noqa: BLE001 - unresolved; the connection asks ssh -G again and says why
                 pass
 
-    threading.Thread(target=prepare, name="prepare-connections", daemon=True).start()
+    def stop(self, timeout: float = 5.0) -> None:
+        """Interrupted: start no more `ssh -G`, and let the one running end, so that no child outlives the run."""
+        self._stopping.set()
+        self._thread.join(timeout)
 
 
 # The fixed deadline of a command whose output is not streamed (probes, reads, locks, profile
