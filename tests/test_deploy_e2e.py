@@ -41,9 +41,10 @@ def test_switch_push_makes_generations_current_and_default(fleet) -> None:  # ty
     assert lab.state("beta").generations == ()
 
 
-def test_a_deploy_makes_four_commands_and_a_second_connection_and_a_no_op_one_command(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_a_deploy_makes_three_commands_and_a_confirmation_and_a_no_op_one_command(fleet) -> None:  # type: ignore[no-untyped-def]
     """The lock's round trip asks the rest (state, space, what the host lacks, systemd-run); the import; one activation
-    (watchdog, profile, switch); the release (with the revision). The confirmation comes over a connection of its own."""
+    (watchdog, profile, switch). The confirmation comes over a connection of its own, and with nothing left to do it
+    releases the lock (with the revision) in the same round trip; without magic rollback, the release is the fourth."""
     lab, flake, inventory = fleet
     args = ("--flake", str(flake), "--inventory", str(inventory))
 
@@ -52,9 +53,10 @@ def test_a_deploy_makes_four_commands_and_a_second_connection_and_a_no_op_one_co
         ok(inv(*deploy))
         return lab.remote_commands("alpha") - commands, lab.accepted_ssh_logins("alpha") - connections
 
-    assert asked(("switch-push", "alpha", *args)) == (4 + 1, 2)  # a fresh host
+    assert asked(("switch-push", "alpha", *args)) == (3 + 1, 2)  # a fresh host
     set_fixture_revision(flake, "2")
-    assert asked(("switch-push", "alpha", *args)) == (4 + 1, 2)
+    assert asked(("switch-push", "alpha", *args)) == (3 + 1, 2)
+    assert lab.inside("alpha", ["test", "-e", "/run/nixfab/deploy.engine.lock"], check=False).returncode != 0  # released
     assert asked(("switch-push", "alpha", *args, "--no-magic-rollback")) == (1, 1)  # already current: the lock's round trip says so
     set_fixture_revision(flake, "3")
     assert asked(("switch-push", "alpha", *args, "--no-magic-rollback")) == (4, 1)  # no watchdog, no confirmation

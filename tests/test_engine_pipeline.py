@@ -321,6 +321,45 @@ def test_a_guarded_switch_arms_the_watchdog_marks_the_activation_and_confirms_ov
     assert "\nconfirmed over a new SSH connection in " in world.notes
 
 
+def local_build(world: World) -> None:
+    """Built here, already on the host (streamed to: guarded makes RecordingHost a RemoteHost, so the closure is listed first)."""
+    world.run.spec = spec(build_on="local")
+    world.runner.on([*commands.NIX, "path-info", "--json", "--recursive", NEW], json.dumps({NEW: {"narSize": 1, "references": []}}))
+    world.host.on(["nix-store", "--check-validity"], 0)
+
+
+@pytest.mark.usefixtures("guarded")
+def test_with_nothing_after_it_the_confirmation_also_releases_the_lock_with_the_revision(world: World) -> None:
+    """The deploy's last command rides on the confirmation's round trip: nothing is left for the deploy's connection."""
+    local_build(world)
+    world.host.on("preflight", f"acquired\n{probe()}systemd-run\t1\n").on("confirm_activation", "confirmed\nended\n")
+    outcome = deploy_host(world.session, request(revision="abc123", dirty=False), world.run, NEW)
+    last = steps(world.host.calls)[-1]
+    assert last == expect((1, sh("confirm_activation", DIR, VERDICTS, *release("/nix/var/nix/nixfab/generations", REVISION, "42")), True))[0]
+    assert [call.script for call in world.host.calls if call.connection == 0 and call.script] == ["preflight", "activate"]
+    assert outcome.status == "ok" and outcome.generation == 42
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_release_the_confirmation_could_not_make_is_made_on_the_deploy_s_connection(world: World) -> None:
+    """Confirmed, but the release it carried failed (no "ended"): the deployer releases as ever, the revision with it."""
+    local_build(world)
+    world.host.on("preflight", f"acquired\n{probe()}systemd-run\t1\n").on("confirm_activation", "confirmed\n")
+    deploy_host(world.session, request(revision="abc123", dirty=False), world.run, NEW)
+    assert steps(world.host.calls)[-1] == expect((0, release("/nix/var/nix/nixfab/generations", REVISION, "42"), True))[0]
+
+
+@pytest.mark.usefixtures("guarded")
+def test_an_activation_not_confirmed_releases_the_lock_without_its_revision(world: World) -> None:
+    local_build(world)
+    world.host.on("preflight", f"acquired\n{probe()}systemd-run\t1\n").on("confirm_activation", "failed 4\n")
+    world.host.on(["test", "-e", f"{DIR}/rolled-back"], 0).on(["readlink", "/run/current-system"], f"{OLD_RUNNING}\n")
+    with pytest.raises(NotConfirmed):
+        deploy_host(world.session, request(revision="abc123", dirty=False), world.run, NEW)
+    assert steps(world.host.calls)[-1] == expect((0, release(), True))[0]
+    assert not any(call.script == "write_revision" for call in world.host.calls)
+
+
 @pytest.mark.usefixtures("guarded")
 @pytest.mark.parametrize("fields", [{"magic_rollback": False}, {"action": "boot"}])
 def test_no_watchdog_without_magic_rollback_or_for_boot(world: World, fields: dict[str, object]) -> None:
@@ -634,8 +673,7 @@ def test_a_dry_run_sends_nothing_and_echoes_the_whole_plan(monkeypatch: pytest.M
             unit(*sh("mark_activated", f"{DIR}/activated", *stc(NEW, "switch")), bootloader=True),
             sh("mkdir_then_exec", DIR, "systemd-run", "--collect", "--quiet", "--no-ask-password", f"--unit=nixfab-watchdog-{TOKEN}", *watchdog),
         ),
-        (1, sh("confirm_activation", DIR, VERDICTS), True),
-        (0, release(), True),
+        (1, sh("confirm_activation", DIR, VERDICTS, *release()), True),  # nothing else to do there: it releases the lock too
     )
     assert dry.host.sent == [] and all(call.dry for call in dry.host.calls)
     assert all(call.dry for call in dry.runner.calls)

@@ -133,6 +133,46 @@ def test_a_release_without_a_revision_leaves_someone_else_s_lock_alone(host: Pat
     assert result.returncode == 1 and (host / "run" / "deploy.lock").is_dir()
 
 
+# ---- confirm_activation.sh, with the release ------------------------------------------------------------------------
+
+
+def release_args(host: Path, revision: str = "7") -> tuple[str, ...]:
+    lock = str(host / "run" / "deploy.lock")
+    return ("sh", "-c", script("lock_release"), "sh", lock, '{"me": 1}', script("lock_clear_if_held_by"),
+            script("write_revision"), str(host / "generations"), '{"r": 1}', revision)
+
+
+@pytest.mark.parametrize("activated", ["0", "4", None])
+def test_the_confirmation_releases_the_lock_only_once_it_confirmed(host: Path, activated: str | None) -> None:
+    """The deploy's last command rides on the confirmation: the revision and the lock's release happen only for a
+    confirmed activation; a failed or unfinished one leaves both to the deployer (no revision, its own release)."""
+    preflight(host)
+    watchdog = host / "watchdogs" / "0123456789ab"
+    watchdog.mkdir(parents=True)
+    if activated is not None:
+        (watchdog / "activated").write_text(activated)
+    result = run("confirm_activation", str(watchdog), str(host / "verdicts"), *release_args(host))
+    assert result.returncode == 0, result.stderr
+    if activated == "0":
+        assert result.stdout == "confirmed\nended\n"
+        assert (host / "generations" / "7.json").read_text() == '{"r": 1}' and not (host / "run" / "deploy.lock").exists()
+        assert not watchdog.exists() and "confirmed" in (host / "verdicts" / "0123456789ab").read_text()
+    else:
+        assert result.stdout == ("failed 4\n" if activated else "pending\n")
+        assert not (host / "generations").exists() and (host / "run" / "deploy.lock").is_dir()
+
+
+def test_a_confirmation_whose_release_fails_says_so_by_not_saying_ended(host: Path) -> None:
+    preflight(host)
+    (host / "run" / "deploy.lock" / "holder").write_text('{"them": 2}\n')  # someone else's now: not ours to clear
+    watchdog = host / "watchdogs" / "0123456789ab"
+    watchdog.mkdir(parents=True)
+    (watchdog / "activated").write_text("0")
+    result = run("confirm_activation", str(watchdog), str(host / "verdicts"), *release_args(host))
+    assert result.stdout == "confirmed\n" and (host / "run" / "deploy.lock").is_dir()
+    assert run("confirm_activation", str(watchdog), str(host / "verdicts")).stdout == "pending\n"  # its directory went with the claim
+
+
 # ---- activate.sh --------------------------------------------------------------------------------------------------------
 
 

@@ -106,19 +106,27 @@ def confirm(
     watchdog: Watchdog,
     *,
     label: str,
+    then: Sequence[str] = (),
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
-) -> None:
-    """Prove, over new SSH connections, that the host is still reachable; else report its self-rollback."""
+) -> bool:
+    """Prove, over new SSH connections, that the host is still reachable; else report its self-rollback.
+
+    then: the deploy's last command (its lock's release), run in the same
+    round trip once confirmed, when nothing else is left to do on the host.
+    True when it ran and succeeded.
+    """
     deadline = clock() + watchdog.confirm_timeout
     last_problem = "no attempt"
     while clock() < deadline:
         fresh = open_fresh()
         try:
-            answer = fresh.run(["sh", "-c", script("confirm_activation"), "sh", watchdog.directory, VERDICTS_DIR], sudo=True, dry_stdout="confirmed\n")
-            verdict = answer.stdout.strip() if answer.ok else f"error {answer.tail(1)}"
+            argv = ["sh", "-c", script("confirm_activation"), "sh", watchdog.directory, VERDICTS_DIR, *then]
+            answer = fresh.run(argv, sudo=True, dry_stdout="confirmed\nended\n" if then else "confirmed\n")
+            said = answer.stdout.splitlines() if answer.ok else []
+            verdict = said[0].strip() if said else f"error {answer.tail(1)}"
             if verdict == "confirmed":
-                return
+                return "ended" in said[1:]
             if verdict.startswith("failed"):
                 last_problem = f"the activation exited {verdict.split()[-1]}"
                 break

@@ -80,23 +80,32 @@ class HostLock:
     # Paths on the host the release removes (what the deploy kept there until it knew how its switch ended).
     leftovers: list[str] = field(default_factory=list)
     _stop: threading.Event | None = None
+    released: bool = False  # by release(), or by the confirmation's connection (let_go)
 
     @property
     def held(self) -> bool:
         """False when the host already had the system and the lock was let go in the same round trip."""
         return not (self.answers is not None and self.answers.current)
 
+    def release_argv(self) -> list[str]:
+        """lock_release.sh with what the deploy leaves on the host (the revision, the leftovers): the deploy's last command."""
+        record = ("", "", "", "") if self.revision_record is None else (script("write_revision"), *self.revision_record)
+        return ["sh", "-c", script("lock_release"), "sh", LOCK_DIR, self.holder_text, script("lock_clear_if_held_by"), *record, *self.leftovers]
+
+    def let_go(self) -> None:
+        """Another connection ran release_argv() (the confirmation's, in the same round trip): stop refreshing the lock."""
+        if self._stop is not None:
+            self._stop.set()
+        self.released = True
+
     def release(self) -> None:
         if self._stop is not None:
             self._stop.set()
-        if not self.held:
+        if not self.held or self.released:
             return
-        record = ("", "", "", "") if self.revision_record is None else (script("write_revision"), *self.revision_record)
+        self.released = True
         try:
-            self.host.run(
-                ["sh", "-c", script("lock_release"), "sh", LOCK_DIR, self.holder_text, script("lock_clear_if_held_by"), *record, *self.leftovers],
-                sudo=True,
-            )
+            self.host.run(self.release_argv(), sudo=True)
         except NixfabError:
             pass  # a host that went away (rebooted) lost its /run, and with it the lock
 

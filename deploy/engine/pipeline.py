@@ -425,7 +425,8 @@ def finish(
 
     upload_host_keys(run, target, keys, KeyUpload.PRE_ACTIVATION)
     run.phase(Phase.ACTIVATE)
-    activation = activate_with_rollback(session, request, run, target, path, previous=answers.state, lock=lock)
+    last_on_the_host = not (request.reboot or request.collect_garbage or any(key.spec.upload == KeyUpload.POST_ACTIVATION for key in keys))
+    activation = activate_with_rollback(session, request, run, target, path, previous=answers.state, lock=lock, last_on_the_host=last_on_the_host)
     # Only switch and boot make a generation; after test or dry-activate the profile's generation is another system's.
     generation = activation.generation if request.action.changes_boot_default else None
     run.generation = generation
@@ -550,7 +551,7 @@ def check_health(request: DeployRequest, run: HostRun, target: Host, activation:
 
 def activate_with_rollback(
     session: Session, request: DeployRequest, run: HostRun, target: Host, path: str, previous: SystemState | None = None,
-    lock: HostLock | None = None,
+    lock: HostLock | None = None, *, last_on_the_host: bool = False,
 ) -> Activation:
     """activate() and the health checks, guarded by the magic-rollback watchdog when the action changes what runs.
 
@@ -559,7 +560,9 @@ def activate_with_rollback(
     profile; switch in the run's own unit; on a lost channel ask the host how
     the switch ended; health checks; confirm over a new connection. Whoever
     claims the verdict first decides: the deployer's undo, its confirmation
-    or the watchdog.
+    or the watchdog. last_on_the_host: nothing follows on the host (no
+    reboot, keys or GC), so the confirmation's round trip also releases the
+    lock, with the revision.
     """
     assert request.action is not None
     started = time.monotonic()
@@ -595,9 +598,16 @@ def activate_with_rollback(
     check_health(request, run, target, activation, before_undo=disarm)
     run.phase(Phase.CONFIRM)
     started = time.monotonic()
+    last: list[str] = []
+    if last_on_the_host and lock is not None and lock.held and not lock.released:
+        record_revision(request, target, activation, lock)  # onto the release, which runs only once confirmed
+        last = lock.release_argv()
     try:
-        magic_rollback.confirm(open_fresh, watchdog, label=run.spec.name)
+        if magic_rollback.confirm(open_fresh, watchdog, label=run.spec.name, then=last) and lock is not None:
+            lock.let_go()
     except NotConfirmed as missed:
+        if lock is not None:
+            lock.revision_record = None  # the generation it names is being rolled back
         raise self_rollback(run, open_fresh, watchdog, request, missed) from None
     if target.dry_run:
         run.note(f"{run.spec.name}: would confirm over a new SSH connection")
@@ -708,6 +718,8 @@ def record_revision(request: DeployRequest, target: Host, activation: Activation
     """Leave the flake's revision next to the generation, for `generations` to show: with the lock's release, when one is held."""
     if activation.generation is None or not activation.action.changes_boot_default or request.revision is None:
         return
+    if lock is not None and lock.released:
+        return  # written by the release, already run on the confirmation's connection
     from deploy.record.history import deployed_by, revision_payload, revision_record_args, revision_record_argv
 
     payload = revision_payload(request.revision, request.dirty, by=deployed_by())

@@ -1,6 +1,7 @@
 # shellcheck shell=sh
-# Used by: deploy.engine.lock.HostLock.release
-# The deploy's last round trip: what it leaves on the host, then the lock.
+# Used by: deploy.engine.lock.HostLock.release_argv
+# The deploy's last round trip: what it leaves on the host, then the lock. Run
+# by HostLock.release, or by confirm_activation.sh once it confirmed.
 # $1: the lock directory; $2: our holder line; $3: the text of
 # lock_clear_if_held_by.sh; $4: the text of write_revision.sh, or '' when
 # there is no revision to record; $5, $6, $7: its directory, JSON text and
