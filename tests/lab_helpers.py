@@ -46,3 +46,31 @@ def git(directory: Path, *args: str) -> str:
         ["git", "-C", str(directory), "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
+
+
+def write_input_flake(directory: Path, value: str) -> None:
+    """A flake an input can point at: `value` is all it has."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "flake.nix").write_text(f'{{ outputs = {{ self }}: {{ value = "{value}"; }}; }}\n')
+
+
+def write_two_input_flake(directory: Path) -> Path:
+    """directory/main: a flake with two path: inputs (directory/one and directory/two), locked."""
+    write_input_flake(directory / "one", "1")
+    write_input_flake(directory / "two", "1")
+    main = directory / "main"
+    main.mkdir()
+    (main / "flake.nix").write_text(
+        f'{{\n  inputs.one.url = "path:{directory / "one"}";\n  inputs.two.url = "path:{directory / "two"}";\n'
+        "  outputs = { self, one, two }: { values = [ one.value two.value ]; };\n}\n"
+    )
+    subprocess.run(["nix", "flake", "lock", f"path:{main}"], check=True, capture_output=True)
+    return main
+
+
+def locked_input(flake: Path, name: str) -> dict[str, object]:
+    """What flake.lock says of the input `name`."""
+    import json
+
+    entry: dict[str, object] = json.loads((flake / "flake.lock").read_text())["nodes"][name]["locked"]
+    return entry

@@ -49,6 +49,7 @@ from deploy.plan.disk import (
 from deploy.transport.process import LocalRunner, Result
 from deploy.transport.remote import RemoteHost, SudoPassword
 from deploy.ui import Emitter
+from lab_helpers import locked_input, write_input_flake, write_two_input_flake
 
 MIB = 1024 * 1024
 
@@ -315,45 +316,23 @@ def test_the_show_trace_hint_only_where_a_trace_helps() -> None:
         assert trace_hint(not_evaluation) == ""
 
 
-def write_input_flake(directory: Path, value: str) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "flake.nix").write_text(f'{{ outputs = {{ self }}: {{ value = "{value}"; }}; }}\n')
-
-
-def lock_entry(flake: Path, name: str) -> dict[str, object]:
-    entry: dict[str, object] = json.loads((flake / "flake.lock").read_text())["nodes"][name]["locked"]
-    return entry
-
-
 @pytest.fixture
 def two_input_flake(tmp_path: Path) -> Path:
-    write_input_flake(tmp_path / "one", "1")
-    write_input_flake(tmp_path / "two", "1")
-    main = tmp_path / "main"
-    main.mkdir()
-    (main / "flake.nix").write_text(
-        "{\n"
-        f'  inputs.one.url = "path:{tmp_path / "one"}";\n'
-        f'  inputs.two.url = "path:{tmp_path / "two"}";\n'
-        "  outputs = { self, one, two }: { values = [ one.value two.value ]; };\n"
-        "}\n"
-    )
-    run(["nix", "flake", "lock", f"path:{main}"])
-    return main
+    return write_two_input_flake(tmp_path)
 
 
 def test_update_one_input_leaves_the_other(two_input_flake: Path) -> None:
     main, runner = two_input_flake, LocalRunner(Emitter.plain(show_commands=False))
-    before_one, before_two = lock_entry(main, "one"), lock_entry(main, "two")
+    before_one, before_two = locked_input(main, "one"), locked_input(main, "two")
     write_input_flake(main.parent / "one", "2")
     write_input_flake(main.parent / "two", "2")
 
     flake_update(runner, f"path:{main}", ["one"])
 
-    after_one = lock_entry(main, "one")
-    assert after_one["narHash"] != before_one["narHash"] and lock_entry(main, "two") == before_two
+    after_one = locked_input(main, "one")
+    assert after_one["narHash"] != before_one["narHash"] and locked_input(main, "two") == before_two
     flake_update(runner, f"path:{main}")
-    assert lock_entry(main, "two")["narHash"] != before_two["narHash"] and lock_entry(main, "one") == after_one
+    assert locked_input(main, "two")["narHash"] != before_two["narHash"] and locked_input(main, "one") == after_one
 
 
 def test_update_of_an_unknown_input_names_the_inputs_and_changes_nothing(two_input_flake: Path) -> None:

@@ -24,9 +24,12 @@ from lab_helpers import (
     REPO,
     git,
     inv,
+    locked_input,
     ok,
     toplevel_of,
+    write_input_flake,
     write_inventory,
+    write_two_input_flake,
 )
 
 pytestmark = pytest.mark.usefixtures("state_directory")
@@ -188,43 +191,24 @@ def test_diff_shows_changes_and_activates_nothing_then_diff_and_ask(site: Site) 
     assert after.current_system == third and after.current_generation == 3 and len(lab.activations("alpha")) == len(activations) + 1
 
 
-def write_input_flake(directory: Path, value: str) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "flake.nix").write_text(f'{{ outputs = {{ self }}: {{ value = "{value}"; }}; }}\n')
-
-
 @pytest.fixture
 def update_flake(tmp_path: Path) -> Path:
-    """A flake with two path: inputs, locked."""
-    write_input_flake(tmp_path / "one", "1")
-    write_input_flake(tmp_path / "two", "1")
-    main = tmp_path / "main"
-    main.mkdir()
-    (main / "flake.nix").write_text(
-        f'{{\n  inputs.one.url = "path:{tmp_path / "one"}";\n  inputs.two.url = "path:{tmp_path / "two"}";\n'
-        "  outputs = { self, one, two }: { values = [ one.value two.value ]; };\n}\n"
-    )
-    subprocess.run(["nix", "flake", "lock", f"path:{main}"], check=True, capture_output=True)
-    return main
-
-
-def locked(flake: Path, name: str) -> object:
-    return json.loads((flake / "flake.lock").read_text())["nodes"][name]["locked"]["narHash"]
+    return write_two_input_flake(tmp_path)
 
 
 def test_update_all_inputs_one_input_and_an_unknown_one(update_flake: Path) -> None:
     main = update_flake
-    one, two = locked(main, "one"), locked(main, "two")
+    one, two = locked_input(main, "one")["narHash"], locked_input(main, "two")["narHash"]
     write_input_flake(main.parent / "one", "2")
     write_input_flake(main.parent / "two", "2")
     ok(inv("update", "--flake", f"path:{main}", "--input", "one"))
-    assert locked(main, "one") != one and locked(main, "two") == two
+    assert locked_input(main, "one")["narHash"] != one and locked_input(main, "two")["narHash"] == two
     lock = (main / "flake.lock").read_text()
     message = refused(inv("update", "--flake", f"path:{main}", "--input", "nixpkgs"), 2)
     assert "no input 'nixpkgs'; its inputs are: one, two" in message
     assert (main / "flake.lock").read_text() == lock
     ok(inv("update", "--flake", str(main)))
-    assert locked(main, "two") != two
+    assert locked_input(main, "two")["narHash"] != two
 
 
 def test_boot_test_and_dry_activate(site: Site) -> None:
