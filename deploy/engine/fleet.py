@@ -226,10 +226,6 @@ class Fleet:
             return
         for run in local:
             self.progress.phase(run.spec.name, Phase.BUILD)
-        from deploy.plan.disk import check_free_space
-
-        for warning in check_free_space(self.session.runner, ["/nix"], "this machine"):
-            self.session.echo.warning(warning)
         attrs = list(dict.fromkeys(run.spec.attr for run in local))
         self.session.echo.note(f"==> building {', '.join(attrs)} on this machine")
         self.builds = ParallelBuild(
@@ -243,6 +239,11 @@ class Fleet:
                 functools.partial(resolver.resolve, destination, port=port, ssh_config=ssh_config, label=name)
                 for name, keys in self._connections_of.items() for destination, port in keys
             ])
+        from deploy.plan.disk import check_free_space
+
+        # Once the builds run, not before: a warning, which need not hold them up.
+        for warning in check_free_space(self.session.runner, ["/nix"], "this machine"):
+            self.session.echo.warning(warning)
 
     def stop_background(self) -> None:
         """Interrupted: the builds and the flake check run in threads, whose children only we can stop."""
