@@ -201,8 +201,10 @@ def _switch_to(host: Host, listing: GenerationListing, generation: Generation, n
             host.close()
             answer = magic_rollback.activation_status(host.fresh, record, timeout=LOST_SWITCH_TIMEOUT)
             activation = settle_lost_switch(host, unknown, answer, label=host.label, record=record, note=note or (lambda _: None))
-    finally:
+    except ActivationFailed:  # known, and undone; still unknown (ActivationUnknown) keeps it for the error's `cat`
         forget_record(host, record)
+        raise
+    forget_record(host, record)
     return activation
 
 
