@@ -246,11 +246,11 @@ def test_the_heartbeat_touches_the_lock_until_release(deployer: None, monkeypatc
     taken = acquire(host, "switch")
     (beat,) = [thread for thread in set(threading.enumerate()) - before if thread.name == "lock-heartbeat-web1"]
     deadline = time.monotonic() + 5
-    while sum(call.argv == ("touch", "--", LOCK_DIR) for call in host.calls) < 2 and time.monotonic() < deadline:
+    while sum(call.argv == ("touch", "-c", "--", LOCK_DIR) for call in host.calls) < 2 and time.monotonic() < deadline:
         time.sleep(0.005)
     taken.release()
     beats = [call for call in host.calls if call.argv[0] == "touch"]
-    assert len(beats) >= 2 and all(call.argv == ("touch", "--", LOCK_DIR) and call.sudo for call in beats)
+    assert len(beats) >= 2 and all(call.argv == ("touch", "-c", "--", LOCK_DIR) and call.sudo for call in beats)
     assert taken._stop is not None and taken._stop.is_set()
     beat.join(timeout=5)
     assert not beat.is_alive()

@@ -166,7 +166,8 @@ def start_heartbeat(host: Host) -> threading.Event:
     def beat() -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
             try:
-                host.run(["touch", "--", LOCK_DIR], sudo=True)
+                # -c: a lock released meanwhile (on the confirmation's connection, say) is not made again as a file.
+                host.run(["touch", "-c", "--", LOCK_DIR], sudo=True)
             except NixfabError:
                 return
 
