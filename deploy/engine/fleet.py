@@ -241,8 +241,13 @@ class Fleet:
             ])
         from deploy.plan.disk import check_free_space
 
-        # Once the builds run, not before: a warning, which need not hold them up.
-        for warning in check_free_space(self.session.runner, ["/nix"], "this machine"):
+        # Once the builds run, not before: a warning, which need not hold them up, nor end the run when it cannot be
+        # checked (out of file descriptors, say, which the hosts' deploys then meet and report one by one).
+        try:
+            warnings = check_free_space(self.session.runner, ["/nix"], "this machine")
+        except OSError as error:
+            warnings = [f"this machine: could not check free space on /nix: {error.strerror or error}"]
+        for warning in warnings:
             self.session.echo.warning(warning)
 
     def stop_background(self) -> None:
