@@ -801,6 +801,13 @@ def test_a_deployer_killed_between_arming_the_watchdog_and_setting_the_profile_c
     assert status_row(fleet, inventory, "alpha")["watchdog"].startswith("confirmed at ")
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(ended meanwhile)"
+
+
 @pytest.mark.parametrize("phase", ["check", "build"])
 def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fleet, background, tmp_path: Path, phase: str) -> None:  # type: ignore[no-untyped-def]
     # During `nix flake check` (asked for with --check), SIGHUP used to end the process on the spot (its default): no line,
@@ -834,8 +841,8 @@ def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fle
     result = finished(deploy, output)
     assert result.returncode == 129, result.stderr
     assert "Traceback" not in result.stderr
-    left = [pid for pid, started in nix.items() if process_start_time(pid) == started]
-    assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]  # nix went with it
+    left = {pid: command_line(pid) for pid, started in nix.items() if process_start_time(pid) == started}
+    assert not left, left  # nix went with it, gone before the run ended
     assert fleet.lab.state("alpha").generations == ()
     if phase == "build":
         assert fleet.logins() == logins  # the host waits for its system before it is connected to

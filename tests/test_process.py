@@ -61,7 +61,10 @@ def test_children_started_in_a_thread_end_when_the_run_is_stopped() -> None:
     worker.start()
     while not children._running and time.monotonic() - started < 10:
         time.sleep(0.01)
+    running = list(children._running)
     children.stop()
+    # Ended, not only signalled, once stop() returns: the run may end right after it, and nothing may outlive it.
+    assert [child.poll() is not None for child in running] == [True]
     worker.join(timeout=10)
     assert not worker.is_alive() and results[0].returncode != 0 and time.monotonic() - started < 10
     assert runner.run(["sleep", "30"]).returncode != 0  # stopped: what starts later is ended at once

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -116,7 +117,9 @@ class ChildProcesses:
         with self._lock:
             self._running.discard(process)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the running children and wait until they have (SIGKILL after `timeout`): the run may end right after,
+        and a child it only signalled could outlive it by the moments Nix takes to stop."""
         with self._lock:
             self.stopped = True
             running = list(self._running)
@@ -125,6 +128,13 @@ class ChildProcesses:
                 process.terminate()
             except OSError:
                 pass  # it ended meanwhile
+        deadline = time.monotonic() + timeout
+        for process in running:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @dataclass
