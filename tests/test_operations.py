@@ -250,7 +250,9 @@ def test_closure_json_shapes_come_dependencies_first() -> None:
     assert listed.paths == (lib, unit, etc, system) and listed.size == 15
     for index, path in enumerate(listed.paths):
         assert set(infos[path]["references"]) - {path} <= set(listed.paths[:index])  # what nix-store --import needs
-    assert parse_closure(json.dumps({lib: {"references": []}})) == Closure((lib,), None)  # no size said: none claimed
+    assert listed.nar_bytes([unit, etc]) == 6 and listed.nar_bytes([]) == 0
+    unsized = parse_closure(json.dumps({lib: {"references": []}}))
+    assert unsized == Closure((lib,), {}) and unsized.size is None  # no size said: none claimed
     assert parse_closure("not json") is None and parse_closure("3") is None
 
 

@@ -82,16 +82,26 @@ class CountingReader:
 @dataclass(frozen=True)
 class Closure:
     paths: tuple[str, ...]  # dependencies first: the order nix-store --import needs
-    size: int | None  # the sum of their NAR sizes; None when Nix did not say
+    nar_sizes: Mapping[str, int]  # what Nix said of each path's NAR size (what a copy sends)
+
+    def nar_bytes(self, paths: Sequence[str]) -> int | None:
+        """The NAR size of these paths of the closure; None when Nix did not say it for one of them."""
+        sizes = [self.nar_sizes.get(path) for path in paths]
+        return sum(size for size in sizes if size is not None) if None not in sizes else None
+
+    @property
+    def size(self) -> int | None:
+        return self.nar_bytes(self.paths)
 
 
 def closure_of(runner: LocalRunner, path: str) -> Closure:
-    """path's closure in this machine's store, and its size, from one `nix path-info --json --recursive`."""
+    """path's closure in this machine's store, and each path's size, from one `nix path-info --json --recursive`."""
     dry = json.dumps([{"path": path, "narSize": 0, "references": []}])
     result = runner.run(commands.nix_path_info_closure(path), dry_stdout=dry)
     closure = parse_closure(result.stdout) if result.ok else None
     if closure is None or path not in closure.paths:
-        raise RemoteCommandFailed(f"cannot list the closure of {path}: {nix_error(result.stderr) if not result.ok else 'Nix said no such path'}")
+        why = nix_error(result.stderr) if not result.ok else "Nix's answer does not list it"
+        raise RemoteCommandFailed(f"cannot list the closure of {path}: {why}")
     return closure
 
 
@@ -136,9 +146,8 @@ def parse_closure(stdout: str) -> Closure | None:
                 continue
             placed.add(path)
             ordered.append(path)
-    sizes = [info.get("narSize") for info in infos.values()]
-    size = sum(size for size in sizes if isinstance(size, int)) if all(isinstance(size, int) for size in sizes) else None
-    return Closure(tuple(ordered), size)
+    sizes = {path: info["narSize"] for path, info in infos.items() if isinstance(info.get("narSize"), int)}
+    return Closure(tuple(ordered), sizes)
 
 
 def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[str]:

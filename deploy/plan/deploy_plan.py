@@ -195,17 +195,6 @@ def reboot_needed(facts: HostFacts, new_kernel: Sequence[str]) -> tuple[bool | N
     return bool(differ), differ
 
 
-def nar_bytes(runner: LocalRunner, paths: Sequence[str]) -> int | None:
-    """The size of the paths' NARs, what a copy sends; None when this machine cannot say."""
-    if not paths:
-        return 0
-    result = runner.run(["nix-store", "--query", "--size", *paths], show_stderr=False)
-    sizes = result.stdout.split()
-    if not result.ok or len(sizes) != len(paths) or not all(size.isdigit() for size in sizes):
-        return None
-    return sum(int(size) for size in sizes)
-
-
 def read_facts(target: Host, system: str, closure: Sequence[str], *, stage: bool) -> HostFacts:
     """One round trip: the closure goes on stdin (no argv limit), the facts come back."""
     argv = ["sh", "-c", script("plan_facts"), "sh", commands.SYSTEM_PROFILE, "1" if stage else "0"]
@@ -268,8 +257,8 @@ class DeployPlanner:
 
 
 def plan_host(action: Action, run: HostRun, target: Host, system: str) -> HostPlan:
-    closure = list(closure_of(run.runner, system).paths)
-    facts = read_facts(target, system, closure, stage=action.changes_running_system and isinstance(target, RemoteHost))
+    closure = closure_of(run.runner, system)
+    facts = read_facts(target, system, closure.paths, stage=action.changes_running_system and isinstance(target, RemoteHost))
     running_changes = action.changes_running_system and facts.current != system
     boot_changes = action.changes_boot_default and facts.boot_default != system
     warnings: list[str] = []
@@ -295,7 +284,7 @@ def plan_host(action: Action, run: HostRun, target: Host, system: str) -> HostPl
         boot_default_changes=boot_changes,
         running_system_changes=running_changes,
         copy_paths=facts.missing,
-        copy_bytes=nar_bytes(run.runner, facts.missing),
+        copy_bytes=closure.nar_bytes(facts.missing),  # from what Nix said of the closure, not asked again
         units=units,
         units_note=note,
         reboot_needed=needed,
