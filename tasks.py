@@ -212,7 +212,7 @@ DEPLOY_TASKS = [
                 DeployPreset(action=Action.BOOT, reboot=True, collect_garbage=True), options={**RESET, "build_on": None}),
 ]
 
-DAY2_TASKS = [
+OPERATION_TASKS = [
     local_step("reset", doc("Reboot the machine, wait until it is back, then collect garbage.", "inv reset bigmachine", "fab -H root@bigmachine reset"),
                operations.reset, arguments.reset, {**ONE_HOST, **RESET}),
     local_step("ssh-wait", doc("Wait until the machine answers SSH, then run COMMAND there (flakem's ssh-wait); exits with COMMAND's status.",
@@ -274,7 +274,7 @@ HOME_TASKS = [
 
 def namespace() -> Collection:
     root = Collection()
-    for each in [*DEPLOY_TASKS, *DAY2_TASKS]:
+    for each in [*DEPLOY_TASKS, *OPERATION_TASKS]:
         root.add_task(each)
     home = Collection("hm")
     for each in HOME_TASKS:

@@ -126,7 +126,7 @@ def handler_options_type(handler: Any) -> Any:
 
 def test_every_task_is_a_step_task() -> None:
     listed = every_task()
-    assert len(listed) == len(tasks.DEPLOY_TASKS) + len(tasks.DAY2_TASKS) + len(tasks.HOME_TASKS)
+    assert len(listed) == len(tasks.DEPLOY_TASKS) + len(tasks.OPERATION_TASKS) + len(tasks.HOME_TASKS)
     assert all(isinstance(task, tasks.StepTask) for _name, task in listed)
 
 
