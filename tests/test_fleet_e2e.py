@@ -801,11 +801,16 @@ def test_a_deployer_killed_between_arming_the_watchdog_and_setting_the_profile_c
     assert status_row(fleet, inventory, "alpha")["watchdog"].startswith("confirmed at ")
 
 
-def command_line(pid: int) -> str:
+def raw_command_line(pid: int) -> bytes:
+    """/proc/PID/cmdline, or nothing for a process that ended since it was listed (the deploy's short-lived children)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return "(ended meanwhile)"
+        return b""
+
+
+def command_line(pid: int) -> str:
+    return raw_command_line(pid).replace(b"\0", b" ").decode(errors="replace") or "(ended meanwhile)"
 
 
 @pytest.mark.parametrize("phase", ["check", "build"])
@@ -832,7 +837,7 @@ def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fle
     deploy = start_in_background(background, [*args, *fleet.args(inventory)], output)
 
     def nix_runs() -> bool:
-        return any(running in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children_of(deploy.pid))
+        return any(running in raw_command_line(pid) for pid in children_of(deploy.pid))
 
     wait_for(f"nix to {phase}", lambda: nix_runs() or deploy.poll() is not None)
     assert deploy.poll() is None, output.read_text()
