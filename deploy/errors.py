@@ -7,6 +7,11 @@ if TYPE_CHECKING:
     from deploy.activate.activation import Activation
 
 
+def out_of_descriptors(why: str) -> str:
+    """What running out of file descriptors is called, with what to do about it, wherever it is met (nixfab or Nix)."""
+    return f"out of file descriptors ({why}): raise the limit (`ulimit -n`) or lower --parallel"
+
+
 class NixfabError(Exception):
     """Something the user can act on; str(error) is the whole one-line message.
 

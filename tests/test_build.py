@@ -188,3 +188,14 @@ def test_the_flake_check_runs_once_per_locked_flake(tmp_path: Path) -> None:
     assert failing.failure() is not None and checked() == 3
     FlakeCheck(runner, f"path:{flake}", passed).outcome()
     assert checked() == 4  # a failed check is not remembered
+
+
+def test_nix_out_of_file_descriptors_gets_nixfab_s_words_and_no_trace_hint() -> None:
+    """Nix inherits our descriptor limit: when it runs out, the advice is the one nixfab gives for itself, not --show-trace."""
+    runner = LocalRunner(Emitter.plain(show_commands=False))
+    failure = build.nix_failure(runner, "/flake", "alpha", "building", "error: creating pipe: Too many open files\n")
+    assert str(failure) == (
+        "building alpha failed: out of file descriptors (error: creating pipe: Too many open files): "
+        "raise the limit (`ulimit -n`) or lower --parallel"
+    )
+    assert build.trace_hint("error: creating pipe: Too many open files") == ""

@@ -10,16 +10,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.errors import BuildError, HostKeyRejected
+from deploy.errors import BuildError, HostKeyRejected, out_of_descriptors
 from deploy.nix import commands
 from deploy.transport.hosts import Host
 from deploy.transport.process import ChildProcesses, LocalRunner
 
+# strerror(EMFILE), as Nix prints it when the limit it inherited from us runs out.
+TOO_MANY_OPEN_FILES = "Too many open files"
 TRACE_HINT = "run again with `-- --show-trace` for Nix's full trace"
 # Nix errors that are no evaluation error: --show-trace would add nothing to them.
 NOT_EVALUATION = (
     "unrecognised flag", "unrecognized flag", "builder for", "cannot build", "cannot connect", "Host key verification failed",
-    "No space left on device", "unable to download", "does not provide attribute",
+    "No space left on device", "unable to download", "does not provide attribute", TOO_MANY_OPEN_FILES,
 )
 
 
@@ -201,6 +203,8 @@ class ParallelBuild:
 
 def nix_failure(runner: LocalRunner, flake: str, attr: str, doing: str, stderr: str, extra: Sequence[str] = ()) -> BuildError:
     """Nix's failure at `doing` (evaluating, building) attr, in one line: a configuration the flake lacks lists those it has."""
+    if TOO_MANY_OPEN_FILES in stderr:  # the same advice as when nixfab itself runs out
+        return BuildError(f"{doing} {attr} failed: {out_of_descriptors(nix_error(stderr))}")
     return BuildError(
         missing_configuration(runner, flake, [attr], stderr, extra) or f"{doing} {attr} failed: {nix_error(stderr)}{trace_hint(stderr)}"
     )

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
-from deploy.errors import BuildError, HangUp, JournalError, NixfabError, UsageError
+from deploy.errors import BuildError, HangUp, JournalError, NixfabError, UsageError, out_of_descriptors
 from deploy.model import Result
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def errors_as_exit_codes() -> Iterator[None]:
         if error.errno not in (errno.EMFILE, errno.ENFILE):
             raise
         # Out of file descriptors outside any one host's deploy: still one line, never a traceback.
-        raise Exit(f"nixfab: error: out of file descriptors ({error.strerror}): raise the limit (`ulimit -n`) or lower --parallel", code=1) from None
+        raise Exit(f"nixfab: error: {out_of_descriptors(error.strerror or str(error))}", code=1) from None
 
 
 def stdout_reader_gone() -> bool:

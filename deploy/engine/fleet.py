@@ -43,6 +43,7 @@ from deploy.errors import (
     NixfabError,
     NotConfirmed,
     StoppedByInterrupt,
+    out_of_descriptors,
 )
 from deploy.model import Phase, Result
 from deploy.transport.process import LocalRunner
@@ -474,7 +475,7 @@ class Fleet:
 def os_error(name: str, error: OSError) -> NixfabError:
     """An OSError in a host's deploy as that host's one-line failure; running out of descriptors says what to do."""
     if error.errno in (errno.EMFILE, errno.ENFILE):
-        return NixfabError(f"{name}: out of file descriptors ({error.strerror}): raise the limit (`ulimit -n`) or lower --parallel")
+        return NixfabError(f"{name}: {out_of_descriptors(error.strerror or str(error))}")
     return NixfabError(f"{name}: {type(error).__name__}: {error}")
 
 
