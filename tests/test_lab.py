@@ -350,3 +350,15 @@ def test_systemd_run_pipe_waits_for_its_unit_and_hands_it_the_callers_stdio(lab:
     journaled = lab.ssh("alpha", ["systemd-run", "--quiet", "--wait", "--unit", "journaled", "--", *unit], check=False)
     assert (journaled.returncode, journaled.stdout) == (3, "")
     assert "out" in lab.inside("alpha", ["journalctl", "-u", "journaled"]).stdout
+
+
+def test_hosts_listen_on_ports_no_other_socket_can_be_given(lab: Lab) -> None:
+    # Ports picked by bind(0) and closed were handed again to the next host, or to any outgoing connection, before
+    # the host had bound them: one host's sshd then answered on another's health port. The lab's ports are distinct
+    # and below the kernel's ephemeral range, which no bind(0) and no connect() ever picks.
+    lab.up(["alpha", "beta", "gamma"])
+    ports = [port for host in lab.hosts() for port in (host.port, host.http_port)]
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert len(set(ports)) == len(ports) and all(1024 < port < ephemeral_start for port in ports), ports
+    for host in lab.hosts():
+        assert lab.http_status(host.name)[0] == 503  # its own endpoint: no system runs yet

@@ -7,9 +7,11 @@ pid still belongs to this lab.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
+import random
 import secrets
 import shlex
 import shutil
@@ -202,10 +204,28 @@ def host_passwd(machines: str) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+LOWEST_LAB_PORT = 20000
+
+
+def free_port(taken: set[int]) -> int:
+    """A port nothing listens on, not in taken (to which it is added), and below the ephemeral range.
+
+    Between this check and the host's bind, a port from bind(0) could be handed to the next host or to any
+    outgoing connection; below the ephemeral range neither happens, and picking at random keeps two labs apart.
+    """
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = random.Random().sample(range(LOWEST_LAB_PORT, max(ephemeral_start, LOWEST_LAB_PORT + 1000)), 1000)
+    for port in candidates:
+        if port in taken:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise LabError(f"no free port between {LOWEST_LAB_PORT} and {ephemeral_start} for a lab host")
 
 
 def process_start_time(pid: int) -> int | None:
@@ -303,12 +323,14 @@ class Lab:
         (self.root / "sudo_password").chmod(0o600)
 
         hosts: list[LabHost] = []
+        taken_ports: set[int] = set()
         try:
             for name in dict.fromkeys(names):
                 hosts.append(
                     self._start_host(
                         name,
                         reboot_delay,
+                        taken_ports,
                         nix_size_mib=sizes["nix_size_mib"].get(name),
                         boot_size_mib=sizes["boot_size_mib"].get(name),
                         record_commands=record_commands,
@@ -339,18 +361,16 @@ class Lab:
         recorder.chmod(0o755)
 
     def _start_host(
-        self, name: str, reboot_delay: float, *, nix_size_mib: int | None = None, boot_size_mib: int | None = None,
-        record_commands: bool = False,
+        self, name: str, reboot_delay: float, taken_ports: set[int], *, nix_size_mib: int | None = None,
+        boot_size_mib: int | None = None, record_commands: bool = False,
     ) -> LabHost:
         directory = self.root / "hosts" / name
         for sub in ("nix", "boot", "etc", "etc-nix", f"home/{SUDO_USER}/.ssh", "home/root"):
             (directory / sub).mkdir(parents=True)
         (directory / "home" / "root").chmod(0o700)
         (directory / "boot_id").write_text(str(uuid.uuid4()) + "\n")
-        port = free_port()
-        http_port = free_port()
-        while http_port == port:
-            http_port = free_port()
+        port = free_port(taken_ports)
+        http_port = free_port(taken_ports)
         host_key = directory / "ssh_host_ed25519_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(host_key)], check=True)
         authorized = directory / "authorized_keys"
@@ -556,8 +576,9 @@ class Lab:
                 return int(response.status), response.read().decode()
         except urllib.error.HTTPError as error:
             return int(error.code), error.read().decode()
-        except (urllib.error.URLError, OSError) as error:
-            return 0, str(error)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            # HTTPException: something else, not the health endpoint, answers on its port.
+            return 0, f"{type(error).__name__}: {error}"
 
     def wait_for_http(self, name: str, *, timeout: float = 30.0) -> None:
         if not self.host(name).http_port:
