@@ -135,6 +135,31 @@ def test_the_connection_sends_small_packets_at_once(lab: Lab) -> None:
         host.close()
 
 
+def test_what_the_host_sends_is_acknowledged_at_once() -> None:
+    """sshd has Nagle on until a session starts: after authentication it sends its host keys, then holds the answer to
+    our first channel open until they are acknowledged. A delayed ACK from us cost each connection some 40 ms before
+    its first command. TCP_QUICKACK, set again before every read (the kernel does not keep it), acknowledges at once."""
+    import socket
+    from typing import cast
+
+    from deploy.transport.remote import WatchedSocket
+
+    calls: list[tuple[object, ...]] = []
+
+    class Recording:
+        def setsockopt(self, *arguments: object) -> None:
+            calls.append(("setsockopt", *arguments))
+
+        def recv(self, size: int) -> bytes:
+            calls.append(("recv", size))
+            return b"data"
+
+    watched = WatchedSocket(cast(socket.socket, Recording()))
+    assert watched.recv(64) == b"data" and watched.recv(32) == b"data"
+    quickack = ("setsockopt", socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    assert calls == [quickack, ("recv", 64), quickack, ("recv", 32)]
+
+
 def wait_for(what: str, predicate: object, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
