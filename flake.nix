@@ -123,7 +123,7 @@
           pyproject = true;
           src = source;
           build-system = [ pkgs.python3Packages.setuptools ];
-          dependencies = with pkgs.python3Packages; [ invoke fabric rich pyyaml pydantic ];
+          dependencies = with pkgs.python3Packages; [ invoke fabric rich pyyaml ];
           # The suite needs root, sshd and a nix-daemon (the lab); it runs in CI, not in the sandbox.
           doCheck = false;
           pythonImportsCheck = [ "deploy.cli.program" "tasks" ];
@@ -222,7 +222,7 @@
       devShells = forEachSystem (pkgs: {
         default = pkgs.mkShell {
           packages = [
-            (pkgs.python3.withPackages (ps: with ps; [ invoke fabric rich pyyaml pydantic setuptools pytest pytest-mock ]))
+            (pkgs.python3.withPackages (ps: with ps; [ invoke fabric rich pyyaml setuptools pytest pytest-mock ]))
             pkgs.openssh
           ];
         };

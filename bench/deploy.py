@@ -30,6 +30,7 @@ contacted: every host is a lab host (root is needed, as for the lab).
 from __future__ import annotations
 
 import argparse
+import compileall
 import functools
 import json
 import os
@@ -278,9 +279,13 @@ def main() -> None:
     sizes = [int(size) for size in (options.sizes or ("1,8" if options.quick else "1,4,8")).split(",")]
     names = [f"h{index}" for index in range(1, max(sizes) + 1)]
     started = time.monotonic()
-    # As a user's Python does, keep bytecode caches: with PYTHONDONTWRITEBYTECODE set (as in some CI shells), every
-    # run would compile again whatever changed since the last cache was written.
+    # As a user's install has them (pip and Nix compile at install), bytecode caches: `inv` itself never writes
+    # them (Invoke sets sys.dont_write_bytecode), so each run would otherwise compile whatever changed since the last.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    for tree in (REPO / "deploy", REPO / "tasks.py", *((options.before / "deploy", options.before / "tasks.py") if options.before else ())):
+        compiled = compileall.compile_dir(tree, quiet=1) if tree.is_dir() else compileall.compile_file(tree, quiet=1)
+        if not compiled:
+            raise SystemExit(f"bench: cannot compile {tree}")
 
     with tempfile.TemporaryDirectory(prefix="nixfab-bench-") as directory:
         scratch = Path(directory)

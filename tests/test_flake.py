@@ -216,7 +216,7 @@ def test_repository_flake_outputs(tmp_path: Path) -> None:
     assert package["name"] == "nixfab-0.1.0" and package["same"] is True
     assert package["args"]["pyproject"] is True
     assert package["args"]["build-system"] == ["python3.12-setuptools-75.1.0"]
-    assert [name.split("-")[1] for name in package["args"]["dependencies"]] == ["invoke", "fabric", "rich", "pyyaml", "pydantic"]
+    assert [name.split("-")[1] for name in package["args"]["dependencies"]] == ["invoke", "fabric", "rich", "pyyaml"]
     assert package["args"]["meta"]["mainProgram"] == "nixfab"
     assert package["args"]["pythonImportsCheck"] == ["deploy.cli.program", "tasks"]
     assert outputs["shell"][1:] == ["openssh-9.8p1"] and outputs["shell"][0].startswith("python3-")

@@ -3,7 +3,7 @@
 The file is read with yaml.compose() rather than yaml.safe_load() so that every problem can be
 reported as `file:line:column: problem`, and so that duplicate keys are caught: safe_load keeps the
 last duplicate silently, which would quietly drop a host or a whole `hosts:` section. The composed
-nodes become plain data and a position index (_Document); a pydantic schema (_File) validates the
+nodes become plain data and a position index (_Document); the schema (_Schema) validates the
 data, strictly and with unknown keys refused, and each of its errors is worded from the node its
 `loc` leads to. Every problem in the file is reported at once, in file order (InventoryError.problems).
 
@@ -23,21 +23,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    ValidationError,
-    ValidationInfo,
-)
-from pydantic_core import ErrorDetails, PydanticCustomError, PydanticKnownError
-from pydantic_core.core_schema import ErrorType
 
 from deploy.errors import InventoryError
 from deploy.model import KeyUpload
@@ -451,7 +439,7 @@ def _describe(node: yaml.Node) -> str:
 
 # ---- hosts.yaml as plain data, and where each part of it is written --------------------------------
 
-Loc = tuple[str | int, ...]  # keys and list indices from the top of the document, as in a pydantic error's `loc`
+Loc = tuple[str | int, ...]  # keys and list indices from the top of the document
 _Problem = tuple[yaml.Node, str]  # the node a problem points at, and the problem
 
 
@@ -504,7 +492,7 @@ def _scalar(node: yaml.ScalarNode) -> object:
 class _Document:
     """hosts.yaml as the plain data the schema validates, and the position index its messages need.
 
-    `place(loc)` turns a pydantic error's loc into the nodes of the key and of the value, for
+    `place(loc)` turns a schema error's loc into the nodes of the key and of the value, for
     line:column and for saying what is written there. Keys that cannot be names (a list, null, '<<')
     and repeated keys are recorded as problems and left out of the data, so the schema never sees
     them. A node reached again through an alias is converted once and shared; positions below the
@@ -631,15 +619,38 @@ def _duplicate(loc: Loc, key: str, first: yaml.Node) -> str:
 
 
 # ---- the schema -------------------------------------------------------------------------------------
-# pydantic checks the structure: which keys each mapping may have, mapping or list or scalar, strict
+# The schema checks the structure: which keys each mapping may have, mapping or list or scalar, strict
 # booleans and numbers and their bounds. The validators below check what only nixfab knows (names safe
 # on a command line, ssh targets, paths). Their messages are complete; the structural ones are worded
-# by _schema_problem() from the error's type and the node at its loc.
+# by _schema_problem() from the error's kind and the node at its loc.
+#
+# It is written out here rather than declared with a schema library: pydantic took 90 ms to import and
+# build its schemas, a third of the time every task took to start, for seven small mappings.
 
 
-def _problem(text: str) -> PydanticCustomError:
+class _Invalid(Exception):
+    """A value refused. kind: one of _EXPECTED's (the value is of the wrong kind), "nixfab" (message is the
+    whole problem), "nixfab_about" (message is said of what the loc names), "greater_than" or
+    "greater_than_equal" (bound: the limit)."""
+
+    def __init__(self, kind: str, message: str = "", bound: float = 0) -> None:
+        super().__init__(message or kind)
+        self.kind = kind
+        self.message = message
+        self.bound = bound
+
+
+@dataclass(frozen=True)
+class _SchemaError:
+    loc: Loc
+    kind: str
+    message: str = ""
+    bound: float = 0
+
+
+def _problem(text: str) -> _Invalid:
     """A validator's error whose message is the whole problem (the position is added from the loc)."""
-    return PydanticCustomError("nixfab", "{problem}", {"problem": text})
+    return _Invalid("nixfab", text)
 
 
 def _text(value: object) -> str:
@@ -648,13 +659,13 @@ def _text(value: object) -> str:
         return value.text
     if isinstance(value, str):
         return value
-    raise PydanticKnownError("string_type")
+    raise _Invalid("string_type")
 
 
 def _as_text(value: object) -> str | None:
     try:
         return _text(value)
-    except PydanticKnownError:
+    except _Invalid:
         return None
 
 
@@ -692,7 +703,7 @@ def _attr(value: object) -> str:
 
 
 def _ssh_target(value: object) -> SshTarget:
-    text = _text(value)  # outside the try: pydantic's errors are ValueErrors too
+    text = _text(value)
     try:
         return parse_ssh_target(text)
     except ValueError as error:
@@ -715,9 +726,9 @@ def _url(value: object) -> str:
     return url
 
 
-def _about(text: str) -> PydanticCustomError:
+def _about(text: str) -> _Invalid:
     """A validator's error that _schema_problem() words as "<what the loc names> <text>": "'keys.db.mode' must be ..."."""
-    return PydanticCustomError("nixfab_about", "{problem}", {"problem": text})
+    return _Invalid("nixfab_about", text)
 
 
 def _key_name(name: str) -> str:
@@ -732,16 +743,13 @@ def _key_name(name: str) -> str:
     raise _problem(f"invalid key name {_quote(name)}: {problem}")
 
 
-def _key_source(value: object, info: ValidationInfo) -> Path:
+def _key_source(value: object, directory: Path) -> Path:
     """The absolute path of a key's `source`, resolved against the inventory's directory; nothing is read now."""
     written = _text(value)
     if not written.strip():
         raise _about("is empty")
     if "\0" in written:
         raise _about("contains a NUL character")
-    directory = info.context.get("directory") if isinstance(info.context, dict) else None
-    if not isinstance(directory, Path):
-        raise TypeError("_File is validated with context={'directory': <the inventory's directory>}")
     return Path(os.path.normpath(os.path.abspath(directory / os.path.expanduser(written))))
 
 
@@ -755,7 +763,7 @@ def _key_command(value: object) -> tuple[str, ...]:
             raise _about("contains a NUL character")
         return ("sh", "-c", text)
     if not isinstance(value, list):
-        raise PydanticCustomError("command_type", "not a command")
+        raise _Invalid("command_type")
     if not value:
         raise _about("is an empty list")
     words: list[str] = []
@@ -801,7 +809,7 @@ def _key_mode(value: object) -> int:
     """Permissions in octal, as text ("0640") or as written unquoted (0640, 640): the digits are read as octal either way."""
     text = _as_text(value)
     if text is None:
-        raise PydanticCustomError("mode_type", "not a mode")
+        raise _Invalid("mode_type")
     matched = _MODE_PATTERN.match(text)
     if matched:
         return int(matched.group(1), 8)
@@ -821,7 +829,7 @@ def _key_upload(value: object) -> KeyUpload:
     raise _about(f"must be {' or '.join(KeyUpload)}, not {_quote(text)}{hint}")
 
 
-def _ssh_config(value: object, info: ValidationInfo) -> Path:
+def _ssh_config(value: object, directory: Path) -> Path:
     """The absolute path of `ssh_config`, resolved against the inventory's directory (the validation context)."""
     written = _text(value)
     if not written:
@@ -829,9 +837,6 @@ def _ssh_config(value: object, info: ValidationInfo) -> Path:
     # Nix 2.8 splits NIX_SSHOPTS on whitespace, so `-F <path>` must be a single word.
     if any(character.isspace() for character in written):
         raise _problem(f"ssh_config {_quote(written)} contains whitespace, which NIX_SSHOPTS cannot carry (Nix splits it on whitespace)")
-    directory = info.context.get("directory") if isinstance(info.context, dict) else None
-    if not isinstance(directory, Path):
-        raise TypeError("_File is validated with context={'directory': <the inventory's directory>}")
     resolved = Path(os.path.normpath(os.path.abspath(directory / os.path.expanduser(written))))
     if any(character.isspace() for character in str(resolved)):
         raise _problem(
@@ -852,95 +857,205 @@ def _ssh_config(value: object, info: ValidationInfo) -> Path:
     return resolved
 
 
-def _not_null(error_type: ErrorType) -> BeforeValidator:
-    """For a key that may be left out but not left empty: `sudo:` with nothing after it is a mistake, not the default."""
-
-    def refuse(value: object) -> object:
-        if value is None:
-            raise PydanticKnownError(error_type)
+def _flag(value: object) -> bool:
+    """true or false, as YAML writes them; null too is refused (`sudo:` with nothing after it is a mistake, not the default)."""
+    if isinstance(value, bool):
         return value
-
-    return BeforeValidator(refuse)
-
-
-def _null_is_no_tags(value: object) -> object:
-    return [] if value is None else value  # `tags:` with nothing after it: no tags, not the defaults'
+    raise _Invalid("bool_type")
 
 
-_Text = Annotated[str | None, PlainValidator(_text)]  # None only when the key is left out
-_Tags = Annotated[list[Annotated[str, PlainValidator(_tag)]] | None, BeforeValidator(_null_is_no_tags)]
+def _more_than_zero(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid("float_type")
+    if not value > 0:  # NaN too
+        raise _Invalid("greater_than", bound=0)
+    return float(value)
 
 
-class _Schema(BaseModel):
-    """Strict (no "1" for 1, no 1 for true) and closed (a key the model does not name is an error)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-class _Health(_Schema):
-    command: Annotated[str | None, PlainValidator(_command)] = None
-    url: Annotated[str | None, PlainValidator(_url)] = None
-    # Zero retries is a sensible choice; a zero timeout or interval is not.
-    timeout: Annotated[float, Field(gt=0)] = HealthCheck.timeout
-    retries: Annotated[int, Field(ge=0)] = HealthCheck.retries
-    interval: Annotated[float, Field(gt=0)] = HealthCheck.interval
-    # "A command, a url, or both" is checked in _cross_checks(): a model validator would run only
-    # once every field of it is valid, and so hide this problem behind any other in the same mapping.
+def _zero_or_more(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid("int_type")
+    if value < 0:
+        raise _Invalid("greater_than_equal", bound=0)
+    return int(value)
 
 
-class _Key(_Schema):
-    source: Annotated[Path | None, PlainValidator(_key_source)] = None
-    command: Annotated[tuple[str, ...] | None, PlainValidator(_key_command)] = None
-    dest: Annotated[str | None, PlainValidator(_key_dest)] = None
-    user: Annotated[str | None, PlainValidator(_key_owner)] = None
-    group: Annotated[str | None, PlainValidator(_key_owner)] = None
-    mode: Annotated[int | None, PlainValidator(_key_mode)] = None
-    upload: Annotated[KeyUpload | None, PlainValidator(_key_upload)] = None
+@dataclass(frozen=True)
+class _Health:
+    command: str | None = None
+    url: str | None = None
+    timeout: float = HealthCheck.timeout
+    retries: int = HealthCheck.retries
+    interval: float = HealthCheck.interval
+    # "A command, a url, or both" is checked in _cross_checks(), so that it is found together with any
+    # other problem in the same mapping.
+
+
+@dataclass(frozen=True)
+class _Key:
+    source: Path | None = None
+    command: tuple[str, ...] | None = None
+    dest: str | None = None
+    user: str | None = None
+    group: str | None = None
+    mode: int | None = None
+    upload: KeyUpload | None = None
     # "A source or a command, not both" is checked in _cross_checks(), as health's "a command, a url, or both" is.
 
 
-# A key set to null in a host drops the defaults' key of that name (in 'defaults' it is refused: _cross_checks()).
-_Keys = Annotated[dict[Annotated[str, AfterValidator(_key_name)], _Key | None] | None, _not_null("dict_type")]
-
-
-class _HostSettings(_Schema):
+@dataclass(frozen=True)
+class _HostSettings:
     """What a host says for itself, or 'defaults' for every host."""
 
-    build_on: _Text = None
-    sudo: Annotated[bool | None, _not_null("bool_type")] = None
-    tags: _Tags = None
-    health: Annotated[_Health | None, _not_null("dict_type")] = None
-    keys: _Keys = None
+    build_on: str | None = None
+    sudo: bool | None = None
+    tags: tuple[str, ...] | None = None
+    health: _Health | None = None
+    # A key set to null in a host drops the defaults' key of that name (in 'defaults' it is refused: _cross_checks()).
+    keys: Mapping[str, _Key | None] | None = None
 
 
+@dataclass(frozen=True)
 class _Defaults(_HostSettings):
-    check: Annotated[bool | None, _not_null("bool_type")] = None  # of the whole flake, so never per host
+    check: bool | None = None  # of the whole flake, so never per host
 
 
+@dataclass(frozen=True)
 class _Host(_HostSettings):
-    ssh: Annotated[SshTarget | None, PlainValidator(_ssh_target)] = None
-    attr: Annotated[str | None, PlainValidator(_attr)] = None
+    ssh: SshTarget | None = None
+    attr: str | None = None
 
 
-class _Builder(_Schema):
-    ssh: Annotated[SshTarget | None, PlainValidator(_ssh_target)] = None
+@dataclass(frozen=True)
+class _Builder:
+    ssh: SshTarget | None = None
 
 
-class _File(_Schema):
-    ssh_config: Annotated[Path | None, PlainValidator(_ssh_config)] = None
+@dataclass(frozen=True)
+class _File:
+    ssh_config: Path | None = None
     defaults: _Defaults | None = None
-    hosts: dict[Annotated[str, AfterValidator(_host_name)], _Host | None] | None = None
-    builders: dict[Annotated[str, AfterValidator(_builder_name)], _Builder | None] | None = None
+    hosts: Mapping[str, _Host | None] | None = None
+    builders: Mapping[str, _Builder | None] | None = None
 
 
-TOP_LEVEL_KEYS = tuple(sorted(_File.model_fields))
-DEFAULTS_KEYS = tuple(sorted(_Defaults.model_fields))
-HOST_KEYS = tuple(sorted(_Host.model_fields))
-HEALTH_KEYS = tuple(sorted(_Health.model_fields))
-KEY_KEYS = tuple(sorted(_Key.model_fields))
-BUILDER_KEYS = tuple(sorted(_Builder.model_fields))
+_ModelT = TypeVar("_ModelT")
+_Check = Callable[[object, Loc], object]  # a value and where it is -> the value as the model keeps it; raises _Invalid
 
-# A pydantic error type that says the value is of the wrong kind -> what the key wants instead.
+
+class _Schema:
+    """Validates the plain data of hosts.yaml strictly (no "1" for 1, no 1 for true) and closed (a key a
+    mapping does not name is an error), noting every problem at its loc rather than stopping at the first."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory  # where relative paths (ssh_config, a key's source) are resolved
+        self.errors: list[_SchemaError] = []
+
+    def file(self, data: object) -> _File | None:
+        return self._mapping(data, (), _File, {
+            "ssh_config": lambda value, loc: _ssh_config(value, self.directory),
+            # Null is a value here: no defaults, no hosts, no builders.
+            "defaults": lambda value, loc: None if value is None else self._settings(value, loc, _Defaults),
+            "hosts": lambda value, loc: self._named(value, loc, _host_name, lambda host, at: self._settings(host, at, _Host)),
+            "builders": lambda value, loc: self._named(value, loc, _builder_name, self._builder),
+        })
+
+    def _settings(self, data: object, loc: Loc, model: type[_HostSettings]) -> _HostSettings | None:
+        fields: dict[str, _Check] = {
+            "build_on": lambda value, at: _text(value),
+            "sudo": lambda value, at: _flag(value),
+            "tags": self._tags,
+            "health": self._health,
+            "keys": self._keys,
+        }
+        if model is _Defaults:
+            fields["check"] = lambda value, at: _flag(value)
+        else:
+            fields.update(ssh=lambda value, at: _ssh_target(value), attr=lambda value, at: _attr(value))
+        return self._mapping(data, loc, model, fields)
+
+    def _builder(self, data: object, loc: Loc) -> _Builder | None:
+        return self._mapping(data, loc, _Builder, {"ssh": lambda value, at: _ssh_target(value)})
+
+    def _health(self, data: object, loc: Loc) -> _Health | None:
+        if data is None:
+            raise _Invalid("dict_type")  # `health:` with nothing after it
+        return self._mapping(data, loc, _Health, {
+            "command": lambda value, at: _command(value),
+            "url": lambda value, at: _url(value),
+            "timeout": lambda value, at: _more_than_zero(value),
+            "retries": lambda value, at: _zero_or_more(value),
+            "interval": lambda value, at: _more_than_zero(value),
+        })
+
+    def _key(self, data: object, loc: Loc) -> _Key | None:
+        return self._mapping(data, loc, _Key, {
+            "source": lambda value, at: _key_source(value, self.directory),
+            "command": lambda value, at: _key_command(value),
+            "dest": lambda value, at: _key_dest(value),
+            "user": lambda value, at: _key_owner(value),
+            "group": lambda value, at: _key_owner(value),
+            "mode": lambda value, at: _key_mode(value),
+            "upload": lambda value, at: _key_upload(value),
+        })
+
+    def _keys(self, data: object, loc: Loc) -> Mapping[str, _Key | None] | None:
+        if data is None:
+            raise _Invalid("dict_type")  # `keys:` with nothing after it
+        return self._named(data, loc, _key_name, self._key)
+
+    def _tags(self, data: object, loc: Loc) -> tuple[str, ...] | None:
+        if data is None:
+            return ()  # `tags:` with nothing after it: no tags, not the defaults'
+        if not isinstance(data, list):
+            raise _Invalid("list_type")
+        tags = [self._value(item, (*loc, index), lambda value, at: _tag(value)) for index, item in enumerate(data)]
+        return None if any(tag is None for tag in tags) else tuple(str(tag) for tag in tags)
+
+    def _named(self, data: object, loc: Loc, name: Callable[[str], str], entry: _Check) -> Mapping[str, Any] | None:
+        """A mapping from names (hosts, builders, keys) to their settings, each of which may be null."""
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise _Invalid("dict_type")
+        before = len(self.errors)
+        entries = {}
+        for key, value in data.items():
+            self._value(key, (*loc, key, "[key]"), lambda text, at: name(str(text)))
+            entries[key] = None if value is None else self._value(value, (*loc, key), entry)
+        return MappingProxyType(entries) if len(self.errors) == before else None
+
+    def _mapping(self, data: object, loc: Loc, model: type[_ModelT], fields: Mapping[str, _Check]) -> _ModelT | None:
+        """model made of the mapping's values, each checked by its key's check; None if anything in it is refused."""
+        if not isinstance(data, dict):
+            raise _Invalid("model_type")
+        before = len(self.errors)
+        self.errors.extend(_SchemaError((*loc, key), "extra_forbidden") for key in data if key not in fields)
+        values = {key: self._value(data[key], (*loc, key), check) for key, check in fields.items() if key in data}
+        return model(**values) if len(self.errors) == before else None
+
+    def _value(self, value: object, loc: Loc, check: _Check) -> object:
+        """check's result for value; None when it is refused, the problem noted at loc."""
+        try:
+            return check(value, loc)
+        except _Invalid as invalid:
+            self.errors.append(_SchemaError(loc, invalid.kind, invalid.message, invalid.bound))
+            return None
+
+
+def _keys_of(model: type) -> tuple[str, ...]:
+    return tuple(sorted(field.name for field in dataclasses.fields(model)))
+
+
+TOP_LEVEL_KEYS = _keys_of(_File)
+DEFAULTS_KEYS = _keys_of(_Defaults)
+HOST_KEYS = _keys_of(_Host)
+HEALTH_KEYS = _keys_of(_Health)
+KEY_KEYS = _keys_of(_Key)
+BUILDER_KEYS = _keys_of(_Builder)
+
+
+# An error kind that says the value is of the wrong kind -> what the key wants instead.
 _EXPECTED = {
     "string_type": "a string",
     "bool_type": "true or false",
@@ -954,26 +1069,23 @@ _EXPECTED = {
 }
 
 
-def _schema_problem(error: ErrorDetails, document: _Document) -> _Problem:
-    """One pydantic error as today's message, at the node its loc leads to."""
-    loc, kind = tuple(error["loc"]), error["type"]
-    if loc and loc[-1] == "[key]":  # a mapping key refused by its validator (a host or builder name)
-        return document.key_node(loc[:-1]), error["msg"]
+def _schema_problem(error: _SchemaError, document: _Document) -> _Problem:
+    """One schema error as a message, at the node its loc leads to."""
+    loc, kind = error.loc, error.kind
+    if loc and loc[-1] == "[key]":  # a mapping key refused by its validator (a host, builder or key name)
+        return document.key_node(loc[:-1]), error.message
     if kind == "extra_forbidden":
         return document.key_node(loc), _unknown_key(loc[:-1], str(loc[-1]))
     node = document.place(loc).value
     if kind in _EXPECTED:
         return node, _wrong_type(loc, _EXPECTED[kind], node)
-    context = error.get("ctx", {})
     if kind == "greater_than":
-        return node, f"{_subject(loc)} must be more than {context['gt']:g}, not {node.value}"
+        return node, f"{_subject(loc)} must be more than {error.bound:g}, not {node.value}"
     if kind == "greater_than_equal":
-        return node, f"{_subject(loc)} must be {context['ge']:g} or more, not {node.value}"
-    if kind == "nixfab":
-        return node, error["msg"]
+        return node, f"{_subject(loc)} must be {error.bound:g} or more, not {node.value}"
     if kind == "nixfab_about":
-        return node, f"{_subject(loc)} {error['msg']}"
-    return node, f"{_subject(loc)}: {error['msg']}"  # pydantic's own words, for an error this table does not know
+        return node, f"{_subject(loc)} {error.message}"
+    return node, error.message
 
 
 def _unknown_key(loc: Loc, key: str) -> str:
@@ -1178,11 +1290,13 @@ def _read(path: Path, root: yaml.Node) -> Inventory:
     """Validate the composed document; every problem in it, or the Inventory."""
     document = _Document(root)
     problems = list(document.problems)
-    file: _File | None = None
+    schema = _Schema(path.parent)
     try:
-        file = _File.model_validate(document.data, context={"directory": path.parent})
-    except ValidationError as error:
-        problems.extend(_schema_problem(detail, document) for detail in error.errors(include_url=False))
+        file = schema.file(document.data)
+    except _Invalid as invalid:  # the document itself is not a mapping
+        file = None
+        schema.errors.append(_SchemaError((), invalid.kind, invalid.message))
+    problems.extend(_schema_problem(error, document) for error in schema.errors)
     problems.extend(_cross_checks(document))
     if file is not None and not problems:
         return _inventory(path, file)
