@@ -102,6 +102,7 @@ class Network:
 class Fixture:
     name: str
     flake: Path
+    slow: bool = False  # its systems take SLOW_EVALUATION_SECONDS to evaluate
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,7 @@ def main() -> None:
                 if name == "slow":
                     work, seconds = (options.eval_work, 0.0) if options.eval_work else calibrate_slow_fixture(scratch, names)
                     calibration = f"evalWork {work}" + (f": one system evaluates in {seconds:.2f} s here" if seconds else "")
-                    fixtures.append(Fixture("1.3 s evaluations", write_fixture_flake(scratch / "slow", names, eval_work=work)))
+                    fixtures.append(Fixture("1.3 s evaluations", write_fixture_flake(scratch / "slow", names, eval_work=work), slow=True))
                 else:
                     fixtures.append(Fixture("fixture as is", write_fixture_flake(scratch / "flake", names)))
 
@@ -437,7 +438,8 @@ def report(
                 goals.append((f"{max(sizes)} hosts, defaults / hand steps in parallel, {fixture.name}, {network.name}",
                               f"{ours / hand:.2f} x", "< 1 x", ours < hand))
             fresh, again = median_of(1, "nixfab, defaults"), median_of(1, "nixfab, defaults: no-op redeploy")
-            if fresh and again:
+            # The goal is the slow flake's: with the fixture as is, a no-op is mostly start-up, as a fresh deploy is.
+            if fresh and again and fixture.slow:
                 goals.append((f"no-op redeploy / fresh deploy, {fixture.name}, {network.name}", f"{again / fresh:.2f} x", "≤ 0.4 x", again <= 0.4 * fresh))
     ours_runs = [s for (_, _, _, name), runs in samples.items() if name == "nixfab, defaults" for s in runs]
     noop_runs = [s for (_, _, _, name), runs in samples.items() if name == "nixfab, defaults: no-op redeploy" for s in runs]
