@@ -71,10 +71,10 @@ class DelayedPipe(asyncio.Protocol):
             if data is None:
                 peer.close()
             elif data == EOF_MARK:
-                if peer.can_write_eof():
+                try:
                     peer.write_eof()
-                else:
-                    peer.close()
+                except (OSError, RuntimeError, NotImplementedError):
+                    peer.close()  # the peer reset meanwhile, or cannot half-close: as a real path would, end it
             else:
                 peer.write(data)
         if self.pending:
