@@ -297,6 +297,9 @@ def open_socket(options: SshOptions, timeout: float) -> socket.socket:
     raise last_error
 
 
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux's; macOS has none
+
+
 class WatchedSocket:
     """The socket paramiko talks through, noting when the peer last sent anything, and acknowledging it at once.
 
@@ -310,7 +313,8 @@ class WatchedSocket:
         self.last_received = time.monotonic()
 
     def recv(self, size: int) -> bytes:
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        if QUICKACK is not None:
+            self._sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
         data = self._sock.recv(size)
         if data:
             self.last_received = time.monotonic()
