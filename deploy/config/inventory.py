@@ -983,6 +983,7 @@ class _Schema:
         return self._mapping(data, loc, _Health, {
             "command": lambda value, at: _command(value),
             "url": lambda value, at: _url(value),
+            # Zero retries is a sensible choice; a zero timeout or interval is not.
             "timeout": lambda value, at: _more_than_zero(value),
             "retries": lambda value, at: _zero_or_more(value),
             "interval": lambda value, at: _more_than_zero(value),
