@@ -841,7 +841,9 @@ def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fle
 
     wait_for(f"nix to {phase}", lambda: nix_runs() or deploy.poll() is not None)
     assert deploy.poll() is None, output.read_text()
-    nix = {pid: process_start_time(pid) for pid in children_of(deploy.pid)}
+    # The live children (a child that has ended and awaits its reaping has no start time, and must not count as
+    # "still the same process" once it is gone).
+    nix = {pid: started for pid in children_of(deploy.pid) if (started := process_start_time(pid)) is not None}
     os.kill(deploy.pid, signal.SIGHUP)
     result = finished(deploy, output)
     assert result.returncode == 129, result.stderr
