@@ -952,13 +952,15 @@ class _Schema:
         self.errors: list[_SchemaError] = []
 
     def file(self, data: object) -> _File | None:
-        return self._mapping(data, (), _File, {
-            "ssh_config": lambda value, loc: _ssh_config(value, self.directory),
+        """The whole document; None when anything in it is refused (self.errors says what), the document itself too."""
+        checked = self._value(data, (), lambda document, loc: self._mapping(document, loc, _File, {
+            "ssh_config": lambda value, at: _ssh_config(value, self.directory),
             # Null is a value here: no defaults, no hosts, no builders.
-            "defaults": lambda value, loc: None if value is None else self._settings(value, loc, _Defaults),
-            "hosts": lambda value, loc: self._named(value, loc, _host_name, lambda host, at: self._settings(host, at, _Host)),
-            "builders": lambda value, loc: self._named(value, loc, _builder_name, self._builder),
-        })
+            "defaults": lambda value, at: None if value is None else self._settings(value, at, _Defaults),
+            "hosts": lambda value, at: self._named(value, at, _host_name, lambda host, where: self._settings(host, where, _Host)),
+            "builders": lambda value, at: self._named(value, at, _builder_name, self._builder),
+        }))
+        return checked if isinstance(checked, _File) else None
 
     def _settings(self, data: object, loc: Loc, model: type[_HostSettings]) -> _HostSettings | None:
         fields: dict[str, _Check] = {
@@ -1292,11 +1294,7 @@ def _read(path: Path, root: yaml.Node) -> Inventory:
     document = _Document(root)
     problems = list(document.problems)
     schema = _Schema(path.parent)
-    try:
-        file = schema.file(document.data)
-    except _Invalid as invalid:  # the document itself is not a mapping
-        file = None
-        schema.errors.append(_SchemaError((), invalid.kind, invalid.message))
+    file = schema.file(document.data)
     problems.extend(_schema_problem(error, document) for error in schema.errors)
     problems.extend(_cross_checks(document))
     if file is not None and not problems:
