@@ -85,8 +85,9 @@ def write_systems(flake: Path, systems: dict[str, str | None]) -> None:
 def evaluate_systems(flake: Path) -> None:
     """What a task (a deploy, `inv hosts`) does before completion can offer meta.nix tags: evaluate and cache them."""
     from deploy.config.discovery import discover_systems
+    from deploy.record.history import state_directory
 
-    discover_systems(flake)
+    discover_systems(flake, state_directory(str(flake)))
 
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="meta.nix is read by nix-instantiate")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy.lab import Lab, set_fixture_revision, write_fixture_flake
-from lab_helpers import BIN, REPO, inv, ok, tool, toplevel_of, write_inventory
+from lab_helpers import BIN, REPO, git, inv, ok, tool, toplevel_of, write_inventory
 
 
 @pytest.fixture
@@ -65,28 +65,37 @@ def test_a_deploy_makes_three_commands_and_a_confirmation_and_a_no_op_one_comman
     assert lab.ssh("alpha", ["sh", "-c", "ls /run/nixfab/switches 2>/dev/null | wc -l"]).stdout.strip() == "0"  # the release removed its record
 
 
-def test_a_flake_outside_git_keeps_no_state_inside_itself(fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    """A path: flake is every file in its directory: state kept there (logs, the journal) would make every run's flake
-    a new one (another narHash, no evaluation cache, the flake check again, the logs copied into the store)."""
-    lab, flake, inventory = fleet
+@pytest.mark.parametrize("where", ["outside git", "a git checkout named with path:"])
+def test_a_path_flake_keeps_no_state_inside_itself(fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:  # type: ignore[no-untyped-def]
+    """A path: flake is every file in its directory, tracked or not, git or not: state kept there (logs, the journal)
+    would make every run's flake a new one (another narHash, no evaluation cache, the flake check again, the logs
+    copied into the store). A directory outside git is a path: flake even without the scheme."""
+    lab, flake_dir, inventory = fleet
     monkeypatch.delenv("NIXFAB_STATE_DIR", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    flake = str(flake_dir)
+    if where != "outside git":
+        git(flake_dir, "init", "-q")
+        git(flake_dir, "add", "-A")
+        git(flake_dir, "commit", "-q", "-m", "flake")
+        flake = f"path:{flake_dir}"
 
     def nar_hash() -> str:
-        metadata = subprocess.run(["nix", "flake", "metadata", "--json", str(flake)], capture_output=True, text=True, check=True)
+        metadata = subprocess.run(["nix", "flake", "metadata", "--json", flake], capture_output=True, text=True, check=True)
         return str(json.loads(metadata.stdout)["locked"]["narHash"])
 
     before = nar_hash()
-    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--check"))
-    assert not (flake / ".nixfab").exists() and nar_hash() == before
-    assert lab.state("alpha").current_system == toplevel_of(flake, "alpha")
+    ok(inv("switch-push", "alpha", "--flake", flake, "--inventory", str(inventory), "--check"))
+    assert not (flake_dir / ".nixfab").exists() and nar_hash() == before
+    assert lab.state("alpha").current_system == toplevel_of(flake_dir, "alpha")
     states = list((tmp_path / "xdg-state" / "nixfab").iterdir())
     assert [state.name.split("-")[0] for state in states] == ["flake"] and (states[0] / "history.sqlite").exists()
     assert list((states[0] / "logs").glob("*/alpha.log"))
     # The same flake again: its check is remembered, the host is up to date, and history finds the deploy.
-    again = ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--check"))
+    again = ok(inv("switch-push", "alpha", "--flake", flake, "--inventory", str(inventory), "--check"))
     assert "alpha | up to date" in again.stderr and "nix flake check: passed before" in again.stderr, again.stderr
-    listed = ok(inv("history", "--flake", str(flake), "--json"))
+    assert not (flake_dir / ".nixfab").exists() and nar_hash() == before
+    listed = ok(inv("history", "--flake", flake, "--json"))
     assert [entry["host"] for entry in json.loads(listed.stdout)] == ["alpha", "alpha"]
 
 

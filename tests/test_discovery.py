@@ -15,7 +15,6 @@ from deploy.config import discovery, systems_cache
 from deploy.config.discovery import (
     HostRow,
     SystemInfo,
-    discover_systems,
     format_host_listing,
     host_listing,
     inventory_with_systems,
@@ -31,6 +30,11 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="meta.nix is read by nix-instantiate"),
     pytest.mark.usefixtures("state_directory"),  # the cache in the test's own directory, not the checkout's .nixfab/
 ]
+
+
+def discover_systems(flake_dir: Path, *, cache: bool = True) -> dict[str, SystemInfo]:
+    """As a task discovers them: cached in the state directory of the flake in `flake_dir`."""
+    return discovery.discover_systems(flake_dir, history.state_directory(str(flake_dir)), cache=cache)
 
 
 class NixRuns:
@@ -370,9 +374,10 @@ def test_completions_state_directory_is_historys(tmp_path: Path, monkeypatch: py
     plain.mkdir()
     subprocess.run(["git", "init", "-q", str(repository)], check=True)
     for directory in (plain, repository, repository / "sub" / "flake"):
-        assert Path(systems_cache.state_directory(str(directory))) == history.state_directory(directory), directory
+        for flake in (str(directory), f"path:{directory}#alpha", f"git+file://{directory}"):
+            assert Path(systems_cache.state_directory(flake)) == history.state_directory(flake), flake
     monkeypatch.setenv("NIXFAB_STATE_DIR", str(tmp_path / "elsewhere"))
-    assert Path(systems_cache.state_directory(str(plain))) == history.state_directory(plain) == tmp_path / "elsewhere"
+    assert Path(systems_cache.state_directory(str(plain))) == history.state_directory(str(plain)) == tmp_path / "elsewhere"
     assert os.path.basename(systems_cache.cache_file(str(tmp_path))) == "systems-cache.json"
 
 

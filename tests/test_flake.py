@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from deploy.config.discovery import discover_systems
+from deploy.record.history import state_directory
 
 REPO = Path(__file__).resolve().parent.parent
 STUB_NIXPKGS = REPO / "tests/fixtures/stub-nixpkgs"
@@ -284,7 +285,7 @@ def test_discovery_and_homes_wiring_of_a_made_up_flake(tmp_path: Path) -> None:
     assert homes["alice@epsilon"]["system"] is False  # tryEval: meta.nix has no `system` to build it for
 
     # nixfab's own reading of systems/ (meta.nix evaluated by nix-instantiate, outside the flake) agrees with the flake's.
-    discovered = discover_systems(flake)
+    discovered = discover_systems(flake, state_directory(str(flake)))
     assert sorted(discovered) == sorted(systems)
     for name, info in discovered.items():
         assert info.system == systems[name]["system"], name

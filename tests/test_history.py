@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.config import systems_cache
 from deploy.record import history
 from deploy.record.history import DeployRecord, Journal
 
@@ -363,29 +364,44 @@ def test_history_json_is_every_field() -> None:
 
 def test_state_directory_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NIXFAB_STATE_DIR", str(tmp_path / "elsewhere"))
-    assert history.state_directory(None) == tmp_path / "elsewhere"
-    assert history.journal_path(tmp_path) == tmp_path / "elsewhere" / "history.sqlite"
+    assert history.state_directory() == tmp_path / "elsewhere"
+    assert history.journal_path(f"path:{tmp_path}") == tmp_path / "elsewhere" / "history.sqlite"
 
 
 def test_state_directory_is_at_the_repository_root(monkeypatch: pytest.MonkeyPatch, repository: Path, tmp_path: Path) -> None:
     monkeypatch.delenv("NIXFAB_STATE_DIR", raising=False)
-    assert history.state_directory(repository / "sub") == repository / ".nixfab"
+    assert history.state_directory(str(repository / "sub")) == repository / ".nixfab"
+    assert history.state_directory(f"git+file://{repository / 'sub'}?ref=main#alpha") == repository / ".nixfab"
     monkeypatch.chdir(repository / "sub")
-    assert history.state_directory(None) == repository / ".nixfab"
+    assert history.state_directory() == repository / ".nixfab"
+    assert history.state_directory("github:owner/flake") == repository / ".nixfab"  # not local: the current directory's
     plain = tmp_path / "plain"
     plain.mkdir()
     monkeypatch.chdir(plain)
     # Outside git, never in the directory itself (a path: flake would change with every run): under XDG_STATE_HOME,
     # one directory per flake directory.
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    outside = history.state_directory(None)
+    outside = history.state_directory()
     assert outside.parent == tmp_path / "state" / "nixfab" and outside.name.startswith("plain-")
     other = tmp_path / "other" / "plain"
     other.mkdir(parents=True)
-    assert history.state_directory(other).parent == outside.parent and history.state_directory(other) != outside
+    assert history.state_directory(str(other)) == history.state_directory(f"path:{other}") != outside
+    assert history.state_directory(str(other)).parent == outside.parent
     monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # not absolute: ignored, as the XDG spec says
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert history.state_directory(None).parent == tmp_path / "home" / ".local" / "state" / "nixfab"
+    assert history.state_directory().parent == tmp_path / "home" / ".local" / "state" / "nixfab"
+
+
+def test_a_path_flake_in_a_checkout_keeps_its_state_outside_it(monkeypatch: pytest.MonkeyPatch, repository: Path, tmp_path: Path) -> None:
+    """Nix copies a path: flake's directory whole, untracked files too: .nixfab/ there would go into the store."""
+    monkeypatch.delenv("NIXFAB_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    state = history.state_directory(f"path:{repository / 'sub'}#alpha")
+    assert state.parent == tmp_path / "state" / "nixfab" and state.name.startswith("sub-")
+    assert history.state_directory(f"path:{repository / 'sub'}?dir=.") == state
+    # Completion finds the same directory without git.
+    assert systems_cache.state_directory(f"path:{repository / 'sub'}#alpha") == str(state)
+    assert systems_cache.state_directory(str(repository / "sub")) == str(repository / ".nixfab")
 
 
 def test_flake_revision_of_a_clean_and_a_dirty_checkout(repository: Path) -> None:

@@ -204,8 +204,9 @@ def open_session(inventory: str, *, dry_run: bool, flake: str, ssh_config: Path 
     flake_dir = flake_directory(flake)
     if flake_dir is not None and (flake_dir / "systems").is_dir():
         from deploy.config.discovery import discover_systems, inventory_with_systems
+        from deploy.record.history import state_directory
 
-        loaded = inventory_with_systems(loaded, discover_systems(flake_dir))
+        loaded = inventory_with_systems(loaded, discover_systems(flake_dir, state_directory(flake)))
     if ssh_config and loaded.ssh_config is None:
         if any(character.isspace() for character in str(ssh_config)):
             raise UsageError(f"ssh_config path {str(ssh_config)!r} contains whitespace, which Nix's NIX_SSHOPTS cannot carry")
@@ -225,8 +226,9 @@ def systems_of(flake: str) -> dict[str, tuple[str, ...]]:
     if directory is None or not (directory / "systems").is_dir():
         return {}
     from deploy.config.discovery import discover_systems
+    from deploy.record.history import state_directory
 
-    return {name: tuple(info.tags or ()) for name, info in discover_systems(directory).items()}
+    return {name: tuple(info.tags or ()) for name, info in discover_systems(directory, state_directory(flake)).items()}
 
 
 def selected_machines(context: Any, session: Session, selection: Selection) -> tuple[list[str], bool]:
@@ -316,12 +318,12 @@ def run_fleet(
     from deploy.build.flake_check import PASSED_DIRECTORY, FlakeCheck, PassedChecks
     from deploy.engine.fleet import Fleet, exit_code, print_summary, results_json, totals_line
     from deploy.model import Action
-    from deploy.record.history import Journal, journal_path, state_directory
+    from deploy.record.history import JOURNAL_FILE_NAME, Journal, state_directory
     from deploy.ui import Verbosity, policy, prune_runs, set_policy, stdout_result
 
     started = time.monotonic()
-    flake_dir = flake_directory(request.flake)
-    logs = state_directory(flake_dir) / "logs"
+    state_dir = state_directory(request.flake)
+    logs = state_dir / "logs"
     log_dir = fleet_options.log_dir or logs / run_stamp()
     if fleet_options.log_dir is None and not session.dry_run:
         prune_runs(logs, fleet_options.log_keep, current=log_dir)  # a --log-dir of the user's own is never pruned
@@ -340,10 +342,10 @@ def run_fleet(
         flake_check = None
         if request.action is not None and (session.inventory.check if check is None else check):
             flake_check = FlakeCheck(
-                session.runner, request.flake, PassedChecks(state_directory(flake_dir) / PASSED_DIRECTORY), request.extra_nix,
+                session.runner, request.flake, PassedChecks(state_dir / PASSED_DIRECTORY), request.extra_nix,
                 show_progress=policy().verbosity >= Verbosity.VERBOSE,
             )
-        journal = FleetJournal(Journal(journal_path(flake_dir)), request) if not session.dry_run else None
+        journal = FleetJournal(Journal(state_dir / JOURNAL_FILE_NAME), request) if not session.dry_run else None
         if needs_sudo_password(session, request, machines):
             # Asked now, before the live table is drawn: a prompt under it would sit unseen while the table ticks on.
             session.sudo_password.get()

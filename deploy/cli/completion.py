@@ -173,7 +173,7 @@ def _meta_tags(flake: str, systems: Sequence[str]) -> list[str]:
     directory = flake_directory(flake)
     if directory is None:
         return []
-    cache_file = systems_cache.cache_file(systems_cache.state_directory(directory))
+    cache_file = systems_cache.cache_file(systems_cache.state_directory(flake))
     readings = systems_cache.load(cache_file, directory, systems) or {}
     tags: list[str] = []
     for reading in readings.values():

@@ -118,7 +118,7 @@ def journal_operation(options: OneHostOptions, host: str, action: str, activatio
         return
     from deploy.record.history import DeployRecord, Journal, journal_path, local_user, utc_now
 
-    Journal(journal_path(None)).record(
+    Journal(journal_path(options.flake)).record(
         DeployRecord(
             started_at=utc_now(), local_user=local_user(), host=host, action=action, flake="", revision=None, dirty=None,
             store_path=activation.path, generation=activation.generation, result=Result.OK, duration_seconds=0.0, error=None,
@@ -170,7 +170,7 @@ def status(context: Any, options: StatusOptions) -> None:
     with cli.errors_as_exit_codes():
         selection = options.selection
         session = cli.open_session(selection.inventory, dry_run=False, ssh_config=cli.fab_ssh_config(context), flake=selection.flake)
-        journal = Journal(journal_path(cli.flake_directory(selection.flake)))
+        journal = Journal(journal_path(selection.flake))
         journal_error: JournalError | None = None
         try:
             machines, _local = cli.selected_machines(context, session, selection)
@@ -196,7 +196,7 @@ def history(context: Any, options: HistoryOptions) -> None:
     from deploy.record.history import Journal, format_history, history_json, journal_path
 
     with cli.errors_as_exit_codes():
-        path = journal_path(cli.flake_directory(options.flake))
+        path = journal_path(options.flake)
         records = Journal(path).records() if path.exists() else []
         if options.hosts:
             wanted = set(options.hosts)
@@ -209,11 +209,12 @@ def hosts(context: Any, options: HostsOptions) -> None:
 
     from deploy.config.discovery import discover_systems, format_host_listing, host_listing
     from deploy.config.inventory import load_inventory
+    from deploy.record.history import state_directory
 
     with cli.errors_as_exit_codes():
         flake_dir = cli.flake_directory(options.flake) or Path(".")
         inventory = load_inventory(Path(options.inventory), required=options.inventory != "hosts.yaml")
-        rows = host_listing(inventory, discover_systems(flake_dir))
+        rows = host_listing(inventory, discover_systems(flake_dir, state_directory(options.flake)))
         if options.as_json:
             stdout_result(json.dumps([{**row.__dict__, "tags": list(row.tags), "problems": list(row.problems)} for row in rows], indent=2))
         else:
@@ -225,7 +226,7 @@ def fleet_options(flake: str, parallel: int) -> FleetOptions:
     from deploy.cli.options import FleetOptions
     from deploy.record.history import state_directory
 
-    return FleetOptions(parallel=parallel, log_dir=state_directory(cli.flake_directory(flake)) / "logs" / cli.run_stamp())
+    return FleetOptions(parallel=parallel, log_dir=state_directory(flake) / "logs" / cli.run_stamp())
 
 
 def exec_on_hosts(context: Any, options: ExecOptions) -> None:

@@ -229,12 +229,10 @@ def evaluate_meta(flake_dir: Path, names: Sequence[str]) -> tuple[dict[str, Any]
     return readings, [path for path in imports if not path.startswith("/nix/store/")]
 
 
-def read_meta(flake_dir: Path, names: Sequence[str], *, cache: bool = True) -> dict[str, Any]:
+def read_meta(flake_dir: Path, names: Sequence[str], state_dir: Path, *, cache: bool = True) -> dict[str, Any]:
     """The readings of every system's meta.nix: from the cache when its key still holds, else from Nix (then cached)."""
-    from deploy.record.history import state_directory
-
     directory = str(flake_dir)
-    cache_path = systems_cache.cache_file(str(state_directory(flake_dir)))
+    cache_path = systems_cache.cache_file(str(state_dir))
     key = systems_cache.cache_key(directory, names)
     if cache:
         cached = systems_cache.load(cache_path, directory, names)
@@ -371,11 +369,12 @@ def system_info(flake_dir: Path, name: str, reading: object) -> SystemInfo:
     )
 
 
-def discover_systems(flake_dir: Path, *, cache: bool = True) -> dict[str, SystemInfo]:
-    """Every system of the flake in `flake_dir`, by name, with its meta.nix as Nix evaluates it (or as cached)."""
+def discover_systems(flake_dir: Path, state_dir: Path, *, cache: bool = True) -> dict[str, SystemInfo]:
+    """Every system of the flake in `flake_dir`, by name, with its meta.nix as Nix evaluates it (or as cached in the
+    flake's `state_dir`, deploy/record/history.py's state_directory)."""
     flake_dir = Path(flake_dir)
     names = systems_cache.system_names(str(flake_dir))
-    readings = read_meta(flake_dir, names, cache=cache)
+    readings = read_meta(flake_dir, names, state_dir, cache=cache)
     return {name: system_info(flake_dir, name, readings.get(name)) for name in names}
 
 

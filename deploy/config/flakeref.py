@@ -17,3 +17,8 @@ def local_flake_directory(flake: str) -> str | None:
         if ":" in reference:
             return None
     return reference if reference and os.path.isdir(reference) else None
+
+
+def copies_every_file(flake: str) -> bool:
+    """A path: flake is every file in its directory, in git or not; another local reference in git is its tracked files."""
+    return flake.split("#", 1)[0].startswith("path:")

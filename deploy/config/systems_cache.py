@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from deploy.config.flakeref import copies_every_file, local_flake_directory
 
 SYSTEMS_DIRECTORY = "systems"
 SYSTEM_FILE = "default.nix"
@@ -29,7 +31,7 @@ FORMAT = 1
 # Entries for other flake directories kept besides the current one (tests and `--flake` elsewhere add them).
 KEEP_OTHER_FLAKES = 15
 
-# Here, not in deploy/record/history.py (which uses them too): completion must not import sqlite3 and subprocess.
+# Here, not in deploy/record/history.py: completion finds the systems cache too, and must not import sqlite3 and subprocess.
 STATE_DIRECTORY_VARIABLE = "NIXFAB_STATE_DIR"
 STATE_DIRECTORY_NAME = ".nixfab"
 
@@ -73,27 +75,33 @@ def import_digests(paths: Sequence[str]) -> dict[str, str | None]:
     return {path: _file_digest(path) for path in paths}
 
 
-def state_directory(flake_dir: str) -> str:
-    """deploy/record/history.py's state_directory() without running git: $NIXFAB_STATE_DIR, else .nixfab/ at the
-    checkout's root, else (outside git) unversioned_state_directory().
+def nearest_checkout(directory: str) -> str | None:
+    """The nearest directory upwards holding `.git` (a directory, or a file in a worktree), as `git rev-parse
+    --show-toplevel` finds it without running git. Where the two disagree (git refusing a repository it does not
+    trust), completion misses the cache and offers the directory names: never a wrong answer."""
+    while True:
+        if os.path.exists(os.path.join(directory, ".git")):
+            return directory
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
-    The root is the nearest directory upwards holding `.git` (a directory, or a
-    file in a worktree), as `git rev-parse --show-toplevel` finds it. Where the
-    two disagree (git refusing a repository it does not trust), completion
-    misses the cache and offers the directory names: never a wrong answer.
+
+def state_directory(flake: str, checkout_root: Callable[[str], str | None] = nearest_checkout) -> str:
+    """Where nixfab keeps the state of runs on `flake`: $NIXFAB_STATE_DIR, else .nixfab/ at the root of the git checkout
+    around the flake's directory (or the current one), else unversioned_state_directory().
+
+    A path: reference is the exception: Nix copies its directory whole, untracked
+    files too, so its state is kept outside it even in a checkout.
+    deploy/record/history.py passes git's own answer as `checkout_root`.
     """
     configured = os.environ.get(STATE_DIRECTORY_VARIABLE)
     if configured:
         return configured
-    start = os.path.abspath(flake_dir)
-    directory = start
-    while True:
-        if os.path.exists(os.path.join(directory, ".git")):
-            return os.path.join(directory, STATE_DIRECTORY_NAME)
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return unversioned_state_directory(start)
-        directory = parent
+    start = os.path.abspath(local_flake_directory(flake) or ".")
+    root = None if copies_every_file(flake) else checkout_root(start)
+    return os.path.join(root, STATE_DIRECTORY_NAME) if root else unversioned_state_directory(start)
 
 
 def unversioned_state_directory(directory: str) -> str:

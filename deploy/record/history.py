@@ -33,8 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deploy.config import flakeref
-from deploy.config.systems_cache import STATE_DIRECTORY_NAME, STATE_DIRECTORY_VARIABLE, unversioned_state_directory
+from deploy.config import flakeref, systems_cache
 from deploy.errors import JournalError
 from deploy.model import Result
 from deploy.scripts import script
@@ -131,23 +130,19 @@ def _git_toplevel(directory: Path) -> Path | None:
     return Path(output.strip()) if output else None
 
 
-def state_directory(flake_dir: Path | None = None) -> Path:
-    """Where nixfab keeps local state: $NIXFAB_STATE_DIR, else .nixfab/ at the root of the repository, else (outside
-    git) under $XDG_STATE_HOME/nixfab/ (systems_cache.unversioned_state_directory: never inside a path: flake).
-
-    The repository is the git checkout around flake_dir (or the current
-    directory), so running from a subdirectory still finds the same journal.
-    """
-    configured = os.environ.get(STATE_DIRECTORY_VARIABLE)
-    if configured:
-        return Path(configured)
-    start = (flake_dir or Path.cwd()).absolute()
-    toplevel = _git_toplevel(start)
-    return toplevel / STATE_DIRECTORY_NAME if toplevel else Path(unversioned_state_directory(str(start)))
+def _checkout_root(directory: str) -> str | None:
+    toplevel = _git_toplevel(Path(directory))
+    return str(toplevel) if toplevel else None
 
 
-def journal_path(flake_dir: Path | None = None) -> Path:
-    return state_directory(flake_dir) / JOURNAL_FILE_NAME
+def state_directory(flake: str = ".") -> Path:
+    """Where nixfab keeps the state of runs on `flake` (systems_cache.state_directory), with git finding the checkout,
+    so running from a subdirectory still finds the same journal."""
+    return Path(systems_cache.state_directory(flake, _checkout_root))
+
+
+def journal_path(flake: str = ".") -> Path:
+    return state_directory(flake) / JOURNAL_FILE_NAME
 
 
 @contextmanager
@@ -431,8 +426,7 @@ def flake_revision(flake: str) -> tuple[str | None, bool | None]:
     head = _quiet_git(git_head_argv(directory))
     if not head or not head.strip():
         return None, None
-    as_path = flake.split("#", 1)[0].startswith("path:")
-    status = _quiet_git(git_dirty_directory_argv(directory) if as_path else git_dirty_argv(directory))
+    status = _quiet_git(git_dirty_directory_argv(directory) if flakeref.copies_every_file(flake) else git_dirty_argv(directory))
     return head.strip(), (None if status is None else bool(status.strip()))
 
 
