@@ -65,6 +65,27 @@ def test_a_deploy_makes_three_commands_and_a_confirmation_and_a_no_op_one_comman
     assert lab.ssh("alpha", ["sh", "-c", "ls /run/nixfab/switches 2>/dev/null | wc -l"]).stdout.strip() == "0"  # the release removed its record
 
 
+
+def test_systemd_is_asked_by_a_test_not_by_starting_a_unit_and_a_host_without_it_gets_none(fleet) -> None:  # type: ignore[no-untyped-def]
+    """sd_booted(3), as nixos-rebuild-ng asks it: /run/systemd/system. A unit started only to see whether one starts
+    cost a systemd-run on every deploy. Without systemd, the watchdog runs under setsid and the switch in a clean
+    environment, and magic rollback still confirms."""
+    lab, flake, inventory = fleet
+    args = ("--flake", str(flake), "--inventory", str(inventory))
+
+    def units(host: str) -> list[str]:
+        listed = lab.inside(host, ["ls", "/run/nixfab-lab/units"]).stdout.split()
+        return sorted({name.split(".")[0].rsplit("-", 1)[0] for name in listed})
+
+    ok(inv("switch-push", "alpha", *args))
+    assert units("alpha") == ["nixfab-switch", "nixfab-watchdog"]  # the switch and its watchdog, and nothing else
+    lab.inside("beta", ["rmdir", "/run/systemd/system"])
+    result = ok(inv("switch-push", "beta", *args))
+    assert "beta | confirmed over a new SSH connection" in result.stderr, result.stderr
+    assert units("beta") == []
+    assert lab.state("beta").current_system == toplevel_of(flake, "beta")
+    assert lab.inside("beta", ["sh", "-c", "ls /run/nixfab/magic-rollback 2>/dev/null | wc -l"]).stdout.strip() == "0"
+
 @pytest.mark.parametrize("where", ["outside git", "a git checkout named with path:"])
 def test_a_path_flake_keeps_no_state_inside_itself(fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:  # type: ignore[no-untyped-def]
     """A path: flake is every file in its directory, tracked or not, git or not: state kept there (logs, the journal)

@@ -56,12 +56,10 @@ def probe(generation: int = 41, generation_path: str = OLD_GEN, running: str = O
 
 
 def preflight(*closure: str, wanted: str | None = NEW, space: tuple[str, ...] = ("/nix", "/boot")) -> tuple[str, ...]:
-    """The deploy's first command: the lock, and a switch's questions (the system state, free space, systemd-run, the closure)."""
-    probe_argv = unit("true", bootloader=False, name="nixfab-switch-to-configuration-probe")
+    """The deploy's first command: the lock, and a switch's questions (the system state, free space, systemd, the closure)."""
     return sh(
         "preflight", LOCK, HOLDER, WATCHDOGS, script("watchdogs_pending"), script("run_first"), script("system_state"), PROFILE, wanted or "",
-        "1", "1",
-        script("free_space"), str(len(space)), *space, str(len(probe_argv)), *probe_argv, *closure,
+        "1", "1", script("free_space"), str(len(space)), *space, "1", *closure,
     )
 
 
@@ -175,7 +173,7 @@ class World:
         self.session = Session(Inventory(hosts={"web1": self.spec}), echo=Emitter.plain(io.StringIO()), dry_run=dry_run)
         self.runner = RecordingRunner(dry_run=dry_run)
         self.run = HostRun(self.spec, self.runner.echo, self.runner)  # type: ignore[arg-type]
-        self.host = RecordingHost(dry_run=dry_run, facts={"systemd-run": True})
+        self.host = RecordingHost(dry_run=dry_run, facts={"systemd": True})
         self.host.on("system_state", probe()).on(["readlink", PROFILE], "system-42-link\n").on("activate", ACTIVATED)
         self.host.on("preflight", "acquired\n").on("confirm_activation", "confirmed\n")
         monkeypatch.setattr(self.session, "target", lambda spec, echo=None: self.host)
@@ -332,7 +330,7 @@ def local_build(world: World) -> None:
 def test_with_nothing_after_it_the_confirmation_also_releases_the_lock_with_the_revision(world: World) -> None:
     """The deploy's last command rides on the confirmation's round trip: nothing is left for the deploy's connection."""
     local_build(world)
-    world.host.on("preflight", f"acquired\n{probe()}systemd-run\t1\n").on("confirm_activation", "confirmed\nended\n")
+    world.host.on("preflight", f"acquired\n{probe()}systemd\t1\n").on("confirm_activation", "confirmed\nended\n")
     outcome = deploy_host(world.session, request(revision="abc123", dirty=False), world.run, NEW)
     last = steps(world.host.calls)[-1]
     assert last == expect((1, sh("confirm_activation", DIR, VERDICTS, *release("/nix/var/nix/nixfab/generations", REVISION, "42")), True))[0]
@@ -344,7 +342,7 @@ def test_with_nothing_after_it_the_confirmation_also_releases_the_lock_with_the_
 def test_a_release_the_confirmation_could_not_make_is_made_on_the_deploy_s_connection(world: World) -> None:
     """Confirmed, but the release it carried failed (no "ended"): the deployer releases as ever, the revision with it."""
     local_build(world)
-    world.host.on("preflight", f"acquired\n{probe()}systemd-run\t1\n").on("confirm_activation", "confirmed\n")
+    world.host.on("preflight", f"acquired\n{probe()}systemd\t1\n").on("confirm_activation", "confirmed\n")
     deploy_host(world.session, request(revision="abc123", dirty=False), world.run, NEW)
     assert steps(world.host.calls)[-1] == expect((0, release("/nix/var/nix/nixfab/generations", REVISION, "42"), True))[0]
 
@@ -352,7 +350,7 @@ def test_a_release_the_confirmation_could_not_make_is_made_on_the_deploy_s_conne
 @pytest.mark.usefixtures("guarded")
 def test_an_activation_not_confirmed_releases_the_lock_without_its_revision(world: World) -> None:
     local_build(world)
-    world.host.on("preflight", f"acquired\n{probe()}systemd-run\t1\n").on("confirm_activation", "failed 4\n")
+    world.host.on("preflight", f"acquired\n{probe()}systemd\t1\n").on("confirm_activation", "failed 4\n")
     world.host.on(["test", "-e", f"{DIR}/rolled-back"], 0).on(["readlink", "/run/current-system"], f"{OLD_RUNNING}\n")
     with pytest.raises(NotConfirmed):
         deploy_host(world.session, request(revision="abc123", dirty=False), world.run, NEW)
@@ -577,9 +575,9 @@ def test_deploy_host_takes_the_lock_first_and_releases_it_last(world: World) -> 
 def test_the_lock_s_round_trip_answers_what_the_deploy_would_ask_one_command_at_a_time(world: World) -> None:
     """The state, the free space and systemd-run come with the lock; the revision goes with its release."""
     world.run.spec = spec(build_on="local")
-    answers = f"acquired\n{probe()}df\t/nix\t/dev/vda 1000000 10 999990 1% /nix\nsystemd-run\t1\n"
+    answers = f"acquired\n{probe()}df\t/nix\t/dev/vda 1000000 10 999990 1% /nix\nsystemd\t1\n"
     world.host.on("preflight", answers).on(["nix-store", "--check-validity"], 0)
-    world.host.facts.clear()  # systemd-run not yet probed: the answer says it works
+    world.host.facts.clear()  # not yet asked: the answer says systemd is init
     outcome = deploy_host(world.session, request(revision="abc123", dirty=False), world.run, NEW)
     assert steps(world.host.calls) == expect(
         (0, preflight(), True),
@@ -593,7 +591,7 @@ def test_the_lock_s_round_trip_answers_what_the_deploy_would_ask_one_command_at_
 @pytest.mark.usefixtures("guarded")
 def test_an_unguarded_switch_under_the_lock_leaves_its_record_for_the_release_to_remove(world: World) -> None:
     world.run.spec = spec(build_on="local")
-    world.host.on("preflight", f"acquired\n{probe()}systemd-run\t1\n").on(["nix-store", "--check-validity"], 0)
+    world.host.on("preflight", f"acquired\n{probe()}systemd\t1\n").on(["nix-store", "--check-validity"], 0)
     # Streamed to (guarded makes it a RemoteHost here): the preflight asks about the closure, listed here first.
     world.runner.on([*commands.NIX, "path-info", "--json", "--recursive", NEW], json.dumps({NEW: {"narSize": 1, "references": []}}))
     deploy_host(world.session, request(magic_rollback=False), world.run, NEW)

@@ -65,7 +65,7 @@ def test_dry_run_answers_the_dry_reply_and_never_consults_the_table() -> None:
 
 
 def test_fresh_connections_share_the_table_and_the_transcript() -> None:
-    host = RecordingHost(facts={"systemd-run": True}).on(["x"], "a", "b")
+    host = RecordingHost(facts={"systemd": True}).on(["x"], "a", "b")
     fresh = host.reconnect()
     assert fresh.facts == {} and fresh.connection == 1 and host.opened == [fresh]
     assert fresh.run(["x"]).stdout == "a" and host.run(["x"]).stdout == "b"

@@ -20,9 +20,14 @@ from deploy.scripts import script
 STORE_SYSTEM = "/nix/store/0000000000000000000000000000000c-nixos-system-web1"
 
 
-def run(name: str, *args: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(name: str, *args: str, path: Path | None = None, systemd: bool | None = None) -> subprocess.CompletedProcess[str]:
+    """systemd: run in a mount namespace of the test's own, with an empty /run that has /run/systemd/system or not."""
     env = {"PATH": f"{path}:/usr/bin:/bin" if path else "/usr/bin:/bin"}
-    return subprocess.run(["/bin/sh", "-c", script(name), "sh", *args], capture_output=True, text=True, env=env, timeout=30, check=False)
+    argv = ["/bin/sh", "-c", script(name), "sh", *args]
+    if systemd is not None:
+        booted = 'mount -t tmpfs tmpfs /run && { [ "$0" = 0 ] || mkdir -p /run/systemd/system; } && exec "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", booted, "1" if systemd else "0", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30, check=False)
 
 
 def stand_in(directory: Path, name: str, body: str) -> None:
@@ -42,16 +47,16 @@ def host(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def preflight(host: Path, *questions: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+def preflight(host: Path, *questions: str, path: Path | None = None, systemd: bool | None = None) -> subprocess.CompletedProcess[str]:
     lock = host / "run" / "deploy.lock"
-    return run("preflight", str(lock), '{"me": 1}', str(host / "watchdogs"), script("watchdogs_pending"), *questions, path=path)
+    return run("preflight", str(lock), '{"me": 1}', str(host / "watchdogs"), script("watchdogs_pending"), *questions, path=path, systemd=systemd)
 
 
 def asked(host: Path, wanted: str, *, boot: str = "1", running: str = "0", space: tuple[str, ...] = (),
-          probe: tuple[str, ...] = (), closure: tuple[str, ...] = ()) -> tuple[str, ...]:
+          ask_systemd: bool = False, closure: tuple[str, ...] = ()) -> tuple[str, ...]:
     return (
         script("run_first"), script("system_state"), str(host / "profiles" / "system"), wanted, boot, running,
-        script("free_space"), str(len(space)), *space, str(len(probe)), *probe, *closure,
+        script("free_space"), str(len(space)), *space, "1" if ask_systemd else "0", *closure,
     )
 
 
@@ -72,7 +77,7 @@ def test_a_held_lock_answers_its_age_and_holder_and_nothing_else(host: Path) -> 
 
 
 def test_a_host_that_has_the_system_says_current_and_lets_the_lock_go(host: Path) -> None:
-    result = preflight(host, *asked(host, STORE_SYSTEM, space=("/",), probe=("false",), closure=("/nix/store/x",)))
+    result = preflight(host, *asked(host, STORE_SYSTEM, space=("/",), ask_systemd=True, closure=("/nix/store/x",)))
     assert result.stdout.splitlines() == ["acquired", "profile\tsystem-3-link", f"generation\t{STORE_SYSTEM}", "running\t", "current"]
     assert not (host / "run" / "deploy.lock").exists()  # nothing else asked: the deploy ends here
 
@@ -90,24 +95,24 @@ def test_an_older_system_is_asked_the_rest_each_list_passed_by_its_count(host: P
     # nix-store --check-validity --print-invalid PATHS: these two are missing.
     stand_in(tools, "nix-store", 'shift 2; for p do case "$p" in */b|*/c) echo "$p";; esac; done')
     closure = ("/nix/store/a", "/nix/store/b", "/nix/store/c")
-    result = preflight(host, *asked(host, "/nix/store/new", space=("/", str(host)), probe=("sh", "-c", "exit 0"), closure=closure), path=tools)
+    result = preflight(host, *asked(host, "/nix/store/new", space=("/", str(host)), ask_systemd=True, closure=closure), path=tools, systemd=True)
     lines = result.stdout.splitlines()
     assert lines[:4] == ["acquired", "profile\tsystem-3-link", f"generation\t{STORE_SYSTEM}", "running\t"]
     assert [line.split("\t")[:2] for line in lines if line.startswith("df\t")] == [["df", "/"], ["df", str(host)]]
-    assert lines[-4:] == ["systemd-run\t1", "closure-checked", "invalid\t/nix/store/b", "invalid\t/nix/store/c"]
+    assert lines[-4:] == ["systemd\t1", "closure-checked", "invalid\t/nix/store/b", "invalid\t/nix/store/c"]
     assert (host / "run" / "deploy.lock").is_dir()
     questions = Questions(Action.SWITCH, "/nix/store/new", space=("/", str(host)), closure=closure)
     answers = parse_answers(lines[1:], questions, "web1")
     assert answers.state is not None and answers.state.generation == 3 and not answers.current
     assert answers.spaces is not None and set(answers.spaces) == {"/", str(host)}
-    assert (answers.missing, answers.systemd_run) == (("/nix/store/b", "/nix/store/c"), True)
+    assert (answers.missing, answers.systemd) == (("/nix/store/b", "/nix/store/c"), True)
 
 
-def test_a_probe_that_fails_and_a_check_that_fails_are_answers_too(host: Path) -> None:
+def test_a_host_without_systemd_and_a_check_that_fails_are_answers_too(host: Path) -> None:
     tools = host / "bin"
     stand_in(tools, "nix-store", "echo 'error: cannot open the database' >&2; exit 1")
-    result = preflight(host, *asked(host, "/nix/store/new", probe=("false",), closure=("/nix/store/a",)), path=tools)
-    assert result.stdout.splitlines()[-2:] == ["systemd-run\t0", "closure-unchecked"]
+    result = preflight(host, *asked(host, "/nix/store/new", ask_systemd=True, closure=("/nix/store/a",)), path=tools, systemd=False)
+    assert result.stdout.splitlines()[-2:] == ["systemd\t0", "closure-unchecked"]
     assert "cannot open the database" in result.stderr
 
 

@@ -87,17 +87,23 @@ def parse_system_state(stdout: str, label: str, *, dry_run: bool = False) -> Sys
     return SystemState(generation, facts.get("generation") or None, facts.get("running") or None)
 
 
-def systemd_run_works(host: Host) -> bool:
-    if "systemd-run" not in host.facts:
-        probe = commands.systemd_run(["true"], unit=f"{commands.SWITCH_UNIT}-probe", install_bootloader=False)
-        host.facts["systemd-run"] = host.run(probe, sudo=True).ok
-    return host.facts["systemd-run"]
+# host.facts' key: whether systemd is the host's init, so that systemd-run can start units there.
+SYSTEMD = "systemd"
+
+
+def has_systemd(host: Host) -> bool:
+    """sd_booted(3), as nixos-rebuild-ng asks it (nixos-rebuild started a unit to see whether one started): where
+    systemd runs but systemd-run then fails, the watchdog or the switch fails to start and says why, before or
+    instead of any change, rather than running without the unit that outlives a dropped connection."""
+    if SYSTEMD not in host.facts:
+        host.facts[SYSTEMD] = host.run(commands.systemd_is_init()).ok
+    return host.facts[SYSTEMD]
 
 
 def wrap_for_host(host: Host, argv: list[str], action: Action, unit: str) -> list[str]:
     """nixos-rebuild's rule: use systemd-run where it works, a clean env elsewhere."""
     install_bootloader = action.changes_boot_default
-    if systemd_run_works(host):
+    if has_systemd(host):
         return commands.systemd_run(argv, unit=unit, install_bootloader=install_bootloader)
     return commands.plain_environment(argv, install_bootloader=install_bootloader)
 
@@ -143,7 +149,7 @@ def output_tail(what: str, result: Result, lines: int = 20) -> str | None:
 
 def journal_tail(host: Host, unit: str) -> str | None:
     """The unit's journal, for a switch that printed nothing: what systemd says of how it ended."""
-    if not host.facts.get("systemd-run"):
+    if not host.facts.get(SYSTEMD):
         return None  # then the switch's own output, which the renderers keep, is the failure's details
     journal = host.run(commands.journal_tail(unit))
     if not (journal.ok and journal.stdout.strip()):

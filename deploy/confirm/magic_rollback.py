@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from deploy.activate.activation import Activation, systemd_run_works
+from deploy.activate.activation import Activation, has_systemd
 from deploy.errors import HostUnreachable, LoginRefused, NixfabError, NotConfirmed
 from deploy.nix import commands
 from deploy.scripts import script
@@ -89,7 +89,7 @@ def mark_activated(marker: str, argv: Sequence[str]) -> list[str]:
 
 def arm_argv(host: Host, watchdog: Watchdog, activation: Activation) -> list[str]:
     """What starts the watchdog (its directory, then the watchdog, detached), run by activate.sh before the profile changes."""
-    start = detached(watchdog_argv(watchdog, activation), unit=watchdog.unit, use_systemd=systemd_run_works(host))
+    start = detached(watchdog_argv(watchdog, activation), unit=watchdog.unit, use_systemd=has_systemd(host))
     return ["sh", "-c", script("mkdir_then_exec"), "sh", watchdog.directory, *start]
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from deploy.activate.activation import (
     SWITCH_RECORDS_DIR,
+    SYSTEMD,
     Activation,
     SystemState,
     activate,
@@ -369,8 +370,8 @@ def finish(
     """Copy, activate, confirm, reboot, collect garbage: under `lock`, whose answers spare asking the host again."""
     spec, path = run.spec, built.path
     answers = lock.answers if lock is not None and lock.answers is not None else Answers(None)  # nothing known: each is asked
-    if answers.systemd_run is not None:
-        target.facts["systemd-run"] = answers.systemd_run
+    if answers.systemd is not None:
+        target.facts[SYSTEMD] = answers.systemd
     run.path = path
     if request.action is None:
         if target.dry_run:

@@ -1,7 +1,7 @@
 """What a deploy asks its host in the round trip that takes the host's lock (scripts/preflight.sh).
 
 The system profile and the running system, the free space, which paths of
-the closure the host lacks and whether systemd-run works: each used to be a
+the closure the host lacks and whether systemd is its init: each used to be a
 command of its own, and every command over SSH costs a round trip. Asked
 under the lock, the answers stay true while the deploy holds it (only an
 earlier deploy's watchdog could still change the system, and then the state
@@ -30,16 +30,15 @@ class Questions:
     wanted: str | None = None
     space: tuple[str, ...] = ()  # paths to ask df about
     closure: tuple[str, ...] = ()  # the system's closure: which of these paths does the host lack?
-    probe_systemd_run: bool = True
+    ask_systemd: bool = True
 
     def argv(self) -> list[str]:
         """preflight.sh's arguments after the lock's (pure)."""
-        probe = commands.systemd_run(["true"], unit=f"{commands.SWITCH_UNIT}-probe", install_bootloader=False) if self.probe_systemd_run else []
         return [
             script("run_first"), script("system_state"), commands.SYSTEM_PROFILE, self.wanted or "",
             "1" if self.action.changes_boot_default else "0", "1" if self.action.changes_running_system else "0",
             script("free_space"), str(len(self.space)), *self.space,
-            str(len(probe)), *probe,
+            "1" if self.ask_systemd else "0",
             *self.closure,
         ]
 
@@ -52,7 +51,7 @@ class Answers:
     current: bool = False
     spaces: Mapping[str, DiskSpace] | None = None  # None: not asked
     missing: tuple[str, ...] | None = None  # the closure's paths the host lacks, dependencies first; None: not asked, or the check failed
-    systemd_run: bool | None = None  # None: not probed
+    systemd: bool | None = None  # systemd is the host's init (so systemd-run works); None: not asked
 
 
 def missing_from(closure: Sequence[str], invalid: Sequence[str]) -> tuple[str, ...]:
@@ -70,11 +69,11 @@ def parse_answers(lines: Sequence[str], questions: Questions, label: str, *, dry
     state_lines = [line for line in lines if line.partition("\t")[0] in ("profile", "generation", "running")]
     if not state_lines:
         return Answers(None)  # the questions went unanswered (a dry run): each is asked on its own, as before
-    probed = tagged.get("systemd-run")
+    systemd = tagged.get("systemd")
     return Answers(
         state=parse_system_state("\n".join(state_lines), label, dry_run=dry_run),
         current="current" in lines,
         spaces=parse_df("\n".join(tagged.get("df", []))) if questions.space and "current" not in lines else None,
         missing=missing_from(questions.closure, tagged.get("invalid", [])) if "closure-checked" in lines else None,
-        systemd_run=probed[0] == "1" if probed else None,
+        systemd=systemd[0] == "1" if systemd else None,
     )

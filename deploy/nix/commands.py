@@ -18,7 +18,6 @@ SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 # Flakes may be off in the user's nix.conf; nixos-rebuild enables them per call too.
 NIX = ["nix", "--extra-experimental-features", "nix-command flakes"]
-SWITCH_UNIT = "nixfab-switch-to-configuration"  # the systemd-run probe's unit (with "-probe")
 
 
 def switch_unit(token: str) -> str:
@@ -194,6 +193,11 @@ def systemd_run(argv: Sequence[str], *, unit: str, install_bootloader: bool) -> 
         "--wait",
         *argv,
     ]
+
+
+def systemd_is_init() -> list[str]:
+    """sd_booted(3): true where systemd is the init, and systemd-run can start units."""
+    return ["test", "-d", "/run/systemd/system"]
 
 
 def plain_environment(argv: Sequence[str], *, install_bootloader: bool) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from deploy.activate.activation import systemd_run_works
+from deploy.activate.activation import has_systemd
 from deploy.errors import HostUnreachable, LoginRefused, NixfabError, RebootTimeout
 from deploy.nix import commands
 from deploy.transport.hosts import Host
@@ -46,7 +46,7 @@ def poll(
 def reboot_and_wait(host: Host, *, expected_system: str | None, timeout: float = 300, interval: float = 2) -> str:
     """Reboot, wait for SSH and a new boot id, then check /run/current-system; returns the new boot id."""
     old_boot_id = host.run(commands.read_boot_id(), dry_stdout="<boot id>").stdout.strip()
-    reboot = commands.delayed_reboot() if systemd_run_works(host) else commands.plain_reboot()
+    reboot = commands.delayed_reboot() if has_systemd(host) else commands.plain_reboot()
     try:
         host.run(reboot, sudo=True)
     except HostUnreachable:

@@ -10,8 +10,8 @@
 # brings ('' to keep the lock whatever the host runs); $9, ${10}: 1 when that
 # system must be the boot default, and the running system, for the host to
 # count as current; ${11}: the text of free_space.sh; ${12}: N, then the N
-# paths to ask df about; then M, then the M words of the systemd-run probe (M
-# is 0: no probe); then the closure paths to check (none: no check).
+# paths to ask df about; then 1 to ask whether systemd is the host's init
+# (else 0); then the closure paths to check (none: no check).
 # mkdir is the test-and-set that two deployers cannot both win. Prints "held",
 # the lock's age in seconds and the holder's line, so that the deployer can
 # judge in the same round trip whether it is stale; or "acquired", a
@@ -20,7 +20,7 @@
 # system_state.sh's lines; "current" when the host already has the system
 # where the deploy would put it and no watchdog is pending, in which case the
 # lock is released at once and nothing else is asked; "df<TAB>" lines;
-# "systemd-run<TAB>1" or 0; "closure-checked" and an "invalid<TAB>PATH" line
+# "systemd<TAB>1" or 0; "closure-checked" and an "invalid<TAB>PATH" line
 # for each path the host lacks, or "closure-unchecked" (nix-store's error on
 # stderr).
 
@@ -63,12 +63,11 @@ fi
 
 sh -c "$run_first" sh "$((df_count + 4))" sh -c "$df_text" sh "$@" | tagged df
 shift "$df_count"
-probe_count=$1
-shift
-if [ "$probe_count" -gt 0 ]; then
-  if sh -c "$run_first" sh "$probe_count" "$@" </dev/null >/dev/null 2>&1; then echo "systemd-run${tab}1"; else echo "systemd-run${tab}0"; fi
-  shift "$probe_count"
+# sd_booted(3), as nixos-rebuild-ng asks it: a test, not a transient unit started to see whether one starts.
+if [ "$1" = 1 ]; then
+  if [ -d /run/systemd/system ]; then echo "systemd${tab}1"; else echo "systemd${tab}0"; fi
 fi
+shift
 [ "$#" -eq 0 ] && exit 0
 if invalid=$(nix-store --check-validity --print-invalid "$@"); then
   echo closure-checked
