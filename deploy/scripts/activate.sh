@@ -19,7 +19,7 @@
 
 path=$1 profile=$2 set_profile=$3 run_first=$4 count=$5
 shift 5
-tab=$(printf '\t')
+tab='	' # a tab, written out: $(printf '\t') would cost a fork
 last_line() {
   printf '%s\n' "$1" | tail -n 1
 }
@@ -29,7 +29,7 @@ if [ ! -e "$path/nixos-version" ]; then
   exit 1
 fi
 if [ "$count" -gt 0 ]; then
-  if ! said=$(sh -c "$run_first" sh "$count" "$@" 2>&1); then
+  if ! said=$(set -- "$count" "$@" && eval "$run_first" 2>&1); then
     echo "nixfab-activate${tab}unarmed${tab}$(last_line "$said")"
     exit 1
   fi

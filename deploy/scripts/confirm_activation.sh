@@ -13,10 +13,11 @@
 dir=$1 verdicts=$2
 shift 2
 [ -e "$dir/activated" ] || { echo pending; exit 0; }
-status=$(cat "$dir/activated")
+status=''
+read -r status < "$dir/activated"
 [ "$status" = 0 ] || { echo "failed $status"; exit 0; }
 if mkdir "$dir/verdict" 2>/dev/null; then
-  mkdir -p "$verdicts" && printf 'verdict\tconfirmed\nby\tdeployer\n' > "$verdicts/${dir##*/}"
+  { [ -d "$verdicts" ] || mkdir -p "$verdicts"; } && printf 'verdict\tconfirmed\nby\tdeployer\n' > "$verdicts/${dir##*/}"
   rm -rf "$dir"
   echo confirmed
   if [ "$#" -gt 0 ] && "$@" >/dev/null; then echo ended; fi

@@ -6,7 +6,9 @@
 # "PATH<TAB>df -P line".
 
 for path do
-  line=$(df -Pk -- "$path" 2>/dev/null | tail -n 1) || continue
-  [ -n "$line" ] && printf '%s\t%s\n' "$path" "$line"
+  # df -P: a header, then one line for the path's file system.
+  df -Pk -- "$path" 2>/dev/null | {
+    IFS= read -r _header && IFS= read -r line && [ -n "$line" ] && printf '%s\t%s\n' "$path" "$line"
+  }
 done
 exit 0

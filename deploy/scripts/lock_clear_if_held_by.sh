@@ -6,5 +6,7 @@
 # exits 1 when someone else holds the lock.
 
 lock=$1 expected=$2
-[ "$(cat "$lock/holder" 2>/dev/null)" = "$expected" ] || exit 1
+held=''
+{ IFS= read -r held < "$lock/holder"; } 2>/dev/null
+[ "$held" = "$expected" ] || exit 1
 rm -rf "$lock"

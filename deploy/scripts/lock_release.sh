@@ -11,7 +11,8 @@
 # when someone else holds the lock.
 
 lock=$1 holder=$2 clear=$3 write_revision=$4
-if [ -n "$write_revision" ]; then sh -c "$write_revision" sh "$5" "$6" "$7"; fi
+if [ -n "$write_revision" ]; then (set -- "$5" "$6" "$7" && eval "$write_revision"); fi
 shift 7
 if [ "$#" -gt 0 ]; then rm -rf -- "$@"; fi
-exec sh -c "$clear" sh "$lock" "$holder"
+set -- "$lock" "$holder"
+eval "$clear"

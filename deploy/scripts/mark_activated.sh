@@ -9,7 +9,7 @@
 
 marker=$1
 shift
-mkdir -p -- "${marker%/*}"
+[ -d "${marker%/*}" ] || mkdir -p -- "${marker%/*}"
 echo "$$" > "$marker.pid"
 "$@"
 status=$?

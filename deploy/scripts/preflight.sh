@@ -24,14 +24,18 @@
 # for each path the host lacks, or "closure-unchecked" (nix-store's error on
 # stderr).
 
+# The scripts given as text run by eval in a subshell of this one, and no
+# test or value costs a process where the shell can do it: each process a
+# deploy starts on the host costs it a fork and an exec, on every deploy.
+
 lock=$1 holder=$2 watchdogs=$3 list_pending=$4
 shift 4
-tab=$(printf '\t')
+tab='	' # a tab, written out: $(printf '\t') would cost a fork
 tagged() {
   while IFS= read -r line; do printf '%s\t%s\n' "$1" "$line"; done
 }
 
-mkdir -p "${lock%/*}"
+[ -d "${lock%/*}" ] || mkdir -p "${lock%/*}"
 if ! mkdir "$lock" 2>/dev/null; then
   echo held
   echo "$(( $(date +%s) - $(stat -c %Y "$lock") ))"
@@ -40,28 +44,32 @@ if ! mkdir "$lock" 2>/dev/null; then
 fi
 printf '%s\n' "$holder" > "$lock/holder"
 echo acquired
-pending=$(sh -c "$list_pending" sh "$watchdogs")
+pending=$(set -- "$watchdogs" && eval "$list_pending")
 [ -n "$pending" ] && printf '%s\n' "$pending" | tagged pending
 [ "$#" -eq 0 ] && exit 0
 
 run_first=$1 state_text=$2 profile=$3 wanted=$4 wanted_boot=$5 wanted_running=$6 df_text=$7 df_count=$8
 shift 8
-state=$(sh -c "$state_text" sh "$profile")
+state=$(set -- "$profile" && eval "$state_text")
 printf '%s\n' "$state"
-value_of() {
-  printf '%s\n' "$state" | while IFS="$tab" read -r key value; do
-    if [ "$key" = "$1" ]; then printf '%s' "$value"; fi
-  done
-}
+generation='' running=''
+while IFS="$tab" read -r key value; do
+  case $key in
+    generation) generation=$value ;;
+    running) running=$value ;;
+  esac
+done <<STATE
+$state
+STATE
 if [ -n "$wanted" ] && [ -z "$pending" ] &&
-  { [ "$wanted_boot" = 0 ] || [ "$(value_of generation)" = "$wanted" ]; } &&
-  { [ "$wanted_running" = 0 ] || [ "$(value_of running)" = "$wanted" ]; }; then
+  { [ "$wanted_boot" = 0 ] || [ "$generation" = "$wanted" ]; } &&
+  { [ "$wanted_running" = 0 ] || [ "$running" = "$wanted" ]; }; then
   rm -rf "$lock"
   echo current
   exit 0
 fi
 
-sh -c "$run_first" sh "$((df_count + 4))" sh -c "$df_text" sh "$@" | tagged df
+(set -- "$((df_count + 4))" sh -c "$df_text" sh "$@" && eval "$run_first") | tagged df
 shift "$df_count"
 # sd_booted(3), as nixos-rebuild-ng asks it: a test, not a transient unit started to see whether one starts.
 if [ "$1" = 1 ]; then
