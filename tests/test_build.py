@@ -163,6 +163,50 @@ def test_systems_build_side_by_side_and_the_build_task_links_them_in_host_order(
     assert sorted(os.readlink(link) for link in (tmp_path / "roots").iterdir()) == sorted(toplevel_of(flake, name) for name in names)
 
 
+
+@needs_nix
+def test_systems_that_build_fast_are_shared_out_several_to_a_nix_process_each_paired_with_its_own(tmp_path: Path) -> None:
+    """Each process builds one system first; these take Nix less than its own start, so the rest go several to a
+    process. Every host gets its own system (Nix lists results in the installables' order), and `after` hears of
+    each process's systems before their hosts do."""
+    names = ["foxtrot", "alpha", "echo", "charlie", "bravo", "delta"]
+    flake = write_fixture_flake(tmp_path / "flake", names)
+    runner, recorder = recording_runner()
+    (tmp_path / "roots").mkdir()
+    heard: list[dict[str, str]] = []
+    parallel = ParallelBuild(
+        runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=2, after=lambda built: heard.append(dict(built)),
+    )
+    results = {name: parallel.result(name) for name in names}
+    parallel.finish()
+    assert results == {name: toplevel_of(flake, name) for name in names}
+    # Two single builds, then two processes to evaluate two systems each by name and two to build them, evaluating nothing.
+    assert [argv[3] for argv in recorder.commands if argv[0] == "nix"].count("build") == 2
+    evaluations = [argv for argv in recorder.commands if argv[3] == "eval"]
+    assert len(evaluations) == 2 and all(argv[4:6] == ("--json", f"path:{flake}#nixosConfigurations") for argv in evaluations)
+    realised = [argv for argv in recorder.commands if argv[:2] == ("nix-store", "--realise")]
+    assert sorted(len([word for word in argv if word.endswith(".drv")]) for argv in realised) == [2, 2]
+    assert sorted(heard, key=len) and {name: path for batch in heard for name, path in batch.items()} == results
+    assert sorted(len(batch) for batch in heard) == [1, 1, 2, 2]
+    assert sorted(os.readlink(link) for link in (tmp_path / "roots").iterdir()) == sorted(results.values())  # each one rooted
+
+
+@needs_nix
+def test_a_shared_out_build_that_fails_builds_its_systems_one_by_one_so_each_says_its_own(tmp_path: Path) -> None:
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta", "gamma"])
+    runner, recorder = recording_runner()
+    (tmp_path / "roots").mkdir()
+    names = ["alpha", "beta", "gamma", "beta-unbuildable", "alpha-broken"]
+    parallel = ParallelBuild(runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=1)
+    assert parallel.result("alpha") == toplevel_of(flake, "alpha")
+    for name in ("beta", "gamma", "alpha-broken"):
+        assert parallel.result(name) == toplevel_of(flake, name)
+    with pytest.raises(BuildError, match=r"\Abuilding beta-unbuildable failed: error: builder for '/nix/store/"):
+        parallel.result("beta-unbuildable")
+    parallel.finish()
+    together = [argv for argv in recorder.commands if argv[:2] == ("nix-store", "--realise")]
+    assert len(together) == 1 and len([word for word in together[0] if word.endswith(".drv")]) == 4  # the four after alpha, first
+
 @needs_nix
 def test_the_flake_check_runs_once_per_locked_flake(tmp_path: Path) -> None:
     flake = write_fixture_flake(tmp_path / "flake", ["alpha"])

@@ -252,8 +252,20 @@ def test_closure_json_shapes_come_dependencies_first() -> None:
         assert set(infos[path]["references"]) - {path} <= set(listed.paths[:index])  # what nix-store --import needs
     assert listed.nar_bytes([unit, etc]) == 6 and listed.nar_bytes([]) == 0
     unsized = parse_closure(json.dumps({lib: {"references": []}}))
-    assert unsized == Closure((lib,), {}) and unsized.size is None  # no size said: none claimed
+    assert unsized == Closure((lib,), {}, {lib: ()}) and unsized.size is None  # no size said: none claimed
     assert parse_closure("not json") is None and parse_closure("3") is None
+
+
+def test_closures_listed_together_come_apart_by_system() -> None:
+    """One `nix path-info` for several systems built together: each host gets its own system's closure."""
+    one, two, etc, lib = "/nix/store/d-one", "/nix/store/e-two", "/nix/store/c-etc", "/nix/store/a-lib"
+    infos = {one: {"narSize": 8, "references": [etc, lib]}, two: {"narSize": 16, "references": [lib]},
+             etc: {"narSize": 4, "references": []}, lib: {"narSize": 1, "references": []}}
+    both = parse_closure(json.dumps(infos))
+    assert both is not None
+    assert both.of(one).paths == (lib, etc, one) and both.of(one).size == 13
+    assert both.of(two).paths == (lib, two) and both.of(two).size == 17
+    assert both.of(two).of(two) == both.of(two)
 
 
 def test_the_closure_of_a_built_system_is_what_nix_store_lists(fleet: Fleet) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +109,44 @@ def build_system(runner: LocalRunner, flake: str, attr: str, *, gc_root: Path, e
         raise BuildError(f"building {attr} failed: nix build left no {gc_root}: {error.strerror}") from None
 
 
+def evaluate_systems(runner: LocalRunner, flake: str, attrs: Sequence[str], extra: Sequence[str] = ()) -> dict[str, Evaluation]:
+    """Each system's derivation (written to the store) and out path, paired by name, from one `nix eval`; builds nothing.
+
+    BuildError when any fails to evaluate (which one is for separate builds to say).
+    """
+    # The attribute names were checked against ATTR_PATTERN, so as JSON strings they are also Nix strings.
+    names = " ".join(json.dumps(attr) for attr in attrs)
+    apply = (
+        "cs: builtins.listToAttrs (map (n: let t = cs.${n}.config.system.build.toplevel; in "
+        f"{{ name = n; value = {{ drv = t.drvPath; out = t.outPath; }}; }}) [ {names} ])"
+    )
+    dry = json.dumps({attr: {"drv": f"<derivation of {attr}>", "out": placeholder(attr)} for attr in attrs})
+    result = runner.run([*commands.NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", apply, *extra], dry_stdout=dry)
+    if not result.ok:
+        raise BuildError(f"evaluating {', '.join(attrs)} failed: {nix_error(result.stderr)}")
+    try:
+        data = json.loads(result.stdout)
+        return {attr: Evaluation(str(data[attr]["drv"]), str(data[attr]["out"])) for attr in attrs}
+    except (ValueError, TypeError, KeyError) as error:
+        raise BuildError(f"evaluating {', '.join(attrs)}: cannot read nix eval --json: {error!r}") from None
+
+
+def build_systems(runner: LocalRunner, flake: str, attrs: Sequence[str], *, gc_root: Path, extra: Sequence[str] = ()) -> dict[str, str]:
+    """Several systems in two Nix processes, however many they are: one `nix eval` pairs each with its derivation by
+    name, one `nix-store --realise` builds them all (rooted as gc_root, gc_root-2, …) without evaluating again.
+
+    Where each system takes Nix less to evaluate than a Nix process takes to
+    start (about 30 ms of CPU), this spares a process per system. BuildError
+    when any fails (which one is for separate builds to say).
+    """
+    evaluations = evaluate_systems(runner, flake, attrs, extra)
+    derivations = [evaluations[attr].derivation for attr in attrs]
+    realised = runner.run(commands.nix_store_realise_many(derivations, gc_root, (*LOCK_POLL, *extra)), shown=NixProgress().shown)
+    if not realised.ok:
+        raise BuildError(f"building {', '.join(attrs)} failed: {nix_error(realised.stderr)}")
+    return {attr: evaluations[attr].out_path for attr in attrs}
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -121,18 +159,28 @@ def evaluation_processes(count: int, cores: int | None = None) -> int:
     return max(1, min(count, cores or usable_cores()))
 
 
+# A system that builds this fast costs Nix more to start than to evaluate: the rest are built several per process.
+FAST_BUILD_SECONDS = 1.0
+# At most this many systems in one Nix process: each holds its evaluation in memory until all are built.
+MOST_SYSTEMS_PER_PROCESS = 16
+
+
 class ParallelBuild:
-    """Build systems here, each evaluated once in its own Nix process, as many at once as there are cores.
+    """Build systems here, each evaluated once, in as many Nix processes at once as there are cores.
 
     A system is ready as soon as it is built: result() waits for that one
     only, so its host's deploy goes on while other systems still evaluate.
+    Each process first builds one system; once one took less than
+    FAST_BUILD_SECONDS, the others are shared out among the processes, several
+    to each (a failure there builds them one by one again, so that each says
+    its own). `after` gets each process's {attr: path} before their hosts do.
     `out_link` (the `build` task's ./result) roots every built system as
     out_link, out_link-2, … in the order of attrs once all are done.
     """
 
     def __init__(
         self, runner: LocalRunner, flake: str, attrs: Sequence[str], *, roots: Path, out_link: Path | None = None,
-        extra: Sequence[str] = (), processes: int | None = None,
+        extra: Sequence[str] = (), processes: int | None = None, after: Callable[[Mapping[str, str]], None] | None = None,
     ) -> None:
         """roots: a directory of this run's own; each system's GC root stays there until the run ends."""
         self.attrs = list(dict.fromkeys(attrs))
@@ -144,32 +192,71 @@ class ParallelBuild:
         self._extra = tuple(extra)
         self._outcomes: dict[str, str | BuildError | OSError] = {}
         self._ready = {attr: threading.Event() for attr in self.attrs}
-        self._queue = list(enumerate(self.attrs))
+        self._queue = [[pair] for pair in enumerate(self.attrs)]  # what each Nix process builds, in turn
         self._queue_lock = threading.Lock()
+        self._fast = False  # a system built in less than FAST_BUILD_SECONDS
+        self._shared_out = False
+        self._after = after
         workers = evaluation_processes(len(self.attrs), processes) if self.attrs else 0
         self._threads = [threading.Thread(target=self._work, name=f"build-{index}", daemon=True) for index in range(workers)]
         for thread in self._threads:
             thread.start()
 
+    def _take(self) -> list[tuple[int, str]]:
+        with self._queue_lock:
+            if self._fast and not self._shared_out:
+                # Once, when the first system turned out fast: what is left goes to the processes in equal shares.
+                self._shared_out = True
+                left = [pair for share in self._queue for pair in share]
+                shares = max(len(self._threads), -(-len(left) // MOST_SYSTEMS_PER_PROCESS))
+                self._queue = [share for share in (left[number::shares] for number in range(shares)) if share]
+            return self._queue.pop(0) if self._queue else []
+
     def _work(self) -> None:
-        while True:
-            with self._queue_lock:
-                if not self._queue:
-                    return
-                index, attr = self._queue.pop(0)
-            outcome: str | BuildError | OSError = BuildError(f"building {attr} was interrupted")
-            started = time.monotonic()
+        while taken := self._take():
+            attrs = [attr for _index, attr in taken]
+            outcomes: dict[str, str | BuildError | OSError] = {attr: BuildError(f"building {attr} was interrupted") for attr in attrs}
             try:
-                outcome = build_system(self._runner, self._flake, attr, gc_root=self._roots / f"system-{index}", extra=self._extra)
-                if not self._runner.dry_run:
-                    self._runner.echo.step(f"==> built {attr}", seconds=time.monotonic() - started)
-            except (BuildError, OSError) as error:  # OSError: out of descriptors, say; the fleet words it
-                outcome = error
+                outcomes = self._build(taken)
+                built = {attr: outcome for attr, outcome in outcomes.items() if isinstance(outcome, str)}
+                if built and self._after is not None and not self._children.stopped:
+                    try:
+                        self._after(built)
+                    except Exception:  # noqa: BLE001 - what `after` adds, each host can still do for itself
+                        pass
             except Exception as error:  # noqa: BLE001 - a waiting host must hear of it, never wait forever
-                outcome = BuildError(f"building {attr} failed: {type(error).__name__}: {error}")
+                outcomes = {attr: BuildError(f"building {attr} failed: {type(error).__name__}: {error}") for attr in attrs}
             finally:
-                self._outcomes[attr] = outcome
-                self._ready[attr].set()
+                for attr in attrs:
+                    self._outcomes[attr] = outcomes[attr]
+                    self._ready[attr].set()
+
+    def _build(self, taken: Sequence[tuple[int, str]]) -> dict[str, str | BuildError | OSError]:
+        """Build these systems in one Nix process (one by one if that fails), saying what was built and how fast."""
+        index, attrs = taken[0][0], [attr for _index, attr in taken]
+        started = time.monotonic()
+        if len(attrs) > 1:
+            try:
+                paths = build_systems(self._runner, self._flake, attrs, gc_root=self._roots / f"systems-{index}", extra=self._extra)
+            except BuildError:
+                if self._children.stopped:
+                    return {attr: BuildError(f"building {attr} was interrupted") for attr in attrs}
+                return {attr: outcome for one in taken for attr, outcome in self._build([one]).items()}
+            except OSError as error:  # out of descriptors, say; the fleet words it
+                return dict.fromkeys(attrs, error)
+            if not self._runner.dry_run:
+                self._runner.echo.step(f"==> built {', '.join(attrs)}", seconds=time.monotonic() - started)
+            return dict(paths)
+        attr = attrs[0]
+        try:
+            path = build_system(self._runner, self._flake, attr, gc_root=self._roots / f"system-{index}", extra=self._extra)
+        except (BuildError, OSError) as error:
+            return {attr: error}
+        elapsed = time.monotonic() - started
+        self._fast = self._fast or elapsed < FAST_BUILD_SECONDS
+        if not self._runner.dry_run:
+            self._runner.echo.step(f"==> built {attr}", seconds=elapsed)
+        return {attr: path}
 
     def result(self, attr: str) -> str:
         """attr's toplevel path once it is built; its BuildError (or OSError) if it failed."""
@@ -182,7 +269,7 @@ class ParallelBuild:
     def stop(self) -> None:
         """Interrupted: end the builds under way and start no more; a system not built says so."""
         with self._queue_lock:
-            left, self._queue = self._queue, []
+            left, self._queue = [pair for share in self._queue for pair in share], []
         for _index, attr in left:
             self._outcomes[attr] = BuildError(f"building {attr} was interrupted")
             self._ready[attr].set()

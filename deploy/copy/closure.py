@@ -17,7 +17,7 @@ import json
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from deploy.build.build import nix_error
@@ -83,6 +83,22 @@ class CountingReader:
 class Closure:
     paths: tuple[str, ...]  # dependencies first: the order nix-store --import needs
     nar_sizes: Mapping[str, int]  # what Nix said of each path's NAR size (what a copy sends)
+    references: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # each path's, within the closure
+
+    def of(self, root: str) -> Closure:
+        """root's own closure, out of one listed for several systems at once, in the same order (pure)."""
+        reached = {root}
+        stack = [root]
+        while stack:
+            for reference in self.references.get(stack.pop(), ()):
+                if reference not in reached:
+                    reached.add(reference)
+                    stack.append(reference)
+        return Closure(
+            tuple(path for path in self.paths if path in reached),
+            {path: size for path, size in self.nar_sizes.items() if path in reached},
+            {path: refs for path, refs in self.references.items() if path in reached},
+        )
 
     def nar_bytes(self, paths: Sequence[str]) -> int | None:
         """The NAR size of these paths of the closure; None when Nix did not say it for one of them."""
@@ -96,13 +112,20 @@ class Closure:
 
 def closure_of(runner: LocalRunner, path: str) -> Closure:
     """path's closure in this machine's store, and each path's size, from one `nix path-info --json --recursive`."""
-    dry = json.dumps([{"path": path, "narSize": 0, "references": []}])
-    result = runner.run(commands.nix_path_info_closure(path), dry_stdout=dry)
+    return closures_of(runner, [path])[path]
+
+
+def closures_of(runner: LocalRunner, paths: Sequence[str]) -> dict[str, Closure]:
+    """Each path's closure, from one `nix path-info --json --recursive` of them all (one Nix process, not one each)."""
+    dry = json.dumps([{"path": path, "narSize": 0, "references": []} for path in paths])
+    result = runner.run(commands.nix_path_info_closure(paths), dry_stdout=dry)
     closure = parse_closure(result.stdout) if result.ok else None
-    if closure is None or path not in closure.paths:
-        why = nix_error(result.stderr) if not result.ok else "Nix's answer does not list it"
-        raise RemoteCommandFailed(f"cannot list the closure of {path}: {why}")
-    return closure
+    for path in paths:
+        if closure is None or path not in closure.paths:
+            why = nix_error(result.stderr) if not result.ok else "Nix's answer does not list it"
+            raise RemoteCommandFailed(f"cannot list the closure of {path}: {why}")
+    assert closure is not None
+    return {path: closure.of(path) for path in paths}
 
 
 def parse_closure(stdout: str) -> Closure | None:
@@ -147,7 +170,7 @@ def parse_closure(stdout: str) -> Closure | None:
             placed.add(path)
             ordered.append(path)
     sizes = {path: info["narSize"] for path, info in infos.items() if isinstance(info.get("narSize"), int)}
-    return Closure(tuple(ordered), sizes)
+    return Closure(tuple(ordered), sizes, {path: tuple(refs) for path, refs in references.items()})
 
 
 def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[str]:

@@ -23,7 +23,7 @@ import json
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from deploy.build.build import ParallelBuild
 from deploy.cli.options import FleetOptions
+from deploy.copy.closure import Closure, closures_of
 from deploy.engine.hangup import handling_hangup
 from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_location, deploy_host
 from deploy.errors import (
@@ -130,6 +131,7 @@ class Fleet:
         self.work = work
         self.check = check  # `nix flake check` running beside the build: hosts wait for it before activating
         self.builds: ParallelBuild | None = None
+        self.closures: dict[str, Closure] = {}  # of the systems built here, by path, listed a share at a time
         self.preparation: Preparation | None = None  # Fabric's import and `ssh -G`, while the systems build
         self.request = request
         self.options = options
@@ -229,8 +231,10 @@ class Fleet:
             self.progress.phase(run.spec.name, Phase.BUILD)
         attrs = list(dict.fromkeys(run.spec.attr for run in local))
         self.session.echo.note(f"==> building {', '.join(attrs)} on this machine")
+        streams = self.request.action is not None and not self.request.local and not self.request.substitute_on_destination
         self.builds = ParallelBuild(
             self.session.runner, self.request.flake, attrs, roots=gc_roots, out_link=self.request.out_link, extra=self.request.extra_nix,
+            after=self._list_closures if streams and not self.session.dry_run else None,
         )
         if self.request.action is not None and any(self._connections_of.values()):
             from deploy.transport.remote import Preparation
@@ -250,6 +254,13 @@ class Fleet:
             warnings = [f"this machine: could not check free space on /nix: {error.strerror or error}"]
         for warning in warnings:
             self.session.echo.warning(warning)
+
+    def _list_closures(self, built: Mapping[str, str]) -> None:
+        """Systems one Nix process just built: their closures from one more, for their hosts' preflights to ask about."""
+        try:
+            self.closures.update(closures_of(self.session.runner, list(built.values())))
+        except (NixfabError, OSError):
+            pass  # each host then lists its own, and says what went wrong
 
     def stop_background(self) -> None:
         """Interrupted: the builds and the flake check run in threads, whose children only we can stop."""
@@ -336,6 +347,7 @@ class Fleet:
         if not self.stop.is_set():
             try:
                 built_here = self._built_here(run)
+                run.closure = self.closures.get(built_here) if built_here else None
                 check_failed = self.check.failure() if self.check is not None else None
                 if check_failed is not None:
                     raise check_failed  # known before the host is touched: it is not even connected to

@@ -126,6 +126,7 @@ class HostRun:
     warnings: list[str] = field(default_factory=list)
     path: str | None = None  # what is known so far, for the journal of a deploy that fails later: the system built
     closure_size: int | None = None  # its closure's size, when the preflight listed the closure here
+    closure: Closure | None = None  # its closure, when the build listed it already
     generation: int | None = None  # and the generation it activated
     # The run's name on the host: its switch's unit, its watchdog and verdict, and its row in the journal.
     token: str = field(default_factory=new_token)
@@ -293,13 +294,18 @@ def preflight_questions(request: DeployRequest, run: HostRun, target: Host, buil
 
 
 def closure_while_connecting(run: HostRun, target: RemoteHost, path: str) -> Closure:
-    """The system's closure and size (a local Nix command) while the SSH handshake runs: the preflight needs both."""
+    """The system's closure and size (a local Nix command, unless the build listed it) while the SSH handshake runs:
+    the preflight needs both."""
     import concurrent.futures
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="closure") as pool:
-        asked = pool.submit(closure_of, run.runner, path)
+    if run.closure is not None:  # the closure of the system built here, which is `path`
+        closure = run.closure
         target.connect()
-        closure = asked.result()
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="closure") as pool:
+            asked = pool.submit(closure_of, run.runner, path)
+            target.connect()
+            closure = asked.result()
     run.closure_size = closure.size
     return closure
 

@@ -121,9 +121,9 @@ def nix_store_realise_many(paths: Sequence[str], gc_root: Path, extra: Sequence[
     return ["nix-store", "--realise", *paths, "--add-root", str(gc_root), "--keep-going", *store_options(extra)]
 
 
-def nix_path_info_closure(path: str) -> list[str]:
-    """Every path of path's closure with its size and references, in one command (copy.closure.parse_closure)."""
-    return [*NIX, "path-info", "--json", "--recursive", path]
+def nix_path_info_closure(paths: Sequence[str]) -> list[str]:
+    """Every path of the paths' closures with its size and references, in one command (copy.closure.parse_closure)."""
+    return [*NIX, "path-info", "--json", "--recursive", *paths]
 
 
 def nix_store_print_invalid(paths: Sequence[str]) -> list[str]:
