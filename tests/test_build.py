@@ -167,8 +167,7 @@ def test_systems_build_side_by_side_and_the_build_task_links_them_in_host_order(
 @needs_nix
 def test_systems_that_build_fast_are_shared_out_several_to_a_nix_process_each_paired_with_its_own(tmp_path: Path) -> None:
     """Each process builds one system first; these take Nix less than its own start, so the rest go several to a
-    process. Every host gets its own system (Nix lists results in the installables' order), and `after` hears of
-    each process's systems before their hosts do."""
+    process, paired with their hosts by name. `after` hears of each share's systems before their hosts do."""
     names = ["foxtrot", "alpha", "echo", "charlie", "bravo", "delta"]
     flake = write_fixture_flake(tmp_path / "flake", names)
     runner, recorder = recording_runner()
@@ -186,8 +185,9 @@ def test_systems_that_build_fast_are_shared_out_several_to_a_nix_process_each_pa
     assert len(evaluations) == 2 and all(argv[4:6] == ("--json", f"path:{flake}#nixosConfigurations") for argv in evaluations)
     realised = [argv for argv in recorder.commands if argv[:2] == ("nix-store", "--realise")]
     assert sorted(len([word for word in argv if word.endswith(".drv")]) for argv in realised) == [2, 2]
-    assert sorted(heard, key=len) and {name: path for batch in heard for name, path in batch.items()} == results
-    assert sorted(len(batch) for batch in heard) == [1, 1, 2, 2]
+    # Of the shares, not of a system built alone (its host lists its closure beside the SSH handshake).
+    assert sorted(len(batch) for batch in heard) == [2, 2]
+    assert all(results[name] == path for batch in heard for name, path in batch.items())
     assert sorted(os.readlink(link) for link in (tmp_path / "roots").iterdir()) == sorted(results.values())  # each one rooted
 
 

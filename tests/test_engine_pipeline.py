@@ -22,17 +22,10 @@ from deploy.activate.activation import Activation, SystemState
 from deploy.config.inventory import HealthCheck, HostSpec, Inventory, SshTarget
 from deploy.confirm import magic_rollback
 from deploy.engine import lock, pipeline
-from deploy.engine.pipeline import (
-    Built,
-    DeployOutcome,
-    DeployRequest,
-    HostRun,
-    Session,
-    activate_with_rollback,
-    deploy_host,
-    finish,
-    up_to_date,
-)
+from deploy.engine.host_run import DeployOutcome, HostRun
+from deploy.engine.pipeline import Built, activate_with_rollback, deploy_host, finish, up_to_date
+from deploy.engine.request import DeployRequest
+from deploy.engine.session import Session
 from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, HostBusy, HostUnreachable, NotConfirmed
 from deploy.nix import commands
 from deploy.record import history

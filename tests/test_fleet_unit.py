@@ -22,7 +22,9 @@ import pytest
 from deploy.config.inventory import HostSpec, Inventory, SshTarget
 from deploy.engine import fleet
 from deploy.engine.fleet import Fleet, FleetOptions, HostResult, exit_code, results_json, waves
-from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session
+from deploy.engine.host_run import DeployOutcome, HostRun
+from deploy.engine.request import DeployRequest
+from deploy.engine.session import Session
 from deploy.errors import ActivationFailed, HealthCheckFailed, HostBusy, HostUnreachable, JournalError, NixfabError, NotConfirmed
 from deploy.ui import Emitter
 from deploy.ui.plain import Console

@@ -111,7 +111,8 @@ def test_a_fleet_hosts_row_is_unfinished_from_its_start_until_it_ends(tmp_path: 
     from deploy.cli.cli import FleetJournal
     from deploy.config.inventory import HostSpec, SshTarget
     from deploy.engine.fleet import HostResult
-    from deploy.engine.pipeline import DeployRequest, HostRun
+    from deploy.engine.host_run import HostRun
+    from deploy.engine.request import DeployRequest
     from deploy.transport.process import LocalRunner
     from deploy.ui import Emitter
 
@@ -196,7 +197,8 @@ def test_a_fleet_row_carries_its_runs_token_and_the_verdicts_its_deploy_saw(tmp_
     from deploy.config.inventory import HostSpec, SshTarget
     from deploy.confirm.magic_rollback import Verdict
     from deploy.engine.fleet import HostResult
-    from deploy.engine.pipeline import DeployRequest, HostRun
+    from deploy.engine.host_run import HostRun
+    from deploy.engine.request import DeployRequest
     from deploy.transport.process import LocalRunner
     from deploy.ui import Emitter
 

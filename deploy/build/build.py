@@ -173,7 +173,8 @@ class ParallelBuild:
     Each process first builds one system; once one took less than
     FAST_BUILD_SECONDS, the others are shared out among the processes, several
     to each (a failure there builds them one by one again, so that each says
-    its own). `after` gets each process's {attr: path} before their hosts do.
+    its own). `after` gets each share's {attr: path} (when it built more than
+    one) before their hosts do.
     `out_link` (the `build` task's ./result) roots every built system as
     out_link, out_link-2, … in the order of attrs once all are done.
     """
@@ -219,7 +220,8 @@ class ParallelBuild:
             try:
                 outcomes = self._build(taken)
                 built = {attr: outcome for attr, outcome in outcomes.items() if isinstance(outcome, str)}
-                if built and self._after is not None and not self._children.stopped:
+                # A system built alone has its closure listed by its host, beside the SSH handshake, as before.
+                if len(built) > 1 and self._after is not None and not self._children.stopped:
                     try:
                         self._after(built)
                     except Exception:  # noqa: BLE001 - what `after` adds, each host can still do for itself

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from deploy.cli.options import DeployOptions, FleetOptions, KeysOptions, OneHostOptions, Selection
     from deploy.config.inventory import HostSpec, Inventory
     from deploy.engine.fleet import HostResult
-    from deploy.engine.pipeline import DeployRequest, HostRun, Session
+    from deploy.engine.host_run import HostRun
+    from deploy.engine.request import DeployRequest
+    from deploy.engine.session import Session
     from deploy.record.history import DeployRecord, Journal
     from deploy.transport.hosts import Host
 
@@ -198,7 +200,7 @@ def open_session(inventory: str, *, dry_run: bool, flake: str, ssh_config: Path 
     Every task opens its session here, so a name means the same machine to all of them.
     """
     from deploy.config.inventory import load_inventory
-    from deploy.engine.pipeline import Session
+    from deploy.engine.session import Session
 
     loaded = load_inventory(Path(inventory), required=inventory != "hosts.yaml")
     flake_dir = flake_directory(flake)
@@ -247,7 +249,7 @@ def selected_machines(context: Any, session: Session, selection: Selection) -> t
 
 
 def deploy_request(options: DeployOptions, *, local: bool, extra_nix: tuple[str, ...]) -> DeployRequest:
-    from deploy.engine.pipeline import DeployRequest
+    from deploy.engine.request import DeployRequest
     from deploy.record.history import flake_revision
 
     flake = options.selection.flake
@@ -302,7 +304,7 @@ def run_deploy(context: Any, options: DeployOptions) -> None:
 
 def run_keys(context: Any, options: KeysOptions) -> None:
     """`keys`: upload the selected hosts' keys from hosts.yaml, as a fleet run (no check, no build, no activation)."""
-    from deploy.engine.pipeline import DeployRequest
+    from deploy.engine.request import DeployRequest
 
     with errors_as_exit_codes():
         with fleet_session(context, options.selection, dry_run=options.dry_run, sudo=options.sudo) as (session, machines, local):

@@ -235,7 +235,7 @@ def exec_on_hosts(context: Any, options: ExecOptions) -> None:
     from deploy.cli.arguments import exec_selection_and_command
     from deploy.engine import remote_command
     from deploy.engine.fleet import Fleet, FleetWork
-    from deploy.engine.pipeline import DeployRequest
+    from deploy.engine.request import DeployRequest
     from deploy.errors import NixfabError
 
     # What the command prints on the hosts is exec's answer: shown at the default verbosity too, as dry-activate's.
@@ -270,7 +270,7 @@ def plan(context: Any, options: PlanOptions) -> None:
 
     from deploy import ui
     from deploy.engine.fleet import Fleet, FleetWork, exit_code, totals_line
-    from deploy.engine.pipeline import DeployRequest
+    from deploy.engine.request import DeployRequest
     from deploy.plan.deploy_plan import DeployPlanner, format_plans, plans_json
 
     started = time.monotonic()

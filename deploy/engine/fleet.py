@@ -34,7 +34,9 @@ from deploy.build.build import ParallelBuild
 from deploy.cli.options import FleetOptions
 from deploy.copy.closure import Closure, closures_of
 from deploy.engine.hangup import handling_hangup
-from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session, build_location, deploy_host
+from deploy.engine.host_run import DeployOutcome, HostRun
+from deploy.engine.request import DeployRequest, build_location
+from deploy.engine.session import Session
 from deploy.errors import (
     ActivationFailed,
     BuildError,
@@ -57,6 +59,14 @@ if TYPE_CHECKING:
     from deploy.build.flake_check import FlakeCheck
     from deploy.transport.remote import Preparation
 
+
+
+def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_here: str | None) -> DeployOutcome:
+    """pipeline.deploy_host, imported by the first host that deploys: the engine's steps take a good part of
+    start-up to import, which the builds, already under way by then, need not wait for."""
+    from deploy.engine import pipeline
+
+    return pipeline.deploy_host(session, request, run, built_here)
 
 @dataclass(frozen=True)
 class HostResult:

@@ -14,8 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from deploy.activate.activation import (
@@ -25,24 +24,23 @@ from deploy.activate.activation import (
     SystemState,
     activate,
     forget_record,
-    new_token,
     system_state,
     undo,
 )
 from deploy.build.build import build_remotely, evaluate
-from deploy.config.inventory import HostSpec, Inventory, SshTarget
+from deploy.config.inventory import HostSpec
 from deploy.copy.closure import Closure, closure_of, copy_closure
+from deploy.engine.host_run import DeployOutcome, HostRun
 from deploy.engine.preflight import Answers, Questions
-from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, NixfabError, NotConfirmed, UsageError
+from deploy.engine.request import DeployRequest, build_location
+from deploy.engine.session import Session
+from deploy.errors import ActivationFailed, ActivationUnknown, HealthCheckFailed, NixfabError, NotConfirmed
 from deploy.gc.gc import collect_garbage
 from deploy.model import Action, KeyUpload, Phase, Result
 from deploy.nix import commands
 from deploy.reboot.reboot import reboot_and_wait
 from deploy.transport.hosts import Host, LocalHost
-from deploy.transport.openssh import SshResolver
-from deploy.transport.process import LocalRunner
-from deploy.transport.remote import RemoteHost, SudoPassword
-from deploy.ui import Emitter
+from deploy.transport.remote import RemoteHost
 
 if TYPE_CHECKING:
     from deploy.confirm.magic_rollback import Verdict, Watchdog
@@ -52,185 +50,12 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class DeployRequest:
-    flake: str
-    action: Action | None  # None builds only
-    build_on: str | None = None  # overrides hosts.yaml: local, target, or a builder's name
-    local: bool = False  # the target is this machine (`switch`, or no --host)
-    reboot: bool = False
-    collect_garbage: bool = False
-    delete_older_than: str | None = None
-    substitute_on_destination: bool = False
-    extra_nix: tuple[str, ...] = ()
-    out_link: Path | None = None  # `build` leaves ./result, as nixos-rebuild build does
-    reboot_timeout: float = 300.0
-    reboot_interval: float = 2.0
-    force: bool = False  # activate even when the host already runs this system
-    magic_rollback: bool = True
-    confirm_timeout: float = 30.0
-    health_checks: bool = True
-    show_diff: bool = False
-    ask: bool = False
-    lock: bool = True
-    diff_only: bool = False  # `diff`: build, copy and show the difference; activate nothing
-    revision: str | None = None  # the flake's git revision, recorded on the target per generation
-    dirty: bool | None = None
-    keys_only: bool = False  # `keys`: upload the hosts' keys, and build, copy and activate nothing
-
-    def __post_init__(self) -> None:
-        # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
-        if self.action is not None:
-            object.__setattr__(self, "action", Action(self.action))
-
-    @property
-    def uploads_keys(self) -> bool:
-        """hosts.yaml's keys go up: with `keys`, and with every deploy that changes the host (not build, diff, dry-activate)."""
-        return self.keys_only or (self.action is not None and self.action.changes_system and not self.diff_only)
-
-
-@dataclass(frozen=True)
 class Built:
     """A system ready to deploy: where it is, and what to release afterwards."""
 
     path: str
     built_on: str  # "local", "target" or a builder's name
     source_store: str | None = None  # a builder's store the closure is copied from
-
-
-@dataclass(frozen=True)
-class DeployOutcome:
-    host: str
-    path: str | None  # None: `keys`, which deploys no system
-    built_on: str
-    status: Result  # ok, built, up-to-date or diffed: a deploy that fails raises instead
-    copied: bool = False
-    generation: int | None = None
-    boot_id: str | None = None
-    warnings: tuple[str, ...] = ()
-    diff: str | None = None  # the `diff` task's result
-
-    def __post_init__(self) -> None:
-        # Callers and tests may say the plain string; the field always holds the member (a bad one is a ValueError).
-        object.__setattr__(self, "status", Result(self.status))
-
-
-@dataclass
-class HostRun:
-    """One host's part of a run: its spec, its output, its phases."""
-
-    spec: HostSpec
-    echo: Emitter
-    runner: LocalRunner
-    on_phase: Callable[[Phase], None] = lambda phase: None
-    ask_lock: threading.Lock | None = None  # questions to the user, one host at a time
-    warnings: list[str] = field(default_factory=list)
-    path: str | None = None  # what is known so far, for the journal of a deploy that fails later: the system built
-    closure_size: int | None = None  # its closure's size, when the preflight listed the closure here
-    closure: Closure | None = None  # its closure, when the build listed it already
-    generation: int | None = None  # and the generation it activated
-    # The run's name on the host: its switch's unit, its watchdog and verdict, and its row in the journal.
-    token: str = field(default_factory=new_token)
-    # Verdicts of earlier deploys' watchdogs this deploy saw (they settled before it went on), for the journal.
-    verdicts_seen: list[Verdict] = field(default_factory=list)
-
-    def phase(self, phase: Phase) -> None:
-        self.on_phase(phase)
-
-    def note(self, message: str) -> None:
-        self.echo.note(message.removeprefix(f"{self.spec.name}: "))  # its lines already carry the host's name
-
-    def step(self, text: str, started: float) -> None:
-        """A step done, with how long it took since `started` (time.monotonic()); a dry run did nothing, and says its plan."""
-        if not self.runner.dry_run:
-            self.echo.step(text, seconds=time.monotonic() - started)
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-        self.echo.warning(message)
-
-
-@dataclass
-class Session:
-    """What one run shares between hosts: the inventory, dry-run, the sudo password, connections."""
-
-    inventory: Inventory
-    echo: Emitter = field(default_factory=Emitter)
-    dry_run: bool = False
-    sudo_password: SudoPassword = field(default_factory=SudoPassword)
-    ssh_resolver: SshResolver = field(default_factory=SshResolver)  # `ssh -G` once per destination per run
-    _remotes: dict[tuple[str, int | None], RemoteHost] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self.runner = LocalRunner(self.echo, dry_run=self.dry_run)
-
-    def new_remote(self, label: str, ssh: SshTarget, *, use_sudo: bool, echo: Emitter | None = None) -> RemoteHost:
-        return RemoteHost(
-            label,
-            ssh.destination(),
-            port=ssh.port,
-            ssh_config=self.inventory.ssh_config,
-            echo=echo or self.echo,
-            dry_run=self.dry_run,
-            use_sudo=use_sudo,
-            sudo_password=self.sudo_password,
-            resolver=self.ssh_resolver,
-        )
-
-    def remote(self, label: str, ssh: SshTarget, *, use_sudo: bool, echo: Emitter | None = None) -> RemoteHost:
-        """The connection to a host or builder, opened once per run and shared."""
-        key = (ssh.destination(), ssh.port)
-        with self._lock:
-            if key not in self._remotes:
-                self._remotes[key] = self.new_remote(label, ssh, use_sudo=use_sudo, echo=echo)
-            return self._remotes[key]
-
-    def target(self, spec: HostSpec, echo: Emitter | None = None) -> RemoteHost:
-        return self.remote(spec.name, spec.ssh, use_sudo=spec.sudo, echo=echo)
-
-    def fresh_target(self, spec: HostSpec, echo: Emitter | None = None) -> RemoteHost:
-        """A new connection, never shared: magic rollback's proof that SSH still works."""
-        return self.new_remote(spec.name, spec.ssh, use_sudo=spec.sudo, echo=echo)
-
-    def ssh_of(self, name: str) -> SshTarget:
-        """A host's or a builder's SSH target, by name."""
-        if name in self.inventory.hosts:
-            return self.inventory.hosts[name].ssh
-        return self.inventory.builder_target(name)
-
-    def builder(self, name: str) -> RemoteHost:
-        if name in self.inventory.hosts:
-            return self.target(self.inventory.hosts[name])
-        return self.remote(name, self.ssh_of(name), use_sudo=False)
-
-    def nix_env(self, *targets: SshTarget) -> dict[str, str]:
-        ports = {t.port for t in targets if t.port}
-        if len(ports) > 1:
-            raise UsageError(
-                f"{' and '.join(t.destination() for t in targets)} use different SSH ports; "
-                "one nix copy cannot reach both: name them as Host aliases in the inventory's ssh_config"
-            )
-        return {"NIX_SSHOPTS": commands.nix_sshopts(self.inventory.ssh_config, ports.pop() if ports else None)}
-
-    def release(self, destination: str, port: int | None) -> None:
-        """Close the shared connection to destination:port, if one is open (a fleet host is done with it)."""
-        with self._lock:
-            remote = self._remotes.pop((destination, port), None)
-        if remote is not None:
-            remote.close()
-
-    def close(self) -> None:
-        with self._lock:
-            remotes = list(self._remotes.values())
-        for remote in remotes:
-            remote.close()
-
-
-def build_location(request: DeployRequest, spec: HostSpec) -> str:
-    if request.local:
-        return "local"
-    build_on = request.build_on or spec.build_on
-    return "target" if build_on == spec.name else build_on
 
 
 def target_of(session: Session, request: DeployRequest, run: HostRun) -> Host:

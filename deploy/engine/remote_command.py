@@ -17,7 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from deploy.engine.fleet import HostResult
-from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session, target_of
+from deploy.engine.host_run import DeployOutcome, HostRun
+from deploy.engine.pipeline import target_of
+from deploy.engine.request import DeployRequest
+from deploy.engine.session import Session
 from deploy.errors import CommandExited
 from deploy.model import Result
 from deploy.transport.process import Result as CommandResult

@@ -27,7 +27,10 @@ from dataclasses import asdict, dataclass, field
 
 from deploy.copy.closure import closure_of, export_into
 from deploy.engine.fleet import HostResult
-from deploy.engine.pipeline import DeployOutcome, DeployRequest, HostRun, Session, target_of
+from deploy.engine.host_run import DeployOutcome, HostRun
+from deploy.engine.pipeline import target_of
+from deploy.engine.request import DeployRequest
+from deploy.engine.session import Session
 from deploy.errors import NixfabError, RemoteCommandFailed
 from deploy.model import Action, Phase, Result
 from deploy.nix import commands

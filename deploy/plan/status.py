@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from deploy.activate.activation import parse_generation
 from deploy.build.build import evaluate_out_paths
 from deploy.confirm.magic_rollback import STATE_DIR, VERDICTS_DIR, Verdict, parse_pending, parse_verdicts
-from deploy.engine.pipeline import Session
+from deploy.engine.session import Session
 from deploy.errors import BuildError, NixfabError
 from deploy.nix import commands
 from deploy.record.history import Journal
