@@ -23,7 +23,6 @@
 # "systemd<TAB>1" or 0; "closure-checked" and an "invalid<TAB>PATH" line
 # for each path the host lacks, or "closure-unchecked" (nix-store's error on
 # stderr).
-
 # The scripts given as text run by eval in a subshell of this one, and no
 # test or value costs a process where the shell can do it: each process a
 # deploy starts on the host costs it a fork and an exec, on every deploy.
