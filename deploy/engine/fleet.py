@@ -60,13 +60,12 @@ if TYPE_CHECKING:
     from deploy.transport.remote import Preparation
 
 
-
 def deploy_host(session: Session, request: DeployRequest, run: HostRun, built_here: str | None) -> DeployOutcome:
-    """pipeline.deploy_host, imported by the first host that deploys: the engine's steps take a good part of
-    start-up to import, which the builds, already under way by then, need not wait for."""
+    """pipeline.deploy_host, imported when the first host deploys: the builds need not wait for every step's import."""
     from deploy.engine import pipeline
 
     return pipeline.deploy_host(session, request, run, built_here)
+
 
 @dataclass(frozen=True)
 class HostResult:
