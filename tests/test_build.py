@@ -5,6 +5,7 @@ The pure parts are checked on their own; the rest against the real Nix and the l
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -175,6 +176,7 @@ def test_systems_that_build_fast_are_shared_out_several_to_a_nix_process_each_pa
     heard: list[dict[str, str]] = []
     parallel = ParallelBuild(
         runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=2, after=lambda built: heard.append(dict(built)),
+        afresh=lambda: True,
     )
     results = {name: parallel.result(name) for name in names}
     parallel.finish()
@@ -197,7 +199,7 @@ def test_a_shared_out_build_that_fails_builds_its_systems_one_by_one_so_each_say
     runner, recorder = recording_runner()
     (tmp_path / "roots").mkdir()
     names = ["alpha", "beta", "gamma", "beta-unbuildable", "alpha-broken"]
-    parallel = ParallelBuild(runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=1)
+    parallel = ParallelBuild(runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=1, afresh=lambda: True)
     assert parallel.result("alpha") == toplevel_of(flake, "alpha")
     for name in ("beta", "gamma", "alpha-broken"):
         assert parallel.result(name) == toplevel_of(flake, name)
@@ -206,6 +208,31 @@ def test_a_shared_out_build_that_fails_builds_its_systems_one_by_one_so_each_say
     parallel.finish()
     together = [argv for argv in recorder.commands if argv[:2] == ("nix-store", "--realise")]
     assert len(together) == 1 and len([word for word in together[0] if word.endswith(".drv")]) == 4  # the four after alpha, first
+
+
+@needs_nix
+def test_systems_that_nix_may_answer_from_its_cache_are_never_shared_out(tmp_path: Path) -> None:
+    """From the evaluation cache a large system builds fast too, and a share's `nix eval --apply` would evaluate
+    several of those afresh: where the cache may answer, every system keeps a `nix build` of its own."""
+    names = ["alpha", "beta", "gamma", "delta"]
+    flake = write_fixture_flake(tmp_path / "flake", names)
+    runner, recorder = recording_runner()
+    (tmp_path / "roots").mkdir()
+    parallel = ParallelBuild(runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=2, afresh=lambda: False)
+    assert {name: parallel.result(name) for name in names} == {name: toplevel_of(flake, name) for name in names}
+    parallel.finish()
+    assert [argv[3] for argv in recorder.commands] == ["build"] * 4
+
+
+def test_only_a_flake_nix_evaluates_afresh_in_every_process_is_shared_out() -> None:
+    afresh = functools.partial(build.evaluated_afresh, copies_every_file=False, dirty=None, in_git=True)
+    assert not afresh((2, 8, 0)) and not afresh(None)  # a locked git flake: cached
+    assert not afresh((2, 26, 3))
+    assert build.evaluated_afresh((2, 26, 3), copies_every_file=True, dirty=None, in_git=True)  # path:
+    assert build.evaluated_afresh((2, 26, 3), copies_every_file=False, dirty=True, in_git=True)  # uncommitted changes
+    assert build.evaluated_afresh((2, 21), copies_every_file=False, dirty=None, in_git=False)  # a directory outside git
+    # Before 2.21 Nix answered a path: flake it had seen from its cache (test_a_system_is_evaluated_once_… shows it).
+    assert not build.evaluated_afresh((2, 20, 9), copies_every_file=True, dirty=True, in_git=False)
 
 @needs_nix
 def test_the_flake_check_runs_once_per_locked_flake(tmp_path: Path) -> None:

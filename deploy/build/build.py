@@ -159,8 +159,26 @@ def evaluation_processes(count: int, cores: int | None = None) -> int:
     return max(1, min(count, cores or usable_cores()))
 
 
-# A system that builds this fast costs Nix more to start than to evaluate: the rest are built several per process.
+# A system that builds this fast, evaluated afresh, costs Nix more to start than to evaluate: the rest are built several
+# per process.
 FAST_BUILD_SECONDS = 1.0
+# Since this Nix, a path: flake and a git flake with uncommitted changes are evaluated afresh by every process
+# (NixOS/nix#10437); before, Nix answered a path: flake it had seen from its evaluation cache.
+UNCACHED_EVALUATION_SINCE = (2, 21)
+
+
+def evaluated_afresh(version: tuple[int, ...] | None, *, copies_every_file: bool, dirty: bool | None, in_git: bool) -> bool:
+    """Whether every Nix process evaluates the flake's systems again, never from its evaluation cache (pure).
+
+    Only then does a system that builds fast tell that it is small: from the
+    cache, a large one builds fast too, and evaluating several of those
+    without the cache (as a share's `nix eval --apply` does) would take
+    seconds each. Unknown versions, locked git flakes and remote flakes may
+    be cached.
+    """
+    if version is None or version < UNCACHED_EVALUATION_SINCE:
+        return False
+    return copies_every_file or dirty is True or not in_git
 # At most this many systems in one Nix process: each holds its evaluation in memory until all are built.
 MOST_SYSTEMS_PER_PROCESS = 16
 
@@ -171,10 +189,11 @@ class ParallelBuild:
     A system is ready as soon as it is built: result() waits for that one
     only, so its host's deploy goes on while other systems still evaluate.
     Each process first builds one system; once one took less than
-    FAST_BUILD_SECONDS, the others are shared out among the processes, several
-    to each (a failure there builds them one by one again, so that each says
-    its own). `after` gets each share's {attr: path} (when it built more than
-    one) before their hosts do.
+    FAST_BUILD_SECONDS, and `afresh()` says Nix evaluated it rather than
+    answered from its cache, the others are shared out among the processes,
+    several to each (a failure there builds them one by one again, so that
+    each says its own). `after` gets each share's {attr: path} (when it built
+    more than one) before their hosts do.
     `out_link` (the `build` task's ./result) roots every built system as
     out_link, out_link-2, … in the order of attrs once all are done.
     """
@@ -182,6 +201,7 @@ class ParallelBuild:
     def __init__(
         self, runner: LocalRunner, flake: str, attrs: Sequence[str], *, roots: Path, out_link: Path | None = None,
         extra: Sequence[str] = (), processes: int | None = None, after: Callable[[Mapping[str, str]], None] | None = None,
+        afresh: Callable[[], bool] = lambda: False,
     ) -> None:
         """roots: a directory of this run's own; each system's GC root stays there until the run ends."""
         self.attrs = list(dict.fromkeys(attrs))
@@ -198,6 +218,7 @@ class ParallelBuild:
         self._fast = False  # a system built in less than FAST_BUILD_SECONDS
         self._shared_out = False
         self._after = after
+        self._afresh = afresh
         workers = evaluation_processes(len(self.attrs), processes) if self.attrs else 0
         self._threads = [threading.Thread(target=self._work, name=f"build-{index}", daemon=True) for index in range(workers)]
         for thread in self._threads:
@@ -208,6 +229,8 @@ class ParallelBuild:
             if self._fast and not self._shared_out:
                 # Once, when the first system turned out fast: what is left goes to the processes in equal shares.
                 self._shared_out = True
+                if not self._afresh():
+                    return self._queue.pop(0) if self._queue else []
                 left = [pair for share in self._queue for pair in share]
                 shares = max(len(self._threads), -(-len(left) // MOST_SYSTEMS_PER_PROCESS))
                 self._queue = [share for share in (left[number::shares] for number in range(shares)) if share]

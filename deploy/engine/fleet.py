@@ -243,7 +243,7 @@ class Fleet:
         streams = self.request.action is not None and not self.request.local and not self.request.substitute_on_destination
         self.builds = ParallelBuild(
             self.session.runner, self.request.flake, attrs, roots=gc_roots, out_link=self.request.out_link, extra=self.request.extra_nix,
-            after=self._list_closures if streams and not self.session.dry_run else None,
+            after=self._list_closures if streams and not self.session.dry_run else None, afresh=self._evaluated_afresh,
         )
         if self.request.action is not None and any(self._connections_of.values()):
             from deploy.transport.remote import Preparation
@@ -263,6 +263,18 @@ class Fleet:
             warnings = [f"this machine: could not check free space on /nix: {error.strerror or error}"]
         for warning in warnings:
             self.session.echo.warning(warning)
+
+    def _evaluated_afresh(self) -> bool:
+        """Whether the local Nix evaluates this flake again in every process (asked once, when a system built fast)."""
+        from deploy.build.build import evaluated_afresh
+        from deploy.config.flakeref import copies_every_file, local_flake_directory
+        from deploy.nix.flake_ops import nix_version
+
+        flake = self.request.flake
+        return evaluated_afresh(
+            nix_version(self.session.runner), copies_every_file=copies_every_file(flake), dirty=self.request.dirty,
+            in_git=self.request.revision is not None or local_flake_directory(flake) is None,
+        )
 
     def _list_closures(self, built: Mapping[str, str]) -> None:
         """Systems one Nix process just built: their closures from one more, for their hosts' preflights to ask about."""
