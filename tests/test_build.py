@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,26 @@ def test_systems_that_nix_may_answer_from_its_cache_are_never_shared_out(tmp_pat
     parallel.finish()
     assert [argv[3] for argv in recorder.commands] == ["build"] * 4
 
+
+
+@needs_nix
+def test_a_question_about_sharing_out_that_fails_leaves_every_system_its_own_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking the Nix version can fail (out of file descriptors, say): then nothing is shared out, no build thread
+    dies with a traceback, and every host still hears of its own system."""
+    names = ["alpha", "beta", "gamma", "delta"]
+    flake = write_fixture_flake(tmp_path / "flake", names)
+    runner, _ = recording_runner()
+    (tmp_path / "roots").mkdir()
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+
+    def no_descriptors() -> bool:
+        raise OSError(24, "Too many open files")
+
+    parallel = ParallelBuild(runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=2, afresh=no_descriptors)
+    assert {name: parallel.result(name) for name in names} == {name: toplevel_of(flake, name) for name in names}
+    parallel.finish()
+    assert died == []
 
 def test_only_a_flake_nix_evaluates_afresh_in_every_process_is_shared_out() -> None:
     afresh = functools.partial(build.evaluated_afresh, copies_every_file=False, dirty=None, in_git=True)

@@ -229,7 +229,11 @@ class ParallelBuild:
             if self._fast and not self._shared_out:
                 # Once, when the first system turned out fast: what is left goes to the processes in equal shares.
                 self._shared_out = True
-                if not self._afresh():
+                try:
+                    afresh = self._afresh()
+                except Exception:  # noqa: BLE001 - unanswered (out of descriptors, say): each system keeps its own build
+                    afresh = False
+                if not afresh:
                     return self._queue.pop(0) if self._queue else []
                 left = [pair for share in self._queue for pair in share]
                 shares = max(len(self._threads), -(-len(left) // MOST_SYSTEMS_PER_PROCESS))
