@@ -71,20 +71,21 @@ class FakeDeploys:
                 self.active -= 1
 
 
-def hosts(*names: str) -> Inventory:
+def hosts(*names: str, build_on: str = "target") -> Inventory:
     return Inventory(
-        hosts={name: HostSpec(name=name, ssh=SshTarget(f"{name}.example"), attr=name, build_on="target", tags=(), sudo=False, declared=True) for name in names}
+        hosts={name: HostSpec(name=name, ssh=SshTarget(f"{name}.example"), attr=name, build_on=build_on, tags=(), sudo=False, declared=True) for name in names}
     )
 
 
 class Run:
     """A Fleet over named hosts with FakeDeploys in place of deploy_host; quiet."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, names: str, deploys: FakeDeploys, **options: object) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, names: str, deploys: FakeDeploys, build_on: str = "target", **options: object) -> None:
         self.deploys = deploys
         self.machines = names.split()
         self.echo_stream = io.StringIO()
-        self.session = Session(hosts(*{machine.partition("@")[2] or machine for machine in self.machines}), echo=Emitter.plain(self.echo_stream))
+        inventory = hosts(*{machine.partition("@")[2] or machine for machine in self.machines}, build_on=build_on)
+        self.session = Session(inventory, echo=Emitter.plain(self.echo_stream))
         self.seen: list[tuple[str, str]] = []
         monkeypatch.setattr(fleet, "deploy_host", deploys)
         self.fleet = Fleet(
@@ -418,6 +419,17 @@ def test_a_journal_that_cannot_be_written_is_a_warning_and_exit_17_not_silence(m
     assert exit_code([result("a", "failed", 4)], interrupted=False, journal_failed=True) == 4
 
 
+def test_a_journal_that_runs_out_of_file_descriptors_is_the_same_warning_not_a_lost_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    def journal_out_of_descriptors(*args: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")  # as a lazy import in the callback meets it
+
+    run = Run(monkeypatch, "a b", FakeDeploys())
+    run.fleet.on_start = journal_out_of_descriptors
+    results = run()
+    assert outcomes(results) == {"a": "ok", "b": "ok"}
+    assert run.notes.count("warning: cannot write the deploy journal: Too many open files") == 1
+
+
 @pytest.mark.parametrize("journal_fails_on", ["start", "result"])
 def test_a_journal_failure_does_not_change_fail_fast(monkeypatch: pytest.MonkeyPatch, journal_fails_on: str) -> None:
     # a's journal fails: not a host failure, so fail-fast goes on; b's deploy fails: fail-fast stops, journal or not.
@@ -546,6 +558,48 @@ def test_running_out_of_file_descriptors_is_the_hosts_one_line_failure(monkeypat
     results = Run(monkeypatch, "a b", FakeDeploys({"a": out_of_fds}))()
     assert outcomes(results) == {"a": "failed", "b": "ok"}
     assert results["a"].error == "a: out of file descriptors (Too many open files): raise the limit (`ulimit -n`) or lower --parallel"
+
+
+class NoBuilds:
+    """Stands in for ParallelBuild: every system "built" at once, no Nix started."""
+
+    def __init__(self, runner: object, flake: str, attrs: list[str], **options: object) -> None:
+        self.attrs = attrs
+
+    def result(self, attr: str) -> str:
+        return f"/nix/store/{attr}-system"
+
+    def finish(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class ImportsOutOfDescriptors:
+    """A meta path finder: importing `name` meets EMFILE, as opening its file does once the descriptors ran out."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        if fullname == self.name:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_running_out_of_file_descriptors_in_the_fleets_own_step_fails_each_host_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen in a full suite: the descriptors ran out while the fleet itself (not a host's deploy) imported
+    # what checks free space, lazily, after starting the builds; the run ended in one line with no summary.
+    import sys
+
+    monkeypatch.setattr(fleet, "ParallelBuild", NoBuilds)
+    monkeypatch.delitem(sys.modules, "deploy.plan.disk", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [ImportsOutOfDescriptors("deploy.plan.disk"), *sys.meta_path])
+    run = Run(monkeypatch, "a b", FakeDeploys(), build_on="local")
+    results = run()
+    assert outcomes(results) == {"a": "failed", "b": "failed"}
+    assert results["a"].error == "a: out of file descriptors (Too many open files): raise the limit (`ulimit -n`) or lower --parallel"
+    assert run.deploys.started == []  # no host is touched without its system
 
 
 def test_a_log_that_cannot_be_opened_is_a_warning_and_the_deploys_go_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -197,7 +197,7 @@ class Fleet:
             gc_roots = stack.enter_context(self._gc_roots())
             try:
                 if self.work is None or self.work.build_first:
-                    self.build_locally(gc_roots)
+                    self.start_builds(gc_roots)
                 self.deploy_in_waves()
                 self.finish_builds()
             except KeyboardInterrupt:
@@ -226,6 +226,18 @@ class Fleet:
 
         with tempfile.TemporaryDirectory(prefix="nixfab-gcroot-") as directory:
             yield Path(directory)
+
+    def start_builds(self, gc_roots: Path) -> None:
+        """build_locally, where running out of descriptors (a lazy import meets it as well as a pipe) fails
+        every host with one line, and the summary still comes: no host is touched without its system."""
+        try:
+            self.build_locally(gc_roots)
+        except OSError as error:
+            self.stop_background()
+            started = time.monotonic()
+            for name, run in self.runs.items():
+                if name not in self.results:
+                    self.fail(run, os_error(name, error), started)
 
     def build_locally(self, gc_roots: Path) -> None:
         """Start building every system built here: evaluated once, in up to one Nix process per core.
@@ -440,7 +452,10 @@ class Fleet:
     def _journal(self, record: Callable[[], None]) -> None:
         """Run a journal callback; its failure is a warning and a mark on the run, never a host's failure."""
         try:
-            record()
+            try:
+                record()
+            except OSError as error:  # out of descriptors, say: the same warning, not a run that ends without its summary
+                raise JournalError(f"cannot write the deploy journal: {error.strerror or error}") from None
         except JournalError as error:
             with self._state_lock:
                 first = not self.journal_errors
