@@ -154,7 +154,11 @@ def test_verbose_shows_every_command_local_and_remote_and_echo_means_verbose(sit
         assert f"{name} | + [{name}] sh -c '\n{name} | lock=$1 holder=$2 " in result.stderr  # a whole remote script
         assert f"{name} | ' sh {toplevel_of(site.flake, name)} /nix/var/nix/profiles/system 1 " in result.stderr
         assert "\n+ nix --extra-experimental-features 'nix-command flakes' build --json " in result.stderr  # a local one
-        assert f"{name} | + nix-store --export " in result.stderr
+        # The closure's export, written here (no nix-store --export), into the host's import.
+        imports = [line for line in result.stderr.splitlines() if "nix-store --import" in line]
+        assert len(imports) == 1 and re.fullmatch(
+            rf"{name} \| \+ \[{name}\] nix-store --import '<' '\(the export of the \d+ paths it lacks, written here\)'", imports[0]
+        ), imports
         assert f"{name} | activating the configuration..." in result.stderr  # and what the commands on the host print
     echoed = run_inv("--echo", "switch-push", "gamma", "--skip-checks", "--flake", str(site.flake), "--inventory", str(site.inventory))
     ok(echoed)

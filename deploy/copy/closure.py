@@ -16,11 +16,13 @@ import io
 import json
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
 from deploy.build.build import nix_error
+from deploy.copy.export import ExportReader, StoreObject, nar_sha256
 from deploy.errors import NixfabError, RemoteCommandFailed
 from deploy.nix import commands
 from deploy.scripts import script
@@ -40,14 +42,16 @@ def copy_closure(
     nix_env: Mapping[str, str],
     extra: Sequence[str] = (),
     missing: Sequence[str] | None = None,
+    closure: Closure | None = None,
 ) -> bool:
     """Copy path's closure to target (from source_store, or this machine); False if it was there.
 
     missing: the paths of the closure the target said it lacks (preflight), else it is asked.
+    closure: path's closure as listed here (the export is then written from its records).
     Says what it did as one step line: `copied 3 paths, 64.0 KiB in 0.2 s`.
     """
     if source_store is None and not substitute_on_destination and isinstance(target, RemoteHost):
-        return stream_closure(runner, target, path, missing)
+        return stream_closure(runner, target, path, missing, closure)
     started = time.monotonic()
     if target.run(commands.check_store_path_valid(path), dry_returncode=1).ok:
         runner.echo.step(NOTHING_TO_COPY, seconds=time.monotonic() - started)
@@ -84,6 +88,8 @@ class Closure:
     paths: tuple[str, ...]  # dependencies first: the order nix-store --import needs
     nar_sizes: Mapping[str, int]  # what Nix said of each path's NAR size (what a copy sends)
     references: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # each path's, within the closure
+    # What an export says of each path (all of its references, deriver, NAR hash); only where Nix said all of it.
+    objects: Mapping[str, StoreObject] = field(default_factory=dict)
 
     def of(self, root: str) -> Closure:
         """root's own closure, out of one listed for several systems at once, in the same order (pure)."""
@@ -98,7 +104,13 @@ class Closure:
             tuple(path for path in self.paths if path in reached),
             {path: size for path, size in self.nar_sizes.items() if path in reached},
             {path: refs for path, refs in self.references.items() if path in reached},
+            {path: item for path, item in self.objects.items() if path in reached},
         )
+
+    def export_of(self, paths: Sequence[str]) -> list[StoreObject] | None:
+        """What exporting these paths of the closure needs; None when Nix did not say all of it for one of them."""
+        objects = [self.objects.get(path) for path in paths]
+        return [item for item in objects if item is not None] if None not in objects else None
 
     def nar_bytes(self, paths: Sequence[str]) -> int | None:
         """The NAR size of these paths of the closure; None when Nix did not say it for one of them."""
@@ -170,7 +182,20 @@ def parse_closure(stdout: str) -> Closure | None:
             placed.add(path)
             ordered.append(path)
     sizes = {path: info["narSize"] for path, info in infos.items() if isinstance(info.get("narSize"), int)}
-    return Closure(tuple(ordered), sizes, {path: tuple(refs) for path, refs in references.items()})
+    return Closure(tuple(ordered), sizes, {path: tuple(refs) for path, refs in references.items()}, store_objects(infos))
+
+
+def store_objects(infos: Mapping[str, Mapping[str, object]]) -> dict[str, StoreObject]:
+    """What `nix path-info --json` said of each path that an export needs, for each path it said all of it of (pure)."""
+    objects = {}
+    for path, info in infos.items():
+        references, deriver, digest = info.get("references"), info.get("deriver"), nar_sha256(info.get("narHash"))
+        if (
+            isinstance(references, list) and all(isinstance(reference, str) for reference in references)
+            and (deriver is None or isinstance(deriver, str)) and digest is not None
+        ):
+            objects[path] = StoreObject(path, tuple(references), deriver or "", digest)
+    return objects
 
 
 def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[str]:
@@ -183,8 +208,13 @@ def missing_paths(runner: LocalRunner, target: RemoteHost, path: str) -> list[st
     return [item for item in paths if item in wanted]
 
 
-def stream_closure(runner: LocalRunner, target: RemoteHost, path: str, missing: Sequence[str] | None = None) -> bool:
-    """Export what the target lacks (`missing`, when it said so already) into its nix-store --import; False when it lacked nothing."""
+def stream_closure(
+    runner: LocalRunner, target: RemoteHost, path: str, missing: Sequence[str] | None = None, closure: Closure | None = None,
+) -> bool:
+    """Export what the target lacks (`missing`, when it said so already) into its nix-store --import; False when it lacked nothing.
+
+    closure: path's, as listed for the preflight, whose records let the export be written here.
+    """
     from deploy.plan.disk import human_size
 
     started = time.monotonic()
@@ -192,49 +222,78 @@ def stream_closure(runner: LocalRunner, target: RemoteHost, path: str, missing: 
     if not missing:
         runner.echo.step(NOTHING_TO_COPY, seconds=time.monotonic() - started)
         return False
-    export = commands.nix_store_export(missing)
-    runner.echo.command(export)
     if runner.dry_run:
+        runner.echo.command(commands.nix_store_export(missing))
         target.feed(commands.nix_store_import(), io.BytesIO(), describe_source="(the export above)")
         return True
-    producer = subprocess.Popen(export, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert producer.stdout is not None
-    sent = CountingReader(producer.stdout)
-    try:
-        imported = target.feed(commands.nix_store_import(), sent, describe_source="(the export above)")
-    finally:
-        producer.stdout.close()
-        export_error = producer.stderr.read().decode("utf-8", "replace") if producer.stderr else ""
-        producer.wait()
-    if producer.returncode != 0:
+    with exported(runner, missing, closure) as source:
+        imported = target.feed(commands.nix_store_import(), source, describe_source=source.describe)
+    if source.error is not None:
         left = remove_failed_import(target, missing)
-        raise RemoteCommandFailed(f"exporting {path} failed: {nix_error(export_error)}{left}")
+        raise RemoteCommandFailed(f"exporting {path} failed: {source.error}{left}")
     if not imported.ok:
         left = remove_failed_import(target, missing)
         raise RemoteCommandFailed(f"{target.label}: importing {path} failed: {nix_error(imported.stdout)}{left}")
     paths = f"{len(missing)} path{'' if len(missing) == 1 else 's'}"
-    runner.echo.step(f"copied {paths}, {human_size(sent.count)}", seconds=time.monotonic() - started)
+    runner.echo.step(f"copied {paths}, {human_size(source.count)}", seconds=time.monotonic() - started)
     return True
 
 
-def export_into(runner: LocalRunner, target: RemoteHost, paths: Sequence[str], receiver: Sequence[str], *, describe: str) -> Result:
-    """`nix-store --export paths` here, into `receiver`'s stdin on the target, over its connection; the receiver's result.
+def export_into(
+    runner: LocalRunner, target: RemoteHost, paths: Sequence[str], receiver: Sequence[str], *, closure: Closure | None = None,
+) -> Result:
+    """The export of paths (of closure, when given), into `receiver`'s stdin on the target, over its connection; the receiver's result.
 
-    An export that fails is the result's failure too (exit 1, Nix's error line), whatever the receiver made of it.
+    An export that fails is the result's failure too (exit 1, its error line), whatever the receiver made of it.
     """
-    export = commands.nix_store_export(paths)
-    runner.echo.command(export)
-    producer = subprocess.Popen(export, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert producer.stdout is not None
-    try:
-        received = target.feed(receiver, producer.stdout, describe_source=describe)
-    finally:
-        producer.stdout.close()
-        export_error = producer.stderr.read().decode("utf-8", "replace") if producer.stderr else ""
-        producer.wait()
-    if producer.returncode != 0:
-        return Result(tuple(receiver), 1, "", f"exporting {len(paths)} paths failed: {nix_error(export_error)}")
+    with exported(runner, paths, closure) as source:
+        received = target.feed(receiver, source, describe_source=source.describe)
+    if source.error is not None:
+        return Result(tuple(receiver), 1, "", f"exporting {len(paths)} paths failed: {source.error}")
     return received
+
+
+class NixStoreExport:
+    """`nix-store --export` of paths, as a stream to read; after close(), `error` is Nix's error line if it failed."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self._process = subprocess.Popen(commands.nix_store_export(paths), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self._process.stdout is not None
+        self._sent = CountingReader(self._process.stdout)
+        self.describe = "(the export above)"
+        self.error: str | None = None
+
+    @property
+    def count(self) -> int:
+        return self._sent.count
+
+    def read(self, size: int = -1) -> bytes:
+        return self._sent.read(size)
+
+    def close(self) -> None:
+        assert self._process.stdout is not None and self._process.stderr is not None
+        self._process.stdout.close()
+        said = self._process.stderr.read().decode("utf-8", "replace")
+        if self._process.wait() != 0:
+            self.error = nix_error(said)
+
+
+@contextmanager
+def exported(runner: LocalRunner, paths: Sequence[str], closure: Closure | None) -> Iterator[ExportReader | NixStoreExport]:
+    """The export of paths to read from: written here when the closure's records cover them all, else nix-store --export's.
+
+    Its `error` (None when it went well) is known once the block ends.
+    """
+    objects = closure.export_of(paths) if closure is not None else None
+    if objects is not None:
+        yield ExportReader(objects, describe=f"(the export of the {len(paths)} paths it lacks, written here)")
+        return
+    runner.echo.command(commands.nix_store_export(paths))
+    export = NixStoreExport(paths)
+    try:
+        yield export
+    finally:
+        export.close()
 
 
 def remove_failed_import(target: Host, missing: Sequence[str]) -> str:

@@ -51,7 +51,7 @@ class HostRun:
     warnings: list[str] = field(default_factory=list)
     path: str | None = None  # what is known so far, for the journal of a deploy that fails later: the system built
     closure_size: int | None = None  # its closure's size, when the preflight listed the closure here
-    closure: Closure | None = None  # its closure, when the build listed it already
+    closure: Closure | None = None  # its closure, once listed (by the build, or beside the handshake)
     generation: int | None = None  # and the generation it activated
     # The run's name on the host: its switch's unit, its watchdog and verdict, and its row in the journal.
     token: str = field(default_factory=new_token)

@@ -131,7 +131,7 @@ def closure_while_connecting(run: HostRun, target: RemoteHost, path: str) -> Clo
             asked = pool.submit(closure_of, run.runner, path)
             target.connect()
             closure = asked.result()
-    run.closure_size = closure.size
+    run.closure, run.closure_size = closure, closure.size
     return closure
 
 
@@ -231,7 +231,7 @@ def finish(
             copied = copy_closure(
                 run.runner, path, target=target, target_store=commands.ssh_store_uri(spec.ssh.destination()),
                 source_store=built.source_store, substitute_on_destination=request.substitute_on_destination,
-                nix_env=session.nix_env(*sources), extra=request.extra_nix, missing=answers.missing,
+                nix_env=session.nix_env(*sources), extra=request.extra_nix, missing=answers.missing, closure=run.closure,
             )
         except NixfabError as error:
             from deploy.plan.disk import raise_if_disk_full

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from deploy.copy.closure import closure_of, export_into
+from deploy.copy.closure import Closure, closure_of, export_into
 from deploy.engine.fleet import HostResult
 from deploy.engine.host_run import DeployOutcome, HostRun
 from deploy.engine.pipeline import target_of
@@ -212,7 +212,9 @@ def read_facts(target: Host, system: str, closure: Sequence[str], *, stage: bool
     return facts
 
 
-def stage(runner: LocalRunner, target: RemoteHost, system: str, missing: Sequence[str], staging: str, *, then_dry_activate: bool) -> DryActivation | None:
+def stage(
+    runner: LocalRunner, target: RemoteHost, system: str, missing: Sequence[str], staging: str, *, then_dry_activate: bool, closure: Closure | None = None,
+) -> DryActivation | None:
     """Import the paths the host lacks and hold the system with a temporary GC root in `staging`.
 
     then_dry_activate (where no sudo is needed): go on at once with plan_dry_activate.sh, in the same
@@ -221,7 +223,7 @@ def stage(runner: LocalRunner, target: RemoteHost, system: str, missing: Sequenc
     """
     follow = script("plan_dry_activate") if then_dry_activate else ""
     argv = ["sh", "-c", script("plan_stage"), "sh", system, staging, follow]
-    staged = export_into(runner, target, missing, argv, describe=f"(nix-store --export of the {len(missing)} paths it lacks)")
+    staged = export_into(runner, target, missing, argv, closure=closure)
     answer = parse_dry_activate_output(staged.stdout) if then_dry_activate else None
     if not staged.ok or (then_dry_activate and (answer is None or answer.exit_code is None)):
         raise RemoteCommandFailed(f"{target.label}: staging {system} failed: {staged.tail(1)}")
@@ -268,7 +270,7 @@ def plan_host(action: Action, run: HostRun, target: Host, system: str) -> HostPl
     units: UnitChanges | None = None
     note: str | None = None
     if running_changes:
-        units, note, left = units_of(run, target, system, facts)
+        units, note, left = units_of(run, target, system, facts, closure)
         if left:
             warnings.append(f"{len(left)} staged path(s) are still in its store, alive for another reason: {' '.join(left)}")
     elif facts.staging is not None:
@@ -296,7 +298,9 @@ def plan_host(action: Action, run: HostRun, target: Host, system: str) -> HostPl
     )
 
 
-def units_of(run: HostRun, target: Host, system: str, facts: HostFacts) -> tuple[UnitChanges | None, str | None, tuple[str, ...]]:
+def units_of(
+    run: HostRun, target: Host, system: str, facts: HostFacts, closure: Closure | None = None,
+) -> tuple[UnitChanges | None, str | None, tuple[str, ...]]:
     """(units, why they are unknown, staged paths left behind): dry-activate, staging the closure first where it is missing."""
     if facts.missing and facts.staging is None:
         why = "another deploy holds the host's lock" if facts.locked else "its closure is not on the host"
@@ -309,7 +313,7 @@ def units_of(run: HostRun, target: Host, system: str, facts: HostFacts) -> tuple
             run.phase(Phase.COPY)
             try:
                 # A root login dry-activates and cleans up in the staging's own round trip; sudo needs one of its own.
-                answer = stage(run.runner, target, system, facts.missing, facts.staging, then_dry_activate=not target.use_sudo)
+                answer = stage(run.runner, target, system, facts.missing, facts.staging, then_dry_activate=not target.use_sudo, closure=closure)
             except RemoteCommandFailed as error:
                 return None, f"not asked: {error}", ()
             removed = answer is not None
