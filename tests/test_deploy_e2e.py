@@ -66,6 +66,23 @@ def test_a_deploy_makes_three_commands_and_a_confirmation_and_a_no_op_one_comman
 
 
 
+def test_a_half_written_path_on_the_host_is_sent_again_and_the_deploy_goes_on(fleet) -> None:  # type: ignore[no-untyped-def]
+    """The preflight takes a path that is in the host's store directory as valid (no nix-store process per deploy);
+    a build or an import that died can leave one there half-written and invalid. The import then refuses what refers
+    to it, and the deploy asks nix-store which paths the host really lacks, and sends them."""
+    lab, flake, inventory = fleet
+    system = toplevel_of(flake, "alpha")
+    closure = subprocess.run(["nix-store", "--query", "--requisites", system], check=True, capture_output=True, text=True).stdout.split()
+    half_written = next(path for path in closure if path.endswith("-etc-alpha"))
+    lab.inside("alpha", ["sh", "-c", 'mkdir -p "$1" && echo partial > "$1/leftover"', "sh", half_written])
+    assert lab.inside("alpha", ["nix-store", "--check-validity", half_written], check=False).returncode != 0
+    ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory)))
+    state = lab.state("alpha")
+    assert state.current_system == system and [g.path for g in state.generations] == [system]
+    assert lab.inside("alpha", ["nix-store", "--check-validity", *closure], check=False).returncode == 0
+    assert not lab.store_has("alpha", f"{half_written}/leftover")  # Nix wrote the path afresh
+
+
 def test_systemd_is_asked_by_a_test_not_by_starting_a_unit_and_a_host_without_it_gets_none(fleet) -> None:  # type: ignore[no-untyped-def]
     """sd_booted(3), as nixos-rebuild-ng asks it: /run/systemd/system. A unit started only to see whether one starts
     cost a systemd-run on every deploy. Without systemd, the watchdog runs under setsid and the switch in a clean

@@ -393,7 +393,6 @@ def run_fleet(
 @contextmanager
 def run_log(session: Session, log_dir: Path) -> Iterator[None]:
     """The run's own lines (the flake check, the shared build, the waves) also go to <log_dir>/run.log, whatever is shown."""
-    from deploy.transport.process import LocalRunner
     from deploy.ui import RUN_LOG, Emitter, RunLog, Tee
 
     if session.dry_run:
@@ -401,12 +400,12 @@ def run_log(session: Session, log_dir: Path) -> Iterator[None]:
         return
     shown = session.echo
     session.echo = Emitter(Tee(shown.sink, RunLog(log_dir / f"{RUN_LOG}.log")))
-    session.runner = LocalRunner(session.echo, dry_run=session.dry_run)
+    session.runner = session.local_runner(session.echo)
     try:
         yield
     finally:
         session.echo = shown
-        session.runner = LocalRunner(shown, dry_run=session.dry_run)
+        session.runner = session.local_runner(shown)
 
 
 def needs_sudo_password(session: Session, request: DeployRequest, machines: Sequence[str]) -> bool:

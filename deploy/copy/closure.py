@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from deploy.build.build import nix_error
 from deploy.copy.export import ExportReader, StoreObject, nar_sha256
@@ -46,7 +46,7 @@ def copy_closure(
 ) -> bool:
     """Copy path's closure to target (from source_store, or this machine); False if it was there.
 
-    missing: the paths of the closure the target said it lacks (preflight), else it is asked.
+    missing: the paths of the closure not in the target's store directory (preflight), else nix-store is asked.
     closure: path's closure as listed here (the export is then written from its records).
     Says what it did as one step line: `copied 3 paths, 64.0 KiB in 0.2 s`.
     """
@@ -128,7 +128,18 @@ def closure_of(runner: LocalRunner, path: str) -> Closure:
 
 
 def closures_of(runner: LocalRunner, paths: Sequence[str]) -> dict[str, Closure]:
-    """Each path's closure, from one `nix path-info --json --recursive` of them all (one Nix process, not one each)."""
+    """Each path's closure: from the run's nix-store --serve, else one `nix path-info --json --recursive` of them all."""
+    if runner.store is not None and not runner.dry_run:
+        from deploy.transport.local_store import Unanswered
+
+        try:
+            infos = runner.store.closure_infos(paths)
+        except Unanswered as error:
+            runner.echo.record(f"the store's server did not list the closure of {' '.join(paths)} ({error}); asking nix path-info")
+        else:
+            runner.echo.record(f"the closure of {' '.join(paths)}: {len(infos)} paths, from the run's nix-store --serve")
+            served = closure_from({str(info["path"]): info for info in infos})
+            return {path: served.of(path) for path in paths}
     dry = json.dumps([{"path": path, "narSize": 0, "references": []} for path in paths])
     result = runner.run(commands.nix_path_info_closure(paths), dry_stdout=dry)
     closure = parse_closure(result.stdout) if result.ok else None
@@ -157,7 +168,12 @@ def parse_closure(stdout: str) -> Closure | None:
         items = {key: value for key, value in data.items() if isinstance(value, dict)}
     else:
         return None
-    infos = {path: info for path, info in items.items() if isinstance(path, str) and info.get("valid") is not False}
+    return closure_from({path: info for path, info in items.items() if isinstance(path, str)})
+
+
+def closure_from(items: Mapping[str, Mapping[str, Any]]) -> Closure:
+    """A closure from what Nix said of each of its paths (path-info's JSON fields), dependencies first (pure)."""
+    infos = {path: info for path, info in items.items() if info.get("valid") is not False}
     references = {
         path: sorted(ref for ref in info.get("references") or () if isinstance(ref, str) and ref != path and ref in infos)
         for path, info in infos.items()
@@ -185,7 +201,7 @@ def parse_closure(stdout: str) -> Closure | None:
     return Closure(tuple(ordered), sizes, {path: tuple(refs) for path, refs in references.items()}, store_objects(infos))
 
 
-def store_objects(infos: Mapping[str, Mapping[str, object]]) -> dict[str, StoreObject]:
+def store_objects(infos: Mapping[str, Mapping[str, Any]]) -> dict[str, StoreObject]:
     """What `nix path-info --json` said of each path that an export needs, for each path it said all of it of (pure)."""
     objects = {}
     for path, info in infos.items():
@@ -213,11 +229,14 @@ def stream_closure(
 ) -> bool:
     """Export what the target lacks (`missing`, when it said so already) into its nix-store --import; False when it lacked nothing.
 
-    closure: path's, as listed for the preflight, whose records let the export be written here.
+    closure: path's, as listed for the preflight, whose records let the export be written here. `missing`
+    is what the preflight found missing from the host's store directory; when the import fails, nix-store
+    is asked which paths the host really lacks, and those it lacks beyond them are sent once more.
     """
     from deploy.plan.disk import human_size
 
     started = time.monotonic()
+    asked_already, count = missing is not None, 0
     missing = list(missing) if missing is not None else missing_paths(runner, target, path)
     if not missing:
         runner.echo.step(NOTHING_TO_COPY, seconds=time.monotonic() - started)
@@ -226,16 +245,29 @@ def stream_closure(
         runner.echo.command(commands.nix_store_export(missing))
         target.feed(commands.nix_store_import(), io.BytesIO(), describe_source="(the export above)")
         return True
-    with exported(runner, missing, closure) as source:
-        imported = target.feed(commands.nix_store_import(), source, describe_source=source.describe)
-    if source.error is not None:
-        left = remove_failed_import(target, missing)
-        raise RemoteCommandFailed(f"exporting {path} failed: {source.error}{left}")
-    if not imported.ok:
+    sent, presumed = missing, asked_already
+    while True:
+        with exported(runner, sent, closure) as source:
+            imported = target.feed(commands.nix_store_import(), source, describe_source=source.describe)
+        count += source.count
+        if source.error is not None:
+            left = remove_failed_import(target, missing)
+            raise RemoteCommandFailed(f"exporting {path} failed: {source.error}{left}")
+        if imported.ok:
+            break
+        if presumed:
+            # The preflight took the paths in the host's store directory as valid; one may be half-written.
+            presumed = False
+            lacking = missing_paths(runner, target, path)
+            if set(lacking) - set(sent):
+                runner.echo.record(f"{target.label} lacks paths its store directory has (half-written): sending {len(lacking)} paths again")
+                sent = lacking
+                missing = list(dict.fromkeys([*missing, *lacking]))
+                continue
         left = remove_failed_import(target, missing)
         raise RemoteCommandFailed(f"{target.label}: importing {path} failed: {nix_error(imported.stdout)}{left}")
     paths = f"{len(missing)} path{'' if len(missing) == 1 else 's'}"
-    runner.echo.step(f"copied {paths}, {human_size(source.count)}", seconds=time.monotonic() - started)
+    runner.echo.step(f"copied {paths}, {human_size(count)}", seconds=time.monotonic() - started)
     return True
 
 

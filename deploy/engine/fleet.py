@@ -49,7 +49,6 @@ from deploy.errors import (
     out_of_descriptors,
 )
 from deploy.model import Phase, Result
-from deploy.transport.process import LocalRunner
 from deploy.ui import Console, Emitter, Progress, host_emitter, live_display, open_log, show_summary, stream_prefix
 from deploy.ui.live import HostLine
 from deploy.ui.plain import duration
@@ -167,7 +166,7 @@ class Fleet:
         for spec in specs:
             echo = self._emitter(spec.name)
             self.runs[spec.name] = HostRun(
-                spec, echo, LocalRunner(echo, dry_run=session.dry_run),
+                spec, echo, session.local_runner(echo),
                 on_phase=functools.partial(self._enter_phase, spec.name), ask_lock=self.ask_lock,
             )
         # Which unfinished hosts need each SSH connection (their own, their builder's): the last one to end closes it.
@@ -513,7 +512,7 @@ class Fleet:
 
     def _set_echo(self, run: HostRun, echo: Emitter) -> None:
         run.echo = echo
-        run.runner = LocalRunner(echo, dry_run=self.session.dry_run)
+        run.runner = self.session.local_runner(echo)
 
     def _close_logs(self) -> None:
         for name in list(self._logs):

@@ -1,7 +1,7 @@
 """What a deploy asks its host in the round trip that takes the host's lock (scripts/preflight.sh).
 
 The system profile and the running system, the free space, which paths of
-the closure the host lacks and whether systemd is its init: each used to be a
+the closure the host lacks (read off its store directory) and whether systemd is its init: each used to be a
 command of its own, and every command over SSH costs a round trip. Asked
 under the lock, the answers stay true while the deploy holds it (only an
 earlier deploy's watchdog could still change the system, and then the state
@@ -50,7 +50,7 @@ class Answers:
     state: SystemState | None
     current: bool = False
     spaces: Mapping[str, DiskSpace] | None = None  # None: not asked
-    missing: tuple[str, ...] | None = None  # the closure's paths the host lacks, dependencies first; None: not asked, or the check failed
+    missing: tuple[str, ...] | None = None  # the closure's paths not in the host's store directory, dependencies first; None: not asked
     systemd: bool | None = None  # systemd is the host's init (so systemd-run works); None: not asked
 
 

@@ -29,7 +29,14 @@ class Session:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.runner = LocalRunner(self.echo, dry_run=self.dry_run)
+        from deploy.transport.local_store import StoreServer
+
+        self.store = StoreServer()
+        self.runner = LocalRunner(self.echo, dry_run=self.dry_run, store=self.store)
+
+    def local_runner(self, echo: Emitter) -> LocalRunner:
+        """A runner of this run's (a host's, with its own output), sharing the run's store server."""
+        return LocalRunner(echo, dry_run=self.dry_run, store=self.store)
 
     def new_remote(self, label: str, ssh: SshTarget, *, use_sudo: bool, echo: Emitter | None = None) -> RemoteHost:
         return RemoteHost(
@@ -91,3 +98,4 @@ class Session:
             remotes = list(self._remotes.values())
         for remote in remotes:
             remote.close()
+        self.store.close()

@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from deploy.ui import Emitter
+
+if TYPE_CHECKING:
+    from deploy.transport.local_store import StoreServer
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class LocalRunner:
     dry_run: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     children: ChildProcesses | None = None  # where the children are tracked, for a runner used outside the main thread
+    store: StoreServer | None = None  # the run's nix-store --serve, shared by every host's runner
 
     def run(
         self,
