@@ -232,7 +232,14 @@ def calibrate_slow_fixture(directory: Path, hosts: Sequence[str]) -> tuple[int, 
     trial = 400
     per_unit = max(1e-6, (evaluation_seconds(trial) - base) / trial)
     work = max(1, round((SLOW_EVALUATION_SECONDS - base) / per_unit))
-    return work, evaluation_seconds(work)
+    seconds = evaluation_seconds(work)
+    # The cost of evalWork is not linear (Nix's garbage collector joins in): aim again from where the last one landed.
+    for _ in range(3):
+        if abs(seconds - SLOW_EVALUATION_SECONDS) <= 0.1 * SLOW_EVALUATION_SECONDS or seconds <= base:
+            break
+        work = max(1, round(work * (SLOW_EVALUATION_SECONDS - base) / (seconds - base)))
+        seconds = evaluation_seconds(work)
+    return work, seconds
 
 
 def relay_config(lab: Lab, relay_ports: dict[str, int], directory: Path) -> Path:
