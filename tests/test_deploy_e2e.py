@@ -218,7 +218,7 @@ def test_dry_run_changes_nothing_and_connects_nowhere(fleet) -> None:  # type: i
     lab, flake, inventory = fleet
     logins = lab.accepted_ssh_logins("alpha")
     result = ok(inv("switch-push-reset", "alpha", "--flake", str(flake), "--inventory", str(inventory), "--dry-run"))
-    for expected in ("nix --extra-experimental-features 'nix-command flakes' build", "+ nix-store --export", "[alpha] nix-store --import",
+    for expected in ("nix --extra-experimental-features 'nix-command flakes' build", "[alpha] nix-store --import '<' '(the export of the ",
                      "[alpha] sh -c '\nalpha | path=$1 profile=$2 set_profile=$3 ", "/bin/switch-to-configuration' boot",
                      "systemctl reboot", "[alpha] nix-collect-garbage"):
         assert expected in result.stderr

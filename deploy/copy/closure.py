@@ -241,9 +241,8 @@ def stream_closure(
     if not missing:
         runner.echo.step(NOTHING_TO_COPY, seconds=time.monotonic() - started)
         return False
-    if runner.dry_run:
-        runner.echo.command(commands.nix_store_export(missing))
-        target.feed(commands.nix_store_import(), io.BytesIO(), describe_source="(the export above)")
+    if runner.dry_run:  # the closure's records are a dry run's placeholders: say what a real run would write
+        target.feed(commands.nix_store_import(), io.BytesIO(), describe_source=export_description(len(missing)))
         return True
     sent, presumed = missing, asked_already
     while True:
@@ -310,6 +309,10 @@ class NixStoreExport:
             self.error = nix_error(said)
 
 
+def export_description(count: int) -> str:
+    return f"(the export of the {count} paths it lacks, written here)"
+
+
 @contextmanager
 def exported(runner: LocalRunner, paths: Sequence[str], closure: Closure | None) -> Iterator[ExportReader | NixStoreExport]:
     """The export of paths to read from: written here when the closure's records cover them all, else nix-store --export's.
@@ -318,7 +321,7 @@ def exported(runner: LocalRunner, paths: Sequence[str], closure: Closure | None)
     """
     objects = closure.export_of(paths) if closure is not None else None
     if objects is not None:
-        yield ExportReader(objects, describe=f"(the export of the {len(paths)} paths it lacks, written here)")
+        yield ExportReader(objects, describe=export_description(len(paths)))
         return
     runner.echo.command(commands.nix_store_export(paths))
     export = NixStoreExport(paths)
