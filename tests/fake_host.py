@@ -244,6 +244,7 @@ class RecordingRunner:
         self.notes = io.StringIO()  # what the default echo printed
         self.echo = echo or Emitter.plain(self.notes)
         self.env: dict[str, str] = {}
+        self.store = None  # no nix-store --serve: closures come from the recorded nix path-info
         self.table = Table()
 
     def run(
