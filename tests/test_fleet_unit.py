@@ -319,6 +319,33 @@ def test_ctrl_c_lets_running_deploys_finish_starts_no_other_and_exits_130(
     assert "==> interrupted: no new host starts; waiting for running deploys to finish or roll back" in run.notes
 
 
+def test_ctrl_c_while_a_deploy_thread_starts_stops_the_run_before_the_builds_are_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen as a flaky SIGHUP test: the signal came while the wave started its first thread, outside the wave's own
+    # handling, so the builds were stopped before the run was; the host's deploy then met its killed build and
+    # reported the host "failed: building alpha failed: no output" instead of interrupted.
+    real_submit = concurrent.futures.ThreadPoolExecutor.submit
+    stopped_when: list[bool] = []
+
+    def submit_then_ctrl_c(pool: concurrent.futures.ThreadPoolExecutor, *args: Any, **kwargs: Any) -> Any:
+        future = real_submit(pool, *args, **kwargs)
+        ctrl_c()  # as if it came while the thread started: the handler runs here, in submit
+        return future
+
+    run = Run(monkeypatch, "a b", FakeDeploys(hold=0.05), parallel=2)
+    real_stop_background = run.fleet.stop_background
+
+    def stop_background() -> None:
+        stopped_when.append(run.fleet.stop.is_set())
+        real_stop_background()
+
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", submit_then_ctrl_c)
+    monkeypatch.setattr(run.fleet, "stop_background", stop_background)
+    results = run()  # Ctrl-C raises KeyboardInterrupt here (the autouse fixture)
+    assert stopped_when and all(stopped_when)  # no deploy can take the stopped builds for its own failure
+    assert run.fleet.interrupted
+    assert set(outcomes(results).values()) <= {"ok", "interrupted"}
+
+
 def test_ctrl_c_during_the_canary_leaves_every_later_wave_interrupted(monkeypatch: pytest.MonkeyPatch, main_thread_waiting: threading.Event) -> None:
     deploys = FakeDeploys()
     run = Run(monkeypatch, "a b c", deploys, canary=True)

@@ -49,6 +49,7 @@ from deploy.errors import (
     out_of_descriptors,
 )
 from deploy.model import Phase, Result
+from deploy.transport.process import interrupts_deferred
 from deploy.ui import Console, Emitter, Progress, host_emitter, live_display, open_log, show_summary, stream_prefix
 from deploy.ui.live import HostLine
 from deploy.ui.plain import duration
@@ -201,6 +202,7 @@ class Fleet:
                 self.finish_builds()
             except KeyboardInterrupt:
                 self.interrupted = True
+                self.stop.set()  # first: a deploy that meets its stopped build must take it for the interruption it is
                 self.stop_background()
             for name in self.runs:
                 if name not in self.results:
@@ -348,8 +350,12 @@ class Fleet:
 
     def deploy_wave(self, wave: Sequence[str]) -> None:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.options.parallel), thread_name_prefix="deploy") as pool:
-            futures = [pool.submit(self.deploy_one, name) for name in wave]
+            futures: list[concurrent.futures.Future[None]] = []
             try:
+                # A Ctrl-C or SIGHUP that came while a thread started would leave that deploy running without its
+                # future, outside the handling below: it comes once every deploy of the wave has its future.
+                with interrupts_deferred():
+                    futures.extend(pool.submit(self.deploy_one, name) for name in wave)
                 while not all(future.done() for future in futures):
                     concurrent.futures.wait(futures, timeout=0.2)
             except KeyboardInterrupt:
