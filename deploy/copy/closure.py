@@ -1,9 +1,11 @@
 """Move a system closure to its target.
 
-From this machine, the closure goes as `nix-store --export | nix-store
---import` over the deploy's own SSH connection: only the paths the target
-lacks, and no second connection. From a builder, or with substitution on
-the target, it goes with `nix copy`, which can do both.
+From this machine, the closure goes into `nix-store --import` over the
+deploy's own SSH connection: only the paths the target lacks, and no second
+connection. The export is written here (copy.export) from the closure's
+records, or by `nix-store --export` where Nix did not give them all. From a
+builder, or with substitution on the target, it goes with `nix copy`, which
+can do both.
 
 An import that fails (a full /nix above all) leaves nothing behind: the
 paths it was to add that are now in the store, whole or half-written, are
