@@ -9,9 +9,8 @@ What Nix knows of each path (references, deriver, NAR hash) comes from the
 
 The format is Nix's exportPaths, unchanged since Nix 1.x and what 2.8 and
 2.26 write: for each path, 1, its NAR, 0x4558494e, the path, its references,
-its deriver ('' for none), 0 (no signature); then 0. Integers are 64-bit
-little-endian; strings are their length, their bytes and zeros up to a
-multiple of 8. A NAR is "nix-archive-1" and the path's tree: a symlink's
+its deriver ('' for none), 0 (no signature); then 0, in Nix's
+serialisation (deploy.nix.wire). A NAR is "nix-archive-1" and the path's tree: a symlink's
 target, a file's contents (and whether its owner may execute it), a
 directory's entries sorted by name, bytewise.
 
@@ -25,9 +24,10 @@ import base64
 import hashlib
 import os
 import stat
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from deploy.nix.wire import number, string, strings
 
 EXPORT_MAGIC = 0x4558494E
 READ_SIZE = 1 << 18
@@ -56,14 +56,6 @@ def nar_sha256(recorded: object) -> bytes | None:
 
 class ExportFailed(Exception):
     """The export cannot go on: a path changed, or could not be read."""
-
-
-def number(value: int) -> bytes:
-    return struct.pack("<Q", value)
-
-
-def string(data: bytes) -> bytes:
-    return number(len(data)) + data + b"\0" * (-len(data) % 8)
 
 
 def nar(path: bytes) -> Iterator[bytes]:
@@ -112,11 +104,7 @@ def export_stream(objects: Sequence[StoreObject]) -> Iterator[bytes]:
             yield chunk
         if digest.digest() != item.nar_sha256:
             raise ExportFailed(f"hash of path '{item.path}' has changed since Nix recorded it")
-        references = sorted(item.references)
-        yield (
-            number(EXPORT_MAGIC) + string(item.path.encode()) + number(len(references))
-            + b"".join(string(reference.encode()) for reference in references) + string(item.deriver.encode()) + number(0)
-        )
+        yield number(EXPORT_MAGIC) + string(item.path) + strings(sorted(item.references)) + string(item.deriver) + number(0)
     yield number(0)
 
 

@@ -5,9 +5,7 @@ A fleet lists each host's closure (for its preflight and its export);
 of it Nix's start-up, on the deployer that runs every other host's deploy
 too. The serve protocol (the one `nix copy --to ssh://` speaks; 2.8 and 2.26
 both answer it) asks the same questions of one long-lived process:
-QueryClosure (7) and QueryPathInfos (2). Integers are 64-bit little-endian,
-strings their length, their bytes and zeros up to a multiple of 8, sets a
-count and their strings.
+QueryClosure (7) and QueryPathInfos (2), in Nix's serialisation (deploy.nix.wire).
 
 Threads take turns (one exchange at a time). Anything unexpected (the
 process gone, an answer that is not what the protocol says, a path that is
@@ -23,6 +21,8 @@ import threading
 from collections.abc import Sequence
 from typing import IO
 
+from deploy.nix.wire import number, strings
+
 SERVE_MAGIC_CLIENT = 0x390C9DEB
 SERVE_MAGIC_SERVER = 0x5452EECB
 PROTOCOL_VERSION = 0x206  # 2.6: path infos carry the NAR hash (from 2.4), as Nix 2.8 and 2.26 both send them
@@ -33,19 +33,6 @@ NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"  # Nix's base32 alphabet (no e, o, u,
 
 class Unanswered(Exception):
     """The server cannot answer (any more)."""
-
-
-def number(value: int) -> bytes:
-    return struct.pack("<Q", value)
-
-
-def string(text: str) -> bytes:
-    data = text.encode()
-    return number(len(data)) + data + b"\0" * (-len(data) % 8)
-
-
-def strings(texts: Sequence[str]) -> bytes:
-    return number(len(texts)) + b"".join(string(text) for text in texts)
 
 
 def nix32_decode(text: str) -> bytes:
