@@ -138,6 +138,11 @@ def nix_store_import() -> list[str]:
     return ["nix-store", "--import"]
 
 
+def nix_store_serve() -> list[str]:
+    """This machine's store, answering the serve protocol on stdin and stdout (transport.local_store)."""
+    return ["nix-store", "--serve"]
+
+
 def check_store_path_valid(path: str) -> list[str]:
     return ["nix-store", "--check-validity", path]
 

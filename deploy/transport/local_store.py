@@ -21,6 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import IO
 
+from deploy.nix import commands
 from deploy.nix.wire import number, strings
 
 SERVE_MAGIC_CLIENT = 0x390C9DEB
@@ -118,8 +119,8 @@ class StoreServer:
         if self._broken:
             raise Unanswered("the store's server ended")
         if self._process is None:
-            # stderr: Nix's own complaint goes where the deploy's stderr goes; the fallback says it in one line.
-            process = subprocess.Popen(["nix-store", "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            # Nix's complaint is not shown: when the server fails, nix path-info (the fallback) says why, in one line.
+            process = subprocess.Popen(commands.nix_store_serve(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             self._process = process
             assert process.stdin is not None
             process.stdin.write(number(SERVE_MAGIC_CLIENT) + number(PROTOCOL_VERSION))
