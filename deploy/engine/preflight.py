@@ -1,8 +1,9 @@
 """What a deploy asks its host in the round trip that takes the host's lock (scripts/preflight.sh).
 
 The system profile and the running system, the free space, which paths of
-the closure the host lacks (read off its store directory) and whether systemd is its init: each used to be a
-command of its own, and every command over SSH costs a round trip. Asked
+the closure the host lacks (read off its store directory) and whether
+systemd is its init: each used to be a command of its own, and every
+command over SSH costs a round trip. Asked
 under the lock, the answers stay true while the deploy holds it (only an
 earlier deploy's watchdog could still change the system, and then the state
 is asked again). A host that already has the system where the deploy would
