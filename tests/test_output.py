@@ -157,8 +157,9 @@ def test_verbose_shows_every_command_local_and_remote_and_echo_means_verbose(sit
         # The closure's export, written here (no nix-store --export), into the host's import.
         imports = [line for line in result.stderr.splitlines() if "nix-store --import" in line]
         assert len(imports) == 1 and re.fullmatch(
-            rf"{name} \| \+ \[{name}\] nix-store --import '<' '\(the export of the \d+ paths it lacks, written here\)'", imports[0]
+            rf"{name} \| \+ \[{name}\] nix-store --import '<' '\(the export of the \d+ paths? it lacks, written here\)'", imports[0]
         ), imports
+        assert "+ nix-store --serve\n" in result.stderr  # the run's store server, which lists the closure
         assert f"{name} | activating the configuration..." in result.stderr  # and what the commands on the host print
     echoed = run_inv("--echo", "switch-push", "gamma", "--skip-checks", "--flake", str(site.flake), "--inventory", str(site.inventory))
     ok(echoed)

@@ -135,7 +135,8 @@ def closures_of(runner: LocalRunner, paths: Sequence[str]) -> dict[str, Closure]
         from deploy.transport.local_store import Unanswered
 
         try:
-            infos = runner.store.closure_infos(paths)
+            # -v shows every command: the server's start is one (each later question rides on it).
+            infos = runner.store.closure_infos(paths, on_start=runner.echo.command)
         except Unanswered as error:
             runner.echo.record(f"the store's server did not list the closure of {' '.join(paths)} ({error}); asking nix path-info")
         else:
@@ -312,7 +313,7 @@ class NixStoreExport:
 
 
 def export_description(count: int) -> str:
-    return f"(the export of the {count} paths it lacks, written here)"
+    return f"(the export of the {count} path{'' if count == 1 else 's'} it lacks, written here)"
 
 
 @contextmanager

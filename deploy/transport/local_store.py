@@ -18,7 +18,7 @@ import base64
 import struct
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from deploy.nix import commands
@@ -71,11 +71,14 @@ class StoreServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._broken = False
 
-    def closure_infos(self, roots: Sequence[str]) -> list[dict[str, object]]:
+    def closure_infos(self, roots: Sequence[str], *, on_start: Callable[[Sequence[str]], None] | None = None) -> list[dict[str, object]]:
         """Every path of the roots' closures as `nix path-info --json --recursive` describes it (path, narSize,
-        references, deriver, narHash). Unanswered when the server cannot say."""
+        references, deriver, narHash). Unanswered when the server cannot say. on_start hears the server's argv
+        when this question starts it."""
         with self._lock:
             try:
+                if self._process is None and not self._broken and on_start is not None:
+                    on_start(commands.nix_store_serve())
                 self._send(number(QUERY_CLOSURE) + number(0) + strings(roots))
                 closure = self._read_strings()
                 self._send(number(QUERY_PATH_INFOS) + strings(closure))
