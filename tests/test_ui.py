@@ -356,6 +356,23 @@ def test_the_totals_name_the_hosts_that_did_not_deploy_the_time_and_the_logs(tmp
     assert totals_line([HostResult("a", "failed", 0.1)], 0.25, None) == "1 failed (a) in 0.2 s"
 
 
+def test_runs_started_in_one_second_are_pruned_in_the_order_they_started_even_when_the_pid_wrapped(tmp_path: Path) -> None:
+    """Pids wrap (32692, then 319): within one second, only the start time says which run is older."""
+    from deploy.cli.cli import run_stamp
+    from deploy.ui import prune_runs
+    from deploy.ui.log import RUN_DIRECTORY
+
+    older, newer = "20250101-120000.900000-32692", "20250101-120001.000001-319"
+    same_second = ["20250101-120001.000000-40000", newer]
+    for name in [older, *same_second, "20250101-115959-5"]:  # and one named before runs had microseconds
+        (tmp_path / name).mkdir()
+    removed = prune_runs(tmp_path, 2, current=tmp_path / "20250101-120002.000000-7")
+    assert sorted(path.name for path in removed) == ["20250101-115959-5", older, same_second[0]]
+    assert [path.name for path in tmp_path.iterdir()] == [newer]
+    first, second = run_stamp(), run_stamp()
+    assert RUN_DIRECTORY.fullmatch(first) and first <= second
+
+
 def test_pruning_keeps_the_newest_runs_and_touches_nothing_else(tmp_path: Path) -> None:
     from deploy.ui import prune_runs
 

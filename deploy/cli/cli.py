@@ -484,10 +484,11 @@ def journal_entry(request: DeployRequest, spec: HostSpec, result: HostResult, *,
 
 
 def run_stamp() -> str:
+    """A run's log directory name (ui.log.RUN_DIRECTORY): when it started, to the microsecond, and its pid."""
     import os
-    import time
+    from datetime import datetime
 
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    return datetime.now().strftime("%Y%m%d-%H%M%S.%f") + f"-{os.getpid()}"
 
 
 def run_on_target(context: Any, target: OneHostOptions, step: Callable[[Host], T]) -> T:

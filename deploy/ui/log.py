@@ -20,7 +20,9 @@ from deploy.ui.plain import Scripts, event_lines
 # The default number of runs whose logs are kept (--log-keep).
 LOG_KEEP = 20
 # What run directories are named (cli.run_stamp): only such directories are ever pruned.
-RUN_DIRECTORY = re.compile(r"\d{8}-\d{6}-\d+")
+# A run's directory: when it started (to the microsecond: pids wrap, so within one second only that orders runs; older
+# runs were named to the second) and its pid.
+RUN_DIRECTORY = re.compile(r"(?P<second>\d{8}-\d{6})(?:\.(?P<microsecond>\d{6}))?-(?P<pid>\d+)")
 RUN_LOG = "run"
 
 
@@ -81,10 +83,9 @@ def prune_runs(logs: Path, keep: int, *, current: Path | None = None) -> list[Pa
     """
     if keep < 1 or not logs.is_dir():
         return []
-    runs = sorted(
-        (entry for entry in logs.iterdir() if entry.is_dir() and not entry.is_symlink() and RUN_DIRECTORY.fullmatch(entry.name)),
-        key=lambda entry: (entry.name[:15], int(entry.name[16:])),  # started at, then pid
-    )
+    named = ((entry, RUN_DIRECTORY.fullmatch(entry.name)) for entry in logs.iterdir() if entry.is_dir() and not entry.is_symlink())
+    started = {entry: (match["second"], int(match["microsecond"] or -1), int(match["pid"])) for entry, match in named if match}
+    runs = sorted(started, key=started.__getitem__)
     if current is not None:
         runs = [entry for entry in runs if entry.resolve() != current.resolve()]
         keep -= 1
