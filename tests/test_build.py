@@ -12,15 +12,19 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from deploy.build import build
 from deploy.build.build import ParallelBuild, build_system
-from deploy.build.flake_check import FlakeCheck, PassedChecks, check_key
+from deploy.build.built_systems import BUILT_DIRECTORY, BuiltSystems
+from deploy.build.flake_check import FlakeCheck, PassedChecks
+from deploy.build.locked_flake import LockedFlake, Memory, identity_key, nix_identity, remembers
 from deploy.errors import BuildError
 from deploy.lab import write_fixture_flake
+from deploy.lab.lab import set_fixture_revision
 from deploy.nix import commands
 from deploy.transport.process import LocalRunner
 from deploy.ui import Emitter
@@ -87,13 +91,36 @@ METADATA_2_26 = {**METADATA_2_8, "narHash": "sha256-A"}
 
 
 def test_a_locked_flake_is_known_by_its_nar_hash_locks_and_options() -> None:
-    key = check_key(json.dumps(METADATA_2_8))
-    assert key is not None and key == check_key(json.dumps(METADATA_2_26))
-    assert check_key(json.dumps({**METADATA_2_8, "locked": {"narHash": "sha256-B"}})) != key
-    assert check_key(json.dumps({**METADATA_2_8, "locks": {"nodes": {"root": {"inputs": {"n": "n"}}, "n": {}}}})) != key
-    assert check_key(json.dumps(METADATA_2_8), ["--override-input", "n", "path:/n"]) != key
-    assert check_key(json.dumps({"locked": {"type": "git"}})) is None
-    assert check_key("not json") is None and check_key("[]") is None
+    key = identity_key(json.dumps(METADATA_2_8))
+    assert key is not None and key == identity_key(json.dumps(METADATA_2_26))
+    assert identity_key(json.dumps({**METADATA_2_8, "locked": {"narHash": "sha256-B"}})) != key
+    assert identity_key(json.dumps({**METADATA_2_8, "locks": {"nodes": {"root": {"inputs": {"n": "n"}}, "n": {}}}})) != key
+    assert identity_key(json.dumps(METADATA_2_8), ["--override-input", "n", "path:/n"]) != key
+    assert identity_key(json.dumps({"locked": {"type": "git"}})) is None
+    assert identity_key("not json") is None and identity_key("[]") is None
+
+
+def test_impure_evaluation_and_nix_s_cache_turned_off_are_never_remembered() -> None:
+    assert remembers([]) and remembers(["--option", "cores", "2", "-L", "--override-input", "n", "path:/n"])
+    for extra in (["--impure"], ["-L", "--no-eval-cache"], ["--option", "eval-cache", "false"], ["--eval-cache", "false"],
+                  ["--option", "pure-eval", "false"], ["--pure-eval", "false"], ["--no-pure-eval"], ["--recreate-lock-file"]):
+        assert not remembers(extra), extra
+        assert identity_key(json.dumps(METADATA_2_8), extra) is None
+    assert remembers(["--option", "eval-cache", "true"]) and remembers(["--option", "eval-cache"])
+
+
+def test_another_nix_or_nix_configuration_is_another_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIX_CONF_DIR", str(tmp_path))
+    monkeypatch.delenv("NIX_CONFIG", raising=False)
+    (tmp_path / "nix.conf").write_text("cores = 2\n")
+    before = nix_identity()
+    assert nix_identity() == before
+    (tmp_path / "nix.conf").write_text("cores = 3\n")
+    assert nix_identity() != before
+    configured = nix_identity()
+    monkeypatch.setenv("NIX_CONFIG", "pure-eval = false")
+    assert nix_identity() != configured
+    assert identity_key(json.dumps(METADATA_2_8), nix=before) != identity_key(json.dumps(METADATA_2_8), nix=configured)
 
 
 def test_passed_checks_are_remembered_and_the_oldest_forgotten(tmp_path: Path) -> None:
@@ -227,6 +254,66 @@ def test_systems_that_nix_may_answer_from_its_cache_are_never_shared_out(tmp_pat
 
 
 @needs_nix
+def test_systems_built_from_a_locked_flake_are_remembered_and_not_evaluated_again(tmp_path: Path) -> None:
+    """With the memory answering, the builds go without Nix's evaluation cache (which processes of one flake would
+    wait on each other to write), and a system built before costs one nix-store --realise for all, evaluating nothing."""
+    names = ["alpha", "beta", "gamma", "delta"]
+    flake = write_fixture_flake(tmp_path / "flake", names, revision=f"memory-{time.time_ns()}")
+    state = tmp_path / "state"
+    runner, recorder = recording_runner()
+
+    def build_all(attrs: list[str], roots: str) -> dict[str, str]:
+        (tmp_path / roots).mkdir()
+        built = BuiltSystems(state, LockedFlake(f"path:{flake}"))
+        parallel = ParallelBuild(runner, f"path:{flake}", attrs, roots=tmp_path / roots, processes=2, afresh=lambda: False, built=built)
+        results = {name: parallel.result(name) for name in attrs}
+        parallel.finish()
+        return results
+
+    expected = {name: toplevel_of(flake, name) for name in names}
+    assert build_all(names, "first") == expected
+    metadata, *builds = recorder.commands
+    assert metadata[3:6] == ("flake", "metadata", "--json")
+    assert builds and all(("--option", "eval-cache", "false") in zip(argv, argv[1:], argv[2:]) for argv in builds)
+    assert any(argv[3] == "build" for argv in builds)
+
+    recorder.events.clear()
+    broken = toplevel_of(flake, "alpha-broken")
+    assert build_all([*names, "alpha-broken"], "again") == {**expected, "alpha-broken": broken}
+    metadata, rooted, built = recorder.commands
+    assert rooted[:2] == ("nix-store", "--realise") and sorted(word for word in rooted if word.startswith("/nix/")) == sorted(expected.values())
+    assert built[3] == "build" and any('"alpha-broken"' in word for word in built)
+    assert "alpha, beta, gamma, delta: built before from this locked flake; not evaluated again" in recorder.notes
+    assert sorted(os.readlink(link) for link in (tmp_path / "again").iterdir()) == sorted([*expected.values(), broken])
+
+    # A remembered system no longer in the store is built again; another revision is another flake.
+    key = LockedFlake(f"path:{flake}").key(runner)
+    assert key is not None
+    Memory(state / BUILT_DIRECTORY, 10).remember(BuiltSystems._key(key, "beta"), "/nix/store/00000000000000000000000000000000-gone")
+    recorder.events.clear()
+    assert build_all(["alpha", "beta"], "gone") == {"alpha": expected["alpha"], "beta": expected["beta"]}
+    assert [argv[3] if argv[0] == "nix" else argv[1] for argv in recorder.commands] == ["flake", "--realise", "build"]
+    set_fixture_revision(flake, f"memory-{time.time_ns()}")
+    recorder.events.clear()
+    build_all(["alpha"], "changed")
+    assert [argv[3] for argv in recorder.commands] == ["flake", "build"]
+
+
+@needs_nix
+def test_without_a_locked_identity_nothing_is_remembered_and_nix_keeps_its_cache(tmp_path: Path) -> None:
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    state = tmp_path / "state"
+    runner, recorder = recording_runner()
+    (tmp_path / "roots").mkdir()
+    built = BuiltSystems(state, LockedFlake(f"path:{flake}", ["--impure"]))
+    parallel = ParallelBuild(runner, f"path:{flake}", ["alpha"], roots=tmp_path / "roots", extra=["--impure"], built=built)
+    assert parallel.result("alpha") == toplevel_of(flake, "alpha")
+    parallel.finish()
+    assert [argv[3] for argv in recorder.commands] == ["build"] and "eval-cache" not in recorder.commands[0]
+    assert not (state / BUILT_DIRECTORY).exists()
+
+
+@needs_nix
 def test_a_question_about_sharing_out_that_fails_leaves_every_system_its_own_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Asking the Nix version can fail (out of file descriptors, say): then nothing is shared out, no build thread
     dies with a traceback, and every host still hears of its own system."""
@@ -264,21 +351,21 @@ def test_the_flake_check_runs_once_per_locked_flake(tmp_path: Path) -> None:
     def checked() -> int:
         return sum(1 for argv in recorder.commands if argv[3:5] == ("flake", "check"))
 
-    FlakeCheck(runner, f"path:{flake}", passed).wait()
+    FlakeCheck(runner, LockedFlake(f"path:{flake}"), passed).wait()
     assert checked() == 1
-    FlakeCheck(runner, f"path:{flake}", passed).wait()
+    FlakeCheck(runner, LockedFlake(f"path:{flake}"), passed).wait()
     assert checked() == 1 and "passed before for this locked" in recorder.notes
     write_fixture_flake(tmp_path / "flake", ["alpha"], revision="2")
-    FlakeCheck(runner, f"path:{flake}", passed).wait()
+    FlakeCheck(runner, LockedFlake(f"path:{flake}"), passed).wait()
     assert checked() == 2
 
     write_fixture_flake(tmp_path / "flake", ["alpha"], failing_check=True)
-    failing = FlakeCheck(runner, f"path:{flake}", passed)
+    failing = FlakeCheck(runner, LockedFlake(f"path:{flake}"), passed)
     with pytest.raises(BuildError, match=r"^not activated: nix flake check path:\S+ failed$"):
         failing.wait()  # what each host says; the check's own error is the run's, said once
     assert re.match(r"^nix flake check path:\S+ failed: error: builder for .*lab-check.drv", str(failing.outcome()))
     assert failing.failure() is not None and checked() == 3
-    FlakeCheck(runner, f"path:{flake}", passed).outcome()
+    FlakeCheck(runner, LockedFlake(f"path:{flake}"), passed).outcome()
     assert checked() == 4  # a failed check is not remembered
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.build.built_systems import WITHOUT_EVALUATION_CACHE, BuiltSystems
 from deploy.errors import BuildError, HostKeyRejected, out_of_descriptors
 from deploy.nix import commands
 from deploy.transport.hosts import Host
@@ -201,9 +202,10 @@ class ParallelBuild:
     def __init__(
         self, runner: LocalRunner, flake: str, attrs: Sequence[str], *, roots: Path, out_link: Path | None = None,
         extra: Sequence[str] = (), processes: int | None = None, after: Callable[[Mapping[str, str]], None] | None = None,
-        afresh: Callable[[], bool] = lambda: False,
+        afresh: Callable[[], bool] = lambda: False, built: BuiltSystems | None = None,
     ) -> None:
-        """roots: a directory of this run's own; each system's GC root stays there until the run ends."""
+        """roots: a directory of this run's own; each system's GC root stays there until the run ends.
+        built: the systems built before, answered from there and remembered there (built_systems)."""
         self.attrs = list(dict.fromkeys(attrs))
         self._children = ChildProcesses()
         self._runner = dataclasses.replace(runner, children=self._children)
@@ -216,9 +218,13 @@ class ParallelBuild:
         self._queue = [[pair] for pair in enumerate(self.attrs)]  # what each Nix process builds, in turn
         self._queue_lock = threading.Lock()
         self._fast = False  # a system built in less than FAST_BUILD_SECONDS
+        self._without_cache = False  # Nix's evaluation cache is off: every process evaluates afresh
         self._shared_out = False
         self._after = after
         self._afresh = afresh
+        self._built = built
+        self._recalled = built is None  # the first process to start asks the memory; the others wait for that
+        self._recall_lock = threading.Lock()
         workers = evaluation_processes(len(self.attrs), processes) if self.attrs else 0
         self._threads = [threading.Thread(target=self._work, name=f"build-{index}", daemon=True) for index in range(workers)]
         for thread in self._threads:
@@ -230,7 +236,7 @@ class ParallelBuild:
                 # Once, when the first system turned out fast: what is left goes to the processes in equal shares.
                 self._shared_out = True
                 try:
-                    afresh = self._afresh()
+                    afresh = self._without_cache or self._afresh()
                 except Exception:  # noqa: BLE001 - unanswered (out of descriptors, say): each system keeps its own build
                     afresh = False
                 if not afresh:
@@ -240,19 +246,57 @@ class ParallelBuild:
                 self._queue = [share for share in (left[number::shares] for number in range(shares)) if share]
             return self._queue.pop(0) if self._queue else []
 
+    def _recall(self) -> dict[str, str]:
+        """Once, before any build: what the memory knows, taken off the queue (a failure there only means building).
+
+        When the memory holds what this run builds, the builds go without
+        Nix's evaluation cache: every Nix process then evaluates afresh.
+        """
+        with self._recall_lock:
+            if self._recalled or self._built is None:
+                return {}
+            self._recalled = True
+            try:
+                if not self._built.known(self._runner):
+                    return {}
+                recalled = self._built.recall(self._runner, self.attrs, self._roots / "built-before")
+            except Exception:  # noqa: BLE001 - out of descriptors, say: each system is built as if never seen
+                return {}
+            with self._queue_lock:
+                self._extra = (*WITHOUT_EVALUATION_CACHE, *self._extra)
+                self._without_cache = True
+                self._queue = [kept for kept in ([pair for pair in share if pair[1] not in recalled] for share in self._queue) if kept]
+            return recalled
+
+    def _answer(self, recalled: Mapping[str, str]) -> None:
+        """The remembered systems' hosts go on (their closures listed together first, as a share's are)."""
+        self._runner.echo.note(f"==> {', '.join(recalled)}: built before from this locked flake; not evaluated again")
+        self._list_closures(recalled)
+        for attr, path in recalled.items():
+            self._outcomes.setdefault(attr, path)  # unless stop() already said it was interrupted
+            self._ready[attr].set()
+
+    def _list_closures(self, built: Mapping[str, str]) -> None:
+        """`after`, for systems that became ready together; a system alone has its closure listed by its host,
+        beside the SSH handshake."""
+        if len(built) > 1 and self._after is not None and not self._children.stopped:
+            try:
+                self._after(built)
+            except Exception:  # noqa: BLE001 - what `after` adds, each host can still do for itself
+                pass
+
     def _work(self) -> None:
+        if recalled := self._recall():
+            self._answer(recalled)
         while taken := self._take():
             attrs = [attr for _index, attr in taken]
             outcomes: dict[str, str | BuildError | OSError] = {attr: BuildError(f"building {attr} was interrupted") for attr in attrs}
             try:
                 outcomes = self._build(taken)
                 built = {attr: outcome for attr, outcome in outcomes.items() if isinstance(outcome, str)}
-                # A system built alone has its closure listed by its host, beside the SSH handshake, as before.
-                if len(built) > 1 and self._after is not None and not self._children.stopped:
-                    try:
-                        self._after(built)
-                    except Exception:  # noqa: BLE001 - what `after` adds, each host can still do for itself
-                        pass
+                if self._built is not None and self._without_cache:
+                    self._built.remember(self._runner, built)
+                self._list_closures(built)
             except Exception as error:  # noqa: BLE001 - a waiting host must hear of it, never wait forever
                 outcomes = {attr: BuildError(f"building {attr} failed: {type(error).__name__}: {error}") for attr in attrs}
             finally:

@@ -6,64 +6,32 @@ selected ones) and builds its checks, so it is off unless asked for
 in the background while the systems build and copy; a host waits for it only
 before activation, and a failed check stops every host there. A flake whose
 check passed is remembered by what identifies it locked (its narHash and its
-inputs' locks, from `nix flake metadata --json`, and the extra Nix options),
-so an unchanged flake is not checked again.
+inputs' locks, the extra Nix options and the Nix: locked_flake), so an
+unchanged flake is not checked again.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
+from deploy.build.locked_flake import LockedFlake, Memory
 from deploy.errors import BuildError, NixfabError, StoppedByInterrupt
-from deploy.nix import commands
 from deploy.nix.flake_ops import flake_check
 from deploy.transport.process import ChildProcesses, LocalRunner
 
-PASSED_DIRECTORY = "flake-checks"  # under the state directory: one empty file per passed locked flake
+PASSED_DIRECTORY = "flake-checks"  # under the state directory: one empty file per passed locked flake (its key)
 KEEP_PASSED = 50  # the newest passes kept; older ones only cost a check again
 
 
-def check_key(metadata_json: str, extra: Sequence[str] = ()) -> str | None:
-    """What identifies a locked flake to the check, from `nix flake metadata --json`; None when it is not locked (pure).
-
-    Nix 2.8 puts the narHash under "locked", later versions also at the top.
-    """
-    try:
-        metadata = json.loads(metadata_json)
-    except ValueError:
-        return None
-    if not isinstance(metadata, dict):
-        return None
-    locked = metadata.get("locked")
-    nar_hash = (locked.get("narHash") if isinstance(locked, dict) else None) or metadata.get("narHash")
-    if not isinstance(nar_hash, str) or not nar_hash:
-        return None
-    identity = json.dumps({"narHash": nar_hash, "locks": metadata.get("locks"), "extra": list(extra)}, sort_keys=True)
-    return hashlib.sha256(identity.encode()).hexdigest()
-
-
-class PassedChecks:
-    """The locked flakes whose check passed on this machine: a file each, named by check_key."""
+class PassedChecks(Memory):
+    """The locked flakes whose check passed on this machine: an empty file each, named by its LockedFlake key."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
+        super().__init__(directory, KEEP_PASSED)
 
     def passed(self, key: str) -> bool:
-        return (self.directory / key).is_file()
-
-    def remember(self, key: str) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            (self.directory / key).touch()
-            entries = sorted(self.directory.iterdir(), key=lambda entry: entry.stat().st_mtime, reverse=True)
-            for stale in entries[KEEP_PASSED:]:
-                stale.unlink(missing_ok=True)
-        except OSError:
-            pass  # forgetting a pass costs one more check, never a deploy
+        return self.recall(key) is not None
 
 
 class FlakeCheck:
@@ -72,15 +40,13 @@ class FlakeCheck:
     show_progress: as flake_ops.flake_check's (Nix's lines are shown only with -v).
     """
 
-    def __init__(
-        self, runner: LocalRunner, flake: str, passed: PassedChecks, extra: Sequence[str] = (), *, show_progress: bool = True
-    ) -> None:
-        self.flake = flake
+    def __init__(self, runner: LocalRunner, locked: LockedFlake, passed: PassedChecks, *, show_progress: bool = True) -> None:
+        self.flake = locked.flake
+        self._locked = locked
         self._show_progress = show_progress
         self._children = ChildProcesses()
         self._runner = dataclasses.replace(runner, children=self._children)
         self._passed = passed
-        self._extra = tuple(extra)
         self._error: BuildError | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._check, name="flake-check", daemon=True)
@@ -88,13 +54,12 @@ class FlakeCheck:
 
     def _check(self) -> None:
         try:
-            metadata = self._runner.run(commands.nix_flake_metadata(self.flake, self._extra), show_stderr=False, dry_stdout="{}")
-            key = check_key(metadata.stdout, self._extra) if metadata.ok else None
+            key = self._locked.key(self._runner)
             if key is not None and self._passed.passed(key):
                 self._runner.echo.note(f"==> nix flake check: passed before for this locked {self.flake}; not run again")
                 return
             self._runner.echo.note(f"==> checking {self.flake} (nix flake check) while building; hosts activate once it passes")
-            flake_check(self._runner, self.flake, self._extra, show_progress=self._show_progress)
+            flake_check(self._runner, self.flake, self._locked.extra, show_progress=self._show_progress)
             if key is not None and not self._runner.dry_run:
                 self._passed.remember(key)
         except BuildError as error:

@@ -317,7 +317,9 @@ def run_fleet(
 ) -> None:
     import time
 
+    from deploy.build.built_systems import BuiltSystems
     from deploy.build.flake_check import PASSED_DIRECTORY, FlakeCheck, PassedChecks
+    from deploy.build.locked_flake import LockedFlake
     from deploy.engine.fleet import Fleet, exit_code, print_summary, results_json, totals_line
     from deploy.model import Action
     from deploy.record.history import JOURNAL_FILE_NAME, Journal, state_directory
@@ -341,11 +343,11 @@ def run_fleet(
         specs = (session.inventory.host(machine) for machine in machines)
         refuse_sources_in_the_flake(request.flake, ((spec.name, key) for spec in specs for key in spec.keys))
     with run_log(session, log_dir):
+        locked = LockedFlake(request.flake, request.extra_nix)  # asked once, for the check and the build alike
         flake_check = None
         if request.action is not None and (session.inventory.check if check is None else check):
             flake_check = FlakeCheck(
-                session.runner, request.flake, PassedChecks(state_dir / PASSED_DIRECTORY), request.extra_nix,
-                show_progress=policy().verbosity >= Verbosity.VERBOSE,
+                session.runner, locked, PassedChecks(state_dir / PASSED_DIRECTORY), show_progress=policy().verbosity >= Verbosity.VERBOSE,
             )
         journal = FleetJournal(Journal(state_dir / JOURNAL_FILE_NAME), request) if not session.dry_run else None
         if needs_sudo_password(session, request, machines):
@@ -355,6 +357,7 @@ def run_fleet(
         fleet = Fleet(
             session, request, machines, fleet_options,
             on_start=journal.started if journal else None, on_result=journal.finished if journal else None, check=flake_check,
+            built=BuiltSystems(state_dir, locked),
         )
         results = fleet.run()
         # The check ends before the run does, whatever the hosts did: its verdict is part of the run's.

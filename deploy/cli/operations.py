@@ -269,9 +269,12 @@ def plan(context: Any, options: PlanOptions) -> None:
     import time
 
     from deploy import ui
+    from deploy.build.built_systems import BuiltSystems
+    from deploy.build.locked_flake import LockedFlake
     from deploy.engine.fleet import Fleet, FleetWork, exit_code, totals_line
     from deploy.engine.request import DeployRequest
     from deploy.plan.deploy_plan import DeployPlanner, format_plans, plans_json
+    from deploy.record.history import state_directory
 
     started = time.monotonic()
     with cli.errors_as_exit_codes():
@@ -285,7 +288,8 @@ def plan(context: Any, options: PlanOptions) -> None:
             planner = DeployPlanner()
             work = FleetWork(planner, build_first=True)
             run_options = fleet_options(selection.flake, options.parallel)
-            fleet = Fleet(session, request, machines, run_options, work=work)
+            built = BuiltSystems(state_directory(selection.flake), LockedFlake(selection.flake, extra_nix))
+            fleet = Fleet(session, request, machines, run_options, work=work, built=built)
             results = fleet.run()
         finally:
             session.close()

@@ -56,6 +56,7 @@ from deploy.ui.plain import duration
 from deploy.ui.results import SUMMARY_COLUMNS
 
 if TYPE_CHECKING:
+    from deploy.build.built_systems import BuiltSystems
     from deploy.build.flake_check import FlakeCheck
     from deploy.transport.remote import Preparation
 
@@ -135,11 +136,13 @@ class Fleet:
         on_start: Callable[[HostRun], None] | None = None,
         work: FleetWork | None = None,
         check: FlakeCheck | None = None,
+        built: BuiltSystems | None = None,
     ) -> None:
         self.session = session
         self.work = work
         self.check = check  # `nix flake check` running beside the build: hosts wait for it before activating
         self.builds: ParallelBuild | None = None
+        self.built = built  # the systems built here before: an unchanged flake is not evaluated again
         self.closures: dict[str, Closure] = {}  # of the systems built here, by path, listed a share at a time
         self.preparation: Preparation | None = None  # Fabric's import and `ssh -G`, while the systems build
         self.request = request
@@ -257,6 +260,7 @@ class Fleet:
         self.builds = ParallelBuild(
             self.session.runner, self.request.flake, attrs, roots=gc_roots, out_link=self.request.out_link, extra=self.request.extra_nix,
             after=self._list_closures if streams and not self.session.dry_run else None, afresh=self._evaluated_afresh,
+            built=self.built,
         )
         if self.request.action is not None and any(self._connections_of.values()):
             from deploy.transport.remote import Preparation
