@@ -300,6 +300,20 @@ def test_systems_built_from_a_locked_flake_are_remembered_and_not_evaluated_agai
 
 
 @needs_nix
+def test_the_flake_s_identity_is_asked_of_nix_once_whoever_asks_first(tmp_path: Path) -> None:
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    runner, recorder = recording_runner()
+    locked = LockedFlake(f"path:{flake}")
+    locked.ask_early(runner)  # as a deploy does, beside opening its session
+    keys = {locked.key(runner) for _ in range(3)}
+    locked.wait()
+    assert len(keys) == 1 and None not in keys
+    assert [argv[3:5] for argv in recorder.commands] == [("flake", "metadata")]
+    write_fixture_flake(tmp_path / "flake", ["alpha"], revision="2")
+    assert LockedFlake(f"path:{flake}").key(runner) not in keys
+
+
+@needs_nix
 def test_without_a_locked_identity_nothing_is_remembered_and_nix_keeps_its_cache(tmp_path: Path) -> None:
     flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
     state = tmp_path / "state"

@@ -114,6 +114,17 @@ class LockedFlake:
         self._lock = threading.Lock()
         self._asked = False
         self._key: str | None = None
+        self._early: threading.Thread | None = None
+
+    def ask_early(self, runner: LocalRunner) -> None:
+        """Start asking now, in a thread, so that the answer is there when the build wants it (wait() before exit)."""
+        self._early = threading.Thread(target=self.key, args=(runner,), name="flake-metadata", daemon=True)
+        self._early.start()
+
+    def wait(self) -> None:
+        """The early question's process has ended (no child outlives the run)."""
+        if self._early is not None:
+            self._early.join()
 
     def key(self, runner: LocalRunner) -> str | None:
         """The identity, or None (not locked, impure, a dry run, Nix could not say): then nothing is remembered."""

@@ -21,6 +21,7 @@ from deploy.errors import BuildError, HangUp, JournalError, NixfabError, UsageEr
 from deploy.model import Result
 
 if TYPE_CHECKING:
+    from deploy.build.locked_flake import LockedFlake
     from deploy.cli.options import DeployOptions, FleetOptions, KeysOptions, OneHostOptions, Selection
     from deploy.config.inventory import HostSpec, Inventory
     from deploy.engine.fleet import HostResult
@@ -293,13 +294,24 @@ def fleet_session(context: Any, selection: Selection, *, dry_run: bool, sudo: bo
 
 def run_deploy(context: Any, options: DeployOptions) -> None:
     """Every deploy task: select hosts, check the flake, then build and deploy them as a fleet."""
+    from deploy.build.locked_flake import LockedFlake
+    from deploy.transport.process import LocalRunner
+    from deploy.ui import Emitter
+
     with errors_as_exit_codes():
         extra_nix = extra_nix_options() if not hasattr(context, "original_host") else ()
         if options.show_trace and "--show-trace" not in extra_nix:
             extra_nix = (*extra_nix, "--show-trace")
-        with fleet_session(context, options.selection, dry_run=options.dry_run, sudo=options.sudo) as (session, machines, local):
-            request = deploy_request(options, local=local, extra_nix=extra_nix)
-            run_fleet(session, request, machines, options.fleet, as_json=options.as_json, check=options.check)
+        locked = LockedFlake(options.selection.flake, extra_nix)
+        if not options.dry_run:
+            # Nix's answer takes about as long as the session takes to open: asked beside it, the build need not wait.
+            locked.ask_early(LocalRunner(Emitter()))
+        try:
+            with fleet_session(context, options.selection, dry_run=options.dry_run, sudo=options.sudo) as (session, machines, local):
+                request = deploy_request(options, local=local, extra_nix=extra_nix)
+                run_fleet(session, request, machines, options.fleet, as_json=options.as_json, check=options.check, locked=locked)
+        finally:
+            locked.wait()
 
 
 def run_keys(context: Any, options: KeysOptions) -> None:
@@ -313,13 +325,13 @@ def run_keys(context: Any, options: KeysOptions) -> None:
 
 
 def run_fleet(
-    session: Session, request: DeployRequest, machines: list[str], fleet_options: FleetOptions, *, as_json: bool, check: bool | None
+    session: Session, request: DeployRequest, machines: list[str], fleet_options: FleetOptions, *, as_json: bool, check: bool | None,
+    locked: LockedFlake | None = None,
 ) -> None:
     import time
 
     from deploy.build.built_systems import BuiltSystems
     from deploy.build.flake_check import PASSED_DIRECTORY, FlakeCheck, PassedChecks
-    from deploy.build.locked_flake import LockedFlake
     from deploy.engine.fleet import Fleet, exit_code, print_summary, results_json, totals_line
     from deploy.model import Action
     from deploy.record.history import JOURNAL_FILE_NAME, Journal, state_directory
@@ -343,7 +355,7 @@ def run_fleet(
         specs = (session.inventory.host(machine) for machine in machines)
         refuse_sources_in_the_flake(request.flake, ((spec.name, key) for spec in specs for key in spec.keys))
     with run_log(session, log_dir):
-        locked = LockedFlake(request.flake, request.extra_nix)  # asked once, for the check and the build alike
+        locked = locked or LockedFlake(request.flake, request.extra_nix)  # asked once, for the check and the build alike
         flake_check = None
         if request.action is not None and (session.inventory.check if check is None else check):
             flake_check = FlakeCheck(
