@@ -303,10 +303,9 @@ def test_systems_built_from_a_locked_flake_are_remembered_and_not_evaluated_agai
 def test_the_flake_s_identity_is_asked_of_nix_once_whoever_asks_first(tmp_path: Path) -> None:
     flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
     runner, recorder = recording_runner()
-    locked = LockedFlake(f"path:{flake}")
-    locked.ask_early(runner)  # as a deploy does, beside opening its session
-    keys = {locked.key(runner) for _ in range(3)}
-    locked.wait()
+    with LockedFlake(f"path:{flake}") as locked:
+        locked.ask_early(runner)  # as a deploy does, while it opens its journal and logs
+        keys = {locked.key(runner) for _ in range(3)}
     assert len(keys) == 1 and None not in keys
     assert [argv[3:5] for argv in recorder.commands] == [("flake", "metadata")]
     write_fixture_flake(tmp_path / "flake", ["alpha"], revision="2")

@@ -15,6 +15,7 @@ remembers nothing either.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ from pathlib import Path
 
 from deploy.nix import commands
 from deploy.transport.process import LocalRunner
+from deploy.ui.emitter import Emitter
+from deploy.ui.events import Event
 
 # Options with which evaluation depends on more than the locked flake, or with which the user asked Nix to evaluate
 # afresh: nothing is remembered under them.
@@ -105,6 +108,16 @@ def identity_key(metadata_json: str, extra: Sequence[str] = (), nix: str = "") -
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
+class HeldEvents:
+    """Events kept to be said later, by another emitter."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event, /) -> None:
+        self.events.append(event)
+
+
 class LockedFlake:
     """A run's flake and extra options; key() asks Nix for its identity once, from whichever thread asks first."""
 
@@ -115,14 +128,26 @@ class LockedFlake:
         self._asked = False
         self._key: str | None = None
         self._early: threading.Thread | None = None
+        self._held: HeldEvents | None = None
 
     def ask_early(self, runner: LocalRunner) -> None:
-        """Start asking now, in a thread, so that the answer is there when the build wants it (wait() before exit)."""
-        self._early = threading.Thread(target=self.key, args=(runner,), name="flake-metadata", daemon=True)
+        """Start asking now, in a thread, so that the answer is there when the build wants it (within `with`).
+
+        What the question says (its command line, under -v) is held until
+        someone asks key(), and then said by that one's runner: the run's own
+        log is open by then.
+        """
+        held = HeldEvents()
+        self._held = held
+        early = dataclasses.replace(runner, echo=Emitter(held))
+        self._early = threading.Thread(target=self.key, args=(early,), name="flake-metadata", daemon=True)
         self._early.start()
 
-    def wait(self) -> None:
-        """The early question's process has ended (no child outlives the run)."""
+    def __enter__(self) -> LockedFlake:
+        return self
+
+    def __exit__(self, *_exception: object) -> None:
+        """The early question's process has ended before the run does: no child outlives it."""
         if self._early is not None:
             self._early.join()
 
@@ -134,6 +159,10 @@ class LockedFlake:
                 if remembers(self.extra):
                     result = runner.run(commands.nix_flake_metadata(self.flake, self.extra), show_stderr=False, dry_stdout="{}")
                     self._key = identity_key(result.stdout, self.extra, nix_identity()) if result.ok else None
+            elif self._held is not None and not isinstance(runner.echo.sink, HeldEvents):
+                for event in self._held.events:
+                    runner.echo.emit(event)
+                self._held = None
             return self._key
 
 

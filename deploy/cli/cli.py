@@ -294,24 +294,13 @@ def fleet_session(context: Any, selection: Selection, *, dry_run: bool, sudo: bo
 
 def run_deploy(context: Any, options: DeployOptions) -> None:
     """Every deploy task: select hosts, check the flake, then build and deploy them as a fleet."""
-    from deploy.build.locked_flake import LockedFlake
-    from deploy.transport.process import LocalRunner
-    from deploy.ui import Emitter
-
     with errors_as_exit_codes():
         extra_nix = extra_nix_options() if not hasattr(context, "original_host") else ()
         if options.show_trace and "--show-trace" not in extra_nix:
             extra_nix = (*extra_nix, "--show-trace")
-        locked = LockedFlake(options.selection.flake, extra_nix)
-        if not options.dry_run:
-            # Nix's answer takes about as long as the session takes to open: asked beside it, the build need not wait.
-            locked.ask_early(LocalRunner(Emitter()))
-        try:
-            with fleet_session(context, options.selection, dry_run=options.dry_run, sudo=options.sudo) as (session, machines, local):
-                request = deploy_request(options, local=local, extra_nix=extra_nix)
-                run_fleet(session, request, machines, options.fleet, as_json=options.as_json, check=options.check, locked=locked)
-        finally:
-            locked.wait()
+        with fleet_session(context, options.selection, dry_run=options.dry_run, sudo=options.sudo) as (session, machines, local):
+            request = deploy_request(options, local=local, extra_nix=extra_nix)
+            run_fleet(session, request, machines, options.fleet, as_json=options.as_json, check=options.check)
 
 
 def run_keys(context: Any, options: KeysOptions) -> None:
@@ -325,9 +314,32 @@ def run_keys(context: Any, options: KeysOptions) -> None:
 
 
 def run_fleet(
-    session: Session, request: DeployRequest, machines: list[str], fleet_options: FleetOptions, *, as_json: bool, check: bool | None,
-    locked: LockedFlake | None = None,
+    session: Session, request: DeployRequest, machines: list[str], fleet_options: FleetOptions, *, as_json: bool, check: bool | None
 ) -> None:
+    import time
+
+    from deploy.build.locked_flake import LockedFlake
+
+    started = time.monotonic()
+    if request.uploads_keys:
+        from deploy.keys.sources import refuse_sources_in_the_flake
+
+        # Before the check or the build below copies the flake, and a key file in it, into the store.
+        specs = (session.inventory.host(machine) for machine in machines)
+        refuse_sources_in_the_flake(request.flake, ((spec.name, key) for spec in specs for key in spec.keys))
+    with LockedFlake(request.flake, request.extra_nix) as locked:  # asked once, for the check and the build alike
+        if not session.dry_run and not request.keys_only:
+            # Only now that key files were refused: to answer, Nix copies the flake into the store. Asked while the
+            # run imports its engine and opens its journal and logs, the answer is there when the build wants it.
+            locked.ask_early(session.runner)
+        run_fleet_of(session, request, machines, fleet_options, as_json=as_json, check=check, locked=locked, started=started)
+
+
+def run_fleet_of(
+    session: Session, request: DeployRequest, machines: list[str], fleet_options: FleetOptions, *, as_json: bool, check: bool | None,
+    locked: LockedFlake, started: float,
+) -> None:
+    """run_fleet's run, once the flake's identity is being asked."""
     import time
 
     from deploy.build.built_systems import BuiltSystems
@@ -337,7 +349,6 @@ def run_fleet(
     from deploy.record.history import JOURNAL_FILE_NAME, Journal, state_directory
     from deploy.ui import Verbosity, policy, prune_runs, set_policy, stdout_result
 
-    started = time.monotonic()
     state_dir = state_directory(request.flake)
     logs = state_dir / "logs"
     log_dir = fleet_options.log_dir or logs / run_stamp()
@@ -348,14 +359,7 @@ def run_fleet(
     fleet_options = replace(
         fleet_options, log_dir=log_dir, live=sys.stderr.isatty() and not request.ask and not session.dry_run and policy().progress,
     )
-    if request.uploads_keys:
-        from deploy.keys.sources import refuse_sources_in_the_flake
-
-        # Before the check or the build below copies the flake, and a key file in it, into the store.
-        specs = (session.inventory.host(machine) for machine in machines)
-        refuse_sources_in_the_flake(request.flake, ((spec.name, key) for spec in specs for key in spec.keys))
     with run_log(session, log_dir):
-        locked = locked or LockedFlake(request.flake, request.extra_nix)  # asked once, for the check and the build alike
         flake_check = None
         if request.action is not None and (session.inventory.check if check is None else check):
             flake_check = FlakeCheck(
