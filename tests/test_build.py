@@ -26,7 +26,7 @@ from deploy.errors import BuildError
 from deploy.lab import write_fixture_flake
 from deploy.lab.lab import set_fixture_revision
 from deploy.nix import commands
-from deploy.transport.process import LocalRunner
+from deploy.transport.process import LocalRunner, Result
 from deploy.ui import Emitter
 from deploy.ui.events import CommandRun, Event, Note, OutputText
 
@@ -310,6 +310,20 @@ def test_the_flake_s_identity_is_asked_of_nix_once_whoever_asks_first(tmp_path: 
     assert [argv[3:5] for argv in recorder.commands] == [("flake", "metadata")]
     write_fixture_flake(tmp_path / "flake", ["alpha"], revision="2")
     assert LockedFlake(f"path:{flake}").key(runner) not in keys
+
+
+def test_an_early_question_that_fails_leaves_no_identity_and_no_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+
+    class OutOfDescriptors(LocalRunner):
+        def run(self, *args: object, **kwargs: object) -> Result:
+            raise OSError(24, "Too many open files")
+
+    runner = OutOfDescriptors(Emitter(Recorder()))
+    with LockedFlake("path:/nowhere") as locked:
+        locked.ask_early(runner)
+    assert died == [] and locked.key(runner) is None
 
 
 @needs_nix

@@ -140,8 +140,14 @@ class LockedFlake:
         held = HeldEvents()
         self._held = held
         early = dataclasses.replace(runner, echo=Emitter(held))
-        self._early = threading.Thread(target=self.key, args=(early,), name="flake-metadata", daemon=True)
+        self._early = threading.Thread(target=self._ask, args=(early,), name="flake-metadata", daemon=True)
         self._early.start()
+
+    def _ask(self, runner: LocalRunner) -> None:
+        try:
+            self.key(runner)
+        except Exception:  # noqa: BLE001 - out of descriptors, say: no identity this run, so nothing is remembered
+            pass
 
     def __enter__(self) -> LockedFlake:
         return self
@@ -155,7 +161,7 @@ class LockedFlake:
         """The identity, or None (not locked, impure, a dry run, Nix could not say): then nothing is remembered."""
         with self._lock:
             if not self._asked:
-                self._asked = True
+                self._asked = True  # before asking: a question that failed is not asked again
                 if remembers(self.extra):
                     result = runner.run(commands.nix_flake_metadata(self.flake, self.extra), show_stderr=False, dry_stdout="{}")
                     self._key = identity_key(result.stdout, self.extra, nix_identity()) if result.ok else None
