@@ -68,5 +68,4 @@ class BuiltSystems:
         flake_key = self.locked.key(runner)
         if flake_key is None or runner.dry_run:
             return
-        for attr, path in built.items():
-            self._memory.remember(self._key(flake_key, attr), path)
+        self._memory.remember_all({self._key(flake_key, attr): path for attr, path in built.items()})

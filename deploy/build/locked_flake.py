@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from deploy.nix import commands
@@ -189,11 +189,16 @@ class Memory:
             return None
 
     def remember(self, key: str, text: str = "") -> None:
+        self.remember_all({key: text})
+
+    def remember_all(self, texts: Mapping[str, str]) -> None:
+        """Each key's text, then the oldest forgotten (once for all: a fleet remembers forty at a time)."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            staged = self.directory / f".{key}.{os.getpid()}.{threading.get_ident()}"
-            staged.write_text(text)
-            staged.replace(self.directory / key)  # whole or not at all, for a run reading it at the same time
+            for key, text in texts.items():
+                staged = self.directory / f".{key}.{os.getpid()}.{threading.get_ident()}"
+                staged.write_text(text)
+                staged.replace(self.directory / key)  # whole or not at all, for a run reading it at the same time
             entries = sorted((entry for entry in self.directory.iterdir() if not entry.name.startswith(".")), key=_modified, reverse=True)
             for stale in entries[self.keep:]:
                 stale.unlink(missing_ok=True)
