@@ -223,7 +223,7 @@ class ParallelBuild:
         self._after = after
         self._afresh = afresh
         self._built = built
-        self._recalled = built is None  # the first process to start asks the memory; the others wait for that
+        self._recalled = False  # the first process to start asks the memory; the others wait for that
         self._recall_lock = threading.Lock()
         workers = evaluation_processes(len(self.attrs), processes) if self.attrs else 0
         self._threads = [threading.Thread(target=self._work, name=f"build-{index}", daemon=True) for index in range(workers)]

@@ -48,8 +48,8 @@ class BuiltSystems:
 
     def toplevels(self, runner: LocalRunner, attrs: Sequence[str]) -> dict[str, str]:
         """The toplevels of those attrs built before from this locked flake (whether still in the store or not)."""
-        flake_key = self.locked.key(runner)
-        if flake_key is None or runner.dry_run:
+        flake_key = self.locked.key(runner)  # None in a dry run
+        if flake_key is None:
             return {}
         known = {attr: self._memory.recall(self._key(flake_key, attr)) for attr in attrs}
         return {attr: path for attr, path in known.items() if path and path.startswith(STORE_PREFIX)}
@@ -66,6 +66,6 @@ class BuiltSystems:
 
     def remember(self, runner: LocalRunner, built: Mapping[str, str]) -> None:
         flake_key = self.locked.key(runner)
-        if flake_key is None or runner.dry_run:
+        if flake_key is None:
             return
         self._memory.remember_all({self._key(flake_key, attr): path for attr, path in built.items()})

@@ -145,7 +145,8 @@ class LockedFlake:
 
     def _ask(self, runner: LocalRunner) -> None:
         try:
-            self.key(runner)
+            with self._lock:
+                self._ask_once(runner)
         except Exception:  # noqa: BLE001 - out of descriptors, say: no identity this run, so nothing is remembered
             pass
 
@@ -160,16 +161,20 @@ class LockedFlake:
     def key(self, runner: LocalRunner) -> str | None:
         """The identity, or None (not locked, impure, a dry run, Nix could not say): then nothing is remembered."""
         with self._lock:
-            if not self._asked:
-                self._asked = True  # before asking: a question that failed is not asked again
-                if remembers(self.extra):
-                    result = runner.run(commands.nix_flake_metadata(self.flake, self.extra), show_stderr=False, dry_stdout="{}")
-                    self._key = identity_key(result.stdout, self.extra, nix_identity()) if result.ok else None
-            elif self._held is not None and not isinstance(runner.echo.sink, HeldEvents):
+            self._ask_once(runner)
+            if self._held is not None:  # the early question's lines, said by the first who wants its answer
                 for event in self._held.events:
                     runner.echo.emit(event)
                 self._held = None
             return self._key
+
+    def _ask_once(self, runner: LocalRunner) -> None:
+        if self._asked:
+            return
+        self._asked = True  # before asking: a question that failed is not asked again
+        if remembers(self.extra):
+            result = runner.run(commands.nix_flake_metadata(self.flake, self.extra), show_stderr=False, dry_stdout="{}")
+            self._key = identity_key(result.stdout, self.extra, nix_identity()) if result.ok else None
 
 
 class Memory:
