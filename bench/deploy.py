@@ -72,7 +72,7 @@ ssh -F "$ssh_config" "$host" "nix-env -p /nix/var/nix/profiles/system --set $pat
 # nixfab's progress lines, in the order they come for one host: (phase that ends there, pattern).
 NIXFAB_MARKS = (
     ("start-up", re.compile(r"^(\S+ \| )?(==> |\+ )")),
-    ("before the build", re.compile(r"==> building ")),  # free space; a flake check that runs first (older nixfab)
+    ("before the build", re.compile(r"==> building ")),  # the memory asked (said once it has answered); an older nixfab's flake check
     # Each phase ends when its line appears: today's step lines, or an older nixfab's (--before).
     ("build, lock, copy", re.compile(r"\| copied |\| nothing to copy|up to date|copying the closure")),
     ("activate", re.compile(r"\| activated |\| made |activating \(")),

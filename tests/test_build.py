@@ -272,6 +272,7 @@ def test_systems_built_from_a_locked_flake_are_remembered_and_not_evaluated_agai
 
     expected = {name: toplevel_of(flake, name) for name in names}
     assert build_all(names, "first") == expected
+    assert "==> building alpha, beta, gamma, delta on this machine" in recorder.notes
     metadata, *builds = recorder.commands
     assert metadata[3:6] == ("flake", "metadata", "--json")
     assert builds and all(("--option", "eval-cache", "false") in zip(argv, argv[1:], argv[2:]) for argv in builds)
@@ -284,6 +285,7 @@ def test_systems_built_from_a_locked_flake_are_remembered_and_not_evaluated_agai
     assert rooted[:2] == ("nix-store", "--realise") and sorted(word for word in rooted if word.startswith("/nix/")) == sorted(expected.values())
     assert built[3] == "build" and any('"alpha-broken"' in word for word in built)
     assert "alpha, beta, gamma, delta: built before from this locked flake; not evaluated again" in recorder.notes
+    assert [note for note in recorder.notes.splitlines() if note.startswith("==> building")] == ["==> building alpha-broken on this machine"]
     assert sorted(os.readlink(link) for link in (tmp_path / "again").iterdir()) == sorted([*expected.values(), broken])
 
     # A remembered system no longer in the store is built again; another revision is another flake.

@@ -250,6 +250,7 @@ def test_an_unchanged_flake_is_not_evaluated_again_and_no_build_waits_on_nix_s_e
     assert "lab: evaluating" not in again.stderr
     assert not re.search(r"^\+ nix .* (build|eval) ", again.stderr, re.MULTILINE)
     assert "==> alpha, beta, gamma: built before from this locked flake; not evaluated again" in again.stderr
+    assert "==> building" not in again.stderr  # nothing is built, so nothing says it is
     assert {name: lab.state(name).current_system for name in HOSTS} == systems == {name: toplevel_of(fleet.flake, name) for name in HOSTS}
 
     # Collected from this machine's store since: built again, and still the same system.

@@ -223,7 +223,7 @@ class ParallelBuild:
         self._after = after
         self._afresh = afresh
         self._built = built
-        self._recalled = False  # the first process to start asks the memory; the others wait for that
+        self._recalled = False  # the first process to start asks the memory and says what is built; the others wait
         self._recall_lock = threading.Lock()
         workers = evaluation_processes(len(self.attrs), processes) if self.attrs else 0
         self._threads = [threading.Thread(target=self._work, name=f"build-{index}", daemon=True) for index in range(workers)]
@@ -247,30 +247,39 @@ class ParallelBuild:
             return self._queue.pop(0) if self._queue else []
 
     def _recall(self) -> dict[str, str]:
-        """Once, before any build: what the memory knows, taken off the queue (a failure there only means building).
+        """Once, before any build: what the memory knows, taken off the queue (a failure there only means building),
+        and then what is left to build, said here rather than before, so that the line names only what is built.
 
         When the memory holds what this run builds, the builds go without
         Nix's evaluation cache: every Nix process then evaluates afresh.
         """
         with self._recall_lock:
-            if self._recalled or self._built is None:
+            if self._recalled:
                 return {}
             self._recalled = True
-            try:
-                if not self._built.known(self._runner):
-                    return {}
-                recalled = self._built.recall(self._runner, self.attrs, self._roots / "built-before")
-            except Exception:  # noqa: BLE001 - out of descriptors, say: each system is built as if never seen
-                return {}
-            with self._queue_lock:
-                self._extra = (*WITHOUT_EVALUATION_CACHE, *self._extra)
-                self._without_cache = True
-                self._queue = [kept for kept in ([pair for pair in share if pair[1] not in recalled] for share in self._queue) if kept]
+            recalled = self._remembered()
+            if recalled:
+                self._runner.echo.note(f"==> {', '.join(recalled)}: built before from this locked flake; not evaluated again")
+            if building := [attr for share in self._queue for _index, attr in share]:
+                self._runner.echo.note(f"==> building {', '.join(building)} on this machine")
             return recalled
+
+    def _remembered(self) -> dict[str, str]:
+        """What the memory knows of this run's systems, taken off the queue ({} when there is none, or it fails)."""
+        try:
+            if self._built is None or not self._built.known(self._runner):
+                return {}
+            recalled = self._built.recall(self._runner, self.attrs, self._roots / "built-before")
+        except Exception:  # noqa: BLE001 - out of descriptors, say: each system is built as if never seen
+            return {}
+        with self._queue_lock:
+            self._extra = (*WITHOUT_EVALUATION_CACHE, *self._extra)
+            self._without_cache = True
+            self._queue = [kept for kept in ([pair for pair in share if pair[1] not in recalled] for share in self._queue) if kept]
+        return recalled
 
     def _answer(self, recalled: Mapping[str, str]) -> None:
         """The remembered systems' hosts go on (their closures listed together first, as a share's are)."""
-        self._runner.echo.note(f"==> {', '.join(recalled)}: built before from this locked flake; not evaluated again")
         self._list_closures(recalled)
         for attr, path in recalled.items():
             self._outcomes.setdefault(attr, path)  # unless stop() already said it was interrupted

@@ -255,7 +255,6 @@ class Fleet:
         for run in local:
             self.progress.phase(run.spec.name, Phase.BUILD)
         attrs = list(dict.fromkeys(run.spec.attr for run in local))
-        self.session.echo.note(f"==> building {', '.join(attrs)} on this machine")
         streams = self.request.action is not None and not self.request.local and not self.request.substitute_on_destination
         self.builds = ParallelBuild(
             self.session.runner, self.request.flake, attrs, roots=gc_roots, out_link=self.request.out_link, extra=self.request.extra_nix,

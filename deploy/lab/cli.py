@@ -108,7 +108,7 @@ def demo() -> None:
     lab = up(list(DEMO_HOSTS), reboot_delay=0.5, replace=True)
     inv = [str(Path(sys.executable).parent / "inv"), "--search-root", str(REPO)]
     where = ["--flake", lab_flake(lab), "--inventory", str(lab.root / "hosts.yaml")]
-    console.rule("2. inv switch-push --all: each system evaluated and built once, three hosts in parallel, each confirmed over a new SSH connection")
+    console.rule("2. inv switch-push --all: each system evaluated and built at most once, three hosts in parallel, each confirmed over a new SSH connection")
     deployed = subprocess.run([*inv, "switch-push", "--all", *where], check=False)
     if deployed.returncode != 0:
         raise LabError(f"the demo deploy failed (exit {deployed.returncode}); see its output above")
