@@ -133,6 +133,30 @@ def test_passed_checks_are_remembered_and_the_oldest_forgotten(tmp_path: Path) -
     assert len(list((tmp_path / "checks").iterdir())) == 50
 
 
+
+def test_what_is_recalled_counts_as_new_so_a_system_redeployed_unchanged_is_not_forgotten(tmp_path: Path) -> None:
+    """The memory keeps what was used last, not what was written last: a system deployed unchanged run after run
+    would otherwise be forgotten behind newer builds of other flakes, and cost an evaluation again."""
+    memory = Memory(tmp_path / "built", keep=3)
+    for index, key in enumerate(["used", "old", "newer"]):
+        memory.remember(key, f"/nix/store/{key}")
+        os.utime(tmp_path / "built" / key, (1000 + index, 1000 + index))
+    assert memory.recall("used") == "/nix/store/used"
+    memory.remember("newest", "/nix/store/newest")
+    assert sorted(entry.name for entry in (tmp_path / "built").iterdir()) == ["newer", "newest", "used"]
+
+
+def test_a_staged_entry_left_by_a_run_that_died_while_writing_is_pruned(tmp_path: Path) -> None:
+    memory = Memory(tmp_path / "built", keep=10)
+    memory.remember("kept", "/nix/store/kept")
+    left = tmp_path / "built" / ".gone.4242.140000"
+    left.write_text("/nix/store/half")
+    os.utime(left, (1000, 1000))
+    writing = tmp_path / "built" / ".other.4343.140001"  # another run's, being written right now
+    writing.write_text("/nix/store/other")
+    memory.remember("next", "/nix/store/next")
+    assert sorted(entry.name for entry in (tmp_path / "built").iterdir()) == [".other.4343.140001", "kept", "next"]
+
 # --- against Nix ---------------------------------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from deploy.nix import commands
 from deploy.transport.process import LocalRunner
 
 BUILT_DIRECTORY = "built-systems"  # under the state directory: a file per locked flake and system, holding its toplevel
-KEEP_BUILT = 400  # the newest kept (a fleet of forty, ten deploys back); older ones only cost an evaluation again
+KEEP_BUILT = 400  # the ones used last (a fleet of forty, ten deploys back); older ones only cost an evaluation again
 # Given to the builds when the memory answers for the flake: Nix's own cache would only add the waiting above.
 WITHOUT_EVALUATION_CACHE = ("--option", "eval-cache", "false")
 STORE_PREFIX = "/nix/store/"

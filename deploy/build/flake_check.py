@@ -21,7 +21,7 @@ from deploy.nix.flake_ops import flake_check
 from deploy.transport.process import ChildProcesses, LocalRunner
 
 PASSED_DIRECTORY = "flake-checks"  # under the state directory: one empty file per passed locked flake (its key)
-KEEP_PASSED = 50  # the newest passes kept; older ones only cost a check again
+KEEP_PASSED = 50  # the passes used last kept; older ones only cost a check again
 
 
 class PassedChecks(Memory):

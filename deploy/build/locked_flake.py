@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from deploy.ui.events import Event
 # afresh: nothing is remembered under them.
 UNREMEMBERED_FLAGS = frozenset({"--impure", "--no-pure-eval", "--no-eval-cache", "--recreate-lock-file"})
 UNREMEMBERED_SETTINGS = {"pure-eval": "false", "eval-cache": "false"}
+# A staged entry lives for the moment its text is written; one this old was left by a run that died meanwhile.
+STAGED_FOR_AT_MOST = 3600.0
 
 
 def remembers(extra: Sequence[str]) -> bool:
@@ -178,7 +181,7 @@ class LockedFlake:
 
 
 class Memory:
-    """What is remembered on this machine per key: a file each in `directory`, holding its text; the newest `keep` kept.
+    """What is remembered on this machine per key: a file each in `directory`, holding its text; the `keep` used last kept.
 
     Forgetting costs only the work again, so a memory that cannot be read or written is no error.
     """
@@ -188,10 +191,17 @@ class Memory:
         self.keep = keep
 
     def recall(self, key: str) -> str | None:
+        """key's text, if remembered; recalling it makes it new again, so that what is still used is kept."""
+        entry = self.directory / key
         try:
-            return (self.directory / key).read_text()
+            text = entry.read_text()
         except (OSError, UnicodeDecodeError):
             return None
+        try:
+            os.utime(entry)
+        except OSError:
+            pass  # a memory we cannot touch still answers
+        return text
 
     def remember(self, key: str, text: str = "") -> None:
         self.remember_all({key: text})
@@ -204,7 +214,13 @@ class Memory:
                 staged = self.directory / f".{key}.{os.getpid()}.{threading.get_ident()}"
                 staged.write_text(text)
                 staged.replace(self.directory / key)  # whole or not at all, for a run reading it at the same time
-            entries = sorted((entry for entry in self.directory.iterdir() if not entry.name.startswith(".")), key=_modified, reverse=True)
+            entries, staged_before = [], time.time() - STAGED_FOR_AT_MOST
+            for entry in self.directory.iterdir():
+                if not entry.name.startswith("."):
+                    entries.append(entry)
+                elif _modified(entry) < staged_before:
+                    entry.unlink(missing_ok=True)  # staged by a run that died before it was in place
+            entries.sort(key=_modified, reverse=True)
             for stale in entries[self.keep:]:
                 stale.unlink(missing_ok=True)
         except OSError:
