@@ -359,6 +359,31 @@ def test_status_reachable_generation_drift_reboot_pending_and_an_unreachable_row
     assert site.lab.state("alpha").current_generation == 2
 
 
+def test_status_evaluates_only_the_systems_never_built_from_this_locked_flake(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A system built before from the same locked flake is taken from the build's memory: on a flake that takes a
+    minute to evaluate, status of a fleet deployed from it answers at once, and says the same."""
+    wrapper, calls = site.tmp / "bin", site.tmp / "nix-calls"
+    wrapper.mkdir()
+    real_nix = subprocess.run(["sh", "-c", "command -v nix"], capture_output=True, text=True, check=True).stdout.strip()
+    (wrapper / "nix").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {shlex.quote(str(calls))}\nexec {shlex.quote(real_nix)} "$@"\n')
+    (wrapper / "nix").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper}:{os.environ['PATH']}")  # for the deploy as for status: one nix identity
+    ok(site.deploy("switch-push", "alpha"))
+
+    calls.unlink()
+    rows = status_of(site, site.inventory, "--all")
+    assert (rows["alpha"]["drift"], rows["beta"]["drift"]) == (False, None)  # beta runs nothing yet
+    assert rows["alpha"]["flake_system"] == site.lab.state("alpha").current_system
+    assert rows["beta"]["flake_system"] == toplevel_of(site.flake, "beta")
+    evaluations = [call for call in calls.read_text().splitlines() if " eval --json " in call]  # toplevel_of's is --raw
+    assert len(evaluations) == 1 and '"beta"' in evaluations[0] and '"alpha"' not in evaluations[0]
+
+    site.path("2")  # another locked flake: nothing of it was built
+    calls.unlink()
+    assert status_of(site, site.inventory, "alpha")["alpha"]["drift"] is True
+    assert any(" eval --json " in call and '"alpha"' in call for call in calls.read_text().splitlines())
+
+
 def test_hosts_flags_a_mismatch_between_systems_and_hosts_yaml(tmp_path: Path) -> None:
     flake = tmp_path / "homelab"
     for name, meta in (("alpha", '{ system = "x86_64-linux"; tags = [ "web" ]; }'), ("beta", '{ system = "x86_64-linux"; }')):

@@ -163,9 +163,11 @@ def update(context: Any, options: FlakeOptions) -> None:
 
 
 def status(context: Any, options: StatusOptions) -> None:
+    from deploy.build.built_systems import BuiltSystems
+    from deploy.build.locked_flake import LockedFlake
     from deploy.errors import JournalError
     from deploy.plan.status import host_status, print_status, record_verdicts
-    from deploy.record.history import Journal, journal_path
+    from deploy.record.history import Journal, journal_path, state_directory
 
     with cli.errors_as_exit_codes():
         selection = options.selection
@@ -178,7 +180,9 @@ def status(context: Any, options: StatusOptions) -> None:
                 asking = journal.awaiting_verdicts(machines)
             except JournalError as error:
                 asking, journal_error = {}, error
-            rows = host_status(session, selection.flake, machines, cli.extra_nix_options(), asking)
+            extra_nix = cli.extra_nix_options()
+            built = BuiltSystems(state_directory(selection.flake), LockedFlake(selection.flake, extra_nix))
+            rows = host_status(session, selection.flake, machines, extra_nix, asking, built)
         finally:
             session.close()
         print_status(rows, as_json=options.as_json)

@@ -1,7 +1,8 @@
 """`inv status`: for each host, what runs there, and whether it is what the flake builds now.
 
-Drift is found from evaluated out-paths (one `nix eval` for every host),
-never by building. Each host answers in one round trip; hosts are asked in
+Drift is found from the toplevels built before from the same locked flake
+(built_systems), and from evaluated out-paths (one `nix eval` for the
+rest), never by building. Each host answers in one round trip; hosts are asked in
 parallel, and one that cannot be reached is a row, not an error. The same
 round trip reads the rollback watchdogs: any still waiting to decide, the
 host's newest verdict, and the verdicts of the deploys the journal left
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from deploy.activate.activation import parse_generation
 from deploy.build.build import evaluate_out_paths
+from deploy.build.built_systems import BuiltSystems
 from deploy.confirm.magic_rollback import STATE_DIR, VERDICTS_DIR, Verdict, parse_pending, parse_verdicts
 from deploy.engine.session import Session
 from deploy.errors import BuildError, NixfabError
@@ -120,17 +122,21 @@ def pending_reboot(facts: dict[str, str]) -> bool | None:
 
 
 def host_status(
-    session: Session, flake: str, machines: Sequence[str], extra: Sequence[str] = (), asking: Mapping[str, Sequence[str]] | None = None
+    session: Session, flake: str, machines: Sequence[str], extra: Sequence[str] = (), asking: Mapping[str, Sequence[str]] | None = None,
+    built: BuiltSystems | None = None,
 ) -> list[HostStatus]:
-    """asking: by host, the tokens of deploys whose verdicts are wanted (Journal.awaiting_verdicts)."""
+    """asking: by host, the tokens of deploys whose verdicts are wanted (Journal.awaiting_verdicts).
+    built: the systems built before from this locked flake, whose toplevels need no evaluation."""
     specs = [session.inventory.host(machine) for machine in machines]
     asking = asking or {}
     quiet = LocalRunner(Emitter())
-    try:
-        wanted = evaluate_out_paths(quiet, flake, [spec.attr for spec in specs], extra)
-    except BuildError as error:
-        quiet.echo.warning(f"drift unknown: {error}")
-        wanted = {}
+    attrs = list(dict.fromkeys(spec.attr for spec in specs))
+    wanted: dict[str, str | None] = dict(built.toplevels(quiet, attrs)) if built is not None else {}
+    if unknown := [attr for attr in attrs if attr not in wanted]:
+        try:
+            wanted.update(evaluate_out_paths(quiet, flake, unknown, extra))
+        except BuildError as error:
+            quiet.echo.warning(f"drift unknown: {error}")
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         futures = [
             pool.submit(probe, session, machine, wanted.get(spec.attr), asking.get(spec.name, ())) for machine, spec in zip(machines, specs)
