@@ -24,7 +24,10 @@ markers, appear on stderr).
 
 Rounds are interleaved: every round runs every cell, its tools in an order
 that rotates from round to round, so load from the rest of the machine falls
-on all of them alike. Prints Markdown tables; exits 0. Only 127.0.0.1 is
+on all of them alike. Before each cell (untimed) each of its hosts keeps its
+newest 10 system generations: a switch lists every generation in the boot
+menu, and the hundreds a run makes would slow each activation a little more
+than the one before it. Prints Markdown tables; exits 0. Only 127.0.0.1 is
 contacted: every host is a lab host (root is needed, as for the lab).
 """
 from __future__ import annotations
@@ -55,6 +58,9 @@ from deploy.nix import commands  # noqa: E402
 
 INV = str(Path(sys.executable).parent / "inv")
 SLOW_EVALUATION_SECONDS = 1.3
+# Each host's system generations at the start of each cell: a switch writes a boot entry for every generation, so
+# hosts that kept the hundreds a run makes would slow every later activation, and the rounds would drift.
+KEPT_GENERATIONS = 10
 revisions = count(1000)
 
 HAND_STEPS = r"""
@@ -354,6 +360,9 @@ def main() -> None:
             for round_number in range(rounds):
                 for fixture, network, size in cells:
                     hosts = names[:size]
+                    for name in hosts:
+                        # Untimed: every cell's hosts start with as many generations to list in their boot menus.
+                        lab.forget_generations(name, KEPT_GENERATIONS)
                     applicable = [tool for tool in tools if tool.applies(fixture, size)]
                     shift = round_number % len(applicable)
                     for tool in applicable[shift:] + applicable[:shift]:

@@ -362,3 +362,15 @@ def test_hosts_listen_on_ports_no_other_socket_can_be_given(lab: Lab) -> None:
     assert len(set(ports)) == len(ports) and all(1024 < port < ephemeral_start for port in ports), ports
     for host in lab.hosts():
         assert lab.http_status(host.name)[0] == 503  # its own endpoint: no system runs yet
+
+
+def test_forgetting_generations_keeps_the_newest_and_the_one_the_profile_points_at(lab: Lab) -> None:
+    """What the benchmark does between its cells, so that no round's activations list more generations than another's."""
+    lab.up(["alpha"])
+    profile = "/nix/var/nix/profiles/system"
+    script = f"for n in 1 2 3 4 5 6; do echo $n > /tmp/lab-probe; nix-env -p {profile} --set $(nix-store --add /tmp/lab-probe); done"
+    lab.ssh("alpha", ["sh", "-c", script])
+    lab.ssh("alpha", ["nix-env", "-p", profile, "--switch-generation", "2"])
+    lab.forget_generations("alpha", 3)
+    assert [generation.number for generation in lab.state("alpha").generations] == [2, 4, 5, 6]
+    assert lab.state("alpha").current_generation == 2

@@ -617,6 +617,18 @@ class Lab:
             return Path(f"/proc/{self.init_pid(host)}/root") / mount_point.lstrip("/")
         return host.directory / mount_point.lstrip("/")
 
+    def forget_generations(self, name: str, keep: int) -> None:
+        """All but the newest `keep` generations of the host's system profile go (never the one it points at), as
+        `nix-env --delete-generations +N` would: a switch lists every generation in the boot menu, so a host that
+        piled up hundreds of them would make each later activation slower than the one before."""
+        profiles = self.disk_path(name, "/nix") / "var" / "nix" / "profiles"
+        profile = profiles / "system"
+        current = os.readlink(profile) if profile.is_symlink() else None
+        links = sorted(profiles.glob("system-*-link"), key=lambda link: int(link.name.split("-")[1]), reverse=True)
+        for link in links[keep:]:
+            if link.name != current:
+                link.unlink()
+
     def state(self, name: str) -> HostState:
         host = self.host(name)
         running = self.is_running(host)
