@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from deploy.confirm.magic_rollback import Verdict
-from deploy.plan.status import HostStatus, parse_host_state, status_json, status_rows
+from deploy.plan.status import HostStatus, host_uptime, parse_host_state, status_json, status_rows
 
 NEW = "/nix/store/0000000000000000000000000000000c-nixos-system-web1-42"
 
@@ -32,3 +32,12 @@ def test_the_watchdog_column_says_a_pending_watchdog_first_then_the_newest_verdi
     assert status_rows([up])[0][-1] == up.watchdog
     document = status_json(up)
     assert document["watchdog"] == up.watchdog and document["last_verdict"]["generation"] == 42 and "verdicts" not in document
+
+
+def test_uptime_counts_from_the_start_of_the_host_s_init_not_of_the_kernel_under_it() -> None:
+    """A container's /proc/uptime (and a lab host's) is the kernel's, hours older than the system that runs in it;
+    its PID 1 started when that system booted (/proc/1/stat's 22nd field, in clock ticks after the kernel's start)."""
+    assert host_uptime({"uptime": "25200.50", "init-started": "2519850"}) == 25200.50 - 25198.50
+    assert host_uptime({"uptime": "25200.50", "init-started": ""}) == 25200.50  # an answer without it: the kernel's
+    assert host_uptime({"uptime": "", "init-started": "100"}) is None
+    assert host_uptime({"uptime": "10.0", "init-started": "5000"}) == 10.0  # nonsense (init after now): the kernel's

@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,7 @@ class Site:
     flake: Path
     inventory: Path
     tmp: Path
+    started: float  # time.monotonic() before its hosts booted
 
     def deploy(self, task: str, host: str, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
         return inv(task, host, "--flake", str(self.flake), "--inventory", str(self.inventory), "--skip-checks", *args, **kwargs)
@@ -89,10 +91,11 @@ class Site:
 
 @pytest.fixture
 def site(lab: Lab, tmp_path: Path) -> Site:
+    started = time.monotonic()
     lab.up(["alpha", "beta"], reboot_delay=0.3)
     flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta"])
     inventory = write_inventory(lab, tmp_path / "hosts.yaml", "  alpha: {}\n  beta: {}\n")
-    return Site(lab, flake, inventory, tmp_path)
+    return Site(lab, flake, inventory, tmp_path, started)
 
 
 # --- A: operations ------------------------------------------------------------
@@ -344,6 +347,8 @@ def test_status_reachable_generation_drift_reboot_pending_and_an_unreachable_row
     # (tests/test_cli_e2e.py has booted hosts, same and other kernels).
     assert (alpha["reachable"], alpha["generation"], alpha["drift"], alpha["reboot_pending"]) == (True, 1, False, None)
     assert alpha["current_system"] == site.lab.state("alpha").current_system
+    # The host booted when the lab started it, this machine hours before: its uptime is the host's own.
+    assert 0 < alpha["uptime_seconds"] < time.monotonic() - site.started
     assert (rows["beta"]["reachable"], rows["beta"]["generation"], rows["beta"]["current_system"]) == (True, None, None)
     assert rows["ghost"]["reachable"] is False and rows["ghost"]["error"]
 

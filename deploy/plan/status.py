@@ -70,7 +70,6 @@ def probe(session: Session, machine: str, flake_system: str | None, tokens: Sequ
         return HostStatus(spec.name, True, flake_system=flake_system, error=result.tail(1))
     facts, pending, verdicts = parse_host_state(result.stdout)
     current = facts.get("current") or None
-    uptime = facts.get("uptime") or ""
     return HostStatus(
         host=spec.name,
         reachable=True,
@@ -79,7 +78,7 @@ def probe(session: Session, machine: str, flake_system: str | None, tokens: Sequ
         flake_system=flake_system,
         drift=None if current is None or flake_system is None else current != flake_system,
         reboot_pending=pending_reboot(facts),
-        uptime_seconds=float(uptime) if uptime.replace(".", "", 1).isdigit() else None,
+        uptime_seconds=host_uptime(facts),
         watchdogs_pending=pending,
         last_verdict=verdicts[0] if verdicts else None,
         verdicts=tuple(verdict for verdict in verdicts if verdict.token in tokens),
@@ -100,6 +99,28 @@ def parse_host_state(stdout: str) -> tuple[dict[str, str], dict[str, int], list[
         elif key:
             facts[key] = value.strip()
     return facts, parse_pending("\n".join(pending)), parse_verdicts("\n".join(verdicts))
+
+
+# /proc's clock ticks (USER_HZ): 100 on every architecture Linux runs NixOS on, whatever the kernel's own HZ.
+CLOCK_TICKS_PER_SECOND = 100
+
+
+def host_uptime(facts: dict[str, str]) -> float | None:
+    """Seconds since the host's init started (the kernel's uptime when the answer lacks it); None when unknown.
+
+    In a container, and in a lab host, the kernel booted long before the
+    system in it: its PID 1 is the system's own.
+    """
+    kernel, started = _number(facts.get("uptime", "")), _number(facts.get("init-started", ""))
+    if kernel is None:
+        return None
+    if started is None or started / CLOCK_TICKS_PER_SECOND > kernel:
+        return kernel
+    return kernel - started / CLOCK_TICKS_PER_SECOND
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text.replace(".", "", 1).isdigit() else None
 
 
 KERNEL_PARTS = ("kernel", "initrd", "kernel-modules")

@@ -16,6 +16,18 @@ printf 'current\t%s\n' "$(readlink /run/current-system 2>/dev/null)"
 printf 'booted\t%s\n' "$(readlink /run/booted-system 2>/dev/null)"
 printf 'boot\t%s\n' "$(readlink -e "$profile" 2>/dev/null)"
 printf 'uptime\t%s\n' "$(cut -d' ' -f1 /proc/uptime)"
+# When the host's init started, in clock ticks after the kernel did: the 22nd field of /proc/1/stat, the 20th
+# after the command's name (in parentheses, which may hold spaces). A container's PID 1, and a lab host's, started
+# with the system that runs there, while /proc/uptime is the kernel's under it.
+init_started() {
+  [ "$#" -ge 20 ] || return 0
+  shift 19
+  printf 'init-started\t%s\n' "$1"
+}
+init_stat=''
+read -r init_stat 2>/dev/null < /proc/1/stat
+# shellcheck disable=SC2086 # split into its fields on purpose
+init_started ${init_stat##*) }
 # What a reboot would change: the kernel, initrd and modules booted, and those of the boot default.
 for part in kernel initrd kernel-modules; do
   printf 'booted-%s\t%s\n' "$part" "$(readlink /run/booted-system/"$part" 2>/dev/null)"
