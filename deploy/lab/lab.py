@@ -621,24 +621,25 @@ class Lab:
         """All but the newest `keep` generations of the host's system profile go (never the one it points at), as
         `nix-env --delete-generations +N` would: a switch lists every generation in the boot menu, so a host that
         piled up hundreds of them would make each later activation slower than the one before."""
-        profiles = self.disk_path(name, "/nix") / "var" / "nix" / "profiles"
-        profile = profiles / "system"
+        profile = self._system_profile(name)
         current = os.readlink(profile) if profile.is_symlink() else None
-        links = sorted(profiles.glob("system-*-link"), key=lambda link: int(link.name.split("-")[1]), reverse=True)
-        for link in links[keep:]:
+        for _number, link in self._generation_links(name)[:-keep or None]:
             if link.name != current:
                 link.unlink()
+
+    def _system_profile(self, name: str) -> Path:
+        return self.disk_path(name, "/nix") / "var" / "nix" / "profiles" / "system"
+
+    def _generation_links(self, name: str) -> list[tuple[int, Path]]:
+        """The host's system generations, (number, link), oldest first."""
+        links = self._system_profile(name).parent.glob("system-*-link")
+        return sorted((int(link.name.split("-")[1]), link) for link in links)
 
     def state(self, name: str) -> HostState:
         host = self.host(name)
         running = self.is_running(host)
-        nix_var = self.disk_path(name, "/nix") / "var" / "nix" / "profiles"
-        generations = []
-        for link in sorted(nix_var.glob("system-*-link")):
-            number = int(link.name.split("-")[1])
-            generations.append(Generation(number, os.readlink(link)))
-        generations.sort(key=lambda g: g.number)
-        profile = nix_var / "system"
+        generations = [Generation(number, os.readlink(link)) for number, link in self._generation_links(name)]
+        profile = self._system_profile(name)
         current = int(os.readlink(profile).split("-")[1]) if profile.is_symlink() else None
         loader = self.disk_path(name, "/boot") / "loader" / "loader.conf"
         boot_default = None
