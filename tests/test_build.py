@@ -277,6 +277,90 @@ def test_systems_that_nix_may_answer_from_its_cache_are_never_shared_out(tmp_pat
 
 
 
+def kinds_of(recorder: Recorder) -> list[str]:
+    """What each command was: nix's subcommand, or nix-store's operation."""
+    return [argv[3] if argv[0] == "nix" else argv[1] for argv in recorder.commands]
+
+
+# The fixture's systems evaluate in about 0.2 s with this much work here; the builds below take a tenth of a second of
+# evaluation for Nix's own work (the default, EVALUATED_AFRESH_SECONDS, is for real systems).
+SOME_EVALUATION_WORK = 300
+SLOW_TO_EVALUATE = 0.05
+
+
+@needs_nix
+def test_systems_slow_to_evaluate_go_several_to_a_nix_process_each_built_as_soon_as_it_is_evaluated(tmp_path: Path) -> None:
+    """Once a system took Nix a while to evaluate (its cache did not answer), the rest are evaluated one after another
+    in one process per core, each built (without evaluating it again) as soon as Nix says it is evaluated: one process
+    start and one heap for several systems, and no host waits for the others' evaluations."""
+    names = ["alpha", "beta", "gamma", "delta", "echo"]
+    flake = write_fixture_flake(tmp_path / "flake", names, eval_work=SOME_EVALUATION_WORK, trace_evaluation=True)
+    runner, recorder = recording_runner()
+    (tmp_path / "roots").mkdir()
+    parallel = ParallelBuild(runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=1, evaluated_afresh_after=SLOW_TO_EVALUATE)
+    results = {name: parallel.result(name) for name in names}
+    parallel.finish()
+    assert results == {name: toplevel_of(flake, name) for name in names}
+    assert kinds_of(recorder) == ["build", "eval", "--realise", "--realise", "--realise", "--realise"]
+    realised = [argv for argv in recorder.commands if argv[1] == "--realise"]
+    assert all(len([word for word in argv if word.endswith(".drv")]) == 1 for argv in realised)
+    for name in names:
+        assert recorder.output.count(f"lab: evaluating the toplevel of {name}\n") == 1, name
+    # beta was being built before the process had even begun echo's evaluation.
+    events = [event.argv[2] if isinstance(event, CommandRun) else event.text for event in recorder.events
+              if isinstance(event, CommandRun | OutputText)]
+    beta_built = next(index for index, said in enumerate(events) if said.endswith("nixos-system-beta-lab.1.drv"))
+    echo_evaluated = next(index for index, said in enumerate(events) if "lab: evaluating the toplevel of echo" in said)
+    assert beta_built < echo_evaluated
+    assert [note for note in recorder.notes.splitlines() if note.startswith("==> built")] == []  # steps, not notes
+    assert sorted(os.readlink(link) for link in (tmp_path / "roots").iterdir()) == sorted(results.values())  # each one rooted
+
+
+@needs_nix
+def test_a_streamed_process_that_holds_too_much_memory_takes_no_more_systems(tmp_path: Path) -> None:
+    """A Nix process keeps every system it evaluated: past half its part of the memory it is stopped after the
+    system it said, and those left go to a new one (the last, alone, to a `nix build` of its own)."""
+    names = ["alpha", "beta", "gamma", "delta"]
+    flake = write_fixture_flake(tmp_path / "flake", names, eval_work=SOME_EVALUATION_WORK)
+    runner, recorder = recording_runner()
+    (tmp_path / "roots").mkdir()
+    parallel = ParallelBuild(
+        runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=1, evaluated_afresh_after=SLOW_TO_EVALUATE, memory=1,
+    )
+    assert {name: parallel.result(name) for name in names} == {name: toplevel_of(flake, name) for name in names}
+    parallel.finish()
+    assert kinds_of(recorder) == ["build", "eval", "--realise", "eval", "--realise", "build"]
+
+
+@needs_nix
+def test_a_streamed_process_that_fails_leaves_each_system_it_did_not_evaluate_its_own_build(tmp_path: Path) -> None:
+    names = ["alpha", "beta", "nosuch", "gamma"]
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta", "gamma"], eval_work=SOME_EVALUATION_WORK)
+    runner, recorder = recording_runner()
+    (tmp_path / "roots").mkdir()
+    parallel = ParallelBuild(runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=1, evaluated_afresh_after=SLOW_TO_EVALUATE)
+    assert {name: parallel.result(name) for name in ("alpha", "beta", "gamma")} == {name: toplevel_of(flake, name) for name in ("alpha", "beta", "gamma")}
+    with pytest.raises(BuildError, match=r'has no nixosConfigurations\."nosuch"; it has: alpha, '):
+        parallel.result("nosuch")
+    parallel.finish()
+    # The streamed process said beta and failed at nosuch: nosuch and gamma each get a build of their own (nosuch's
+    # failure asks which systems the flake has). Its error is only logged: the build that follows says it.
+    assert kinds_of(recorder) == ["build", "eval", "--realise", "build", "eval", "build"]
+    shown = "".join(event.text for event in recorder.events if isinstance(event, OutputText) and not event.captured)
+    assert "attribute 'nosuch' missing" not in shown and shown.count("does not provide attribute") == 1
+    assert "attribute 'nosuch' missing" in recorder.output  # the streamed process's words, in the log
+
+
+def test_a_streamed_evaluation_s_lines_say_which_system_was_evaluated() -> None:
+    argv = build.streamed_evaluation("path:/f", ["alpha", "beta-slow"], ["--impure"])
+    assert argv[3:6] == ["eval", "--json", "path:/f#nixosConfigurations"] and argv[-1] == "--impure"
+    assert argv[7].endswith('[ "alpha" "beta-slow" ]')
+    said = 'trace: nixfab-evaluated {"attr":"beta-slow","drv":"/nix/store/a-x.drv","out":"/nix/store/b-x"}\n'
+    assert build.evaluated_line(said) == ("beta-slow", build.Evaluation("/nix/store/a-x.drv", "/nix/store/b-x"))
+    assert build.evaluated_line("trace: lab: evaluating the toplevel of alpha\n") is None
+    assert build.evaluated_line("trace: nixfab-evaluated {not json\n") is None
+
+
 @needs_nix
 def test_systems_built_from_a_locked_flake_are_remembered_and_not_evaluated_again(tmp_path: Path) -> None:
     """With the memory answering, the builds go without Nix's evaluation cache (which processes of one flake would

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,8 +35,11 @@ class NixProgress:
 
     def __init__(self) -> None:
         self.in_listing = False
+        self.building_since: float | None = None  # when Nix first said it builds or fetches: its evaluation was over
 
     def shown(self, line: str) -> bool:
+        if self.building_since is None and line.startswith(("building '", "copying path '", "these ")):
+            self.building_since = time.monotonic()
         if line.startswith("error (ignored): "):
             return False
         if line.startswith("these ") and line.rstrip().endswith(":") and "will be" in line:
@@ -92,14 +96,18 @@ def evaluate(runner: LocalRunner, flake: str, attr: str, extra: Sequence[str] = 
 LOCK_POLL = ("--option", "build-poll-interval", "1")
 
 
-def build_system(runner: LocalRunner, flake: str, attr: str, *, gc_root: Path, extra: Sequence[str] = ()) -> str:
+def build_system(
+    runner: LocalRunner, flake: str, attr: str, *, gc_root: Path, extra: Sequence[str] = (), progress: NixProgress | None = None,
+) -> str:
     """One `nix build` of this one system: evaluated once (or answered by Nix's evaluation cache) and built in the same process.
 
     One installable per process, so the result is this system's without any
     pairing; gc_root is its out link, which says the path and keeps it.
+    `progress` sorts Nix's output, and says when the building began.
     """
     installable = commands.toplevel_installable(flake, attr)
-    result = runner.run(commands.nix_build([installable], out_link=gc_root, extra=(*LOCK_POLL, *extra)), shown=NixProgress().shown)
+    shown = (progress or NixProgress()).shown
+    result = runner.run(commands.nix_build([installable], out_link=gc_root, extra=(*LOCK_POLL, *extra)), shown=shown)
     if not result.ok:
         raise nix_failure(runner, flake, attr, "building", result.stderr, extra)
     if runner.dry_run:
@@ -148,6 +156,51 @@ def build_systems(runner: LocalRunner, flake: str, attrs: Sequence[str], *, gc_r
     return {attr: evaluations[attr].out_path for attr in attrs}
 
 
+# What a streamed evaluation's `builtins.trace` prints as each system is evaluated: Nix writes a trace to stderr at once,
+# while the value it prints on stdout comes only when every system is done.
+EVALUATED_MARK = "nixfab-evaluated "
+
+
+def streamed_evaluation(flake: str, attrs: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """One `nix eval` of these systems, one after another, that says each one's derivation and out path as soon as it
+    is evaluated (evaluated_line reads it): each can be built, and its host go on, while the next evaluates."""
+    names = " ".join(json.dumps(attr) for attr in attrs)  # checked against ATTR_PATTERN: as JSON strings, also Nix strings
+    apply = (
+        "cs: map (n: let t = cs.${n}.config.system.build.toplevel; in builtins.trace "
+        f'("{EVALUATED_MARK}" + builtins.toJSON {{ attr = n; drv = t.drvPath; out = t.outPath; }}) n) [ {names} ]'
+    )
+    return [*commands.NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", apply, *extra]
+
+
+def evaluated_line(line: str) -> tuple[str, Evaluation] | None:
+    """The system, and its evaluation, that a line of a streamed evaluation's stderr says is evaluated; None for any other line."""
+    _before, mark, said = line.partition(EVALUATED_MARK)
+    if not mark:
+        return None
+    try:
+        data = json.loads(said)
+        return str(data["attr"]), Evaluation(str(data["drv"]), str(data["out"]))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def memory_figure(path: str, field: str) -> int | None:
+    """A `field: N kB` line of a /proc file (Linux), in bytes; None if it cannot be read.
+
+    memory_figure("/proc/meminfo", "MemAvailable"): what new work can have
+    without swapping; memory_figure(f"/proc/{pid}/status", "VmRSS"): what the
+    process holds.
+    """
+    try:
+        with open(path, encoding="ascii") as figures:
+            for line in figures:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -182,6 +235,11 @@ def evaluated_afresh(version: tuple[int, ...] | None, *, copies_every_file: bool
     return copies_every_file or dirty is True or not in_git
 # At most this many systems in one Nix process: each holds its evaluation in memory until all are built.
 MOST_SYSTEMS_PER_PROCESS = 16
+# A system whose evaluation took Nix this long was evaluated, not answered from its evaluation cache (that takes
+# milliseconds). The systems left then go several to a Nix process, streamed: each is built, and its host goes on, as
+# soon as it is evaluated. The process's start and the growth of its heap are paid once, not once per system: a fifth
+# of each 1.3 s evaluation after the first, measured with the benchmark's slow fixture.
+EVALUATED_AFRESH_SECONDS = 0.5
 
 
 class ParallelBuild:
@@ -194,7 +252,11 @@ class ParallelBuild:
     answered from its cache, the others are shared out among the processes,
     several to each (a failure there builds them one by one again, so that
     each says its own). `after` gets each share's {attr: path} (when it built
-    more than one) before their hosts do.
+    more than one) before their hosts do. Once one took Nix
+    EVALUATED_AFRESH_SECONDS or more to evaluate, the others are shared out
+    too, streamed: each is built as soon as its process says it is evaluated.
+    A streamed process that holds more than half its part of `memory` (the
+    memory available) takes no more systems: those left go back to the queue.
     `out_link` (the `build` task's ./result) roots every built system as
     out_link, out_link-2, … in the order of attrs once all are done.
     """
@@ -203,6 +265,7 @@ class ParallelBuild:
         self, runner: LocalRunner, flake: str, attrs: Sequence[str], *, roots: Path, out_link: Path | None = None,
         extra: Sequence[str] = (), processes: int | None = None, after: Callable[[Mapping[str, str]], None] | None = None,
         afresh: Callable[[], bool] = lambda: False, built: BuiltSystems | None = None,
+        evaluated_afresh_after: float = EVALUATED_AFRESH_SECONDS, memory: int | None = None,
     ) -> None:
         """roots: a directory of this run's own; each system's GC root stays there until the run ends.
         built: the systems built before, answered from there and remembered there (built_systems)."""
@@ -218,6 +281,10 @@ class ParallelBuild:
         self._queue = [[pair] for pair in enumerate(self.attrs)]  # what each Nix process builds, in turn
         self._queue_lock = threading.Lock()
         self._fast = False  # a system built in less than FAST_BUILD_SECONDS
+        self._evaluated_afresh_after = evaluated_afresh_after
+        self._evaluated_slowly = False  # a system took Nix evaluated_afresh_after or more to evaluate
+        self._streamed = False  # the shares are streamed, rather than evaluated whole and then built
+        self._stopping = False  # stop() came: nothing goes back to the queue
         self._without_cache = False  # Nix's evaluation cache is off: every process evaluates afresh
         self._shared_out = False
         self._after = after
@@ -226,17 +293,21 @@ class ParallelBuild:
         self._recalled = False  # the first process to start asks the memory and says what is built; the others wait
         self._recall_lock = threading.Lock()
         workers = evaluation_processes(len(self.attrs), processes) if self.attrs else 0
+        memory = memory if memory is not None else memory_figure("/proc/meminfo", "MemAvailable")
+        self._memory_per_process = memory // max(1, workers) if memory is not None else None
         self._threads = [threading.Thread(target=self._work, name=f"build-{index}", daemon=True) for index in range(workers)]
         for thread in self._threads:
             thread.start()
 
     def _take(self) -> list[tuple[int, str]]:
         with self._queue_lock:
-            if self._fast and not self._shared_out:
-                # Once, when the first system turned out fast: what is left goes to the processes in equal shares.
+            if (self._fast or self._evaluated_slowly) and not self._shared_out:
+                # Once, when the first system turned out fast, or slow to evaluate: what is left goes to the processes
+                # in equal shares.
                 self._shared_out = True
+                self._streamed = self._evaluated_slowly
                 try:
-                    afresh = self._without_cache or self._afresh()
+                    afresh = self._without_cache or self._evaluated_slowly or self._afresh()
                 except Exception:  # noqa: BLE001 - unanswered (out of descriptors, say): each system keeps its own build
                     afresh = False
                 if not afresh:
@@ -301,17 +372,21 @@ class ParallelBuild:
             attrs = [attr for _index, attr in taken]
             outcomes: dict[str, str | BuildError | OSError] = {attr: BuildError(f"building {attr} was interrupted") for attr in attrs}
             try:
-                outcomes = self._build(taken)
+                # Every system taken is in outcomes, or settled already (streamed), or back in the queue.
+                outcomes = self._build_streamed(taken) if self._streamed and len(taken) > 1 else self._build(taken)
                 built = {attr: outcome for attr, outcome in outcomes.items() if isinstance(outcome, str)}
                 if self._built is not None and self._without_cache:
                     self._built.remember(self._runner, built)
-                self._list_closures(built)
             except Exception as error:  # noqa: BLE001 - a waiting host must hear of it, never wait forever
-                outcomes = {attr: BuildError(f"building {attr} failed: {type(error).__name__}: {error}") for attr in attrs}
+                failed = [attr for attr in attrs if not self._ready[attr].is_set()]
+                outcomes = {attr: BuildError(f"building {attr} failed: {type(error).__name__}: {error}") for attr in failed}
             finally:
-                for attr in attrs:
-                    self._outcomes[attr] = outcomes[attr]
-                    self._ready[attr].set()
+                for attr, outcome in outcomes.items():
+                    self._settle(attr, outcome)
+
+    def _settle(self, attr: str, outcome: str | BuildError | OSError) -> None:
+        self._outcomes[attr] = outcome
+        self._ready[attr].set()
 
     def _build(self, taken: Sequence[tuple[int, str]]) -> dict[str, str | BuildError | OSError]:
         """Build these systems in one Nix process (one by one if that fails), saying what was built and how fast."""
@@ -328,17 +403,87 @@ class ParallelBuild:
                 return dict.fromkeys(attrs, error)
             if not self._runner.dry_run:
                 self._runner.echo.step(f"==> built {', '.join(attrs)}", seconds=time.monotonic() - started)
+            self._list_closures(paths)
             return dict(paths)
         attr = attrs[0]
+        progress = NixProgress()
         try:
-            path = build_system(self._runner, self._flake, attr, gc_root=self._roots / f"system-{index}", extra=self._extra)
+            path = build_system(
+                self._runner, self._flake, attr, gc_root=self._roots / f"system-{index}", extra=self._extra, progress=progress,
+            )
         except (BuildError, OSError) as error:
             return {attr: error}
-        elapsed = time.monotonic() - started
+        ended = time.monotonic()
+        elapsed = ended - started
         self._fast = self._fast or elapsed < FAST_BUILD_SECONDS
+        evaluating = (progress.building_since or ended) - started  # when nothing was built, all of it
+        self._evaluated_slowly = self._evaluated_slowly or evaluating >= self._evaluated_afresh_after
         if not self._runner.dry_run:
             self._runner.echo.step(f"==> built {attr}", seconds=elapsed)
         return {attr: path}
+
+    def _build_streamed(self, taken: Sequence[tuple[int, str]]) -> dict[str, str | BuildError | OSError]:
+        """These systems evaluated one after another in one Nix process, each built (without evaluating it again) and
+        settled as soon as the process says it is evaluated, so that its host goes on while the next one evaluates.
+
+        What the process did not say it evaluated goes back to the queue: one
+        by one when it failed (so that each says its own error), as a share
+        again when it stopped for its memory.
+        """
+        index_of = {attr: index for index, attr in taken}
+        outcomes: dict[str, str | BuildError | OSError] = {}
+        builds: dict[str, threading.Thread] = {}  # of each system the process said it evaluated
+        process: list[subprocess.Popen[str]] = []
+        full = threading.Event()  # the process holds too much memory to take more: stopped after the system it said
+        evaluating_since = [time.monotonic()]
+
+        def heard(line: str) -> bool:
+            """Only logged: what the process says besides is said again by the builds that follow (an error, one by one)."""
+            said = evaluated_line(line)
+            if said is None or said[0] not in index_of or said[0] in builds:
+                return False
+            attr, evaluation = said
+            began, evaluating_since[0] = evaluating_since[0], time.monotonic()
+            builds[attr] = threading.Thread(target=self._realise, args=(attr, index_of[attr], evaluation, began, outcomes), daemon=True)
+            builds[attr].start()
+            if len(builds) < len(taken) and self._holds_too_much(process[0] if process else None):
+                full.set()
+                process[0].terminate()
+            return False
+
+        self._runner.run(streamed_evaluation(self._flake, list(index_of), self._extra), shown=heard, started=process.append)
+        for build in builds.values():
+            build.join()
+        left = [pair for pair in taken if pair[1] not in builds]
+        with self._queue_lock:
+            if left and not self._stopping:
+                self._queue[:0] = [left] if full.is_set() else [[pair] for pair in left]
+            elif left:
+                outcomes.update({attr: BuildError(f"building {attr} was interrupted") for _index, attr in left})
+        return outcomes
+
+    def _holds_too_much(self, process: subprocess.Popen[str] | None) -> bool:
+        """Whether an evaluating process holds more than half its part of the memory: the next system might need as much."""
+        held = memory_figure(f"/proc/{process.pid}/status", "VmRSS") if process is not None else None
+        return held is not None and self._memory_per_process is not None and 2 * held > self._memory_per_process
+
+    def _realise(self, attr: str, index: int, evaluation: Evaluation, began: float, outcomes: dict[str, str | BuildError | OSError]) -> None:
+        """Build one evaluated system from its derivation, and settle it (its host goes on)."""
+        outcome: str | BuildError | OSError
+        try:
+            gc_root = str(self._roots / f"system-{index}")
+            realised = self._runner.run(
+                commands.nix_store_realise(evaluation.derivation, gc_root, (*LOCK_POLL, *self._extra)), shown=NixProgress().shown,
+            )
+            outcome = evaluation.out_path if realised.ok else BuildError(f"building {attr} failed: {nix_error(realised.stderr)}")
+            if realised.ok and not self._runner.dry_run:
+                self._runner.echo.step(f"==> built {attr}", seconds=time.monotonic() - began)
+        except OSError as error:
+            outcome = error
+        except Exception as error:  # noqa: BLE001 - its host must hear of it, never wait forever
+            outcome = BuildError(f"building {attr} failed: {type(error).__name__}: {error}")
+        outcomes[attr] = outcome
+        self._settle(attr, outcome)
 
     def result(self, attr: str) -> str:
         """attr's toplevel path once it is built; its BuildError (or OSError) if it failed."""
@@ -351,6 +496,7 @@ class ParallelBuild:
     def stop(self) -> None:
         """Interrupted: end the builds under way and start no more; a system not built says so."""
         with self._queue_lock:
+            self._stopping = True
             left, self._queue = [pair for share in self._queue for pair in share], []
         for _index, attr in left:
             self._outcomes[attr] = BuildError(f"building {attr} was interrupted")

@@ -155,10 +155,14 @@ class LocalRunner:
         env: Mapping[str, str] | None = None,
         show_stderr: bool = True,
         shown: Callable[[str], bool] | None = None,
+        started: Callable[[subprocess.Popen[str]], None] | None = None,
         dry_stdout: str = "",
         dry_returncode: int = 0,
     ) -> Result:
-        """Run argv; stdout is captured, stderr is shown live (the lines `shown` accepts; the rest logged) and kept for errors."""
+        """Run argv; stdout is captured, stderr is shown live (the lines `shown` accepts; the rest logged) and kept for errors.
+
+        `started` gets the process once it runs: whoever watches it (its memory, say) may end it early.
+        """
         extra_env = {**self.env, **(env or {})}
         self.echo.command(argv, env=extra_env)
         if self.dry_run:
@@ -182,6 +186,8 @@ class LocalRunner:
                     return Result(tuple(argv), 127, "", f"{argv[0]}: command not found\n")
                 if self.children is not None:
                     self.children.started(process)
+                if started is not None:
+                    started(process)
                 readers = [
                     threading.Thread(target=_tee, args=(process.stdout, None, stdout)),
                     threading.Thread(target=_tee, args=(process.stderr, self.echo if show_stderr else None, stderr, shown)),
