@@ -334,18 +334,21 @@ def test_a_streamed_process_that_holds_too_much_memory_takes_no_more_systems(tmp
 
 @needs_nix
 def test_a_streamed_process_that_fails_leaves_each_system_it_did_not_evaluate_its_own_build(tmp_path: Path) -> None:
-    names = ["alpha", "beta", "nosuch", "gamma"]
+    names = ["alpha", "beta", "beta-unbuildable", "nosuch", "gamma"]
     flake = write_fixture_flake(tmp_path / "flake", ["alpha", "beta", "gamma"], eval_work=SOME_EVALUATION_WORK)
     runner, recorder = recording_runner()
     (tmp_path / "roots").mkdir()
     parallel = ParallelBuild(runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=1, evaluated_afresh_after=SLOW_TO_EVALUATE)
     assert {name: parallel.result(name) for name in ("alpha", "beta", "gamma")} == {name: toplevel_of(flake, name) for name in ("alpha", "beta", "gamma")}
+    with pytest.raises(BuildError, match=r"\Abuilding beta-unbuildable failed: error: builder for '/nix/store/\S+-nixos-system-beta-lab.1.drv' failed"):
+        parallel.result("beta-unbuildable")
     with pytest.raises(BuildError, match=r'has no nixosConfigurations\."nosuch"; it has: alpha, '):
         parallel.result("nosuch")
     parallel.finish()
-    # The streamed process said beta and failed at nosuch: nosuch and gamma each get a build of their own (nosuch's
-    # failure asks which systems the flake has). Its error is only logged: the build that follows says it.
-    assert kinds_of(recorder) == ["build", "eval", "--realise", "build", "eval", "build"]
+    # The streamed process said beta and beta-unbuildable (which failed to build, alone), and failed at nosuch: nosuch
+    # and gamma each get a build of their own (nosuch's failure asks which systems the flake has). Its error is only
+    # logged: the build that follows says it.
+    assert kinds_of(recorder) == ["build", "eval", "--realise", "--realise", "build", "eval", "build"]
     shown = "".join(event.text for event in recorder.events if isinstance(event, OutputText) and not event.captured)
     assert "attribute 'nosuch' missing" not in shown and shown.count("does not provide attribute") == 1
     assert "attribute 'nosuch' missing" in recorder.output  # the streamed process's words, in the log

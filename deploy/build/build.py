@@ -475,7 +475,7 @@ class ParallelBuild:
             realised = self._runner.run(
                 commands.nix_store_realise(evaluation.derivation, gc_root, (*LOCK_POLL, *self._extra)), shown=NixProgress().shown,
             )
-            outcome = evaluation.out_path if realised.ok else BuildError(f"building {attr} failed: {nix_error(realised.stderr)}")
+            outcome = evaluation.out_path if realised.ok else nix_failure(self._runner, self._flake, attr, "building", realised.stderr)
             if realised.ok and not self._runner.dry_run:
                 self._runner.echo.step(f"==> built {attr}", seconds=time.monotonic() - began)
         except OSError as error:
