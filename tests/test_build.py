@@ -354,6 +354,32 @@ def test_a_streamed_process_that_fails_leaves_each_system_it_did_not_evaluate_it
     assert "attribute 'nosuch' missing" in recorder.output  # the streamed process's words, in the log
 
 
+@needs_nix
+def test_a_streamed_process_that_cannot_start_leaves_its_systems_the_os_error_the_fleet_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of file descriptors when the share's `nix eval` starts: each of its systems says so (as an OSError, which the
+    fleet turns into its advice on the limit), as a system built alone would; none waits forever."""
+    names = ["alpha", "beta", "gamma"]
+    flake = write_fixture_flake(tmp_path / "flake", names, eval_work=SOME_EVALUATION_WORK)
+    runner, _ = recording_runner()
+    (tmp_path / "roots").mkdir()
+    run = LocalRunner.run
+
+    def no_descriptors_for_a_share(self: LocalRunner, argv: list[str], **options: object) -> Result:
+        if any(build.EVALUATED_MARK in word for word in argv):
+            raise OSError(24, "Too many open files")
+        return run(self, argv, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalRunner, "run", no_descriptors_for_a_share)
+    parallel = ParallelBuild(runner, f"path:{flake}", names, roots=tmp_path / "roots", processes=1, evaluated_afresh_after=SLOW_TO_EVALUATE)
+    assert parallel.result("alpha") == toplevel_of(flake, "alpha")
+    for name in ("beta", "gamma"):
+        with pytest.raises(OSError, match="Too many open files"):
+            parallel.result(name)
+    parallel.finish()
+
+
 def test_a_streamed_evaluation_s_lines_say_which_system_was_evaluated() -> None:
     argv = build.streamed_evaluation("path:/f", ["alpha", "beta-slow"], ["--impure"])
     assert argv[3:6] == ["eval", "--json", "path:/f#nixosConfigurations"] and argv[-1] == "--impure"

@@ -451,10 +451,16 @@ class ParallelBuild:
                 process[0].terminate()
             return False
 
-        self._runner.run(streamed_evaluation(self._flake, list(index_of), self._extra), shown=heard, started=process.append)
+        cannot_start: OSError | None = None
+        try:
+            self._runner.run(streamed_evaluation(self._flake, list(index_of), self._extra), shown=heard, started=process.append)
+        except OSError as error:  # out of descriptors, say: the fleet words it, as for a system built alone
+            cannot_start = error
         for build in builds.values():
             build.join()
         left = [pair for pair in taken if pair[1] not in builds]
+        if cannot_start is not None:
+            return {**outcomes, **dict.fromkeys((attr for _index, attr in left), cannot_start)}
         with self._queue_lock:
             if left and not self._stopping:
                 self._queue[:0] = [left] if full.is_set() else [[pair] for pair in left]
