@@ -123,14 +123,12 @@ def evaluate_systems(runner: LocalRunner, flake: str, attrs: Sequence[str], extr
 
     BuildError when any fails to evaluate (which one is for separate builds to say).
     """
-    # The attribute names were checked against ATTR_PATTERN, so as JSON strings they are also Nix strings.
-    names = " ".join(json.dumps(attr) for attr in attrs)
     apply = (
         "cs: builtins.listToAttrs (map (n: let t = cs.${n}.config.system.build.toplevel; in "
-        f"{{ name = n; value = {{ drv = t.drvPath; out = t.outPath; }}; }}) [ {names} ])"
+        f"{{ name = n; value = {{ drv = t.drvPath; out = t.outPath; }}; }}) {commands.nix_names(attrs)})"
     )
     dry = json.dumps({attr: {"drv": f"<derivation of {attr}>", "out": placeholder(attr)} for attr in attrs})
-    result = runner.run([*commands.NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", apply, *extra], dry_stdout=dry)
+    result = runner.run(commands.nix_eval_configurations(flake, apply, extra), dry_stdout=dry)
     if not result.ok:
         raise BuildError(f"evaluating {', '.join(attrs)} failed: {nix_error(result.stderr)}")
     try:
@@ -164,12 +162,11 @@ EVALUATED_MARK = "nixfab-evaluated "
 def streamed_evaluation(flake: str, attrs: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
     """One `nix eval` of these systems, one after another, that says each one's derivation and out path as soon as it
     is evaluated (evaluated_line reads it): each can be built, and its host go on, while the next evaluates."""
-    names = " ".join(json.dumps(attr) for attr in attrs)  # checked against ATTR_PATTERN: as JSON strings, also Nix strings
     apply = (
         "cs: map (n: let t = cs.${n}.config.system.build.toplevel; in builtins.trace "
-        f'("{EVALUATED_MARK}" + builtins.toJSON {{ attr = n; drv = t.drvPath; out = t.outPath; }}) n) [ {names} ]'
+        f'("{EVALUATED_MARK}" + builtins.toJSON {{ attr = n; drv = t.drvPath; out = t.outPath; }}) n) {commands.nix_names(attrs)}'
     )
-    return [*commands.NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", apply, *extra]
+    return commands.nix_eval_configurations(flake, apply, extra)
 
 
 def evaluated_line(line: str) -> tuple[str, Evaluation] | None:
@@ -535,8 +532,7 @@ def missing_configuration(runner: LocalRunner, flake: str, attrs: Sequence[str],
     """When Nix failed because the flake has no such nixosConfigurations, say which it lacks and which it has; else None."""
     if "does not provide attribute" not in stderr:
         return None
-    listed = runner.run([*commands.NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", "builtins.attrNames", *extra],
-                        show_stderr=False)
+    listed = runner.run(commands.nix_eval_configurations(flake, "builtins.attrNames", extra), show_stderr=False)
     try:
         names = [str(name) for name in json.loads(listed.stdout)] if listed.ok else None
     except ValueError:
@@ -550,13 +546,11 @@ def missing_configuration(runner: LocalRunner, flake: str, attrs: Sequence[str],
 
 def evaluate_out_paths(runner: LocalRunner, flake: str, attrs: Sequence[str], extra: Sequence[str] = ()) -> dict[str, str | None]:
     """The toplevel out path of each attr in one `nix eval` (None where the flake has no such system); builds nothing."""
-    # The attribute names were checked against ATTR_PATTERN, so as JSON strings they are also Nix strings.
-    names = " ".join(json.dumps(attr) for attr in attrs)
     apply = (
         f"cs: builtins.listToAttrs (map (n: {{ name = n; value = if cs ? ${{n}} "
-        f"then cs.${{n}}.config.system.build.toplevel.outPath else null; }}) [ {names} ])"
+        f"then cs.${{n}}.config.system.build.toplevel.outPath else null; }}) {commands.nix_names(attrs)})"
     )
-    result = runner.run([*commands.NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", apply, *extra], show_stderr=False)
+    result = runner.run(commands.nix_eval_configurations(flake, apply, extra), show_stderr=False)
     if not result.ok:
         raise BuildError(f"evaluating {flake} failed: {nix_error(result.stderr)}{trace_hint(result.stderr)}")
     return dict(json.loads(result.stdout))

@@ -8,6 +8,7 @@ Forms are chosen to work on Nix 2.8 and on current Nix (2.18+): `nix build
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +32,16 @@ def toplevel_attribute(attr: str) -> str:
 
 def toplevel_installable(flake: str, attr: str) -> str:
     return f"{flake}#{toplevel_attribute(attr)}"
+
+
+def nix_names(attrs: Sequence[str]) -> str:
+    """attrs as a Nix list of strings: they were checked against ATTR_PATTERN, so as JSON strings they are also Nix strings."""
+    return "[ " + " ".join(json.dumps(attr) for attr in attrs) + " ]"
+
+
+def nix_eval_configurations(flake: str, apply: str, extra: Sequence[str] = ()) -> list[str]:
+    """One `nix eval --json` of the flake's nixosConfigurations through `apply`, a Nix function of them."""
+    return [*NIX, "eval", "--json", f"{flake}#nixosConfigurations", "--apply", apply, *extra]
 
 
 def nix_build(installables: Sequence[str], *, out_link: Path | None, extra: Sequence[str] = ()) -> list[str]:
