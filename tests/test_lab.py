@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploy.lab import Lab, write_fixture_flake
+from deploy.lab.lab import LAB_FILES
 
 
 def alive(pid: int) -> bool:
@@ -350,6 +352,26 @@ def test_systemd_run_pipe_waits_for_its_unit_and_hands_it_the_callers_stdio(lab:
     journaled = lab.ssh("alpha", ["systemd-run", "--quiet", "--wait", "--unit", "journaled", "--", *unit], check=False)
     assert (journaled.returncode, journaled.stdout) == (3, "")
     assert "out" in lab.inside("alpha", ["journalctl", "-u", "journaled"]).stdout
+
+
+def test_the_fake_systemd_run_costs_no_less_cpu_than_its_floor_for_each_shape_a_deploy_uses(lab: Lab) -> None:
+    """The floors are real systemd-run's cost (bench/systemd_run_cost.sh): a cheaper fake would flatter a tool that
+    calls it twice per host against the hand steps, which never do. A Python fork-based fake cost 23 ms a call."""
+    source = (LAB_FILES / "fakes" / "lab-fake").read_text()
+    floors = re.search(r'SYSTEMD_RUN_CPU_SECONDS = \{"waits": ([0-9.]+), "returns at once": ([0-9.]+)\}', source)
+    assert floors, "lab-fake names no floors"
+    lab.up(["alpha"])
+    shapes = {
+        "waits": ["systemd-run", "-E", "LOCALE_ARCHIVE", "--collect", "--no-ask-password", "--pipe", "--quiet",
+                  "--service-type=exec", "--wait", "true"],
+        "returns at once": ["systemd-run", "--collect", "--quiet", "--no-ask-password", "true"],
+    }
+    calls = 3
+    for (shape, argv), floor in zip(shapes.items(), map(float, floors.groups())):
+        probe = (f"import resource, subprocess\nfor _ in range({calls}): subprocess.run({argv!r}, check=True)\n"
+                 "used = resource.getrusage(resource.RUSAGE_CHILDREN)\nprint(used.ru_utime + used.ru_stime)")
+        spent = float(lab.inside("alpha", [sys.executable, "-IS", "-c", probe]).stdout)
+        assert spent / calls >= floor, (shape, spent / calls, floor)
 
 
 def test_hosts_listen_on_ports_no_other_socket_can_be_given(lab: Lab) -> None:

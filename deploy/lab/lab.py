@@ -33,6 +33,7 @@ LAB_FILES = Path(__file__).parent / "files"
 FIXTURE_FLAKE = LAB_FILES / "fixture-flake"
 FAKE_COMMANDS = ("systemctl", "systemd-run", "journalctl", "reboot", "shutdown", "poweroff", "halt", "lab-sshd")
 COMMAND_RECORDER = "lab-record-command"  # sshd's ForceCommand on hosts started with record_commands
+UNIT_WRAPPER = "lab-unit.sh"  # the fake systemd-run's transient unit
 SUPERVISOR = Path(__file__).parent / "host.py"  # run as a script by path: standard library only
 SUDO_USER = "deploy"
 SUDO_UID = 4242
@@ -356,9 +357,10 @@ class Lab:
         program.chmod(0o755)
         for command in FAKE_COMMANDS:
             (self.fakes_dir / command).symlink_to("lab-fake")
-        recorder = self.fakes_dir / COMMAND_RECORDER
-        recorder.write_text((LAB_FILES / "fakes" / COMMAND_RECORDER).read_text())
-        recorder.chmod(0o755)
+        for name in (COMMAND_RECORDER, UNIT_WRAPPER):
+            installed = self.fakes_dir / name
+            installed.write_text((LAB_FILES / "fakes" / name).read_text())
+            installed.chmod(0o755)
 
     def _start_host(
         self, name: str, reboot_delay: float, taken_ports: set[int], *, nix_size_mib: int | None = None,
