@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,38 @@ def test_switch_push_makes_generations_current_and_default(fleet) -> None:  # ty
     assert [g.path for g in state.generations] == [first, second]
     assert state.current_system == second and state.boot_default == "nixos-generation-2.conf"
     assert lab.state("beta").generations == ()
+
+
+def test_a_hosts_connection_is_opened_while_its_system_builds_and_no_command_runs_before_it_is_built(
+    fleet, tmp_path: Path,
+) -> None:  # type: ignore[no-untyped-def]
+    """The handshake (some five round trips: TCP, SSH's versions, key exchange, authentication) overlaps the build,
+    instead of following it; the host still learns of the deploy only once its system is built."""
+    lab, flake, inventory = fleet
+    gate = tmp_path / "gate"
+    write_fixture_flake(flake, ["alpha", "beta"], revision="2", build_gate=gate)
+    logins, commands = lab.accepted_ssh_logins("alpha"), lab.remote_commands("alpha")
+    process = subprocess.Popen(
+        [str(BIN / "inv"), "--search-root", str(REPO), "switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while lab.accepted_ssh_logins("alpha") == logins and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        logged_in_while_building = lab.accepted_ssh_logins("alpha") == logins + 1
+        commands_while_building = lab.remote_commands("alpha") - commands
+        gate.touch()
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    assert process.returncode == 0, err
+    assert logged_in_while_building, err
+    assert commands_while_building == 0
+    assert lab.state("alpha").current_system == toplevel_of(flake, "alpha")
+    assert lab.accepted_ssh_logins("alpha") == logins + 2  # the deploy's connection and the confirmation's, as ever
 
 
 def test_a_deploy_makes_three_commands_and_a_confirmation_and_a_no_op_one_command(fleet) -> None:  # type: ignore[no-untyped-def]

@@ -99,6 +99,9 @@ class Fleet:
     def logins(self) -> dict[str, int]:
         return {host.name: self.lab.accepted_ssh_logins(host.name) for host in self.lab.hosts()}
 
+    def commands(self) -> dict[str, int]:
+        return {host.name: self.lab.remote_commands(host.name) for host in self.lab.hosts()}
+
     def activations(self) -> dict[str, int]:
         return {host.name: len(self.lab.activations(host.name)) for host in self.lab.hosts()}
 
@@ -217,14 +220,16 @@ def test_each_selected_system_is_evaluated_once_and_a_failing_one_fails_alone(ma
 
     set_fixture_revision(fleet.flake, "2")
     broken = fleet.inventory("hosts:\n  alpha: { attr: alpha-unbuildable }\n  beta: { attr: nosuch }\n  gamma: {}\n", "broken.yaml")
-    logins = fleet.logins()
+    logins, commands = fleet.logins(), fleet.commands()
     failed = exits(inv("switch-push", "--all", *fleet.args(broken), "--json"), 3)
     results = results_of(failed)
     assert {name: entry["result"] for name, entry in results.items()} == {"alpha": "failed", "beta": "failed", "gamma": "ok"}
     assert results["alpha"]["error"].startswith("building alpha-unbuildable failed: error: builder for ")
     assert results["beta"]["error"].startswith(f'{fleet.flake} has no nixosConfigurations."nosuch"; it has: alpha, ')
-    after = fleet.logins()
-    assert after["alpha"] == logins["alpha"] and after["beta"] == logins["beta"]
+    # Each host's connection opened while its system built; a host whose system failed ran nothing.
+    after, commands_after = fleet.logins(), fleet.commands()
+    assert after["alpha"] <= logins["alpha"] + 1 and after["beta"] <= logins["beta"] + 1
+    assert commands_after["alpha"] == commands["alpha"] and commands_after["beta"] == commands["beta"]
     assert lab.state("gamma").current_system == toplevel_of(fleet.flake, "gamma")
 
 
@@ -872,7 +877,7 @@ def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fle
         flake_nix.write_text(flake_nix.read_text().replace('name = "lab-sw";', slow, 1).replace("args = [ ./build-sw.sh ];", "", 1))
         running, args = b"\0build\0", ["switch-push", "alpha", "--skip-checks"]
     inventory = fleet.inventory("hosts:\n  alpha: {}\n")
-    logins = fleet.logins()
+    logins, commands = fleet.logins(), fleet.commands()
     output = tmp_path / "hangup.err"
     deploy = start_in_background(background, [*args, *fleet.args(inventory)], output)
 
@@ -892,7 +897,8 @@ def test_sighup_before_the_hosts_deploy_stops_like_ctrl_c_with_one_line(make_fle
     assert not left, left  # nix went with it, gone before the run ended
     assert fleet.lab.state("alpha").generations == ()
     if phase == "build":
-        assert fleet.logins() == logins  # the host waits for its system before it is connected to
+        # The host's connection opens while its system builds; no command runs there before the system is built.
+        assert fleet.commands() == commands and fleet.logins()["alpha"] <= logins["alpha"] + 1
     # The check runs beside the build and the copy (the host may have its closure by now), inside the fleet's run:
     # either way the fleet's own handling, the summary, then the one line.
     last = result.stderr.rstrip("\n").splitlines()[-1]

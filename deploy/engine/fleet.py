@@ -145,6 +145,7 @@ class Fleet:
         self.built = built  # the systems built here before: an unchanged flake is not evaluated again
         self.closures: dict[str, Closure] = {}  # of the systems built here, by path, listed a share at a time
         self.preparation: Preparation | None = None  # Fabric's import and `ssh -G`, while the systems build
+        self.space_check: threading.Thread | None = None  # this machine's free space, while the systems build
         self.request = request
         self.options = options
         self.console = console or Console()
@@ -198,6 +199,7 @@ class Fleet:
             stack.enter_context(self._hangup_is_an_interrupt())
             stack.enter_context(live_display(self.console, self.progress, enabled=self.options.live))
             gc_roots = stack.enter_context(self._gc_roots())
+            stack.callback(self._join_space_check)  # its df is a child of this run: it never outlives it
             try:
                 if self.work is None or self.work.build_first:
                     self.start_builds(gc_roots)
@@ -269,16 +271,27 @@ class Fleet:
                 functools.partial(resolver.resolve, destination, port=port, ssh_config=ssh_config, label=name)
                 for name, keys in self._connections_of.items() for destination, port in keys
             ])
+        # Imported here, by the fleet's own step, whose running out of descriptors fails every host with one line.
         from deploy.plan.disk import check_free_space
 
-        # Once the builds run, not before: a warning, which need not hold them up, nor end the run when it cannot be
-        # checked (out of file descriptors, say, which the hosts' deploys then meet and report one by one).
+        # Once the builds run, and beside them: a warning, which need not hold up the builds or the hosts' connections.
+        check = functools.partial(check_free_space, self.session.runner, ["/nix"], "this machine")
+        self.space_check = threading.Thread(target=self._warn_if_short_of_space, args=(check,), name="free-space", daemon=True)
+        self.space_check.start()
+
+    def _warn_if_short_of_space(self, check: Callable[[], list[str]]) -> None:
+        # It never ends the run when it cannot be checked (out of file descriptors, say, which the hosts' deploys
+        # then meet and report one by one), nor leaves a traceback from its thread.
         try:
-            warnings = check_free_space(self.session.runner, ["/nix"], "this machine")
-        except OSError as error:
-            warnings = [f"this machine: could not check free space on /nix: {error.strerror or error}"]
+            warnings = check()
+        except Exception as error:  # noqa: BLE001 - a warning's check, whatever stops it
+            warnings = [f"this machine: could not check free space on /nix: {getattr(error, 'strerror', None) or error}"]
         for warning in warnings:
             self.session.echo.warning(warning)
+
+    def _join_space_check(self) -> None:
+        if self.space_check is not None:
+            self.space_check.join()
 
     def _evaluated_afresh(self) -> bool:
         """Whether the local Nix evaluates this flake again in every process (asked once, when a system built fast)."""
@@ -316,6 +329,20 @@ class Fleet:
             self.builds.finish()
         except BuildError as error:
             self.session.echo.warning(str(error))
+
+    def _connects_while_building(self, run: HostRun) -> bool:
+        """A deploy to a host whose system this machine builds: its connection opens while the system builds.
+
+        Not for a host with keys to read (one that cannot be read stops the host before it is even connected to, once
+        its system is built), nor beside a flake check (whose failure leaves a host not yet connected unconnected), nor
+        for a plan (which asks nothing of a host whose system does not build).
+        """
+        request = self.request
+        return (
+            self.work is None and self.check is None and self.builds is not None and request.action is not None and not request.local
+            and not request.keys_only and not (request.uploads_keys and run.spec.keys)
+            and not self.session.dry_run and build_location(request, run.spec) == "local"
+        )
 
     def _built_here(self, run: HostRun) -> str | None:
         """The host's system, once built here (BuildError if it failed); None when it is built elsewhere."""
@@ -387,6 +414,8 @@ class Fleet:
         built_here: str | None = None
         if not self.stop.is_set():
             try:
+                if self._connects_while_building(run):
+                    self.session.target(run.spec, run.echo).connect_ahead()
                 built_here = self._built_here(run)
                 run.closure = self.closures.get(built_here) if built_here else None
                 check_failed = self.check.failure() if self.check is not None else None

@@ -60,7 +60,12 @@ class Session:
             return self._remotes[key]
 
     def target(self, spec: HostSpec, echo: Emitter | None = None) -> RemoteHost:
-        return self.remote(spec.name, spec.ssh, use_sudo=spec.sudo, echo=echo)
+        """The host's own connection, speaking with the host's current emitter: a fleet host's connection opens while
+        its system builds, before its log does (Fleet.deploy_one), and its commands go to that log."""
+        remote = self.remote(spec.name, spec.ssh, use_sudo=spec.sudo, echo=echo)
+        if echo is not None:
+            remote.echo = echo
+        return remote
 
     def fresh_target(self, spec: HostSpec, echo: Emitter | None = None) -> RemoteHost:
         """A new connection, never shared: magic rollback's proof that SSH still works."""

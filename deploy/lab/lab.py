@@ -122,6 +122,7 @@ def write_fixture_flake(
     eval_work: int = 0,
     trace_evaluation: bool = False,
     failing_check: bool = False,
+    build_gate: Path | None = None,
 ) -> Path:
     """Copy the fixture flake to `destination`; a new revision makes a new generation.
 
@@ -134,7 +135,8 @@ def write_fixture_flake(
     steps before it is a value (bench/ calibrates it; derivations do not
     change, and `nix flake check` pays it too); trace_evaluation has Nix print a
     line each time a process evaluates a toplevel; failing_check makes the
-    flake's `checks` (which `nix flake check` builds) fail.
+    flake's `checks` (which `nix flake check` builds) fail; build_gate makes
+    each toplevel's build (on this machine) wait until that file exists.
     """
     if destination.exists():
         shutil.rmtree(destination)
@@ -150,6 +152,7 @@ def write_fixture_flake(
         "evalWork": eval_work,
         "traceEvaluation": trace_evaluation,
         "failingCheck": failing_check,
+        **({"buildGate": str(build_gate)} if build_gate is not None else {}),
     }
     (destination / "lab.json").write_text(json.dumps(settings, indent=2) + "\n")
     return destination

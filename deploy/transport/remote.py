@@ -49,6 +49,17 @@ if TYPE_CHECKING:
 # configured, Python would print it. Every failure reaches the user as one error line instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
+_FABRIC_IMPORT = threading.Lock()
+
+
+def import_fabric() -> None:
+    """Import Fabric (and paramiko under it) one thread at a time: the preparation and each host's connection, opened
+    while the systems build, may start at once, and threads importing paramiko together meet its modules partially
+    initialised (ImportError: cannot import name 'Message' from partially initialized module 'paramiko.message')."""
+    with _FABRIC_IMPORT:
+        import fabric  # noqa: F401
+
+
 class Preparation:
     """While Nix builds, in a thread of its own: import Fabric (and paramiko under it), then resolve each host's
     `ssh -G` (resolvers), so that a host's first connection, once its system is built, waits for neither.
@@ -66,7 +77,7 @@ class Preparation:
 
     def _prepare(self) -> None:
         try:
-            import fabric  # noqa: F401
+            import_fabric()
         except Exception:  # noqa: BLE001 - the connection's own import fails again and says why
             pass
         for resolve in self._resolvers:
@@ -433,6 +444,7 @@ class RemoteHost:
         self._connection: Connection | None = None
         self._liveness: Liveness | None = None
         self._connect_lock = threading.Lock()
+        self._failed_ahead: Exception | None = None
         self.facts: dict[str, bool] = {}
 
     def fresh(self) -> RemoteHost:
@@ -447,10 +459,32 @@ class RemoteHost:
         """Open the connection now, rather than at the first command."""
         _ = self.connection
 
+    def connect_ahead(self) -> None:
+        """Open the connection in a thread of its own (while this machine builds the host's system), so that the
+        first command finds it open: the handshake's round trips overlap the build instead of following it. Its
+        failure is kept for that command to meet, once, rather than tried again (an unreachable host would cost its
+        timeout twice); nothing is said or run on the host meanwhile."""
+        if self.dry_run:
+            return
+
+        def connect() -> None:
+            with self._connect_lock:
+                if self._connection is not None:
+                    return
+                try:
+                    self._connection = self._connect()
+                except Exception as error:  # noqa: BLE001 - whatever the first command would have met, it meets
+                    self._failed_ahead = error
+
+        threading.Thread(target=connect, name=f"connect-{self.label}", daemon=True).start()
+
     @property
     def connection(self) -> Connection:
         """The open connection; a lost one is dropped and a new one opened (never Fabric's silent reconnect)."""
         with self._connect_lock:
+            failed, self._failed_ahead = self._failed_ahead, None
+            if failed is not None:
+                raise failed
             if self._connection is not None and not self._connection.is_connected:
                 self._drop()
             if self._connection is None:
@@ -462,6 +496,7 @@ class RemoteHost:
         return self.resolver.resolve(self.destination, port=self.port, ssh_config=self.ssh_config, label=self.label)
 
     def _connect(self) -> Connection:
+        import_fabric()
         import paramiko
         from fabric import Config, Connection
 
@@ -695,3 +730,4 @@ class RemoteHost:
     def close(self) -> None:
         with self._connect_lock:
             self._drop()
+            self._failed_ahead = None

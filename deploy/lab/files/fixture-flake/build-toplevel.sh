@@ -1,5 +1,9 @@
 # shellcheck shell=sh disable=SC2154 # a Nix builder: the derivation's attributes arrive as variables
 # Lays out a store path with the parts of a NixOS toplevel that deploy tools touch.
+# A test's hold (write_fixture_flake's build_gate): wait until the file exists.
+if [ -n "${buildGate:-}" ]; then
+  while [ ! -e "$buildGate" ]; do sleep 0.05; done
+fi
 mkdir -p "$out/bin"
 printf '%s\n' "$nixosVersion" > "$out/nixos-version"
 # What a hosts.yaml health command (grep -qx ok /run/current-system/lab-health) reads.

@@ -59,7 +59,7 @@
             hostName = name;
             unitFiles = unitFilesOf name;
           };
-          toplevel = derivation {
+          toplevel = derivation ({
             inherit system revision variant etc kernel;
             name = "nixos-system-${name}-lab.${revision}";
             builder = "/bin/sh";
@@ -74,7 +74,10 @@
             # every other variant's store path alone.
             slowSeconds = if variant == "slow" then toString (settings.slowSeconds or 6) else "0";
             health = if variant == "sick" then "sick" else "ok";
-          };
+          } // (if settings.buildGate or null == null then { } else {
+            # The build waits until this file exists: a test's hold on it (only when asked, so no other path changes).
+            buildGate = settings.buildGate;
+          }));
           forced = if evalWork > 0 then builtins.seq (slowEvaluation name) toplevel else toplevel;
           # settings.traceEvaluation: Nix says so each time a process evaluates a toplevel (once per process).
           traced = if settings.traceEvaluation or false then builtins.trace "lab: evaluating the toplevel of ${name}${if variant == "ok" then "" else "-" + variant}" forced else forced;
