@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -352,6 +353,24 @@ def test_systemd_run_pipe_waits_for_its_unit_and_hands_it_the_callers_stdio(lab:
     journaled = lab.ssh("alpha", ["systemd-run", "--quiet", "--wait", "--unit", "journaled", "--", *unit], check=False)
     assert (journaled.returncode, journaled.stdout) == (3, "")
     assert "out" in lab.inside("alpha", ["journalctl", "-u", "journaled"]).stdout
+
+
+def test_a_waiting_systemd_run_ends_when_its_unit_is_stopped(lab: Lab) -> None:
+    # The fake's client waited for its unit's status file, which a unit stopped before its command ended never wrote:
+    # it polled for ever, where real systemd-run says the unit failed.
+    lab.up(["alpha"])
+    client = subprocess.Popen(
+        lab.ssh_argv("alpha", ["systemd-run", "--pipe", "--wait", "--quiet", "--unit", "stopped", "--", "sleep", "300"]),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        assert wait_until(lambda: lab.inside("alpha", ["systemctl", "is-active", "stopped"], check=False).returncode == 0)
+        lab.inside("alpha", ["systemctl", "stop", "stopped"])
+        assert client.wait(timeout=20) != 0
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait(timeout=30)
 
 
 def test_the_fake_systemd_run_costs_no_less_cpu_than_its_floor_for_each_shape_a_deploy_uses(lab: Lab) -> None:
