@@ -14,7 +14,8 @@
 # namespaces (in a cgroup of its own, made for it and removed afterwards),
 # and has a unit there time 40 calls of each shape a deploy uses
 # (bench/systemd_run_loop.sh), as the machine's busy CPU time (every process,
-# systemd's own work included) per call. The container has few units; a full host's systemd may cost a little more.
+# systemd's own work included) per call. The container has few units; a full
+# host's systemd may cost a little more.
 # Nothing outside the namespaces is touched but the cgroup and the root's
 # directory (under $SYSTEMD_RUN_COST_DIR, default /var/tmp/nixfab-systemd-run-cost),
 # both removed at the end.
