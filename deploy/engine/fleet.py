@@ -339,15 +339,20 @@ class Fleet:
         """
         request = self.request
         return (
-            self.work is None and self.check is None and self.builds is not None and request.action is not None and not request.local
+            self.work is None and self.check is None and request.action is not None and not request.local
             and not request.keys_only and not (request.uploads_keys and run.spec.keys)
-            and not self.session.dry_run and build_location(request, run.spec) == "local"
+            and not self.session.dry_run and self._builds_here(run)
         )
+
+    def _builds_here(self, run: HostRun) -> bool:
+        """Whether this run builds the host's system on this machine."""
+        return self.builds is not None and build_location(self.request, run.spec) == "local"
 
     def _built_here(self, run: HostRun) -> str | None:
         """The host's system, once built here (BuildError if it failed); None when it is built elsewhere."""
-        if self.builds is None or build_location(self.request, run.spec) != "local":
+        if not self._builds_here(run):
             return None
+        assert self.builds is not None  # _builds_here says so
         return self.builds.result(run.spec.attr)
 
     def _enter_phase(self, name: str, phase: Phase) -> None:
