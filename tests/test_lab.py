@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from deploy.confirm.magic_rollback import detached
 from deploy.lab import Lab, write_fixture_flake
 from deploy.lab.lab import LAB_FILES
+from deploy.nix import commands
 
 
 def alive(pid: int) -> bool:
@@ -380,14 +382,14 @@ def test_the_fake_systemd_run_costs_no_less_cpu_than_its_floor_for_each_shape_a_
     floors = re.search(r'SYSTEMD_RUN_CPU_SECONDS = \{"waits": ([0-9.]+), "returns at once": ([0-9.]+)\}', source)
     assert floors, "lab-fake names no floors"
     lab.up(["alpha"])
-    shapes = {
-        "waits": ["systemd-run", "-E", "LOCALE_ARCHIVE", "--collect", "--no-ask-password", "--pipe", "--quiet",
-                  "--service-type=exec", "--wait", "true"],
-        "returns at once": ["systemd-run", "--collect", "--quiet", "--no-ask-password", "true"],
-    }
     calls = 3
-    for (shape, argv), floor in zip(shapes.items(), map(float, floors.groups())):
-        probe = (f"import resource, subprocess\nfor _ in range({calls}): subprocess.run({argv!r}, check=True)\n"
+    # The two shapes a deploy uses, from the builders it uses: the switch's call waits, the watchdog's does not.
+    shapes = {
+        "waits": [commands.systemd_run(["true"], unit=f"floor-switch-{n}", install_bootloader=False) for n in range(calls)],
+        "returns at once": [detached(["true"], unit=f"floor-watchdog-{n}", use_systemd=True) for n in range(calls)],
+    }
+    for (shape, argvs), floor in zip(shapes.items(), map(float, floors.groups())):
+        probe = (f"import resource, subprocess\nfor argv in {argvs!r}: subprocess.run(argv, check=True)\n"
                  "used = resource.getrusage(resource.RUSAGE_CHILDREN)\nprint(used.ru_utime + used.ru_stime)")
         spent = float(lab.inside("alpha", [sys.executable, "-IS", "-c", probe]).stdout)
         assert spent / calls >= floor, (shape, spent / calls, floor)
