@@ -120,6 +120,71 @@ def test_a_deadline_whose_timer_is_still_closing_the_channel_is_still_a_deadline
         host.close()
 
 
+def sshd_connections(lab: Lab, name: str) -> list[str]:
+    """The host's sshd processes that serve a connection (sshd forks one per client), not the listener."""
+    return [command for command in lab.processes(name).values() if command.startswith("sshd: root")]
+
+
+def test_a_connection_opened_ahead_never_outlives_a_close_that_came_first(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host whose build had already failed was released (closed) before its connect-ahead thread began; that thread
+    then opened a connection nobody closed, held to the end of the process. Seen as a fresh Debian 12 root's run out of
+    descriptors: the run's last cleanup met EMFILE and the summary was lost. Here the thread is made to begin late."""
+    import types
+
+    import deploy.transport.remote as remote
+
+    deferred: list[threading.Thread] = []
+
+    class BeginsWhenTold(threading.Thread):
+        def start(self) -> None:
+            deferred.append(self)
+
+    monkeypatch.setattr(remote, "threading", types.SimpleNamespace(**{**vars(threading), "Thread": BeginsWhenTold}))
+    lab.up(["alpha"])
+    host = RemoteHost("alpha", "alpha", port=None, ssh_config=lab.ssh_config, echo=Emitter.plain(io.StringIO()))
+    logins = lab.accepted_ssh_logins("alpha")
+    host.connect_ahead()
+    host.close()
+    assert len(deferred) == 1
+    threading.Thread.start(deferred[0])
+    deferred[0].join(30)
+    assert not deferred[0].is_alive()
+    deadline = time.monotonic() + 10
+    while sshd_connections(lab, "alpha") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sshd_connections(lab, "alpha") == [], lab.accepted_ssh_logins("alpha") - logins
+
+
+def test_closing_a_host_does_not_wait_for_its_connection_opened_ahead(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed host is released at once: its release (and so the run's end) does not wait out a connection attempt
+    that nobody needs any more, which to an unreachable host lasts its whole timeout."""
+    lab.up(["alpha"])
+    host = RemoteHost("alpha", "alpha", port=None, ssh_config=lab.ssh_config, echo=Emitter.plain(io.StringIO()))
+    connecting, go_on = threading.Event(), threading.Event()
+    connect = host._connect
+
+    def held_connect() -> object:
+        connecting.set()
+        go_on.wait(30)
+        return connect()
+
+    monkeypatch.setattr(host, "_connect", held_connect)
+    host.connect_ahead()
+    assert connecting.wait(30)
+    closer = threading.Thread(target=host.close)
+    closer.start()
+    closer.join(10)
+    try:
+        assert not closer.is_alive(), "close() waited for the connection attempt"
+    finally:
+        go_on.set()
+        closer.join(30)
+    deadline = time.monotonic() + 10
+    while sshd_connections(lab, "alpha") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sshd_connections(lab, "alpha") == []  # the attempt, once it got in, closed what it opened
+
+
 def test_the_connection_sends_small_packets_at_once(lab: Lab) -> None:
     """TCP_NODELAY: without it each command's small packets wait for a delayed ACK (some 40 ms a command)."""
     import socket

@@ -445,6 +445,11 @@ class RemoteHost:
         self._liveness: Liveness | None = None
         self._connect_lock = threading.Lock()
         self._failed_ahead: Exception | None = None
+        # A connection opened ahead (connect_ahead) and the closes since: a close that comes while it is being opened
+        # leaves its closing to the thread opening it.
+        self._ahead_lock = threading.Lock()
+        self._connecting_ahead = False
+        self._closes = 0
         self.facts: dict[str, bool] = {}
 
     def fresh(self) -> RemoteHost:
@@ -466,17 +471,30 @@ class RemoteHost:
         timeout twice); nothing is said or run on the host meanwhile."""
         if self.dry_run:
             return
+        with self._ahead_lock:
+            self._connecting_ahead = True
+            closes = self._closes
 
         def connect() -> None:
             with self._connect_lock:
-                if self._connection is not None:
-                    return
                 try:
-                    self._connection = self._connect()
+                    if self._connection is None and self._closes == closes:
+                        self._connection = self._connect()
                 except Exception as error:  # noqa: BLE001 - whatever the first command would have met, it meets
                     self._failed_ahead = error
+                finally:
+                    with self._ahead_lock:
+                        self._connecting_ahead = False
+                        if self._closes != closes:  # closed meanwhile, without waiting for this: it is left to us
+                            self._drop()
+                            self._failed_ahead = None
 
-        threading.Thread(target=connect, name=f"connect-{self.label}", daemon=True).start()
+        try:
+            threading.Thread(target=connect, name=f"connect-{self.label}", daemon=True).start()
+        except BaseException:
+            with self._ahead_lock:
+                self._connecting_ahead = False
+            raise
 
     @property
     def connection(self) -> Connection:
@@ -728,6 +746,12 @@ class RemoteHost:
             self._connection = None
 
     def close(self) -> None:
+        with self._ahead_lock:
+            self._closes += 1
+            if self._connecting_ahead:
+                # Its thread closes what it opens: a host done with (its build failed, say) is not held up for as long
+                # as a connection attempt lasts, which to an unreachable host is its whole timeout.
+                return
         with self._connect_lock:
             self._drop()
             self._failed_ahead = None
