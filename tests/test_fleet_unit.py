@@ -629,6 +629,66 @@ def test_running_out_of_file_descriptors_in_the_fleets_own_step_fails_each_host_
     assert run.deploys.started == []  # no host is touched without its system
 
 
+def test_running_out_of_file_descriptors_as_a_wave_starts_fails_each_host_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen in a fresh Debian 12 root: the descriptors ran out as the first wave started its threads (a lazy import
+    # of the pool's module, while the builds and the free-space check held pipes); the run ended in one line with no
+    # summary, and the builds under way were left to the end of the process.
+    import concurrent.futures
+
+    def pool_out_of_descriptors(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    stopped: list[str] = []
+
+    class Builds(NoBuilds):
+        def stop(self) -> None:
+            stopped.append("stop")
+
+        def finish(self) -> None:
+            stopped.append("finish")
+
+    monkeypatch.setattr(fleet, "ParallelBuild", Builds)
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", pool_out_of_descriptors)
+    run = Run(monkeypatch, "a b", FakeDeploys(), build_on="local")
+    results = run()
+    assert outcomes(results) == {"a": "failed", "b": "failed"}
+    assert results["b"].error == "b: out of file descriptors (Too many open files): raise the limit (`ulimit -n`) or lower --parallel"
+    assert run.deploys.started == []
+    assert stopped == ["stop", "finish"]  # no build outlives the run: stopped, then waited for
+
+
+def test_gc_roots_that_cannot_be_removed_are_a_warning_not_a_lost_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen in a fresh Debian 12 root: the run's last step, removing its GC roots, met EMFILE (a connection opened
+    # ahead was still held); the hosts' lines had been said, but the run ended in one line with no summary.
+    import shutil
+
+    removed: list[str] = []
+
+    def rmtree_out_of_descriptors(path: object, *args: object, **kwargs: object) -> None:
+        removed.append(str(path))
+        raise OSError(errno.EMFILE, "Too many open files", str(path))
+
+    monkeypatch.setattr(fleet, "ParallelBuild", NoBuilds)
+    monkeypatch.setattr(shutil, "rmtree", rmtree_out_of_descriptors)
+    run = Run(monkeypatch, "a b", FakeDeploys(), build_on="local")
+    results = run()
+    assert outcomes(results) == {"a": "ok", "b": "ok"}
+    assert len(removed) == 1 and "/nixfab-gcroot-" in removed[0]
+    assert f"cannot remove {removed[0]}: out of file descriptors" in run.notes
+    assert "never garbage-collected" in run.notes
+    monkeypatch.undo()
+    shutil.rmtree(removed[0])
+
+
+def test_the_fleet_imports_its_thread_pool_before_any_descriptor_is_in_use() -> None:
+    # concurrent.futures imports its ThreadPoolExecutor lazily, at its first use: in the middle of a run.
+    import subprocess
+    import sys
+
+    code = "import sys, deploy.engine.fleet; print('concurrent.futures.thread' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
+
+
 def test_a_log_that_cannot_be_opened_is_a_warning_and_the_deploys_go_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def no_log(log_dir: Path | None, name: str) -> None:
         raise OSError(errno.EMFILE, "Too many open files")

@@ -17,6 +17,7 @@ a non-zero exit; it neither stops the run nor escapes a deploy thread.
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.thread  # concurrent.futures loads it at its first use otherwise: mid-run, descriptors in use
 import errno
 import functools
 import json
@@ -202,13 +203,15 @@ class Fleet:
             stack.callback(self._join_space_check)  # its df is a child of this run: it never outlives it
             try:
                 if self.work is None or self.work.build_first:
-                    self.start_builds(gc_roots)
+                    self.build_locally(gc_roots)
                 self.deploy_in_waves()
                 self.finish_builds()
             except KeyboardInterrupt:
                 self.interrupted = True
                 self.stop.set()  # first: a deploy that meets its stopped build must take it for the interruption it is
                 self.stop_background()
+            except OSError as error:
+                self.fail_the_rest(error)
             for name in self.runs:
                 if name not in self.results:
                     self.finish(name, HostResult(name, Result.INTERRUPTED if self.interrupted else Result.NOT_STARTED, 0.0))
@@ -227,23 +230,34 @@ class Fleet:
 
     @contextmanager
     def _gc_roots(self) -> Iterator[Path]:
-        """A directory for the run's GC roots of what it builds here, removed (so they can be collected) when it ends."""
+        """A directory for the run's GC roots of what it builds here, removed (so they can be collected) when it ends.
+
+        Its removal failing (out of descriptors, say) is a warning: the hosts' results and the summary still come."""
+        import shutil
         import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="nixfab-gcroot-") as directory:
-            yield Path(directory)
-
-    def start_builds(self, gc_roots: Path) -> None:
-        """build_locally, where running out of descriptors (a lazy import meets it as well as a pipe) fails
-        every host with one line, and the summary still comes: no host is touched without its system."""
+        directory = Path(tempfile.mkdtemp(prefix="nixfab-gcroot-"))
         try:
-            self.build_locally(gc_roots)
-        except OSError as error:
-            self.stop_background()
-            started = time.monotonic()
-            for name, run in self.runs.items():
-                if name not in self.results:
-                    self.fail(run, os_error(name, error), started)
+            yield directory
+        finally:
+            try:
+                shutil.rmtree(directory)
+            except OSError as error:
+                self.session.echo.warning(
+                    f"cannot remove {directory}: {os_error_text(error)}; remove it, or the systems it links to are never garbage-collected"
+                )
+
+    def fail_the_rest(self, error: OSError) -> None:
+        """The fleet's own step (starting the builds, a wave) met an OSError, mostly running out of descriptors, which
+        a lazy import meets as well as a pipe. Every host not yet done fails with one line and the summary still
+        comes; the hosts already deploying finished first (their wave's pool waits for them), and no build outlives
+        the run: no host is touched without its system."""
+        self.stop_background()
+        self.finish_builds()
+        started = time.monotonic()
+        for name, run in self.runs.items():
+            if name not in self.results:
+                self.fail(run, os_error(name, error), started)
 
     def build_locally(self, gc_roots: Path) -> None:
         """Start building every system built here: evaluated once, in up to one Nix process per core.
@@ -329,6 +343,8 @@ class Fleet:
             self.builds.finish()
         except BuildError as error:
             self.session.echo.warning(str(error))
+        except OSError as error:  # as the link's failure is (a BuildError): the hosts' results stand
+            self.session.echo.warning(f"cannot link {self.request.out_link}: {os_error_text(error)}")
 
     def _connects_while_building(self, run: HostRun) -> bool:
         """A deploy to a host whose system this machine builds: its connection opens while the system builds.
@@ -563,10 +579,15 @@ class Fleet:
 
 
 def os_error(name: str, error: OSError) -> NixfabError:
-    """An OSError in a host's deploy as that host's one-line failure; running out of descriptors says what to do."""
+    """An OSError in a host's deploy as that host's one-line failure."""
+    return NixfabError(f"{name}: {os_error_text(error)}")
+
+
+def os_error_text(error: OSError) -> str:
+    """An OSError in one line; running out of descriptors says what to do."""
     if error.errno in (errno.EMFILE, errno.ENFILE):
-        return NixfabError(f"{name}: {out_of_descriptors(error.strerror or str(error))}")
-    return NixfabError(f"{name}: {type(error).__name__}: {error}")
+        return out_of_descriptors(error.strerror or str(error))
+    return f"{type(error).__name__}: {error}"
 
 
 def exit_code(results: Sequence[HostResult], *, interrupted: bool, hangup: bool = False, journal_failed: bool = False) -> int:
