@@ -185,6 +185,87 @@ def test_closing_a_host_does_not_wait_for_its_connection_opened_ahead(lab: Lab, 
     assert sshd_connections(lab, "alpha") == []  # the attempt, once it got in, closed what it opened
 
 
+class ChannelLog:
+    """What happened on paramiko's channels, in order: ("open", channel) as each open is asked for and as it
+    returns, ("exec", channel) as each command is sent, and the test's own marks."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import paramiko
+
+        self.events: list[tuple[str, object]] = []
+        open_session, exec_command = paramiko.Transport.open_session, paramiko.Channel.exec_command
+        log = self.events
+
+        def logged_open(transport: paramiko.Transport, *args: object, **kwargs: object) -> paramiko.Channel:
+            ticket = object()
+            log.append(("asked", ticket))
+            channel = open_session(transport, *args, **kwargs)
+            log.append(("opened", (ticket, channel)))
+            return channel
+
+        def logged_exec(channel: paramiko.Channel, command: str) -> None:
+            log.append(("exec", channel))
+            exec_command(channel, command)
+
+        monkeypatch.setattr(paramiko.Transport, "open_session", logged_open)
+        monkeypatch.setattr(paramiko.Channel, "exec_command", logged_exec)
+
+    def mark(self, name: str) -> None:
+        self.events.append(("mark", name))
+
+    def asked_before(self, channel: object, mark: str) -> bool:
+        """Whether channel's open was asked for before the mark."""
+        tickets = {id(value[1]): value[0] for kind, value in self.events if kind == "opened"}  # type: ignore[index]
+        order = [value for kind, value in self.events if kind in ("asked", "mark")]
+        return order.index(tickets[id(channel)]) < order.index(mark)
+
+    def execs(self) -> list[object]:
+        return [value for kind, value in self.events if kind == "exec"]
+
+    def opened(self) -> list[object]:
+        return [value[1] for kind, value in self.events if kind == "opened"]  # type: ignore[index]
+
+
+def test_each_commands_channel_is_opened_while_the_one_before_runs(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a channel is a round trip each command paid before it could be sent: 3-4 per deploy, 20 ms each at a
+    20 ms round trip. The next command's channel is now opened as the one before starts."""
+    channels = ChannelLog(monkeypatch)
+    lab.up(["alpha"])
+    host = RemoteHost("alpha", "alpha", port=None, ssh_config=lab.ssh_config, echo=Emitter.plain(io.StringIO()))
+    try:
+        host.connect()
+        channels.mark("first command")
+        assert host.run(["echo", "one"]).stdout == "one\n"
+        channels.mark("second command")
+        assert host.feed(["cat"], io.BytesIO(b"two"), describe_source="two").stdout == "two"
+        channels.mark("third command")
+        assert host.run(["echo", "three"]).stdout == "three\n"
+        first, second, third = channels.execs()
+        assert channels.asked_before(first, "first command")  # opened with the connection
+        assert channels.asked_before(second, "second command")
+        assert channels.asked_before(third, "third command")
+        # A channel opened ahead that is closed by the time its command comes is not used: the command opens its own.
+        spare = channels.opened()[-1]
+        spare.close()  # type: ignore[attr-defined]
+        assert host.run(["echo", "four"]).stdout == "four\n"
+        assert channels.execs()[-1] is not spare
+    finally:
+        host.close()
+
+
+def test_a_fresh_connection_opens_no_channel_ahead(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh connection (magic rollback's confirmation) runs one command: a channel opened ahead would be wasted."""
+    channels = ChannelLog(monkeypatch)
+    lab.up(["alpha"])
+    host = RemoteHost("alpha", "alpha", port=None, ssh_config=lab.ssh_config, echo=Emitter.plain(io.StringIO())).fresh()
+    try:
+        assert host.run(["true"]).ok
+        time.sleep(0.5)  # a channel opened ahead, if any, would have been asked for by now
+        assert len(channels.opened()) == 1 and channels.execs() == channels.opened()
+    finally:
+        host.close()
+
+
 def test_the_connection_sends_small_packets_at_once(lab: Lab) -> None:
     """TCP_NODELAY: without it each command's small packets wait for a delayed ACK (some 40 ms a command)."""
     import socket

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from deploy.errors import HostKeyRejected, HostUnreachable, LoginRefused, RemoteCommandFailed, SudoFailed
+from deploy.transport.channel_ahead import ChannelAhead
 from deploy.transport.openssh import DEFAULT_CONNECT_TIMEOUT, SshOptions, SshResolver
 from deploy.transport.process import Result
 from deploy.ui import Emitter, read_secret
@@ -430,6 +431,7 @@ class RemoteHost:
         sudo_password: SudoPassword | None = None,
         connect_timeout: float | None = None,  # None: the ssh_config's ConnectTimeout, else 10 s
         resolver: SshResolver | None = None,  # a Session shares one, so `ssh -G` runs once per destination
+        channels_ahead: bool = True,  # each command's channel opened while the one before runs (ChannelAhead)
     ) -> None:
         self.label = label
         self.destination = destination
@@ -441,8 +443,10 @@ class RemoteHost:
         self.sudo_password = sudo_password or SudoPassword()
         self.connect_timeout = connect_timeout
         self.resolver = resolver or SshResolver()
+        self.channels_ahead = channels_ahead
         self._connection: Connection | None = None
         self._liveness: Liveness | None = None
+        self._channels: ChannelAhead | None = None
         self._connect_lock = threading.Lock()
         self._failed_ahead: Exception | None = None
         # A connection opened ahead (connect_ahead) and the closes since: a close that comes while it is being opened
@@ -454,10 +458,12 @@ class RemoteHost:
 
     def fresh(self) -> RemoteHost:
         """A new connection to the same host, as this one would open it, never shared: to ask a host after the
-        channel to it closed, or to prove that a new connection still gets in (magic rollback)."""
+        channel to it closed, or to prove that a new connection still gets in (magic rollback). It runs a command
+        or two, so no channel is opened ahead for a command that never comes."""
         return RemoteHost(
             self.label, self.destination, port=self.port, ssh_config=self.ssh_config, echo=self.echo, dry_run=self.dry_run,
             use_sudo=self.use_sudo, sudo_password=self.sudo_password, connect_timeout=self.connect_timeout, resolver=self.resolver,
+            channels_ahead=False,
         )
 
     def connect(self) -> None:
@@ -579,7 +585,21 @@ class RemoteHost:
         transport = client.get_transport()
         assert transport is not None
         self._liveness = Liveness(transport, sock, options, self.label)
+        if self.channels_ahead:
+            self._channels = ChannelAhead(transport, self.label)
+            self._channels.open_next()  # the first command's, while (with connect_ahead) the system still builds
+            # Fabric opens each command's channel with create_session(): it takes the one opened ahead instead.
+            object.__setattr__(connection, "create_session", self._channels.take)
         return connection
+
+    def _open_channel(self) -> Channel:
+        """A session channel for a command run here outside Fabric (feed, run_with_secret)."""
+        connection = self.connection  # opened (or opened again) first: its channels are the ones to take
+        if self._channels is not None:
+            return self._channels.take()
+        transport: Transport | None = connection.client.get_transport()
+        assert transport is not None
+        return transport.open_session()
 
     @property
     def login_user(self) -> str:
@@ -667,9 +687,7 @@ class RemoteHost:
         import paramiko
 
         try:
-            transport = self.connection.client.get_transport()
-            assert transport is not None
-            channel = transport.open_session()
+            channel = self._open_channel()
             channel.set_combine_stderr(True)
             channel.exec_command(shlex.join(argv))
             output: list[bytes] = []
@@ -708,9 +726,7 @@ class RemoteHost:
         command = shlex.join(["sudo", "-S", "-p", SUDO_PROMPT, "-u", "root", "--", *argv] if needs_sudo else argv)
         deadline = time.monotonic() + SHORT_COMMAND_TIMEOUT
         try:
-            transport = self.connection.client.get_transport()
-            assert transport is not None
-            channel = transport.open_session()
+            channel = self._open_channel()
             channel.exec_command(command)
             session = _SecretSession(channel, ready.encode())
             try:
@@ -735,6 +751,7 @@ class RemoteHost:
         return Result(tuple(argv), returncode, stdout, stderr)
 
     def _drop(self) -> None:
+        self._channels = None  # its channel opened ahead closes with the transport
         if self._liveness is not None:
             self._liveness.stop()
             self._liveness = None
