@@ -632,7 +632,7 @@ def test_running_out_of_file_descriptors_in_the_fleets_own_step_fails_each_host_
 def test_running_out_of_file_descriptors_as_a_wave_starts_fails_each_host_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     # Seen in a fresh Debian 12 root: the descriptors ran out as the first wave started its threads (a lazy import
     # of the pool's module, while the builds and the free-space check held pipes); the run ended in one line with no
-    # summary, and the builds under way were left to the end of the process.
+    # summary, and the fleet neither stopped nor waited for the builds under way.
     import concurrent.futures
 
     def pool_out_of_descriptors(*args: object, **kwargs: object) -> None:

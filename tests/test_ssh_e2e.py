@@ -186,8 +186,8 @@ def test_closing_a_host_does_not_wait_for_its_connection_opened_ahead(lab: Lab, 
 
 
 class ChannelLog:
-    """What happened on paramiko's channels, in order: ("open", channel) as each open is asked for and as it
-    returns, ("exec", channel) as each command is sent, and the test's own marks."""
+    """What happened on paramiko's channels, in order: ("asked", ticket) as a channel's open is asked for,
+    ("opened", (ticket, channel)) as it returns, ("exec", channel) as a command is sent, and the test's marks."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import paramiko
@@ -219,6 +219,11 @@ class ChannelLog:
         order = [value for kind, value in self.events if kind in ("asked", "mark")]
         return order.index(tickets[id(channel)]) < order.index(mark)
 
+    def settled(self) -> bool:
+        """Every open asked for has returned (a channel opened ahead is opened in a thread of its own)."""
+        kinds = [kind for kind, _ in self.events]
+        return kinds.count("asked") == kinds.count("opened")
+
     def execs(self) -> list[object]:
         return [value for kind, value in self.events if kind == "exec"]
 
@@ -245,7 +250,11 @@ def test_each_commands_channel_is_opened_while_the_one_before_runs(lab: Lab, mon
         assert channels.asked_before(second, "second command")
         assert channels.asked_before(third, "third command")
         # A channel opened ahead that is closed by the time its command comes is not used: the command opens its own.
+        deadline = time.monotonic() + 10
+        while not channels.settled() and time.monotonic() < deadline:
+            time.sleep(0.05)
         spare = channels.opened()[-1]
+        assert spare not in channels.execs()  # the one opened ahead for the fourth command
         spare.close()  # type: ignore[attr-defined]
         assert host.run(["echo", "four"]).stdout == "four\n"
         assert channels.execs()[-1] is not spare
