@@ -16,7 +16,7 @@ from deploy.errors import ActivationUnknown, RemoteCommandFailed
 from deploy.lab import Lab, write_fixture_flake
 from deploy.transport.remote import RemoteHost
 from deploy.ui import Emitter
-from lab_helpers import BIN, REPO, inv, ok, toplevel_of
+from lab_helpers import BIN, REPO, inv, ok, toplevel_of, write_inventory
 
 
 def lab_client_options(lab: Lab) -> str:
@@ -260,6 +260,19 @@ def test_each_commands_channel_is_opened_while_the_one_before_runs(lab: Lab, mon
         assert channels.execs()[-1] is not spare
     finally:
         host.close()
+
+
+def test_a_host_that_allows_one_session_per_connection_is_deployed_without_channels_opened_ahead(lab: Lab, tmp_path: Path) -> None:
+    """Hardened sshd configurations allow few sessions per connection (MaxSessions): with one, the host refuses the
+    channel opened ahead while a command runs (its log says "no more sessions"), and each command opens its own."""
+    lab.up(["alpha"], max_sessions=1)
+    flake = write_fixture_flake(tmp_path / "flake", ["alpha"])
+    inventory = write_inventory(lab, tmp_path / "hosts.yaml", "  alpha: {}\n")
+    result = ok(inv("switch-push", "alpha", "--flake", str(flake), "--inventory", str(inventory)))
+    assert "confirmed over a new SSH connection" in result.stderr
+    state = lab.state("alpha")
+    assert state.current_system == toplevel_of(flake, "alpha") and [g.number for g in state.generations] == [1]
+    assert "no more sessions" in (lab.host("alpha").directory / "sshd.log").read_text()  # the host did refuse one
 
 
 def test_a_fresh_connection_opens_no_channel_ahead(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:

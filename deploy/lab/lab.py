@@ -295,10 +295,12 @@ class Lab:
         nix_size_mib: Mapping[str, int] | None = None,
         boot_size_mib: Mapping[str, int] | None = None,
         record_commands: bool = False,
+        max_sessions: int = 100,
     ) -> list[LabHost]:
         """Start the hosts; nix_size_mib/boot_size_mib give some of them a small /nix or /boot that can fill up.
 
         record_commands: each host's sshd keeps every command it is sent, before running it (commands_sent()).
+        max_sessions: sshd's MaxSessions, the channels one connection may have open at once (hardened hosts: 1).
         """
         problems = lab_prerequisites()
         if problems:
@@ -338,6 +340,7 @@ class Lab:
                         nix_size_mib=sizes["nix_size_mib"].get(name),
                         boot_size_mib=sizes["boot_size_mib"].get(name),
                         record_commands=record_commands,
+                        max_sessions=max_sessions,
                     )
                 )
                 self._save(hosts)
@@ -367,7 +370,7 @@ class Lab:
 
     def _start_host(
         self, name: str, reboot_delay: float, taken_ports: set[int], *, nix_size_mib: int | None = None,
-        boot_size_mib: int | None = None, record_commands: bool = False,
+        boot_size_mib: int | None = None, record_commands: bool = False, max_sessions: int = 100,
     ) -> LabHost:
         directory = self.root / "hosts" / name
         for sub in ("nix", "boot", "etc", "etc-nix", f"home/{SUDO_USER}/.ssh", "home/root"):
@@ -398,7 +401,7 @@ class Lab:
                     "UsePAM no",
                     "LogLevel VERBOSE",
                     "MaxStartups 200",
-                    "MaxSessions 100",
+                    f"MaxSessions {max_sessions}",
                     "Subsystem sftp internal-sftp",
                     *([f"ForceCommand /usr/local/bin/{COMMAND_RECORDER}"] if record_commands else []),
                     "",
