@@ -446,7 +446,6 @@ class RemoteHost:
         self.channels_ahead = channels_ahead
         self._connection: Connection | None = None
         self._liveness: Liveness | None = None
-        self._channels: ChannelAhead | None = None
         self._connect_lock = threading.Lock()
         self._failed_ahead: Exception | None = None
         # A connection opened ahead (connect_ahead) and the closes since: a close that comes while it is being opened
@@ -586,20 +585,17 @@ class RemoteHost:
         assert transport is not None
         self._liveness = Liveness(transport, sock, options, self.label)
         if self.channels_ahead:
-            self._channels = ChannelAhead(transport, self.label)
-            self._channels.open_next()  # the first command's, while (with connect_ahead) the system still builds
+            channels = ChannelAhead(transport, self.label)
+            channels.open_next()  # the first command's, while (with connect_ahead) the system still builds
             # Fabric opens each command's channel with create_session(): it takes the one opened ahead instead.
-            object.__setattr__(connection, "create_session", self._channels.take)
+            object.__setattr__(connection, "create_session", channels.take)
         return connection
 
     def _open_channel(self) -> Channel:
-        """A session channel for a command run here outside Fabric (feed, run_with_secret)."""
-        connection = self.connection  # opened (or opened again) first: its channels are the ones to take
-        if self._channels is not None:
-            return self._channels.take()
-        transport: Transport | None = connection.client.get_transport()
-        assert transport is not None
-        return transport.open_session()
+        """A session channel for a command run here outside Fabric (feed, run_with_secret), opened as Fabric opens
+        its commands' (with the connection's channel opened ahead, if it keeps one)."""
+        channel: Channel = self.connection.create_session()
+        return channel
 
     @property
     def login_user(self) -> str:
@@ -751,7 +747,6 @@ class RemoteHost:
         return Result(tuple(argv), returncode, stdout, stderr)
 
     def _drop(self) -> None:
-        self._channels = None  # its channel opened ahead closes with the transport
         if self._liveness is not None:
             self._liveness.stop()
             self._liveness = None
