@@ -10,26 +10,31 @@ one's while the host's system still builds): each command then starts at once.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from paramiko import Channel, Transport
 
+# How long a refused open is asked again: see ChannelAhead._open_now.
+REFUSED_OPEN_PATIENCE_SECONDS = 2.0
+
 
 class ChannelAhead:
-    """Hands out session channels on one transport, keeping one opened ahead for the next taker."""
+    """Hands out session channels on one transport; with `ahead`, keeps one opened ahead for the next taker."""
 
-    def __init__(self, transport: Transport, label: str) -> None:
+    def __init__(self, transport: Transport, label: str, *, ahead: bool = True) -> None:
         self._transport = transport
         self._label = label
+        self._ahead = ahead
         self._lock = threading.Lock()
         self._next: Future[Channel | None] | None = None
 
     def open_next(self) -> None:
         """Start opening the next command's channel, unless one is already on its way."""
         with self._lock:
-            if self._next is not None:
+            if not self._ahead or self._next is not None:
                 return
             future: Future[Channel | None] = Future()
             self._next = future
@@ -48,6 +53,24 @@ class ChannelAhead:
             future, self._next = self._next, None
         channel = future.result() if future is not None else None
         if channel is None or channel.closed or not channel.active:
-            channel = self._transport.open_session()
+            channel = self._open_now()
         self.open_next()
         return channel
+
+    def _open_now(self) -> Channel:
+        """A channel opened now. A host that allows few sessions per connection (sshd's MaxSessions) refuses one
+        while it still ends the session of the command before: our close of that one and this open can reach sshd
+        in one read, and it frees the session only after it has read both. Such a refusal is asked again for a
+        moment; one that lasts is the command's failure, as before."""
+        from paramiko import ChannelException
+
+        deadline = time.monotonic() + REFUSED_OPEN_PATIENCE_SECONDS
+        pause = 0.01
+        while True:
+            try:
+                return self._transport.open_session()
+            except ChannelException:
+                if time.monotonic() + pause > deadline or not self._transport.is_active():
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 0.2)

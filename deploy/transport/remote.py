@@ -584,16 +584,15 @@ class RemoteHost:
         transport = client.get_transport()
         assert transport is not None
         self._liveness = Liveness(transport, sock, options, self.label)
-        if self.channels_ahead:
-            channels = ChannelAhead(transport, self.label)
-            channels.open_next()  # the first command's, while (with connect_ahead) the system still builds
-            # Fabric opens each command's channel with create_session(): it takes the one opened ahead instead.
-            object.__setattr__(connection, "create_session", channels.take)
+        channels = ChannelAhead(transport, self.label, ahead=self.channels_ahead)
+        channels.open_next()  # the first command's, while (with connect_ahead) the system still builds
+        # Fabric opens each command's channel with create_session(): every command's channel comes from here.
+        object.__setattr__(connection, "create_session", channels.take)
         return connection
 
     def _open_channel(self) -> Channel:
         """A session channel for a command run here outside Fabric (feed, run_with_secret), opened as Fabric opens
-        its commands' (with the connection's channel opened ahead, if it keeps one)."""
+        its commands' (ChannelAhead)."""
         channel: Channel = self.connection.create_session()
         return channel
 
